@@ -1,0 +1,3 @@
+//! Entry point of the `phpfpm-manager` binary.
+
+fn main() {}
