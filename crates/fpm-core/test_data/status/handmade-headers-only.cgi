@@ -1,0 +1,4 @@
+Expires: Thu, 01 Jan 1970 00:00:00 GMT
+Cache-Control: no-cache, no-store, must-revalidate, max-age=0
+Content-Type: application/json
+

@@ -1,0 +1,5 @@
+Expires: Thu, 01 Jan 1970 00:00:00 GMT
+Cache-Control: no-cache, no-store, must-revalidate, max-age=0
+Content-Type: application/json
+
+{"pool":"lab","process manager":"static","start time":1795688476,"start since":5,"accepted conn":3,"listen queue":0,"max listen queue":0,"listen queue len":0,"idle processes":0,"active processes":3,"total processes":3,"max active processes":3,"max children reached":0,"slow requests":0, "processes":[{"pid":10033,"state":"Running","start time":1795688476,"start since":5,"requests":1,"request duration":502609,"request method":"POST","request uri":"\/sleep.php?ms=1500","content length":0,"user":"-","script":"\/tmp\/lab\/www\/sleep.php","last request cpu":0.00,"last request memory":0},{"pid":10034,"state":"Running","start time":1795688476,"start since":5,"requests":1,"request duration":264,"request method

@@ -1,0 +1,4 @@
+Status: 403 Forbidden
+Content-type: text/html; charset=UTF-8
+
+Access denied.
