@@ -4,6 +4,7 @@
 //! page bytes, `/proc` text, the current time) is passed in by the caller, so
 //! everything here is deterministic and tested without php-fpm.
 
+pub mod fpm_conf;
 pub mod pool;
 pub mod status;
 
