@@ -1,0 +1,2 @@
+//! placeholder
+pub fn run(_c: crate::config::Config) -> anyhow::Result<()> { Ok(()) }

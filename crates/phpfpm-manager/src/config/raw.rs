@@ -1,0 +1,310 @@
+//! The configuration file as written by the user: serde structs, defaults and docs.
+//!
+//! Every field has a default, so an empty file (or no file) is a valid start.
+//! Types here are loose on purpose (durations and addresses are text); the
+//! checks that need several fields or the outside world happen in
+//! `validate.rs`, which turns a `RawConfig` into a `Config`.
+//! `docs/configuration.md` describes every key; a test keeps the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawConfig {
+    pub phpfpm: RawPhpFpm,
+    pub server: RawServer,
+    pub pools: Vec<RawPool>,
+    pub monitoring: RawMonitoring,
+    pub storage: RawStorage,
+    pub telemetry: RawTelemetry,
+}
+
+/// How php-fpm itself is run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawPhpFpm {
+    /// php-fpm binary; `auto` searches PATH and /usr/sbin for php-fpm, php-fpmX.Y.
+    pub binary: String,
+    /// The manager's own directory: generated configs, sockets, pid files, logs.
+    pub runtime_dir: String,
+    /// An existing php-fpm main config (for example /etc/php/8.2/fpm/php-fpm.conf)
+    /// whose pools are observed. Never written to.
+    pub global_config_path: Option<String>,
+    /// Written into every generated config; must be above 0 (fact 3).
+    pub process_control_timeout: String,
+    /// How long a graceful stop (SIGQUIT) may take before SIGTERM, then SIGKILL.
+    pub stop_timeout: String,
+    /// php-fpm's own log level: alert, error, warning, notice, debug.
+    pub log_level: String,
+}
+
+impl Default for RawPhpFpm {
+    fn default() -> Self {
+        RawPhpFpm {
+            binary: "auto".into(),
+            runtime_dir: "./var/phpfpm-manager".into(),
+            global_config_path: None,
+            process_control_timeout: "10s".into(),
+            stop_timeout: "10s".into(),
+            log_level: "notice".into(),
+        }
+    }
+}
+
+/// The HTTP server (metrics, health, API).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawServer {
+    pub bind_address: String,
+    pub tls: RawTls,
+    pub auth: RawAuth,
+    pub api: RawApi,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            bind_address: "127.0.0.1:8080".into(),
+            tls: RawTls::default(),
+            auth: RawAuth::default(),
+            api: RawApi::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawTls {
+    pub enabled: bool,
+    pub cert_path: Option<String>,
+    pub key_path: Option<String>,
+    pub client_ca_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawAuth {
+    pub enabled: bool,
+    pub metrics_require_auth: bool,
+    pub health_require_auth: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawApi {
+    pub enabled: bool,
+    pub max_body_bytes: u64,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            enabled: true,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One pool, supervised (the manager runs its php-fpm master) or observed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawPool {
+    pub name: String,
+    /// true: the manager runs this pool's php-fpm master. false: it only observes.
+    pub supervise: bool,
+    /// An existing php-fpm pool file describing this pool (observe mode).
+    pub config_path: Option<String>,
+    /// Where the pool accepts FastCGI: `unix:/path`, `/path`, or `host:port`.
+    /// Supervised pools default to `<runtime_dir>/sockets/<name>.sock`.
+    pub fastcgi_endpoint: Option<String>,
+    /// Where the status page is asked for. Supervised pools get a private
+    /// `pm.status_listen` socket so the page answers under saturation (fact 8).
+    pub status_endpoint: Option<String>,
+    pub fastcgi_status_path: String,
+    pub ping_path: String,
+    pub ping_response: String,
+    /// pm.max_children.
+    pub max_workers: u32,
+    /// static, dynamic or ondemand.
+    pub pm: String,
+    pub start_workers: Option<u32>,
+    pub min_spare_workers: Option<u32>,
+    pub max_spare_workers: Option<u32>,
+    pub max_requests: u32,
+    pub process_idle_timeout: String,
+    pub request_terminate_timeout: String,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub listen_mode: String,
+    /// Working directory of the workers (php-fpm's `chdir`).
+    pub chdir: Option<String>,
+    pub php_values: BTreeMap<String, String>,
+    pub php_admin_values: BTreeMap<String, String>,
+    /// Environment of the workers. Values may be secrets: they are written to
+    /// the generated pool file and nowhere else.
+    pub env: BTreeMap<String, String>,
+    pub scaling: RawScaling,
+    pub timeouts: RawTimeouts,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool {
+            name: String::new(),
+            supervise: true,
+            config_path: None,
+            fastcgi_endpoint: None,
+            status_endpoint: None,
+            fastcgi_status_path: "/status".into(),
+            ping_path: "/ping".into(),
+            ping_response: "pong".into(),
+            max_workers: 5,
+            pm: "dynamic".into(),
+            start_workers: None,
+            min_spare_workers: None,
+            max_spare_workers: None,
+            max_requests: 500,
+            process_idle_timeout: "10s".into(),
+            request_terminate_timeout: "60s".into(),
+            user: None,
+            group: None,
+            listen_mode: "0660".into(),
+            chdir: None,
+            php_values: BTreeMap::new(),
+            php_admin_values: BTreeMap::new(),
+            env: BTreeMap::new(),
+            scaling: RawScaling::default(),
+            timeouts: RawTimeouts::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawScaling {
+    pub enabled: bool,
+    pub min_workers: u32,
+    /// Defaults to the pool's max_workers.
+    pub max_workers: Option<u32>,
+    /// Fraction of busy workers the autoscaler aims for, in (0, 1].
+    pub target_utilization: f64,
+}
+
+impl Default for RawScaling {
+    fn default() -> Self {
+        RawScaling {
+            enabled: false,
+            min_workers: 1,
+            max_workers: None,
+            target_utilization: 0.7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawTimeouts {
+    pub connect: String,
+    pub request: String,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: "250ms".into(),
+            request: "2s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawMonitoring {
+    pub collect_interval: String,
+    pub enable_opcache: bool,
+    pub enable_system_metrics: bool,
+    /// Per-worker `phpfpm_process_*` series (labelled by slot, not pid).
+    pub per_process_metrics: bool,
+}
+
+impl Default for RawMonitoring {
+    fn default() -> Self {
+        RawMonitoring {
+            collect_interval: "5s".into(),
+            enable_opcache: false,
+            enable_system_metrics: true,
+            per_process_metrics: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawStorage {
+    /// SQLite file; `:memory:` keeps history in memory only.
+    pub database_path: String,
+    pub retention: RawRetention,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            database_path: "./var/phpfpm-manager/data.db".into(),
+            retention: RawRetention::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawRetention {
+    pub raw: String,
+    pub minute: String,
+    pub hour: String,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        RawRetention {
+            raw: "24h".into(),
+            minute: "7d".into(),
+            hour: "365d".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawTelemetry {
+    /// trace, debug, info, warn or error; RUST_LOG overrides it.
+    pub log_level: String,
+    /// text or json.
+    pub log_format: String,
+    /// OTLP collector for traces, for example http://127.0.0.1:4317.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            log_level: "info".into(),
+            log_format: "text".into(),
+            otlp_endpoint: None,
+            service_name: "phpfpm-manager".into(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// A config with one pool, used to learn the full tree of known keys.
+    pub(crate) fn key_tree_example() -> RawConfig {
+        RawConfig {
+            pools: vec![RawPool::default()],
+            ..RawConfig::default()
+        }
+    }
+}

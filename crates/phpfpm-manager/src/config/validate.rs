@@ -1,0 +1,711 @@
+//! Semantic checks: values, ranges and relations between keys, turning a
+//! `RawConfig` into a `Config`. Pure: the working directory is passed in.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use fpm_core::fpm_conf::{GlobalSpec, PmMode, PoolSpec};
+use fpm_core::PoolName;
+
+use super::raw::{RawConfig, RawPool};
+use super::{
+    Config, Endpoint, LogFormat, Monitoring, PhpFpm, Pool, Problem, Scaling, Server, Storage,
+    Telemetry,
+};
+
+/// The pool zero-config mode supervises.
+pub(super) fn demo_pool() -> RawPool {
+    RawPool {
+        name: "demo".into(),
+        max_workers: 4,
+        ..RawPool::default()
+    }
+}
+
+pub(super) fn validate(
+    raw: &RawConfig,
+    zero_config: bool,
+    cwd: &Path,
+    problems: &mut Vec<Problem>,
+) -> Config {
+    let mut c = Checker { problems, cwd };
+
+    let runtime_dir = c
+        .path("phpfpm.runtime_dir", &raw.phpfpm.runtime_dir, true)
+        .unwrap_or_else(|| cwd.join("var/phpfpm-manager"));
+    let binary = match raw.phpfpm.binary.as_str() {
+        "auto" | "" => None,
+        b => c.path("phpfpm.binary", b, false),
+    };
+    let global_config_path = raw
+        .phpfpm
+        .global_config_path
+        .as_deref()
+        .and_then(|p| c.path("phpfpm.global_config_path", p, false));
+    let pct = c.duration(
+        "phpfpm.process_control_timeout",
+        &raw.phpfpm.process_control_timeout,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    let stop_timeout = c.duration(
+        "phpfpm.stop_timeout",
+        &raw.phpfpm.stop_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    c.one_of(
+        "phpfpm.log_level",
+        &raw.phpfpm.log_level,
+        &["alert", "error", "warning", "notice", "debug"],
+    );
+
+    let bind_address = match raw.server.bind_address.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            c.problem(
+                "server.bind_address",
+                &raw.server.bind_address,
+                "not an IP address and port",
+                "write it as 127.0.0.1:8080 or [::1]:8080",
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    if raw.server.tls.enabled {
+        c.problem(
+            "server.tls.enabled",
+            "true",
+            "TLS serving is not available in this version",
+            "set it to false and terminate TLS in a reverse proxy on the same host",
+        );
+    }
+    if raw.server.auth.enabled {
+        c.problem(
+            "server.auth.enabled",
+            "true",
+            "API authentication is not available in this version",
+            "set it to false and keep server.bind_address on 127.0.0.1",
+        );
+    }
+    if raw.server.api.max_body_bytes == 0 {
+        c.problem(
+            "server.api.max_body_bytes",
+            "0",
+            "must be at least 1",
+            "the default is 65536",
+        );
+    }
+
+    let collect_interval = c.duration(
+        "monitoring.collect_interval",
+        &raw.monitoring.collect_interval,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+
+    let database_path = match raw.storage.database_path.as_str() {
+        ":memory:" => None,
+        p => c.path("storage.database_path", p, true),
+    };
+    let day = Duration::from_secs(86_400);
+    let retention_raw = c.duration(
+        "storage.retention.raw",
+        &raw.storage.retention.raw,
+        Duration::from_secs(60),
+        365 * day,
+    );
+    let retention_minute = c.duration(
+        "storage.retention.minute",
+        &raw.storage.retention.minute,
+        Duration::from_secs(3600),
+        3650 * day,
+    );
+    let retention_hour = c.duration(
+        "storage.retention.hour",
+        &raw.storage.retention.hour,
+        day,
+        3650 * day,
+    );
+
+    c.one_of(
+        "telemetry.log_level",
+        &raw.telemetry.log_level,
+        &["trace", "debug", "info", "warn", "error"],
+    );
+    let log_format = match raw.telemetry.log_format.as_str() {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => {
+            c.problem(
+                "telemetry.log_format",
+                other,
+                "unknown log format",
+                "use text or json",
+            );
+            LogFormat::Text
+        }
+    };
+    if let Some(ep) = &raw.telemetry.otlp_endpoint {
+        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+            c.problem(
+                "telemetry.otlp_endpoint",
+                ep,
+                "not an http(s) URL",
+                "write it as http://127.0.0.1:4317",
+            );
+        }
+    }
+
+    if raw.pools.is_empty() {
+        c.problems.push(Problem::new(
+            "pools",
+            None,
+            "no pool is configured",
+            "add at least one pool under `pools:` (see `phpfpm-manager example-config`)",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut status_addrs = BTreeSet::new();
+    let mut pools = Vec::new();
+    for (i, rp) in raw.pools.iter().enumerate() {
+        if let Some(pool) = c.pool(i, rp, &runtime_dir, pct) {
+            if !names.insert(pool.name.clone()) {
+                c.problem(
+                    &format!("pools[{i}].name"),
+                    pool.name.as_str(),
+                    "another pool has the same name",
+                    "give every pool a unique name",
+                );
+            }
+            // Two pools cannot share one pm.status_listen address (fact 8).
+            if pool.spec.is_some() && !status_addrs.insert(pool.status_endpoint.to_string()) {
+                c.problem(
+                    &format!("pools[{i}].status_endpoint"),
+                    &pool.status_endpoint.to_string(),
+                    "another supervised pool uses the same status address",
+                    "give every supervised pool its own status_endpoint",
+                );
+            }
+            pools.push(pool);
+        }
+    }
+
+    Config {
+        zero_config,
+        phpfpm: PhpFpm {
+            binary,
+            runtime_dir,
+            global_config_path,
+            global: GlobalSpec {
+                process_control_timeout_secs: pct.as_secs().max(1),
+                log_level: raw.phpfpm.log_level.clone(),
+            },
+            stop_timeout,
+        },
+        server: Server {
+            bind_address,
+            api_enabled: raw.server.api.enabled,
+            max_body_bytes: raw.server.api.max_body_bytes,
+        },
+        pools,
+        monitoring: Monitoring {
+            collect_interval,
+            enable_opcache: raw.monitoring.enable_opcache,
+            enable_system_metrics: raw.monitoring.enable_system_metrics,
+            per_process_metrics: raw.monitoring.per_process_metrics,
+        },
+        storage: Storage {
+            database_path,
+            retention_raw,
+            retention_minute,
+            retention_hour,
+        },
+        telemetry: Telemetry {
+            log_level: raw.telemetry.log_level.clone(),
+            log_format,
+            otlp_endpoint: raw.telemetry.otlp_endpoint.clone(),
+            service_name: raw.telemetry.service_name.clone(),
+        },
+    }
+}
+
+struct Checker<'a> {
+    problems: &'a mut Vec<Problem>,
+    cwd: &'a Path,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, key: &str, value: &str, what: &str, fix: &str) {
+        self.problems
+            .push(Problem::new(key, Some(value.to_owned()), what, fix));
+    }
+
+    fn one_of(&mut self, key: &str, value: &str, allowed: &[&str]) {
+        if !allowed.contains(&value) {
+            self.problem(
+                key,
+                value,
+                "not an allowed value",
+                &format!("use one of: {}", allowed.join(", ")),
+            );
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: &str, min: Duration, max: Duration) -> Duration {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if d >= min && d <= max => d,
+            Ok(_) => {
+                self.problem(
+                    key,
+                    value,
+                    &format!("out of range {} to {}", short(min), short(max)),
+                    "pick a value inside that range",
+                );
+                min
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    value,
+                    &format!("not a duration ({e})"),
+                    "write a number with a unit, for example 250ms, 5s, 36h or 7d",
+                );
+                min
+            }
+        }
+    }
+
+    /// Checks a filesystem path: no NUL, no `..`. Relative paths are allowed
+    /// only where `relative_ok` and are made absolute against the working dir.
+    fn path(&mut self, key: &str, value: &str, relative_ok: bool) -> Option<PathBuf> {
+        if value.is_empty() {
+            self.problem(key, value, "empty path", "write an absolute path");
+            return None;
+        }
+        if value.contains('\0') {
+            self.problems.push(Problem::new(
+                key,
+                Some(value.replace('\0', "\\0")),
+                "path contains a NUL byte",
+                "remove it",
+            ));
+            return None;
+        }
+        let p = Path::new(value);
+        if p.components().any(|c| c == Component::ParentDir) {
+            self.problem(
+                key,
+                value,
+                "path contains '..'",
+                "write the path without '..' components",
+            );
+            return None;
+        }
+        if p.is_absolute() {
+            return Some(normalize(p));
+        }
+        if relative_ok {
+            return Some(normalize(&self.cwd.join(p)));
+        }
+        self.problem(
+            key,
+            value,
+            "relative path",
+            "write an absolute path, starting with /",
+        );
+        None
+    }
+
+    fn endpoint(&mut self, key: &str, value: &str) -> Option<Endpoint> {
+        let v = value.trim();
+        let unix = v.strip_prefix("unix://").or_else(|| v.strip_prefix("unix:"));
+        if let Some(path) = unix {
+            if !path.starts_with('/') {
+                self.problem(
+                    key,
+                    value,
+                    "relative socket path",
+                    "write an absolute path, for example unix:/run/php/php-fpm.sock",
+                );
+                return None;
+            }
+            return self.path(key, path, false).map(Endpoint::Unix);
+        }
+        if v.starts_with('/') {
+            return self.path(key, v, false).map(Endpoint::Unix);
+        }
+        let tcp = v.strip_prefix("tcp://").unwrap_or(v);
+        let ok = match tcp.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty()
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    && !host.contains('/')
+                    && host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+            }
+            None => false,
+        };
+        if ok {
+            Some(Endpoint::Tcp(tcp.to_owned()))
+        } else {
+            self.problem(
+                key,
+                value,
+                "not a FastCGI address",
+                "write unix:/path/to/php-fpm.sock, /path/to/php-fpm.sock or 127.0.0.1:9000",
+            );
+            None
+        }
+    }
+
+    fn url_path(&mut self, key: &str, value: &str) {
+        if !value.starts_with('/')
+            || value.contains(|c: char| c.is_whitespace() || c == '?' || c == '"' || c == '\0')
+        {
+            self.problem(
+                key,
+                value,
+                "not a URL path",
+                "write a path starting with / and without spaces or '?', for example /status",
+            );
+        }
+    }
+
+    fn pool(
+        &mut self,
+        i: usize,
+        rp: &RawPool,
+        runtime_dir: &Path,
+        pct: Duration,
+    ) -> Option<Pool> {
+        let k = |field: &str| format!("pools[{i}].{field}");
+        let name = match PoolName::new(&rp.name) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                let fix = if rp.name.is_empty() {
+                    "add `name: www` (letters, digits, '_' and '-')"
+                } else {
+                    "use only letters, digits, '_' and '-' (it becomes a file name)"
+                };
+                self.problem(&k("name"), &rp.name, &e.to_string(), fix);
+                None
+            }
+        };
+        self.url_path(&k("fastcgi_status_path"), &rp.fastcgi_status_path);
+        self.url_path(&k("ping_path"), &rp.ping_path);
+        if rp.max_workers == 0 || rp.max_workers > 10_000 {
+            self.problem(
+                &k("max_workers"),
+                &rp.max_workers.to_string(),
+                "must be between 1 and 10000",
+                "set pm.max_children for this pool, for example 10",
+            );
+        }
+        let max = rp.max_workers.max(1);
+        let scaling_max = rp.scaling.max_workers.unwrap_or(max);
+        if rp.scaling.min_workers > scaling_max {
+            self.problem(
+                &k("scaling.min_workers"),
+                &rp.scaling.min_workers.to_string(),
+                &format!("is above scaling.max_workers ({scaling_max})"),
+                "make min_workers <= max_workers",
+            );
+        }
+        if scaling_max > max {
+            self.problem(
+                &k("scaling.max_workers"),
+                &scaling_max.to_string(),
+                &format!("is above the pool's max_workers ({max})"),
+                "raise max_workers or lower scaling.max_workers",
+            );
+        }
+        let tu = rp.scaling.target_utilization;
+        if !(tu > 0.0 && tu <= 1.0) {
+            self.problem(
+                &k("scaling.target_utilization"),
+                &tu.to_string(),
+                "must be above 0 and at most 1",
+                "a common choice is 0.7",
+            );
+        }
+        let connect_timeout = self.duration(
+            &k("timeouts.connect"),
+            &rp.timeouts.connect,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        );
+        let request_timeout = self.duration(
+            &k("timeouts.request"),
+            &rp.timeouts.request,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        );
+        if connect_timeout > request_timeout {
+            self.problem(
+                &k("timeouts.connect"),
+                &rp.timeouts.connect,
+                "is longer than timeouts.request, which includes the connect",
+                "make timeouts.connect <= timeouts.request",
+            );
+        }
+        if let Some(p) = &rp.config_path {
+            self.path(&k("config_path"), p, false);
+        }
+
+        let pm = match rp.pm.as_str() {
+            "static" => PmMode::Static,
+            "dynamic" => PmMode::Dynamic,
+            "ondemand" => PmMode::Ondemand,
+            other => {
+                self.problem(
+                    &k("pm"),
+                    other,
+                    "unknown process manager",
+                    "use static, dynamic or ondemand",
+                );
+                PmMode::Dynamic
+            }
+        };
+
+        let name = name?;
+        let sockets = runtime_dir.join("sockets");
+        let (endpoint, status_endpoint) = if rp.supervise {
+            let ep = match &rp.fastcgi_endpoint {
+                Some(e) => self.endpoint(&k("fastcgi_endpoint"), e),
+                None => Some(Endpoint::Unix(sockets.join(format!("{name}.sock")))),
+            };
+            let st = match &rp.status_endpoint {
+                Some(e) => self.endpoint(&k("status_endpoint"), e),
+                None => Some(Endpoint::Unix(sockets.join(format!("{name}.status.sock")))),
+            };
+            (ep, st)
+        } else {
+            let ep = match &rp.fastcgi_endpoint {
+                Some(e) => self.endpoint(&k("fastcgi_endpoint"), e),
+                None => {
+                    self.problems.push(Problem::new(
+                        &k("fastcgi_endpoint"),
+                        None,
+                        "an observed pool (supervise: false) needs an address",
+                        "set fastcgi_endpoint to the pool's listen address, for example unix:/run/php/php8.2-fpm.sock",
+                    ));
+                    None
+                }
+            };
+            let st = match &rp.status_endpoint {
+                Some(e) => self.endpoint(&k("status_endpoint"), e),
+                None => ep.clone(),
+            };
+            (ep, st)
+        };
+
+        let spec = if rp.supervise {
+            self.spec(i, rp, &name, pm, endpoint.as_ref(), status_endpoint.as_ref(), pct)
+        } else {
+            None
+        };
+        if rp.supervise && spec.is_none() {
+            return None;
+        }
+        Some(Pool {
+            name,
+            spec,
+            endpoint: endpoint?,
+            status_endpoint: status_endpoint?,
+            status_path: rp.fastcgi_status_path.clone(),
+            ping_path: rp.ping_path.clone(),
+            ping_response: rp.ping_response.clone(),
+            max_workers: max,
+            scaling: Scaling {
+                enabled: rp.scaling.enabled,
+                min_workers: rp.scaling.min_workers,
+                max_workers: scaling_max,
+                target_utilization: tu,
+            },
+            connect_timeout,
+            request_timeout,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        &mut self,
+        i: usize,
+        rp: &RawPool,
+        name: &PoolName,
+        pm: PmMode,
+        endpoint: Option<&Endpoint>,
+        status: Option<&Endpoint>,
+        _pct: Duration,
+    ) -> Option<PoolSpec> {
+        let k = |field: &str| format!("pools[{i}].{field}");
+        let max = rp.max_workers.max(1);
+        // php-fpm's own rule of thumb for dynamic pools.
+        let min_spare = rp.min_spare_workers.unwrap_or(1.max(max / 4));
+        let max_spare = rp.max_spare_workers.unwrap_or(min_spare.max(max / 2).min(max));
+        let start = rp
+            .start_workers
+            .unwrap_or(min_spare + (max_spare - min_spare.min(max_spare)) / 2);
+        if pm == PmMode::Dynamic {
+            if min_spare == 0 {
+                self.problem(
+                    &k("min_spare_workers"),
+                    "0",
+                    "a dynamic pool needs at least 1 spare worker",
+                    "set it to 1 or more",
+                );
+            }
+            if min_spare > max_spare {
+                self.problem(
+                    &k("min_spare_workers"),
+                    &min_spare.to_string(),
+                    &format!("is above max_spare_workers ({max_spare})"),
+                    "make min_spare_workers <= max_spare_workers",
+                );
+            }
+            if max_spare > max {
+                self.problem(
+                    &k("max_spare_workers"),
+                    &max_spare.to_string(),
+                    &format!("is above max_workers ({max})"),
+                    "make max_spare_workers <= max_workers",
+                );
+            }
+            if start < min_spare || start > max_spare {
+                self.problem(
+                    &k("start_workers"),
+                    &start.to_string(),
+                    &format!("must be between min_spare_workers ({min_spare}) and max_spare_workers ({max_spare})"),
+                    "php-fpm refuses to start otherwise",
+                );
+            }
+        }
+        let idle = self.duration(
+            &k("process_idle_timeout"),
+            &rp.process_idle_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+        let terminate = match rp.request_terminate_timeout.as_str() {
+            "0" | "0s" => Duration::ZERO,
+            v => self.duration(
+                &k("request_terminate_timeout"),
+                v,
+                Duration::from_secs(1),
+                Duration::from_secs(86_400),
+            ),
+        };
+        let mode_ok = rp.listen_mode.len() == 4
+            && rp.listen_mode.starts_with('0')
+            && rp.listen_mode.chars().all(|c| ('0'..='7').contains(&c));
+        if !mode_ok {
+            self.problem(
+                &k("listen_mode"),
+                &rp.listen_mode,
+                "not an octal file mode",
+                "write four octal digits, for example 0660",
+            );
+        }
+        for (field, v) in [("user", &rp.user), ("group", &rp.group)] {
+            if let Some(v) = v {
+                if v.is_empty()
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    self.problem(
+                        &k(field),
+                        v,
+                        "not a valid user or group name",
+                        "use a system account name such as www-data",
+                    );
+                }
+            }
+        }
+        let chdir = rp
+            .chdir
+            .as_deref()
+            .and_then(|p| self.path(&k("chdir"), p, false));
+        for (field, map) in [
+            ("php_values", &rp.php_values),
+            ("php_admin_values", &rp.php_admin_values),
+            ("env", &rp.env),
+        ] {
+            for (key, value) in map.iter() {
+                let key_ok = !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+                if !key_ok {
+                    self.problem(
+                        &format!("{}.{key}", k(field)),
+                        key,
+                        "not a valid ini key",
+                        "use letters, digits, '_' and '.'",
+                    );
+                }
+                if value.contains(['\n', '\r', '"', '\0']) {
+                    // env values may be secrets: never echo them back.
+                    let shown = if field == "env" { "<redacted>" } else { value };
+                    self.problem(
+                        &format!("{}.{key}", k(field)),
+                        shown,
+                        "contains a newline, '\"' or NUL, which php-fpm's ini format cannot hold",
+                        "remove those characters",
+                    );
+                }
+            }
+        }
+        let addr = |e: &Endpoint| match e {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tcp(a) => a.clone(),
+        };
+        Some(PoolSpec {
+            name: name.clone(),
+            listen: addr(endpoint?),
+            status_listen: Some(addr(status?)),
+            status_path: rp.fastcgi_status_path.clone(),
+            ping_path: rp.ping_path.clone(),
+            user: rp.user.clone(),
+            group: rp.group.clone(),
+            listen_mode: rp.listen_mode.clone(),
+            pm,
+            max_children: max,
+            start_servers: start,
+            min_spare_servers: min_spare,
+            max_spare_servers: max_spare,
+            max_requests: rp.max_requests,
+            process_idle_timeout_secs: idle.as_secs().max(1),
+            request_terminate_timeout_secs: terminate.as_secs(),
+            chdir,
+            php_values: rp.php_values.clone().into_iter().collect(),
+            php_admin_values: rp.php_admin_values.clone().into_iter().collect(),
+            env: rp.env.clone().into_iter().collect(),
+        })
+    }
+}
+
+/// `90d`, `36h`, `250ms`: the largest unit that divides the duration exactly.
+/// (humantime would print 365 days as months and hours.)
+pub(crate) fn short(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Removes `.` components without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
