@@ -1,1 +1,177 @@
-//! placeholder
+//! The collector: one task per pool that asks php-fpm for its status page and
+//! ping on an interval and records the result in the shared state.
+//!
+//! Pools never wait for each other: each has its own task, and every request
+//! is bounded by the pool's connect and total timeouts, so a pool that accepts
+//! connections and never answers costs only its own task's time.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fpm_core::status::{parse_ping, parse_status};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Pool;
+use crate::fastcgi::{self, Timeouts};
+use crate::state::{AppState, ScrapeError};
+
+/// Runs collections of `pool` every `interval` until `cancel` fires.
+pub async fn run_pool(
+    pool: Pool,
+    state: Arc<AppState>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    // A slow collection delays the next one instead of causing a burst.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let probe = ProbeMarker::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => collect_once(&pool, &state, &probe).await,
+        }
+    }
+}
+
+/// A random token added to the status request's query string, so the worker
+/// serving it can be recognised in the process list and not counted as load.
+#[derive(Debug, Clone)]
+pub struct ProbeMarker(String);
+
+impl ProbeMarker {
+    pub fn new() -> ProbeMarker {
+        let mut bytes = [0u8; 8];
+        // Without randomness the marker is still unique enough per process.
+        if getrandom::fill(&mut bytes).is_err() {
+            bytes = u64::from(std::process::id()).to_le_bytes();
+        }
+        ProbeMarker(format!(
+            "pfm={}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ))
+    }
+
+    pub fn query(&self) -> String {
+        format!("json&full&{}", self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ProbeMarker {
+    fn default() -> Self {
+        ProbeMarker::new()
+    }
+}
+
+/// One collection: status and ping concurrently, then one state update.
+pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) {
+    let timeouts = Timeouts {
+        connect: pool.connect_timeout,
+        total: pool.request_timeout,
+    };
+    let started = Instant::now();
+    let status_fut = async {
+        let reply = fastcgi::get(
+            &pool.status_endpoint,
+            &pool.status_path,
+            &probe.query(),
+            timeouts,
+        )
+        .await
+        .map_err(|e| ScrapeError {
+            kind: e.kind(),
+            message: e.to_string(),
+        })?;
+        parse_status(&reply.stdout).map_err(|e| ScrapeError {
+            kind: e.kind(),
+            message: with_stderr(e.to_string(), &reply.stderr),
+        })
+    };
+    let ping_fut = async {
+        match fastcgi::get(&pool.status_endpoint, &pool.ping_path, "", timeouts).await {
+            Ok(reply) => parse_ping(&reply.stdout, &pool.ping_response).is_ok(),
+            Err(_) => false,
+        }
+    };
+    let (status, ping_ok) = tokio::join!(status_fut, ping_fut);
+    let elapsed = started.elapsed();
+    let name = pool.name.as_str();
+    state
+        .metrics
+        .scrape_duration
+        .with_label_values(&[name])
+        .observe(elapsed.as_secs_f64());
+
+    match status {
+        Ok(st) => {
+            let derived = st.derived(Some(probe.as_str()));
+            let was_down = state
+                .update(&pool.name, |s| {
+                    let was_down = !s.up && s.scrape_failures > 0;
+                    s.up = true;
+                    s.ping_ok = ping_ok;
+                    s.last_error = None;
+                    s.derived = derived;
+                    s.status = Some(st);
+                    s.last_success = Some(SystemTime::now());
+                    was_down
+                })
+                .unwrap_or(false);
+            if was_down {
+                tracing::info!(pool = name, "Pool answers its status page again.");
+            }
+        }
+        Err(err) => {
+            state
+                .metrics
+                .scrape_errors
+                .with_label_values(&[name, err.kind])
+                .inc();
+            let first = state
+                .update(&pool.name, |s| {
+                    let first = s.up || s.scrape_failures == 0;
+                    s.up = false;
+                    s.ping_ok = ping_ok;
+                    s.scrape_failures += 1;
+                    s.last_error = Some(err.clone());
+                    first
+                })
+                .unwrap_or(false);
+            // Log the transition, not every failed tick of a long outage.
+            if first {
+                tracing::warn!(
+                    pool = name,
+                    kind = err.kind,
+                    "Pool status collection failed: {}.",
+                    err.message
+                );
+            } else {
+                tracing::debug!(
+                    pool = name,
+                    kind = err.kind,
+                    "Pool status collection failed: {}.",
+                    err.message
+                );
+            }
+        }
+    }
+}
+
+/// php-fpm explains some failures on stderr ("Primary script unknown").
+fn with_stderr(msg: String, stderr: &[u8]) -> String {
+    let extra = String::from_utf8_lossy(stderr);
+    let extra = extra.trim();
+    if extra.is_empty() {
+        msg
+    } else {
+        format!(
+            "{msg} (php-fpm stderr: {})",
+            extra.chars().take(200).collect::<String>()
+        )
+    }
+}

@@ -1,1 +1,228 @@
-//! placeholder
+//! The HTTP surfaces: `/metrics`, `/health/*` and the read-only part of the
+//! REST API under `/api/v1`. Every error answers with one JSON shape:
+//! `{"error": {"code": "<stable_code>", "message": "<text>"}}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::metrics::CONTENT_TYPE;
+use crate::state::{AppState, PoolState};
+
+/// An API error with a stable machine code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Builds the router over the shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = usize::try_from(state.config.server.max_body_bytes).unwrap_or(usize::MAX);
+    let mut app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(ready))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready));
+    if state.config.server.api_enabled {
+        app = app
+            .route("/api/v1/health", get(ready))
+            .route("/api/v1/health/live", get(live))
+            .route("/api/v1/health/ready", get(ready))
+            .route("/api/v1/status", get(status))
+            .route("/api/v1/pools", get(pools))
+            .route("/api/v1/pools/{pool}", get(pool));
+    }
+    app.fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let per_process = state.config.monitoring.per_process_metrics;
+    let body = {
+        let pools = state.pools();
+        let list: Vec<&PoolState> = pools.values().collect();
+        state.metrics.render(&list, per_process)
+    };
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when every pool answers its ping.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let pools = state.pools();
+    let failing: Vec<&str> = pools
+        .values()
+        .filter(|p| !p.ping_ok)
+        .map(|p| p.name.as_str())
+        .collect();
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        let body = json!({
+            "status": "not_ready",
+            "error": {
+                "code": "pools_not_ready",
+                "message": format!("pools not answering ping: {}", failing.join(", ")),
+            },
+            "pools": failing,
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// The wire form of a pool (domain types stay free of serde).
+#[derive(Debug, Serialize)]
+struct PoolDto {
+    name: String,
+    supervised: bool,
+    up: bool,
+    ping_ok: bool,
+    scrape_uri: String,
+    scrape_failures: u64,
+    last_error: Option<ErrorDto>,
+    process_manager: Option<String>,
+    workers: Option<WorkersDto>,
+    accepted_connections: Option<u64>,
+    max_children_reached: Option<u64>,
+    slow_requests: Option<u64>,
+    master: MasterDto,
+    pm: Option<PmDto>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDto {
+    kind: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkersDto {
+    idle: u64,
+    active: u64,
+    total: u64,
+    /// As php-fpm printed them.
+    reported_idle: u64,
+    reported_active: u64,
+    reported_total: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct MasterDto {
+    running: bool,
+    pid: Option<u32>,
+    restarts: u64,
+    last_exit: Option<String>,
+    failed: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PmDto {
+    pm: &'static str,
+    max_children: u32,
+    start_servers: u32,
+    min_spare_servers: u32,
+    max_spare_servers: u32,
+    max_requests: u32,
+}
+
+impl PoolDto {
+    fn from_state(s: &PoolState) -> PoolDto {
+        PoolDto {
+            name: s.name.to_string(),
+            supervised: s.master.supervised,
+            up: s.up,
+            ping_ok: s.ping_ok,
+            scrape_uri: s.scrape_uri.clone(),
+            scrape_failures: s.scrape_failures,
+            last_error: s.last_error.as_ref().map(|e| ErrorDto {
+                kind: e.kind,
+                message: e.message.clone(),
+            }),
+            process_manager: s.status.as_ref().map(|st| st.process_manager.clone()),
+            workers: s.status.as_ref().map(|st| WorkersDto {
+                idle: s.derived.idle,
+                active: s.derived.active,
+                total: s.derived.total,
+                reported_idle: st.idle_processes,
+                reported_active: st.active_processes,
+                reported_total: st.total_processes,
+            }),
+            accepted_connections: s.status.as_ref().map(|st| st.accepted_conn),
+            max_children_reached: s.status.as_ref().map(|st| st.max_children_reached),
+            slow_requests: s.status.as_ref().map(|st| st.slow_requests),
+            master: MasterDto {
+                running: s.master.running,
+                pid: s.master.pid,
+                restarts: s.master.restarts,
+                last_exit: s.master.last_exit.clone(),
+                failed: s.master.failed.clone(),
+            },
+            pm: s.spec.as_ref().map(|p| PmDto {
+                pm: p.pm.as_str(),
+                max_children: p.max_children,
+                start_servers: p.start_servers,
+                min_spare_servers: p.min_spare_servers,
+                max_spare_servers: p.max_spare_servers,
+                max_requests: p.max_requests,
+            }),
+        }
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let pools = state.pools();
+    let up = pools.values().filter(|p| p.up).count();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "mode": if state.config.zero_config { "zero-config" } else { "config" },
+        "pools_total": pools.len(),
+        "pools_up": up,
+    }))
+}
+
+async fn pools(State(state): State<Arc<AppState>>) -> Json<Vec<PoolDto>> {
+    let pools = state.pools();
+    Json(pools.values().map(PoolDto::from_state).collect())
+}
+
+async fn pool(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<PoolDto>, ApiError> {
+    let pools = state.pools();
+    pools
+        .values()
+        .find(|p| p.name.as_str() == name)
+        .map(|p| Json(PoolDto::from_state(p)))
+        .ok_or_else(|| ApiError::not_found(format!("no pool named {name:?}")))
+}

@@ -9,5 +9,6 @@ pub mod config;
 pub mod fastcgi;
 pub mod http;
 pub mod metrics;
+pub mod state;
 pub mod supervisor;
 pub mod telemetry;

@@ -5,7 +5,6 @@
 // The CLI's job is to print to stdout.
 #![allow(clippy::print_stdout)]
 
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 

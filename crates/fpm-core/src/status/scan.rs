@@ -308,7 +308,9 @@ mod tests {
 
     #[test]
     fn unescaped_quotes_and_backslashes_survive() {
-        let got = strings(r#"{"request uri":"/a?q="x",\y}","content length":0,"user":"b"o\b","script":"/s.php"}"#);
+        let got = strings(
+            r#"{"request uri":"/a?q="x",\y}","content length":0,"user":"b"o\b","script":"/s.php"}"#,
+        );
         assert_eq!(got, vec![r#"/a?q="x",\y}"#, r#"b"o\b"#, "/s.php"]);
     }
 

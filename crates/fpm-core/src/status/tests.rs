@@ -4,10 +4,7 @@
 use super::*;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/test_data/status/{name}.cgi",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/test_data/status/{name}.cgi", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -65,7 +62,10 @@ fn escaped_quotes_in_uri_from_php82() {
         .iter()
         .find(|p| p.state == ProcessState::Running)
         .unwrap();
-    assert_eq!(p.request_uri, r#"/sleep.php?ms=1500&q="quoted",\back\slash}{"x":1"#);
+    assert_eq!(
+        p.request_uri,
+        r#"/sleep.php?ms=1500&q="quoted",\back\slash}{"x":1"#
+    );
 }
 
 #[test]

@@ -270,7 +270,10 @@ pub fn load(input: &LoadInput) -> Result<Config, ConfigError> {
 /// Says which environment variable a value came from, when it did.
 fn tree_env_origin(problems: &mut [Problem], from_env: &[(Vec<tree::Seg>, String)]) {
     for p in problems {
-        if let Some((_, var)) = from_env.iter().find(|(path, _)| tree::path_text(path) == p.key) {
+        if let Some((_, var)) = from_env
+            .iter()
+            .find(|(path, _)| tree::path_text(path) == p.key)
+        {
             p.key = format!("{} (from {var})", p.key);
         }
     }

@@ -90,7 +90,9 @@ fn env_override_problems_name_the_variable() {
         "{err}"
     );
     assert!(
-        err.contains("pools[0].max_workers (from PHPFPM_MANAGER_POOLS__0__MAX_WORKERS): 'lots': wrong type"),
+        err.contains(
+            "pools[0].max_workers (from PHPFPM_MANAGER_POOLS__0__MAX_WORKERS): 'lots': wrong type"
+        ),
         "{err}"
     );
     assert!(
@@ -116,7 +118,10 @@ fn every_problem_is_reported_at_once() {
         "pools[1].scaling.min_workers: '9': is above scaling.max_workers (3)",
     ];
     for w in want {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
     }
 }
 
@@ -128,7 +133,10 @@ fn secrets_in_env_values_are_never_echoed() {
     .unwrap_err()
     .to_string();
     assert!(!err.contains("hunter2"), "{err}");
-    assert!(err.contains("pools[0].env.DB_PASSWORD: '<redacted>'"), "{err}");
+    assert!(
+        err.contains("pools[0].env.DB_PASSWORD: '<redacted>'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,7 +181,11 @@ fn invalid_config_corpus() {
             .lines()
             .filter_map(|l| l.strip_prefix("# expect: "))
             .collect();
-        assert!(!expects.is_empty(), "{}: no `# expect:` line", path.display());
+        assert!(
+            !expects.is_empty(),
+            "{}: no `# expect:` line",
+            path.display()
+        );
         let mut inp = input(&text);
         inp.env = text
             .lines()

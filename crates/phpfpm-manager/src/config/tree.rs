@@ -104,7 +104,11 @@ pub(crate) fn apply_env(
                 Err(_) => Seg::Key(s.to_ascii_lowercase()),
             })
             .collect();
-        if path.len() < 2 || path.iter().any(|s| matches!(s, Seg::Key(k) if k.is_empty())) {
+        if path.len() < 2
+            || path
+                .iter()
+                .any(|s| matches!(s, Seg::Key(k) if k.is_empty()))
+        {
             problems.push(Problem::new(
                 &format!("environment variable {name}"),
                 None,

@@ -321,7 +321,9 @@ impl Checker<'_> {
 
     fn endpoint(&mut self, key: &str, value: &str) -> Option<Endpoint> {
         let v = value.trim();
-        let unix = v.strip_prefix("unix://").or_else(|| v.strip_prefix("unix:"));
+        let unix = v
+            .strip_prefix("unix://")
+            .or_else(|| v.strip_prefix("unix:"));
         if let Some(path) = unix {
             if !path.starts_with('/') {
                 self.problem(
@@ -377,13 +379,7 @@ impl Checker<'_> {
         }
     }
 
-    fn pool(
-        &mut self,
-        i: usize,
-        rp: &RawPool,
-        runtime_dir: &Path,
-        pct: Duration,
-    ) -> Option<Pool> {
+    fn pool(&mut self, i: usize, rp: &RawPool, runtime_dir: &Path, pct: Duration) -> Option<Pool> {
         let k = |field: &str| format!("pools[{i}].{field}");
         let name = match PoolName::new(&rp.name) {
             Ok(n) => Some(n),
@@ -506,7 +502,15 @@ impl Checker<'_> {
         };
 
         let spec = if rp.supervise {
-            self.spec(i, rp, &name, pm, endpoint.as_ref(), status_endpoint.as_ref(), pct)
+            self.spec(
+                i,
+                rp,
+                &name,
+                pm,
+                endpoint.as_ref(),
+                status_endpoint.as_ref(),
+                pct,
+            )
         } else {
             None
         };
@@ -548,7 +552,9 @@ impl Checker<'_> {
         let max = rp.max_workers.max(1);
         // php-fpm's own rule of thumb for dynamic pools.
         let min_spare = rp.min_spare_workers.unwrap_or(1.max(max / 4));
-        let max_spare = rp.max_spare_workers.unwrap_or(min_spare.max(max / 2).min(max));
+        let max_spare = rp
+            .max_spare_workers
+            .unwrap_or(min_spare.max(max / 2).min(max));
         let start = rp
             .start_workers
             .unwrap_or(min_spare + (max_spare - min_spare.min(max_spare)) / 2);
@@ -695,7 +701,12 @@ impl Checker<'_> {
 /// (humantime would print 365 days as months and hours.)
 pub(crate) fn short(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -705,7 +716,5 @@ pub(crate) fn short(d: Duration) -> String {
 
 /// Removes `.` components without touching the filesystem.
 fn normalize(p: &Path) -> PathBuf {
-    p.components()
-        .filter(|c| *c != Component::CurDir)
-        .collect()
+    p.components().filter(|c| *c != Component::CurDir).collect()
 }

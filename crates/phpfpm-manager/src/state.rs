@@ -1,0 +1,119 @@
+//! The shared, latest-known state of every pool: written by the collector and
+//! the supervisors, read by `/metrics`, health checks and the API.
+//!
+//! A plain `std::sync::RwLock` is enough: every critical section is a few
+//! field copies and none is held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime};
+
+use fpm_core::fpm_conf::PoolSpec;
+use fpm_core::status::{Derived, PoolStatus};
+use fpm_core::PoolName;
+
+use crate::config::{Config, Pool};
+use crate::metrics::Metrics;
+
+/// What is known about one pool.
+#[derive(Debug, Clone)]
+pub struct PoolState {
+    pub name: PoolName,
+    pub scrape_uri: String,
+    /// The pm settings the manager runs this pool with (supervised pools).
+    pub spec: Option<PoolSpec>,
+    /// The last status request succeeded.
+    pub up: bool,
+    /// The last ping succeeded.
+    pub ping_ok: bool,
+    /// Failed collections since the manager started (never decreases).
+    pub scrape_failures: u64,
+    /// The most recent failure, kept until the next success.
+    pub last_error: Option<ScrapeError>,
+    /// The last good status page; kept while the pool is down so its series
+    /// stay visible with `phpfpm_up 0`.
+    pub status: Option<PoolStatus>,
+    pub derived: Derived,
+    pub last_success: Option<SystemTime>,
+    pub master: MasterState,
+}
+
+/// A failed collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeError {
+    /// Stable label: connect, timeout, http_status, not_json, truncated, ...
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The supervisor's view of a pool's php-fpm master.
+#[derive(Debug, Clone, Default)]
+pub struct MasterState {
+    pub supervised: bool,
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// Unexpected exits since the manager started.
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    /// Set when the pool cannot be started (for example `php-fpm -t` failed).
+    pub failed: Option<String>,
+}
+
+impl PoolState {
+    fn new(pool: &Pool) -> PoolState {
+        PoolState {
+            name: pool.name.clone(),
+            scrape_uri: pool.scrape_uri(),
+            spec: pool.spec.clone(),
+            up: false,
+            ping_ok: false,
+            scrape_failures: 0,
+            last_error: None,
+            status: None,
+            derived: Derived::default(),
+            last_success: None,
+            master: MasterState {
+                supervised: pool.spec.is_some(),
+                ..MasterState::default()
+            },
+        }
+    }
+}
+
+/// Everything the surfaces need, shared behind an `Arc`.
+#[derive(Debug)]
+pub struct AppState {
+    pools: RwLock<BTreeMap<PoolName, PoolState>>,
+    pub metrics: Metrics,
+    pub config: Config,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Arc<AppState> {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), PoolState::new(p)))
+            .collect();
+        Arc::new(AppState {
+            pools: RwLock::new(pools),
+            metrics: Metrics::new(),
+            config,
+            started: Instant::now(),
+        })
+    }
+
+    /// Read access. A poisoned lock means a writer panicked mid-update; the
+    /// data is plain values, so reading it is still safe.
+    pub fn pools(&self) -> RwLockReadGuard<'_, BTreeMap<PoolName, PoolState>> {
+        self.pools.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `f` to one pool's state, if the pool exists.
+    pub fn update<R>(&self, pool: &PoolName, f: impl FnOnce(&mut PoolState) -> R) -> Option<R> {
+        let mut guard: RwLockWriteGuard<'_, _> =
+            self.pools.write().unwrap_or_else(|e| e.into_inner());
+        guard.get_mut(pool).map(f)
+    }
+}
