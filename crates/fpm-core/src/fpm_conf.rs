@@ -70,6 +70,11 @@ pub struct PoolSpec {
     pub chdir: Option<PathBuf>,
     pub php_values: Vec<(String, String)>,
     pub php_admin_values: Vec<(String, String)>,
+    /// Any other pool directive, written as `key = value` after the managed
+    /// ones (for example `slowlog`, `request_slowlog_timeout`,
+    /// `security.limit_extensions`). Keys the manager sets itself are refused
+    /// by config validation.
+    pub extra: Vec<(String, String)>,
     /// `env[NAME] = value`. Values can be secrets: they are written to the
     /// pool file only, never to logs, metrics or storage.
     pub env: Vec<(String, String)>,
@@ -159,6 +164,10 @@ pub fn render_pool(spec: &PoolSpec) -> Result<String, RenderError> {
     if let Some(chdir) = &spec.chdir {
         line("chdir", &chdir.to_string_lossy())?;
     }
+    for (k, v) in &spec.extra {
+        check_key(k)?;
+        line(k, v)?;
+    }
     for (kind, pairs) in [
         ("php_value", &spec.php_values),
         ("php_admin_value", &spec.php_admin_values),
@@ -238,6 +247,7 @@ mod tests {
             chdir: None,
             php_values: vec![("memory_limit".into(), "128M".into())],
             php_admin_values: vec![("error_log".into(), "/var/log/x y.log".into())],
+            extra: vec![("request_slowlog_timeout".into(), "5s".into())],
             env: vec![("DB_PASSWORD".into(), "s3cr;et".into())],
         }
     }
@@ -255,6 +265,7 @@ mod tests {
             "php_value[memory_limit] = 128M\n",
             "php_admin_value[error_log] = \"/var/log/x y.log\"\n",
             "env[DB_PASSWORD] = \"s3cr;et\"\n",
+            "request_slowlog_timeout = 5s\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -9,12 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fpm_core::status::{parse_ping, parse_status};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Pool;
 use crate::fastcgi::{self, Timeouts};
 use crate::state::{AppState, ScrapeError};
+
+/// While a pool is down it is retried at least this often, so a pool that
+/// is starting (or recovering) shows up within a second.
+const DOWN_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs collections of `pool` every `interval` until `cancel` fires.
 pub async fn run_pool(
@@ -23,14 +27,21 @@ pub async fn run_pool(
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    // A slow collection delays the next one instead of causing a burst.
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let probe = ProbeMarker::new();
     loop {
+        let started = Instant::now();
+        let up = collect_once(&pool, &state, &probe).await;
+        let period = if up {
+            interval
+        } else {
+            interval.min(DOWN_RETRY)
+        };
+        // Measured from the start of the collection, so the period holds
+        // however long the collection took (a slow one delays the next
+        // instead of causing a burst).
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tick.tick() => collect_once(&pool, &state, &probe).await,
+            _ = tokio::time::sleep_until(started + period) => {}
         }
     }
 }
@@ -68,8 +79,13 @@ impl Default for ProbeMarker {
     }
 }
 
+/// Consecutive failures of a pool that was never up before a warning is
+/// logged: a pool whose master is still starting fails its first attempts.
+const WARN_AFTER_FAILURES: u64 = 3;
+
 /// One collection: status and ping concurrently, then one state update.
-pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) {
+/// Returns whether the status page was read.
+pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) -> bool {
     let timeouts = Timeouts {
         connect: pool.connect_timeout,
         total: pool.request_timeout,
@@ -114,6 +130,7 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) {
                 .update(&pool.name, |s| {
                     let was_down = !s.up && s.scrape_failures > 0;
                     s.up = true;
+                    s.consecutive_failures = 0;
                     s.ping_ok = ping_ok;
                     s.last_error = None;
                     s.derived = derived;
@@ -123,8 +140,9 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) {
                 })
                 .unwrap_or(false);
             if was_down {
-                tracing::info!(pool = name, "Pool answers its status page again.");
+                tracing::info!(pool = name, "Pool answers its status page.");
             }
+            true
         }
         Err(err) => {
             state
@@ -134,7 +152,10 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) {
                 .inc();
             let first = state
                 .update(&pool.name, |s| {
-                    let first = s.up || s.scrape_failures == 0;
+                    s.consecutive_failures += 1;
+                    let first = s.up
+                        || (s.last_success.is_none()
+                            && s.consecutive_failures == WARN_AFTER_FAILURES);
                     s.up = false;
                     s.ping_ok = ping_ok;
                     s.scrape_failures += 1;
@@ -158,6 +179,7 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) {
                     err.message
                 );
             }
+            false
         }
     }
 }

@@ -334,6 +334,7 @@ mod tests {
             up,
             ping_ok: up,
             scrape_failures: if up { 0 } else { 3 },
+            consecutive_failures: 0,
             last_error: None,
             derived: st.derived(Some("json&full")),
             status: Some(st),

@@ -28,6 +28,8 @@ pub struct PoolState {
     pub ping_ok: bool,
     /// Failed collections since the manager started (never decreases).
     pub scrape_failures: u64,
+    /// Failed collections since the last success.
+    pub consecutive_failures: u64,
     /// The most recent failure, kept until the next success.
     pub last_error: Option<ScrapeError>,
     /// The last good status page; kept while the pool is down so its series
@@ -68,6 +70,7 @@ impl PoolState {
             up: false,
             ping_ok: false,
             scrape_failures: 0,
+            consecutive_failures: 0,
             last_error: None,
             status: None,
             derived: Derived::default(),

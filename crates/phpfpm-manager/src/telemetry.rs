@@ -14,6 +14,7 @@ pub fn init(cfg: &Telemetry) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // A second init (tests) is not an error worth reporting.
     let _ = match cfg.log_format {

@@ -143,6 +143,10 @@ pub struct RawPool {
     pub chdir: Option<String>,
     pub php_values: BTreeMap<String, String>,
     pub php_admin_values: BTreeMap<String, String>,
+    /// Other php-fpm pool directives, written verbatim (for example
+    /// `request_slowlog_timeout: 5s`). Directives the manager manages itself
+    /// (listen, pm.*, user, ...) must use their own keys.
+    pub extra_settings: BTreeMap<String, String>,
     /// Environment of the workers. Values may be secrets: they are written to
     /// the generated pool file and nowhere else.
     pub env: BTreeMap<String, String>,
@@ -175,6 +179,7 @@ impl Default for RawPool {
             chdir: None,
             php_values: BTreeMap::new(),
             php_admin_values: BTreeMap::new(),
+            extra_settings: BTreeMap::new(),
             env: BTreeMap::new(),
             scaling: RawScaling::default(),
             timeouts: RawTimeouts::default(),

@@ -638,9 +638,20 @@ impl Checker<'_> {
             .chdir
             .as_deref()
             .and_then(|p| self.path(&k("chdir"), p, false));
+        for key in rp.extra_settings.keys() {
+            if let Some(own) = managed_directive(key) {
+                self.problem(
+                    &format!("{}.{key}", k("extra_settings")),
+                    key,
+                    "is a directive the manager writes itself",
+                    &format!("use the pool key `{own}` instead"),
+                );
+            }
+        }
         for (field, map) in [
             ("php_values", &rp.php_values),
             ("php_admin_values", &rp.php_admin_values),
+            ("extra_settings", &rp.extra_settings),
             ("env", &rp.env),
         ] {
             for (key, value) in map.iter() {
@@ -692,9 +703,44 @@ impl Checker<'_> {
             chdir,
             php_values: rp.php_values.clone().into_iter().collect(),
             php_admin_values: rp.php_admin_values.clone().into_iter().collect(),
+            extra: rp.extra_settings.clone().into_iter().collect(),
             env: rp.env.clone().into_iter().collect(),
         })
     }
+}
+
+/// Pool directives the manager writes from its own keys; returns that key.
+fn managed_directive(directive: &str) -> Option<&'static str> {
+    let d = directive.to_ascii_lowercase();
+    let own = match d.as_str() {
+        "listen" => "fastcgi_endpoint",
+        "listen.mode" => "listen_mode",
+        "user" => "user",
+        "group" => "group",
+        "pm" => "pm",
+        "pm.max_children" => "max_workers",
+        "pm.start_servers" => "start_workers",
+        "pm.min_spare_servers" => "min_spare_workers",
+        "pm.max_spare_servers" => "max_spare_workers",
+        "pm.max_requests" => "max_requests",
+        "pm.process_idle_timeout" => "process_idle_timeout",
+        "pm.status_path" => "fastcgi_status_path",
+        "pm.status_listen" => "status_endpoint",
+        "ping.path" => "ping_path",
+        "ping.response" => "ping_response",
+        "request_terminate_timeout" => "request_terminate_timeout",
+        "chdir" => "chdir",
+        "catch_workers_output" | "decorate_workers_output" => {
+            "(managed: worker output goes to the manager's log)"
+        }
+        _ if d.starts_with("php_value[") => "php_values",
+        _ if d.starts_with("php_admin_value[") => "php_admin_values",
+        _ if d.starts_with("env[") => "env",
+        _ if d.starts_with("php_flag[") => "php_values",
+        _ if d.starts_with("php_admin_flag[") => "php_admin_values",
+        _ => return None,
+    };
+    Some(own)
 }
 
 /// `90d`, `36h`, `250ms`: the largest unit that divides the duration exactly.
@@ -707,7 +753,7 @@ pub(crate) fn short(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

@@ -1,0 +1,13 @@
+//! The one integration test binary. Everything here runs real php-fpm (and,
+//! where a test says so, promtool) through the helpers in `support`.
+
+mod support;
+
+/// The command line: exit codes, validate, example-config.
+mod cli;
+/// The collector against real php-fpm pools: parsing, self-exclusion,
+/// error pages, and isolation of a hanging pool.
+mod collector;
+/// The daemon end to end: zero-config start, /metrics through promtool,
+/// health, API, graceful shutdown leaving no php-fpm behind.
+mod daemon;

@@ -1,0 +1,433 @@
+//! Test helpers: [`TestFpm`] runs a real php-fpm master in its own temporary
+//! directory, [`TestDaemon`] runs the built `phpfpm-manager` binary, and a few
+//! small clients (HTTP GET, FastCGI) talk to them over loopback.
+//!
+//! php-fpm missing is a test failure, never a skip: `make test` installs it.
+//! A test's directory is removed when the test passes and kept (its path
+//! printed) when it fails, for inspection.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fpm_core::fpm_conf::{self, GlobalSpec, PmMode, PoolSpec};
+use fpm_core::PoolName;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use phpfpm_manager::config::{Endpoint, Pool, Scaling};
+use phpfpm_manager::supervisor::binary;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the system temp dir, unique per test and process,
+/// world-readable so that php-fpm's pool user can read scripts in it.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> TestDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("pfm-it-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TestDir { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed; its files are kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The php-fpm binary, or a panic telling how to install it.
+pub fn php_fpm() -> PathBuf {
+    binary::find(None, std::env::var("PATH").ok().as_deref()).unwrap_or_else(|e| {
+        panic!("{e}\nthe integration tests need real php-fpm; `make test` installs it")
+    })
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Options of a test pool.
+#[derive(Clone)]
+pub struct FpmOpts {
+    pub name: &'static str,
+    pub pm: PmMode,
+    pub max_children: u32,
+    /// Give the pool a separate `pm.status_listen` socket.
+    pub status_listen: bool,
+    /// Extra PHP scripts: (file name, source).
+    pub scripts: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for FpmOpts {
+    fn default() -> Self {
+        FpmOpts {
+            name: "t",
+            pm: PmMode::Static,
+            max_children: 2,
+            status_listen: true,
+            scripts: vec![("sleep.php", SLEEP_PHP)],
+        }
+    }
+}
+
+/// `sleep.php?ms=N` sleeps N milliseconds (at most 5 s).
+pub const SLEEP_PHP: &str =
+    "<?php usleep(min(5000, (int)($_GET['ms'] ?? 0)) * 1000); echo \"ok\\n\";\n";
+
+/// A php-fpm master running one pool in a temporary directory.
+pub struct TestFpm {
+    pub dir: TestDir,
+    pub opts: FpmOpts,
+    pub socket: PathBuf,
+    pub status_socket: PathBuf,
+    child: Child,
+}
+
+impl TestFpm {
+    pub fn start(opts: FpmOpts) -> TestFpm {
+        let bin = php_fpm();
+        let dir = TestDir::new(opts.name);
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (name, src) in &opts.scripts {
+            std::fs::write(www.join(name), src).unwrap();
+        }
+        let socket = dir.join("pool.sock");
+        let status_socket = if opts.status_listen {
+            dir.join("status.sock")
+        } else {
+            socket.clone()
+        };
+        let spec = PoolSpec {
+            name: PoolName::new(opts.name).unwrap(),
+            listen: socket.display().to_string(),
+            status_listen: opts
+                .status_listen
+                .then(|| status_socket.display().to_string()),
+            status_path: "/status".into(),
+            ping_path: "/ping".into(),
+            user: is_root().then(|| "www-data".to_owned()),
+            group: is_root().then(|| "www-data".to_owned()),
+            listen_mode: "0666".into(),
+            pm: opts.pm,
+            max_children: opts.max_children,
+            start_servers: 1,
+            min_spare_servers: 1,
+            max_spare_servers: opts.max_children.max(1),
+            max_requests: 0,
+            process_idle_timeout_secs: 10,
+            request_terminate_timeout_secs: 30,
+            chdir: None,
+            php_values: vec![],
+            php_admin_values: vec![],
+            extra: vec![],
+            env: vec![],
+        };
+        let global = fpm_conf::render_global(&GlobalSpec {
+            process_control_timeout_secs: 5,
+            log_level: "notice".into(),
+        });
+        std::fs::write(dir.join("global.conf"), global).unwrap();
+        std::fs::write(dir.join("pool.conf"), fpm_conf::render_pool(&spec).unwrap()).unwrap();
+        let master = fpm_conf::render_master(
+            &dir.join("global.conf").display().to_string(),
+            &dir.join("pool.conf").display().to_string(),
+            &dir.join("fpm.pid").display().to_string(),
+        );
+        std::fs::write(dir.join("master.conf"), master).unwrap();
+        let log = std::fs::File::create(dir.join("fpm.log")).unwrap();
+        let mut cmd = Command::new(&bin);
+        if is_root() {
+            cmd.arg("-R");
+        }
+        let child = cmd
+            .arg("-F")
+            .arg("-y")
+            .arg(dir.join("master.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let fpm = TestFpm {
+            dir,
+            opts,
+            socket,
+            status_socket,
+            child,
+        };
+        fpm.wait_ready();
+        fpm
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.status_socket).is_ok()
+                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(self.dir.join("fpm.log")).unwrap_or_default();
+        panic!("php-fpm did not open its sockets within 10s; its log:\n{log}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn www(&self, script: &str) -> String {
+        self.dir.join("www").join(script).display().to_string()
+    }
+
+    /// The manager's view of this pool, as config loading would build it.
+    pub fn pool(&self) -> Pool {
+        Pool {
+            name: PoolName::new(self.opts.name).unwrap(),
+            spec: None,
+            endpoint: Endpoint::Unix(self.socket.clone()),
+            status_endpoint: Endpoint::Unix(self.status_socket.clone()),
+            status_path: "/status".into(),
+            ping_path: "/ping".into(),
+            ping_response: "pong".into(),
+            max_workers: self.opts.max_children,
+            scaling: Scaling {
+                enabled: false,
+                min_workers: 1,
+                max_workers: self.opts.max_children,
+                target_utilization: 0.7,
+            },
+            connect_timeout: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Drop for TestFpm {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(pid, Signal::SIGQUIT);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A free loopback port (bound then released; a race with other processes
+/// is possible but harmless in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET; returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = match buf.split_once("\r\n\r\n") {
+        Some((_, b)) => b.to_owned(),
+        None => String::new(),
+    };
+    Ok((code, body))
+}
+
+/// The built manager binary.
+pub fn manager_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_phpfpm-manager")
+}
+
+/// The manager running as a child process in its own directory.
+pub struct TestDaemon {
+    pub dir: TestDir,
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl TestDaemon {
+    /// Starts `phpfpm-manager run` in a fresh directory with the API on a
+    /// free loopback port. `config` (YAML) is written and passed if given.
+    pub fn start(tag: &str, config: Option<&str>, env: &[(&str, &str)]) -> TestDaemon {
+        php_fpm();
+        let dir = TestDir::new(tag);
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(manager_bin());
+        cmd.arg("run")
+            .current_dir(&dir.path)
+            .env("PHPFPM_MANAGER_SERVER__BIND_ADDRESS", addr.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("manager.out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("manager.log")).unwrap());
+        if let Some(text) = config {
+            std::fs::write(dir.join("config.yaml"), text).unwrap();
+            cmd.arg("--config").arg(dir.join("config.yaml"));
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        TestDaemon { dir, addr, child }
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.addr, path)
+    }
+
+    /// Polls `/metrics` until `pred` holds or `limit` passes.
+    pub fn wait_metrics(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok((200, body)) = self.get("/metrics") {
+                if pred(&body) {
+                    return Some(body);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for the manager to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("manager.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Never leave a php-fpm of this test running, even on failure.
+        for pid in processes_mentioning(&self.dir.path) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Pids of live processes whose command line mentions `needle` (a test's own
+/// temporary directory, so only processes this test started match).
+pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            // Zombies have an empty command line and are not running.
+            if cmd.contains(&needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `promtool check metrics` on `text`; returns its combined output on
+/// failure. A missing promtool fails the test.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool not runnable ({e}); install Debian's `prometheus` package (make test does)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A tokio runtime for tests that call the library's async functions.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
