@@ -135,6 +135,18 @@ pub fn parse_v1_limit(file: &'static str, text: &str) -> Result<Option<u64>, Par
     Ok((bytes < V1_UNLIMITED_THRESHOLD).then_some(bytes))
 }
 
+/// The `hierarchical_memory_limit` line of a v1 `memory.stat`; absent or
+/// huge is unlimited.
+pub fn parse_v1_hierarchical_limit(memory_stat: &str) -> Result<Option<u64>, ParseError> {
+    match memory_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("hierarchical_memory_limit "))
+    {
+        Some(value) => parse_v1_limit("memory.stat", value),
+        None => Ok(None),
+    }
+}
+
 /// Parses v2 `cpu.max` (`"max 100000"` or `"150000 100000"`) into cores.
 pub fn parse_cpu_max(text: &str) -> Result<Option<f64>, ParseError> {
     const FILE: &str = "cpu.max";
@@ -199,11 +211,13 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, ParseError> {
             field: key,
             value: digits.chars().take(64).collect(),
         })?;
-        kib.checked_mul(1024).map(Some).ok_or(ParseError::BadNumber {
-            file: FILE,
-            field: key,
-            value: digits.chars().take(64).collect(),
-        })
+        kib.checked_mul(1024)
+            .map(Some)
+            .ok_or(ParseError::BadNumber {
+                file: FILE,
+                field: key,
+                value: digits.chars().take(64).collect(),
+            })
     };
     Ok(MemInfo {
         total: value("MemTotal")?.ok_or(ParseError::MissingField {
@@ -479,8 +493,15 @@ pub fn read_budget_from(proc_root: &Path) -> Result<Budget, BudgetError> {
         if let Some(dir) = &dirs.v1_memory {
             let limit_path = dir.join("memory.limit_in_bytes");
             if let Some(text) = read_optional(&limit_path)? {
-                budget.memory_limit =
-                    parsed(&limit_path, parse_v1_limit("memory.limit_in_bytes", &text))?;
+                let own = parsed(&limit_path, parse_v1_limit("memory.limit_in_bytes", &text))?;
+                // With hierarchy on, an ancestor's lower limit binds; the
+                // kernel reports the effective one in memory.stat.
+                let stat_path = dir.join("memory.stat");
+                let inherited = match read_optional(&stat_path)? {
+                    Some(stat) => parsed(&stat_path, parse_v1_hierarchical_limit(&stat))?,
+                    None => None,
+                };
+                budget.memory_limit = min_limit(own, inherited);
                 let usage_path = dir.join("memory.usage_in_bytes");
                 budget.memory_current = Some(parsed(
                     &usage_path,
@@ -519,7 +540,10 @@ fn v2_limits_up_to(dir: &Path, mount: &Path) -> Result<(Option<u64>, Option<u64>
         }
         let high_path = d.join("memory.high");
         if let Some(text) = read_optional(&high_path)? {
-            high = min_limit(high, parsed(&high_path, parse_v2_limit("memory.high", &text))?);
+            high = min_limit(
+                high,
+                parsed(&high_path, parse_v2_limit("memory.high", &text))?,
+            );
         }
         current = d.parent();
     }
@@ -533,7 +557,10 @@ mod tests {
     #[test]
     fn v2_max_is_unlimited_not_a_number() {
         assert_eq!(parse_v2_limit("memory.max", "max\n"), Ok(None));
-        assert_eq!(parse_v2_limit("memory.max", "536870912\n"), Ok(Some(536_870_912)));
+        assert_eq!(
+            parse_v2_limit("memory.max", "536870912\n"),
+            Ok(Some(536_870_912))
+        );
         assert!(matches!(
             parse_v2_limit("memory.max", "lots"),
             Err(ParseError::BadNumber { .. })
@@ -553,6 +580,19 @@ mod tests {
             parse_v1_limit("memory.limit_in_bytes", "1073741824"),
             Ok(Some(1 << 30))
         );
+    }
+
+    #[test]
+    fn v1_hierarchical_limit() {
+        assert_eq!(
+            parse_v1_hierarchical_limit("cache 0\nhierarchical_memory_limit 268435456\n"),
+            Ok(Some(1 << 28))
+        );
+        assert_eq!(
+            parse_v1_hierarchical_limit("hierarchical_memory_limit 9223372036854771712\n"),
+            Ok(None)
+        );
+        assert_eq!(parse_v1_hierarchical_limit("cache 0\n"), Ok(None));
     }
 
     #[test]
@@ -601,7 +641,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             dirs.v1_memory,
-            Some(PathBuf::from("/sys/fs/cgroup/memory").join(memory_line.path.trim_start_matches('/')))
+            Some(
+                PathBuf::from("/sys/fs/cgroup/memory")
+                    .join(memory_line.path.trim_start_matches('/'))
+            )
         );
         assert_eq!(dirs.v1_cpu, Some(PathBuf::from("/sys/fs/cgroup/cpu")));
         assert_eq!(
@@ -622,7 +665,10 @@ mod tests {
         let dirs = resolve_cgroup_dirs(&lines, &mounts);
         assert_eq!(
             dirs.v2,
-            Some((PathBuf::from("/sys/fs/cgroup/ctr"), PathBuf::from("/sys/fs/cgroup")))
+            Some((
+                PathBuf::from("/sys/fs/cgroup/ctr"),
+                PathBuf::from("/sys/fs/cgroup")
+            ))
         );
         // A cgroup outside the mounted sub-tree cannot be resolved.
         let outside = parse_self_cgroup("0::/other\n");
@@ -635,7 +681,10 @@ mod tests {
         let mounts = parse_cgroup_mounts(
             "41 31 0:38 / /sys/fs/cgroup/with\\040space rw - cgroup cgroup rw,memory\n",
         );
-        assert_eq!(mounts[0].mount_point, PathBuf::from("/sys/fs/cgroup/with space"));
+        assert_eq!(
+            mounts[0].mount_point,
+            PathBuf::from("/sys/fs/cgroup/with space")
+        );
         assert_eq!(mounts[0].controllers, vec!["memory".to_owned()]);
         assert_eq!(unescape_mountinfo("a\\134b\\"), "a\\b\\");
     }

@@ -435,7 +435,12 @@ mod tests {
                 .lines()
                 .find(|l| l.starts_with(&format!("{key}:")))
                 .unwrap();
-            line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
         };
         assert_eq!(rollup.rss, kib("Rss"));
         assert_eq!(rollup.pss, kib("Pss"));
@@ -477,15 +482,13 @@ mod tests {
 
     #[test]
     fn real_status_and_statm_parse() {
-        let status =
-            parse_status(include_str!("../test_data/proc/php-fpm-worker/status")).unwrap();
+        let status = parse_status(include_str!("../test_data/proc/php-fpm-worker/status")).unwrap();
         let stat = parse_stat(WORKER_STAT).unwrap();
         assert_eq!(status.ppid, stat.ppid);
         assert_eq!(status.name, "php-fpm8.2");
         assert!(status.state.starts_with('S'));
         assert_eq!(status.uid, 65534, "the fixture's pool ran as nobody");
-        let statm =
-            parse_statm(include_str!("../test_data/proc/php-fpm-worker/statm")).unwrap();
+        let statm = parse_statm(include_str!("../test_data/proc/php-fpm-worker/statm")).unwrap();
         // statm and stat were copied a moment apart from a live worker: close,
         // not necessarily equal.
         assert!(statm.resident.abs_diff(stat.rss_pages) * 10 < stat.rss_pages);

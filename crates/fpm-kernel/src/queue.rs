@@ -322,9 +322,7 @@ pub struct TcpListenEntry {
 
 fn same_ip(a: IpAddr, b: IpAddr) -> bool {
     let canonical = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     canonical(a) == canonical(b)
@@ -494,7 +492,9 @@ fn tcp_accept_queue(
                     "/proc/net/tcp6"
                 };
                 match std::fs::read_to_string(path) {
-                    Ok(text) => select_tcp(&parse_proc_net_tcp(&text), addr, QueueSource::ProcNetTcp),
+                    Ok(text) => {
+                        select_tcp(&parse_proc_net_tcp(&text), addr, QueueSource::ProcNetTcp)
+                    }
                     Err(source) if source.kind() == io::ErrorKind::NotFound => None,
                     Err(_) => return Err(QueueError::InetDiagUnavailable { errno }),
                 }
@@ -519,13 +519,18 @@ pub fn unix_listeners(timeout: Duration) -> Result<Vec<UnixListenEntry>, QueueEr
         cookie: [0; 8],
     });
     let mut entries = Vec::new();
-    dump(request, netlink_packet_sock_diag::constants::AF_UNIX, timeout, |msg| {
-        if let SockDiagMessage::UnixResponse(resp) = msg {
-            if resp.header.state == TCP_LISTEN {
-                entries.push(unix_entry(&resp));
+    dump(
+        request,
+        netlink_packet_sock_diag::constants::AF_UNIX,
+        timeout,
+        |msg| {
+            if let SockDiagMessage::UnixResponse(resp) = msg {
+                if resp.header.state == TCP_LISTEN {
+                    entries.push(unix_entry(&resp));
+                }
             }
-        }
-    })?;
+        },
+    )?;
     Ok(entries)
 }
 
@@ -628,7 +633,12 @@ fn dump(
         .map_err(|e| QueueError::Netlink(e.into()))?;
         let size = match socket.recv(&mut &mut buf[..], 0) {
             Ok(size) => size,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(QueueError::Timeout(timeout))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -756,19 +766,38 @@ mod tests {
             current: cur,
             limit: Some(lim),
         };
-        let entries = [e("0.0.0.0:9000", 1, 100), e("127.0.0.1:9000", 5, 511), e("127.0.0.1:9001", 9, 9)];
+        let entries = [
+            e("0.0.0.0:9000", 1, 100),
+            e("127.0.0.1:9000", 5, 511),
+            e("127.0.0.1:9001", 9, 9),
+        ];
         let q = select_tcp(&entries, v4, QueueSource::SockDiag).unwrap();
         assert_eq!((q.current, q.limit, q.sockets), (5, Some(511), 1));
         let q = select_tcp(&entries[..1], v4, QueueSource::SockDiag).unwrap();
         assert_eq!(q.current, 1);
         let v6 = [e("[::]:9000", 2, 64)];
-        assert_eq!(select_tcp(&v6, v4, QueueSource::SockDiag).unwrap().current, 2);
+        assert_eq!(
+            select_tcp(&v6, v4, QueueSource::SockDiag).unwrap().current,
+            2
+        );
         let mapped = [e("[::ffff:127.0.0.1]:9000", 3, 64)];
-        assert_eq!(select_tcp(&mapped, v4, QueueSource::SockDiag).unwrap().current, 3);
+        assert_eq!(
+            select_tcp(&mapped, v4, QueueSource::SockDiag)
+                .unwrap()
+                .current,
+            3
+        );
         let reuseport = [e("127.0.0.1:9000", 2, 10), e("127.0.0.1:9000", 3, 10)];
         let q = select_tcp(&reuseport, v4, QueueSource::SockDiag).unwrap();
         assert_eq!((q.current, q.limit, q.sockets), (5, Some(20), 2));
-        assert_eq!(select_tcp(&entries, "10.0.0.1:80".parse().unwrap(), QueueSource::SockDiag), None);
+        assert_eq!(
+            select_tcp(
+                &entries,
+                "10.0.0.1:80".parse().unwrap(),
+                QueueSource::SockDiag
+            ),
+            None
+        );
     }
 
     #[test]
@@ -786,12 +815,18 @@ mod tests {
         );
         let rows = parse_proc_net_tcp(&text);
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].local, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            rows[0].local,
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(rows[0].current, 8);
         assert_eq!(rows[0].limit, None);
         let mut v6 = String::new();
         for chunk in Ipv6Addr::LOCALHOST.octets().chunks(4) {
-            v6.push_str(&format!("{:08X}", u32::from_ne_bytes(chunk.try_into().unwrap())));
+            v6.push_str(&format!(
+                "{:08X}",
+                u32::from_ne_bytes(chunk.try_into().unwrap())
+            ));
         }
         let text6 = format!("0: {v6}:0050 {v6}:0000 0A 00000000:00000003 x\n");
         let rows = parse_proc_net_tcp(&text6);

@@ -386,8 +386,7 @@ pub fn cpu_percent(
     elapsed: Duration,
     clk_tck: u64,
 ) -> Vec<(ProcessKey, Option<f64>)> {
-    let before: HashMap<ProcessKey, u64> =
-        previous.iter().map(|r| (r.key, r.cpu_ticks)).collect();
+    let before: HashMap<ProcessKey, u64> = previous.iter().map(|r| (r.key, r.cpu_ticks)).collect();
     let seconds = elapsed.as_secs_f64();
     current
         .iter()
@@ -467,10 +466,8 @@ pub struct PoolAggregate {
 /// Aggregates a [`PoolSample`] with the CPU rates from [`cpu_percent`]
 /// (computed over the master and the workers together).
 pub fn aggregate(sample: &PoolSample, cpu: &[(ProcessKey, Option<f64>)]) -> PoolAggregate {
-    let rates: HashMap<ProcessKey, f64> = cpu
-        .iter()
-        .filter_map(|(k, r)| r.map(|r| (*k, r)))
-        .collect();
+    let rates: HashMap<ProcessKey, f64> =
+        cpu.iter().filter_map(|(k, r)| r.map(|r| (*k, r))).collect();
     let mems: Vec<MemoryUsage> = sample
         .workers
         .iter()
@@ -542,7 +539,11 @@ mod tests {
         let prev = [reading(10, 500, 1000), reading(11, 600, 50)];
         // pid 11 was reused by a process started later with fewer ticks; a
         // pid-only key would produce a negative or huge rate here.
-        let cur = [reading(10, 500, 1100), reading(11, 900, 3), reading(12, 950, 7)];
+        let cur = [
+            reading(10, 500, 1100),
+            reading(11, 900, 3),
+            reading(12, 950, 7),
+        ];
         let out = cpu_percent(&prev, &cur, Duration::from_secs(2), 100);
         assert_eq!(out.len(), 3);
         assert_eq!(out[0], (key(10, 500), Some(50.0)));
@@ -554,10 +555,16 @@ mod tests {
     fn cpu_rate_degenerate_inputs_are_none() {
         let prev = [reading(10, 500, 1000)];
         let cur = [reading(10, 500, 900)];
-        assert_eq!(cpu_percent(&prev, &cur, Duration::from_secs(1), 100)[0].1, None);
+        assert_eq!(
+            cpu_percent(&prev, &cur, Duration::from_secs(1), 100)[0].1,
+            None
+        );
         let cur = [reading(10, 500, 1100)];
         assert_eq!(cpu_percent(&prev, &cur, Duration::ZERO, 100)[0].1, None);
-        assert_eq!(cpu_percent(&prev, &cur, Duration::from_secs(1), 0)[0].1, None);
+        assert_eq!(
+            cpu_percent(&prev, &cur, Duration::from_secs(1), 0)[0].1,
+            None
+        );
         assert!(cpu_percent(&prev, &[], Duration::from_secs(1), 100).is_empty());
     }
 
@@ -607,10 +614,7 @@ mod tests {
         let eio = io::Error::from_raw_os_error(5);
         assert!(matches!(
             classify_io_error("stat", &eio),
-            Unavailable::Io {
-                errno: Some(5),
-                ..
-            }
+            Unavailable::Io { errno: Some(5), .. }
         ));
         assert_eq!(
             Unavailable::PermissionDenied {

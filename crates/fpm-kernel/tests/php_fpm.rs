@@ -3,6 +3,9 @@
 //! status page says, and per-worker sampling compared with `/proc` read
 //! directly by the test.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;
@@ -25,7 +28,10 @@ fn status_json(fpm: &Fpm) -> String {
 
 fn json_number(body: &str, key: &str) -> u64 {
     let needle = format!("\"{key}\":");
-    let start = body.find(&needle).unwrap_or_else(|| panic!("{key} in {body}")) + needle.len();
+    let start = body
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{key} in {body}"))
+        + needle.len();
     body[start..]
         .chars()
         .take_while(|c| c.is_ascii_digit())
@@ -126,11 +132,21 @@ fn worker_sampling_matches_proc_and_measures_cpu() {
     }
 
     // Burn ~300 ms of CPU in one worker, then sample again.
-    let out = fcgi_get(&fpm.socket, &fpm.script("burn.php"), "", Duration::from_secs(10));
+    let out = fcgi_get(
+        &fpm.socket,
+        &fpm.script("burn.php"),
+        "",
+        Duration::from_secs(10),
+    );
     assert!(out.contains("\r\n\r\n"), "{out}");
     let second = sample_pool(proc_root, fpm.pid(), &ctx, SystemTime::now());
     let elapsed = first_at.elapsed();
-    let rates = cpu_percent(&cpu_readings(&first), &cpu_readings(&second), elapsed, ctx.clk_tck);
+    let rates = cpu_percent(
+        &cpu_readings(&first),
+        &cpu_readings(&second),
+        elapsed,
+        ctx.clk_tck,
+    );
     let agg = aggregate(&second, &rates);
     assert_eq!(agg.workers, 2);
     assert_eq!(agg.workers_with_cpu, 2);

@@ -3,6 +3,9 @@
 //! (IPv4 and IPv6). Connections are made and never accepted, so the kernel
 //! holds them in the listener's queue.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};

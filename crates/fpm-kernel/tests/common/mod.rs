@@ -1,7 +1,7 @@
 //! Test support: a real php-fpm master started from a temp config (killed by
 //! pid on drop) and a minimal hand-written FastCGI client.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -190,14 +190,20 @@ pub fn fcgi_read_response(stream: &mut UnixStream) -> Vec<u8> {
 pub fn fcgi_get(socket: &Path, script: &Path, query: &str, timeout: Duration) -> String {
     let mut stream = UnixStream::connect(socket).unwrap();
     stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.write_all(&fcgi_request_bytes(script, query)).unwrap();
+    stream
+        .write_all(&fcgi_request_bytes(script, query))
+        .unwrap();
     String::from_utf8_lossy(&fcgi_read_response(&mut stream)).into_owned()
 }
 
 /// Opens a connection and sends a request without waiting for the answer.
 pub fn fcgi_send(socket: &Path, script: &Path, query: &str) -> UnixStream {
     let mut stream = UnixStream::connect(socket).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.write_all(&fcgi_request_bytes(script, query)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(&fcgi_request_bytes(script, query))
+        .unwrap();
     stream
 }
