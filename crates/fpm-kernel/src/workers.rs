@@ -83,6 +83,8 @@ pub enum Unavailable {
     },
     /// The process has no address space to measure (zombie, kernel thread).
     NoAddressSpace,
+    /// Memory was not requested in this sample ([`MemoryDetail::Skip`]).
+    NotRequested,
     /// The pid now belongs to a process that is not a child of the master.
     NotAChild {
         /// The parent found in `stat`.
@@ -109,6 +111,7 @@ impl fmt::Display for Unavailable {
                 write!(f, "permission denied reading {file}")
             }
             Unavailable::NoAddressSpace => f.write_str("process has no address space (zombie)"),
+            Unavailable::NotRequested => f.write_str("memory not sampled this time"),
             Unavailable::NotAChild { ppid } => {
                 write!(f, "pid was reused by a process whose parent is {ppid}")
             }
@@ -233,24 +236,50 @@ pub fn process_age(
     now.duration_since(started).ok()
 }
 
-/// Samples a master and its workers under `proc_root` (normally `/proc`).
+/// How much memory detail to read per process.
 ///
-/// Workers are the processes whose parent is `master` (from the kernel's
-/// `task/<tid>/children` lists, or by scanning every `stat` when the kernel
-/// lacks them); names are never used. A worker that vanishes or cannot be
-/// read is reported in [`PoolSample::unavailable`], never guessed.
+/// `smaps_rollup` makes the kernel walk every page table of the process (the
+/// whole OPcache segment included), which is by far the most expensive read
+/// here (see `docs/bench/kernel.md`); CPU and state need only `stat`. Memory
+/// moves slowly, so a collector can read it every Nth cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryDetail {
+    /// Read `smaps_rollup` (RSS, PSS, USS).
+    SmapsRollup,
+    /// Read only `stat`; `memory` is [`Unavailable::NotRequested`].
+    Skip,
+}
+
+/// Samples a master and its workers under `proc_root` (normally `/proc`),
+/// memory included. See [`sample_pool_with`].
 pub fn sample_pool(
     proc_root: &Path,
     master: u32,
     ctx: &SampleContext,
     now: SystemTime,
 ) -> PoolSample {
-    let master_sample = sample_process(proc_root, master, None, ctx, now);
+    sample_pool_with(proc_root, master, ctx, now, MemoryDetail::SmapsRollup)
+}
+
+/// Samples a master and its workers under `proc_root` (normally `/proc`).
+///
+/// Workers are the processes whose parent is `master` (from the kernel's
+/// `task/<tid>/children` lists, or by scanning every `stat` when the kernel
+/// lacks them); names are never used. A worker that vanishes or cannot be
+/// read is reported in [`PoolSample::unavailable`], never guessed.
+pub fn sample_pool_with(
+    proc_root: &Path,
+    master: u32,
+    ctx: &SampleContext,
+    now: SystemTime,
+    detail: MemoryDetail,
+) -> PoolSample {
+    let master_sample = sample_process(proc_root, master, None, ctx, now, detail);
     let mut workers = Vec::new();
     let mut unavailable = Vec::new();
     if master_sample.is_ok() {
         for pid in list_children(proc_root, master) {
-            match sample_process(proc_root, pid, Some(master), ctx, now) {
+            match sample_process(proc_root, pid, Some(master), ctx, now, detail) {
                 Ok(sample) => workers.push(sample),
                 Err(reason) => unavailable.push(UnavailableProcess { pid, reason }),
             }
@@ -313,6 +342,7 @@ fn sample_process(
     expected_parent: Option<u32>,
     ctx: &SampleContext,
     now: SystemTime,
+    detail: MemoryDetail,
 ) -> Result<ProcessSample, Unavailable> {
     let dir_path: PathBuf = proc_root.join(pid.to_string());
     let dir = rustix::fs::open(
@@ -328,7 +358,9 @@ fn sample_process(
             return Err(Unavailable::NotAChild { ppid: stat.ppid });
         }
     }
-    let memory = if stat.state == 'Z' {
+    let memory = if detail == MemoryDetail::Skip {
+        Err(Unavailable::NotRequested)
+    } else if stat.state == 'Z' {
         Err(Unavailable::NoAddressSpace)
     } else {
         read_at(&dir, "smaps_rollup").and_then(|text| {
