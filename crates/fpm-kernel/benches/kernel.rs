@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use fpm_kernel::budget::read_budget;
-use fpm_kernel::queue::{accept_queue, unix_listeners, Listener};
+use fpm_kernel::queue::{accept_queue, Listener, QueueReader};
 use fpm_kernel::workers::{
     list_children, sample_pool, sample_pool_with, MemoryDetail, SampleContext,
 };
@@ -80,7 +80,8 @@ fn main() {
     let unix = Listener::UnixPath(fpm.socket.clone());
     let tcp_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp = Listener::Tcp(tcp_listener.local_addr().unwrap());
-    let unix_listening = unix_listeners(Duration::from_secs(1)).unwrap().len();
+    let mut reader = QueueReader::new(Duration::from_secs(1)).unwrap();
+    let unix_listening = reader.unix_listeners().unwrap().len();
 
     let sample = sample_pool(proc_root, fpm.pid(), &ctx, SystemTime::now());
     assert_eq!(sample.workers.len(), 32, "32 workers sampled");
@@ -108,6 +109,13 @@ fn main() {
         measure("accept queue, tcp (inet_diag)", MAX_ITERATIONS, || {
             assert_eq!(accept_queue(&tcp).unwrap().current, 0);
         }),
+        measure(
+            "accept queue, unix, kept QueueReader",
+            MAX_ITERATIONS,
+            || {
+                assert_eq!(reader.accept_queue(&unix).unwrap().current, 0);
+            },
+        ),
         measure("/proc sample, master + 32 workers", 500, || {
             let s = sample_pool(proc_root, fpm.pid(), &ctx, SystemTime::now());
             assert_eq!(s.workers.len(), 32);

@@ -42,7 +42,7 @@ use netlink_packet_core::{
     Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_LISTEN},
+    constants::{AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP, TCP_LISTEN},
     inet::{self, ExtensionFlags, InetRequest, SocketId},
     unix::{self, nlas::Nla as UnixNla, nlas::UnixDiagName, ShowFlags, UnixRequest},
     SockDiagMessage,
@@ -166,6 +166,14 @@ pub enum QueueError {
     /// The kernel has no `inet_diag` for TCP and `/proc/net/tcp*` failed too.
     #[error("kernel inet_diag for tcp is not available (errno {errno})")]
     InetDiagUnavailable {
+        /// The errno the kernel returned.
+        errno: i32,
+    },
+    /// The kernel has no `sock_diag` handler for another address family.
+    #[error("kernel sock_diag for address family {family} is not available (errno {errno})")]
+    FamilyUnavailable {
+        /// The address family.
+        family: u8,
         /// The errno the kernel returned.
         errno: i32,
     },
@@ -421,117 +429,215 @@ fn parse_hex_addr(text: &str) -> Option<SocketAddr> {
 /// `ENOENT` is what the kernel answers when no handler is registered for the
 /// family (`unix_diag`/`inet_diag` not built or not loadable).
 pub fn diag_errno_error(family: u8, errno: i32) -> QueueError {
-    if family == AF_INET || family == AF_INET6 {
-        QueueError::InetDiagUnavailable { errno }
-    } else {
-        QueueError::UnixDiagUnavailable { errno }
+    match family {
+        AF_INET | AF_INET6 => QueueError::InetDiagUnavailable { errno },
+        AF_UNIX => QueueError::UnixDiagUnavailable { errno },
+        family => QueueError::FamilyUnavailable { family, errno },
     }
 }
 
 // === thin netlink I/O ======================================================
 
-/// Reads the accept queue of `listener` with [`DEFAULT_TIMEOUT`].
+/// Reads the accept queue of `listener` with [`DEFAULT_TIMEOUT`], on a
+/// netlink socket opened for this call only.
 ///
 /// One call costs one netlink dump of the listening sockets of one address
-/// family (tens of microseconds on an idle host: see `docs/bench/kernel.md`),
+/// family (about 25 µs on the 2-core test machine: see `docs/bench/kernel.md`),
 /// so it can be called directly from an async task or via `spawn_blocking`.
+/// A collector that reads often should keep a [`QueueReader`] instead.
 pub fn accept_queue(listener: &Listener) -> Result<AcceptQueue, QueueError> {
-    accept_queue_with_timeout(listener, DEFAULT_TIMEOUT)
+    QueueReader::new(DEFAULT_TIMEOUT)?.accept_queue(listener)
 }
 
-/// [`accept_queue`] with an explicit timeout for the netlink exchange.
-pub fn accept_queue_with_timeout(
-    listener: &Listener,
+/// A netlink `sock_diag` socket and receive buffer kept across reads, so a
+/// read costs only the dump itself. Not shared between threads (`&mut self`);
+/// a collector keeps one per thread or behind a mutex.
+pub struct QueueReader {
+    socket: Option<Socket>,
+    buf: Vec<u8>,
+    sequence: u32,
     timeout: Duration,
-) -> Result<AcceptQueue, QueueError> {
-    match listener {
-        Listener::UnixPath(path) => {
-            let meta = std::fs::metadata(path).map_err(|source| QueueError::Stat {
-                path: path.clone(),
-                source,
-            })?;
-            if !meta.file_type().is_socket() {
-                return Err(QueueError::NotASocket { path: path.clone() });
-            }
-            let target = UnixTarget::File {
-                major: rustix::fs::major(meta.dev()),
-                minor: rustix::fs::minor(meta.dev()),
-                ino: meta.ino(),
-                path: path.clone(),
-            };
-            select_unix(&unix_listeners(timeout)?, &target, listener)
-        }
-        Listener::UnixAbstract(name) => select_unix(
-            &unix_listeners(timeout)?,
-            &UnixTarget::Abstract(name.clone()),
-            listener,
-        ),
-        Listener::Tcp(addr) => tcp_accept_queue(*addr, listener, timeout),
+}
+
+impl fmt::Debug for QueueReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueReader")
+            .field("open", &self.socket.is_some())
+            .field("sequence", &self.sequence)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
-fn tcp_accept_queue(
-    addr: SocketAddr,
-    listener: &Listener,
-    timeout: Duration,
-) -> Result<AcceptQueue, QueueError> {
-    // An IPv4 address may be served by a dual-stack `::` listener, so the v6
-    // table is consulted when the v4 one has no match.
-    let families: &[u8] = if addr.is_ipv4() {
-        &[AF_INET, AF_INET6]
-    } else {
-        &[AF_INET6]
-    };
-    for &family in families {
-        let found = match tcp_listeners(family, timeout) {
-            Ok(entries) => select_tcp(&entries, addr, QueueSource::SockDiag),
-            Err(QueueError::InetDiagUnavailable { errno }) => {
-                let path = if family == AF_INET {
-                    "/proc/net/tcp"
-                } else {
-                    "/proc/net/tcp6"
-                };
-                match std::fs::read_to_string(path) {
-                    Ok(text) => {
-                        select_tcp(&parse_proc_net_tcp(&text), addr, QueueSource::ProcNetTcp)
-                    }
-                    Err(source) if source.kind() == io::ErrorKind::NotFound => None,
-                    Err(_) => return Err(QueueError::InetDiagUnavailable { errno }),
+impl QueueReader {
+    /// Opens the netlink socket. `timeout` bounds each exchange.
+    pub fn new(timeout: Duration) -> Result<QueueReader, QueueError> {
+        Ok(QueueReader {
+            socket: Some(open_socket()?),
+            // The kernel fills dump datagrams up to about 32 KiB; 64 KiB
+            // never truncates one.
+            buf: vec![0u8; 64 * 1024],
+            sequence: 0,
+            timeout,
+        })
+    }
+
+    /// Reads the accept queue of `listener`.
+    pub fn accept_queue(&mut self, listener: &Listener) -> Result<AcceptQueue, QueueError> {
+        match listener {
+            Listener::UnixPath(path) => {
+                let meta = std::fs::metadata(path).map_err(|source| QueueError::Stat {
+                    path: path.clone(),
+                    source,
+                })?;
+                if !meta.file_type().is_socket() {
+                    return Err(QueueError::NotASocket { path: path.clone() });
                 }
+                let target = UnixTarget::File {
+                    major: rustix::fs::major(meta.dev()),
+                    minor: rustix::fs::minor(meta.dev()),
+                    ino: meta.ino(),
+                    path: path.clone(),
+                };
+                select_unix(&self.unix_listeners()?, &target, listener)
             }
-            Err(other) => return Err(other),
-        };
-        if let Some(queue) = found {
-            return Ok(queue);
+            Listener::UnixAbstract(name) => select_unix(
+                &self.unix_listeners()?,
+                &UnixTarget::Abstract(name.clone()),
+                listener,
+            ),
+            Listener::Tcp(addr) => self.tcp_accept_queue(*addr, listener),
         }
     }
-    Err(QueueError::NotFound {
-        listener: listener.to_string(),
-    })
-}
 
-/// Dumps every listening unix socket with its VFS identity, name and queue.
-pub fn unix_listeners(timeout: Duration) -> Result<Vec<UnixListenEntry>, QueueError> {
-    let request = SockDiagMessage::UnixRequest(UnixRequest {
-        state_flags: unix::StateFlags::LISTEN,
-        inode: 0,
-        show_flags: ShowFlags::NAME | ShowFlags::VFS | ShowFlags::RQLEN,
-        cookie: [0; 8],
-    });
-    let mut entries = Vec::new();
-    dump(
-        request,
-        netlink_packet_sock_diag::constants::AF_UNIX,
-        timeout,
-        |msg| {
+    fn tcp_accept_queue(
+        &mut self,
+        addr: SocketAddr,
+        listener: &Listener,
+    ) -> Result<AcceptQueue, QueueError> {
+        // An IPv4 address may be served by a dual-stack `::` listener, so the
+        // v6 table is consulted when the v4 one has no match.
+        let families: &[u8] = if addr.is_ipv4() {
+            &[AF_INET, AF_INET6]
+        } else {
+            &[AF_INET6]
+        };
+        for &family in families {
+            let found = match self.tcp_listeners(family) {
+                Ok(entries) => select_tcp(&entries, addr, QueueSource::SockDiag),
+                Err(QueueError::InetDiagUnavailable { errno }) => {
+                    let path = if family == AF_INET {
+                        "/proc/net/tcp"
+                    } else {
+                        "/proc/net/tcp6"
+                    };
+                    match std::fs::read_to_string(path) {
+                        Ok(text) => {
+                            select_tcp(&parse_proc_net_tcp(&text), addr, QueueSource::ProcNetTcp)
+                        }
+                        Err(source) if source.kind() == io::ErrorKind::NotFound => None,
+                        Err(_) => return Err(QueueError::InetDiagUnavailable { errno }),
+                    }
+                }
+                Err(other) => return Err(other),
+            };
+            if let Some(queue) = found {
+                return Ok(queue);
+            }
+        }
+        Err(QueueError::NotFound {
+            listener: listener.to_string(),
+        })
+    }
+
+    /// Dumps every listening unix socket with its VFS identity, name and queue.
+    pub fn unix_listeners(&mut self) -> Result<Vec<UnixListenEntry>, QueueError> {
+        let request = SockDiagMessage::UnixRequest(UnixRequest {
+            state_flags: unix::StateFlags::LISTEN,
+            inode: 0,
+            show_flags: ShowFlags::NAME | ShowFlags::VFS | ShowFlags::RQLEN,
+            cookie: [0; 8],
+        });
+        let mut entries = Vec::new();
+        self.dump(request, AF_UNIX, |msg| {
             if let SockDiagMessage::UnixResponse(resp) = msg {
                 if resp.header.state == TCP_LISTEN {
                     entries.push(unix_entry(&resp));
                 }
             }
-        },
-    )?;
-    Ok(entries)
+        })?;
+        Ok(entries)
+    }
+
+    /// Dumps the listening TCP sockets of one family (`AF_INET` or `AF_INET6`).
+    pub fn tcp_listeners(&mut self, family: u8) -> Result<Vec<TcpListenEntry>, QueueError> {
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: inet::StateFlags::LISTEN,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        });
+        let mut entries = Vec::new();
+        self.dump(request, family, |msg| {
+            if let SockDiagMessage::InetResponse(resp) = msg {
+                if resp.header.state == TCP_LISTEN {
+                    let id = &resp.header.socket_id;
+                    entries.push(TcpListenEntry {
+                        local: SocketAddr::new(id.source_address, id.source_port),
+                        current: resp.header.recv_queue,
+                        limit: Some(resp.header.send_queue),
+                    });
+                }
+            }
+        })?;
+        Ok(entries)
+    }
+
+    /// Sends one dump request and feeds every answer to `on_message` until
+    /// the kernel's `NLMSG_DONE`. Bounded by the timeout overall (each `recv`
+    /// has the remaining time as its socket timeout) and by a cap on
+    /// datagrams. After any failure the socket is closed and reopened on the
+    /// next call, so a half-read dump can never leak into the next answer;
+    /// answers carrying another sequence number are ignored for the same
+    /// reason.
+    fn dump(
+        &mut self,
+        request: SockDiagMessage,
+        family: u8,
+        on_message: impl FnMut(SockDiagMessage),
+    ) -> Result<(), QueueError> {
+        let socket = match self.socket.take() {
+            Some(socket) => socket,
+            None => open_socket()?,
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        let result = exchange(
+            &socket,
+            &mut self.buf,
+            self.sequence,
+            request,
+            family,
+            self.timeout,
+            on_message,
+        );
+        // Keep the socket only after a clean, complete exchange (or a
+        // kernel-reported error, which also ends the dump).
+        if matches!(
+            result,
+            Ok(())
+                | Err(QueueError::UnixDiagUnavailable { .. })
+                | Err(QueueError::InetDiagUnavailable { .. })
+                | Err(QueueError::FamilyUnavailable { .. })
+        ) {
+            self.socket = Some(socket);
+        }
+        result
+    }
 }
 
 fn unix_entry(resp: &unix::UnixResponse) -> UnixListenEntry {
@@ -565,39 +671,18 @@ fn unix_entry(resp: &unix::UnixResponse) -> UnixListenEntry {
     entry
 }
 
-/// Dumps the listening TCP sockets of one family (`AF_INET` or `AF_INET6`).
-pub fn tcp_listeners(family: u8, timeout: Duration) -> Result<Vec<TcpListenEntry>, QueueError> {
-    let request = SockDiagMessage::InetRequest(InetRequest {
-        family,
-        protocol: IPPROTO_TCP,
-        extensions: ExtensionFlags::empty(),
-        states: inet::StateFlags::LISTEN,
-        socket_id: if family == AF_INET {
-            SocketId::new_v4()
-        } else {
-            SocketId::new_v6()
-        },
-    });
-    let mut entries = Vec::new();
-    dump(request, family, timeout, |msg| {
-        if let SockDiagMessage::InetResponse(resp) = msg {
-            if resp.header.state == TCP_LISTEN {
-                let id = &resp.header.socket_id;
-                entries.push(TcpListenEntry {
-                    local: SocketAddr::new(id.source_address, id.source_port),
-                    current: resp.header.recv_queue,
-                    limit: Some(resp.header.send_queue),
-                });
-            }
-        }
-    })?;
-    Ok(entries)
+fn open_socket() -> Result<Socket, QueueError> {
+    let socket = Socket::new(NETLINK_SOCK_DIAG).map_err(QueueError::Netlink)?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(QueueError::Netlink)?;
+    Ok(socket)
 }
 
-/// Sends one dump request and feeds every answer to `on_message` until the
-/// kernel's `NLMSG_DONE`. Bounded by `timeout` overall (each `recv` has the
-/// remaining time as its socket timeout) and by a cap on datagrams.
-fn dump(
+fn exchange(
+    socket: &Socket,
+    buf: &mut [u8],
+    sequence: u32,
     request: SockDiagMessage,
     family: u8,
     timeout: Duration,
@@ -605,28 +690,22 @@ fn dump(
 ) -> Result<(), QueueError> {
     const MAX_DATAGRAMS: usize = 100_000;
     let deadline = Instant::now() + timeout;
-    let socket = Socket::new(NETLINK_SOCK_DIAG).map_err(QueueError::Netlink)?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .map_err(QueueError::Netlink)?;
-
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = sequence;
     let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(request));
     packet.finalize();
     let mut out = vec![0u8; packet.buffer_len()];
     packet.serialize(&mut out);
     socket.send(&out, 0).map_err(QueueError::Netlink)?;
 
-    // The kernel fills dump datagrams up to about 32 KiB; 64 KiB never truncates.
-    let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..MAX_DATAGRAMS {
         let remaining = deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or(QueueError::Timeout(timeout))?;
         rustix::net::sockopt::set_socket_timeout(
-            &socket,
+            socket,
             rustix::net::sockopt::Timeout::Recv,
             Some(remaining),
         )
@@ -649,6 +728,14 @@ fn dump(
             let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
                 .map_err(|e| QueueError::Decode(e.to_string()))?;
             let len = msg.header.length as usize;
+            if len == 0 {
+                return Err(QueueError::Decode("zero-length netlink message".into()));
+            }
+            // Netlink messages are 4-byte aligned within a datagram.
+            offset += len.div_ceil(4) * 4;
+            if msg.header.sequence_number != sequence {
+                continue;
+            }
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(err) => {
@@ -659,14 +746,8 @@ fn dump(
                     };
                 }
                 NetlinkPayload::InnerMessage(inner) => on_message(inner),
-                NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
                 _ => {}
             }
-            if len == 0 {
-                return Err(QueueError::Decode("zero-length netlink message".into()));
-            }
-            // Netlink messages are 4-byte aligned within a datagram.
-            offset += len.div_ceil(4) * 4;
         }
     }
     Err(QueueError::Decode(format!(
@@ -836,13 +917,42 @@ mod tests {
 
     #[test]
     fn errno_mapping_names_the_family() {
-        let e = diag_errno_error(netlink_packet_sock_diag::constants::AF_UNIX, 2);
+        let e = diag_errno_error(AF_UNIX, 2);
         assert!(matches!(e, QueueError::UnixDiagUnavailable { errno: 2 }));
         assert!(e.to_string().contains("unix_diag"));
         assert!(matches!(
             diag_errno_error(AF_INET6, 2),
             QueueError::InetDiagUnavailable { errno: 2 }
         ));
+    }
+
+    #[test]
+    fn kernel_without_a_diag_handler_is_a_clear_error() {
+        // No kernel has a sock_diag handler for AppleTalk: the kernel answers
+        // exactly as it does for unix sockets when `unix_diag` is missing
+        // (ENOENT after failing to load the module), through the same path.
+        const AF_APPLETALK: u8 = 5;
+        let mut reader = QueueReader::new(DEFAULT_TIMEOUT).unwrap();
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family: AF_APPLETALK,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: inet::StateFlags::LISTEN,
+            socket_id: SocketId::new_v4(),
+        });
+        let err = reader.dump(request, AF_APPLETALK, |_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueueError::FamilyUnavailable {
+                    family: 5,
+                    errno: 2
+                }
+            ),
+            "{err}"
+        );
+        // The reader stays usable after a kernel-reported error.
+        assert!(reader.tcp_listeners(AF_INET).is_ok());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use fpm_kernel::queue::{accept_queue, Listener, QueueError, QueueSource};
+use fpm_kernel::queue::{accept_queue, Listener, QueueError, QueueReader, QueueSource};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -153,4 +153,38 @@ fn tcp_wildcard_listener_found_by_specific_address() {
         accept_queue(&Listener::Tcp(target)),
         Err(QueueError::NotFound { .. })
     ));
+}
+
+#[test]
+fn kept_reader_answers_every_call_with_its_own_dump() {
+    let dir = temp_dir("reader");
+    let path = dir.join("r.sock");
+    let _unix = unix_listener(&SocketAddrUnix::new(&path).unwrap(), 16);
+    let tcp = tcp_listener("127.0.0.1:0".parse().unwrap(), 8);
+    let tcp_addr = tcp.local_addr().unwrap();
+    let mut reader = QueueReader::new(std::time::Duration::from_secs(1)).unwrap();
+    let mut clients = Vec::new();
+    // Alternate families and change the queue between reads: every answer
+    // must reflect the state at its own call.
+    for i in 0..10u32 {
+        let q = reader
+            .accept_queue(&Listener::UnixPath(path.clone()))
+            .unwrap();
+        assert_eq!((q.current, q.limit), (i, Some(16)));
+        let t = reader.accept_queue(&Listener::Tcp(tcp_addr)).unwrap();
+        assert_eq!(t.limit, Some(8));
+        clients.push(UnixStream::connect(&path).unwrap());
+    }
+    assert!(matches!(
+        reader.accept_queue(&Listener::UnixPath(dir.join("nope"))),
+        Err(QueueError::Stat { .. })
+    ));
+    assert_eq!(
+        reader
+            .accept_queue(&Listener::UnixPath(path.clone()))
+            .unwrap()
+            .current,
+        10
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
