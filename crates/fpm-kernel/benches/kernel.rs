@@ -179,6 +179,19 @@ fn main() {
         unix_listening, ctx.clk_tck
     );
     println!("one worker has {vmas} mappings; opcache.enable = {opcache_on:?}");
+    let agg = fpm_kernel::workers::aggregate(&sample, &[]);
+    let (pss, rss, uss) = (agg.pss.unwrap(), agg.rss.unwrap(), agg.uss.unwrap());
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "32 idle workers: sum RSS {:.1} MiB, sum PSS {:.1} MiB (p50 {:.2}, p95 {:.2}, max {:.2}), sum USS {:.1} MiB; master PSS {:.1} MiB",
+        mib(rss.sum),
+        mib(pss.sum),
+        mib(pss.p50),
+        mib(pss.p95),
+        mib(pss.max),
+        mib(uss.sum),
+        mib(agg.master_memory.unwrap().pss)
+    );
     println!(
         "{:<38} {:>6} {:>11} {:>11} {:>13} {:>9}",
         "operation", "n", "median", "p90", "our CPU/op", "x unix"
