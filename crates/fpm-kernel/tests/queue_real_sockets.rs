@@ -188,3 +188,32 @@ fn kept_reader_answers_every_call_with_its_own_dump() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn proc_net_tcp_fallback_agrees_with_inet_diag() {
+    for (bind, table) in [
+        ("127.0.0.1:0", "/proc/net/tcp"),
+        ("[::1]:0", "/proc/net/tcp6"),
+    ] {
+        let listener = tcp_listener(bind.parse().unwrap(), 16);
+        let addr = listener.local_addr().unwrap();
+        let _clients: Vec<_> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut from_diag = accept_queue(&Listener::Tcp(addr)).unwrap();
+        for _ in 0..50 {
+            if from_diag.current == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            from_diag = accept_queue(&Listener::Tcp(addr)).unwrap();
+        }
+        let rows = fpm_kernel::queue::parse_proc_net_tcp(&std::fs::read_to_string(table).unwrap());
+        let from_proc =
+            fpm_kernel::queue::select_tcp(&rows, addr, QueueSource::ProcNetTcp).unwrap();
+        assert_eq!(from_proc.current, from_diag.current, "{addr}");
+        assert_eq!(from_proc.current, 3);
+        assert_eq!(
+            from_proc.limit, None,
+            "/proc/net/tcp does not show the limit"
+        );
+    }
+}

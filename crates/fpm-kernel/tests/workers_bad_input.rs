@@ -7,6 +7,7 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -181,7 +182,16 @@ fn smaps_rollup_permission_denied_is_unavailable() {
         rustix::process::geteuid().is_root(),
         "this test drops to uid nobody and must run as root"
     );
-    let output = Command::new(std::env::current_exe().unwrap())
+    // The build directory may sit under a directory `nobody` cannot enter
+    // (for example /root), so run a copy of this test binary from a temp dir.
+    let dir = std::env::temp_dir().join(format!("fpm-kernel-as-nobody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("test-binary");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(&exe)
         .args([
             "--exact",
             "smaps_rollup_permission_denied_is_unavailable",
