@@ -124,6 +124,8 @@ impl fmt::Display for Unavailable {
     }
 }
 
+impl std::error::Error for Unavailable {}
+
 /// Maps a read error of a `/proc/<pid>` file to a reason.
 ///
 /// `ENOENT` (the directory or file is gone) and `ESRCH` (the file was open but
@@ -228,8 +230,10 @@ pub fn process_age(
     if clk_tck == 0 {
         return None;
     }
+    // u128 so that no tick rate, however absurd, can overflow.
+    let frac_nanos = u128::from(start_ticks % clk_tck) * 1_000_000_000 / u128::from(clk_tck);
     let after_boot = Duration::from_secs(start_ticks / clk_tck)
-        + Duration::from_nanos((start_ticks % clk_tck) * 1_000_000_000 / clk_tck);
+        + Duration::from_nanos(u64::try_from(frac_nanos).unwrap_or(u64::MAX));
     let started = UNIX_EPOCH
         .checked_add(Duration::from_secs(boot_time_secs))?
         .checked_add(after_boot)?;
@@ -474,7 +478,8 @@ pub struct PoolAggregate {
     pub workers: usize,
     /// Workers listed but unreadable (exited, permissions...).
     pub workers_unavailable: usize,
-    /// Workers whose `smaps_rollup` could not be read (excluded from memory).
+    /// Workers without memory figures (unreadable `smaps_rollup`, zombie, or
+    /// [`MemoryDetail::Skip`]); they are excluded from the memory distributions.
     pub workers_without_memory: usize,
     /// PSS over workers with readable memory.
     pub pss: Option<Distribution>,
@@ -628,6 +633,10 @@ mod tests {
         assert_eq!(process_age(boot, 20_000, 100, now), None);
         assert_eq!(process_age(boot, 1, 0, now), None);
         assert_eq!(process_age(u64::MAX, 1, 100, now), None);
+        assert_eq!(
+            process_age(0, u64::MAX - 1, u64::MAX, now),
+            Some(now.duration_since(UNIX_EPOCH).unwrap() - Duration::from_nanos(999_999_999))
+        );
     }
 
     #[test]
