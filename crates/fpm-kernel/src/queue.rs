@@ -59,6 +59,10 @@ pub enum Listener {
     UnixPath(PathBuf),
     /// An abstract unix socket (name without the leading NUL).
     UnixAbstract(Vec<u8>),
+    /// A unix socket by its sockfs inode (the number in a
+    /// `/proc/<pid>/fd/N -> socket:[INODE]` link), for a socket whose path is
+    /// gone but whose fd is still held by a master (fact 5b).
+    UnixSocketInode(u32),
     /// A TCP listener. An unspecified address (`0.0.0.0`, `::`) or a specific
     /// one; a specific address also matches a wildcard listener on its port.
     Tcp(SocketAddr),
@@ -71,6 +75,7 @@ impl fmt::Display for Listener {
             Listener::UnixAbstract(name) => {
                 write!(f, "unix:@{}", String::from_utf8_lossy(name))
             }
+            Listener::UnixSocketInode(ino) => write!(f, "unix:socket:[{ino}]"),
             Listener::Tcp(addr) => write!(f, "tcp:{addr}"),
         }
     }
@@ -243,6 +248,8 @@ pub enum UnixTarget {
     },
     /// An abstract name.
     Abstract(Vec<u8>),
+    /// A sockfs inode.
+    SocketInode(u32),
 }
 
 /// Whether a device number as the kernel encodes it internally (`s_dev`:
@@ -273,6 +280,7 @@ pub fn select_unix(
             .iter()
             .filter(|e| matches!(&e.name, Some(UnixName::Abstract(n)) if n == name))
             .collect(),
+        UnixTarget::SocketInode(ino) => entries.iter().filter(|e| e.socket_inode == *ino).collect(),
     };
     let chosen = match (matches.as_slice(), target) {
         ([], _) => {
@@ -296,7 +304,7 @@ pub fn select_unix(
                 }
             }
         }
-        (many, UnixTarget::Abstract(_)) => {
+        (many, UnixTarget::Abstract(_) | UnixTarget::SocketInode(_)) => {
             return Err(QueueError::Ambiguous {
                 listener: listener.to_string(),
                 count: many.len(),
@@ -504,6 +512,11 @@ impl QueueReader {
             Listener::UnixAbstract(name) => select_unix(
                 &self.unix_listeners()?,
                 &UnixTarget::Abstract(name.clone()),
+                listener,
+            ),
+            Listener::UnixSocketInode(ino) => select_unix(
+                &self.unix_listeners()?,
+                &UnixTarget::SocketInode(*ino),
                 listener,
             ),
             Listener::Tcp(addr) => self.tcp_accept_queue(*addr, listener),

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,7 @@ fn unix_listener_queue_by_path_and_hard_link() {
     let dir = temp_dir("unix");
     let private = dir.join("private.sock");
     let public = dir.join("public.sock");
-    let _listener = unix_listener(&SocketAddrUnix::new(&private).unwrap(), 16);
+    let listener = unix_listener(&SocketAddrUnix::new(&private).unwrap(), 16);
     std::fs::hard_link(&private, &public).unwrap();
 
     let empty = accept_queue(&Listener::UnixPath(private.clone())).unwrap();
@@ -65,6 +66,20 @@ fn unix_listener_queue_by_path_and_hard_link() {
     // still identifies the same listening socket (fact 5a).
     std::fs::remove_file(&private).unwrap();
     let q = accept_queue(&Listener::UnixPath(public.clone())).unwrap();
+    assert_eq!((q.current, q.limit), (8, Some(16)));
+    // With every path gone, the socket is still found by its sockfs inode,
+    // as read from an fd link of the process holding it.
+    std::fs::remove_file(&public).unwrap();
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+    let inode: u32 = link
+        .to_str()
+        .unwrap()
+        .strip_prefix("socket:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let q = accept_queue(&Listener::UnixSocketInode(inode)).unwrap();
     assert_eq!((q.current, q.limit), (8, Some(16)));
     std::fs::remove_dir_all(&dir).unwrap();
 }
