@@ -128,6 +128,7 @@ fn missing_master_is_exited_and_has_no_workers() {
     let sample = sample_pool(&root, 4_000_000, &ctx(), SystemTime::now());
     assert_eq!(sample.master, Err(Unavailable::Exited));
     assert!(sample.workers.is_empty());
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -204,6 +205,7 @@ fn smaps_rollup_permission_denied_is_unavailable() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
