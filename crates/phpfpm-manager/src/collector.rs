@@ -30,7 +30,11 @@ pub async fn run_pool(
     let probe = ProbeMarker::new();
     loop {
         let started = Instant::now();
-        let up = collect_once(&pool, &state, &probe).await;
+        // Shutdown does not wait for a collection in flight.
+        let up = tokio::select! {
+            _ = cancel.cancelled() => break,
+            up = collect_once(&pool, &state, &probe) => up,
+        };
         let period = if up {
             interval
         } else {
@@ -83,7 +87,7 @@ impl Default for ProbeMarker {
 /// logged: a pool whose master is still starting fails its first attempts.
 const WARN_AFTER_FAILURES: u64 = 3;
 
-/// One collection: status and ping concurrently, then one state update.
+/// One collection: status page, then ping, then one state update.
 /// Returns whether the status page was read.
 pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) -> bool {
     let timeouts = Timeouts {
@@ -114,7 +118,10 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) ->
             Err(_) => false,
         }
     };
-    let (status, ping_ok) = tokio::join!(status_fut, ping_fut);
+    // One after the other: on a pool without a status listener both requests
+    // need a worker, and the ping must not show up as load in the status.
+    let status = status_fut.await;
+    let ping_ok = ping_fut.await;
     let elapsed = started.elapsed();
     let name = pool.name.as_str();
     state

@@ -141,14 +141,18 @@ pub struct RawPool {
     pub listen_mode: String,
     /// Working directory of the workers (php-fpm's `chdir`).
     pub chdir: Option<String>,
+    #[serde(deserialize_with = "scalar_map")]
     pub php_values: BTreeMap<String, String>,
+    #[serde(deserialize_with = "scalar_map")]
     pub php_admin_values: BTreeMap<String, String>,
     /// Other php-fpm pool directives, written verbatim (for example
     /// `request_slowlog_timeout: 5s`). Directives the manager manages itself
     /// (listen, pm.*, user, ...) must use their own keys.
+    #[serde(deserialize_with = "scalar_map")]
     pub extra_settings: BTreeMap<String, String>,
     /// Environment of the workers. Values may be secrets: they are written to
     /// the generated pool file and nowhere else.
+    #[serde(deserialize_with = "scalar_map")]
     pub env: BTreeMap<String, String>,
     pub scaling: RawScaling,
     pub timeouts: RawTimeouts,
@@ -312,4 +316,44 @@ impl RawConfig {
             ..RawConfig::default()
         }
     }
+}
+
+/// Reads a map whose values may be written as text, numbers or booleans
+/// (`memory_limit: 256M`, `opcache.enable: 1`, `display_errors: false`) and
+/// keeps them as the text php-fpm's ini format expects.
+fn scalar_map<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Scalar(String);
+    impl<'de> Deserialize<'de> for Scalar {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("text, a number or true/false")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_owned()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                // php's ini reads 1 and 0 as on and off.
+                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                    Ok(Scalar(if v { "1" } else { "0" }.to_owned()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let m: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
+    Ok(m.into_iter().map(|(k, v)| (k, v.0)).collect())
 }

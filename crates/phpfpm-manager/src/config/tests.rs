@@ -153,6 +153,30 @@ fn free_form_maps_accept_any_key() {
 }
 
 #[test]
+fn ini_maps_accept_numbers_and_booleans() {
+    let cfg = load(&input(
+        "pools:\n  - name: www\n    php_admin_values:\n      opcache.enable: 1\n      display_errors: false\n      x: [1]\n",
+    ));
+    let err = cfg.unwrap_err().to_string();
+    assert!(
+        err.contains("expected text, a number or true/false"),
+        "{err}"
+    );
+    let cfg = load(&input(
+        "pools:\n  - name: www\n    php_admin_values:\n      opcache.enable: 1\n      display_errors: false\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let spec = cfg.pools[0].spec.as_ref().unwrap();
+    assert_eq!(
+        spec.php_admin_values,
+        vec![
+            ("display_errors".to_owned(), "0".to_owned()),
+            ("opcache.enable".to_owned(), "1".to_owned())
+        ]
+    );
+}
+
+#[test]
 fn observed_pool_uses_its_endpoint_for_status() {
     let cfg = load(&input(
         "pools:\n  - name: sys\n    supervise: false\n    fastcgi_endpoint: 127.0.0.1:9000\n",

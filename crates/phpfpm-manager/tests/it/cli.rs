@@ -1,1 +1,125 @@
-//! placeholder
+//! The command line: exit codes (0 ok, 1 runtime failure, 2 usage, 64 bad
+//! config), `validate`, `example-config` and `version`.
+
+use std::process::{Command, Output};
+
+use crate::support::{manager_bin, TestDir};
+
+fn run(args: &[&str], dir: &TestDir) -> Output {
+    Command::new(manager_bin())
+        .args(args)
+        .current_dir(&dir.path)
+        .env_remove("PHPFPM_MANAGER_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn example_config_round_trips_through_validate() {
+    let dir = TestDir::new("cli-example");
+    let out = run(&["example-config", "--output", "example.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(&["validate", "--config", "example.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("configuration is valid"), "{t}");
+    assert!(
+        t.contains("www (supervised, pm dynamic, max workers 10"),
+        "{t}"
+    );
+    // Never overwrites an existing file.
+    let out = run(&["example-config", "--output", "example.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("example.yaml"));
+}
+
+#[test]
+fn invalid_config_lists_every_problem_and_exits_64() {
+    let dir = TestDir::new("cli-invalid");
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "server:\n  bind_adress: 1\npools:\n  - name: a/b\n    max_workers: 0\n  - name: ok\n    pm: fast\n",
+    )
+    .unwrap();
+    let out = run(&["validate", "--config", "bad.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let t = text(&out);
+    for want in [
+        "invalid configuration: 4 problems",
+        "server.bind_adress: unknown key; did you mean `bind_address`?",
+        "pools[0].name: 'a/b'",
+        "pools[0].max_workers: '0': must be between 1 and 10000",
+        "pools[1].pm: 'fast': unknown process manager",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    // `run` refuses the same file with the same code, before starting anything.
+    let out = run(&["run", "--config", "bad.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+}
+
+#[test]
+fn missing_config_file_exits_64_naming_it() {
+    let dir = TestDir::new("cli-missing");
+    let out = run(&["validate", "--config", "nope.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out).contains("nope.yaml: cannot read the config file"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = TestDir::new("cli-usage");
+    let out = run(&["frobnicate"], &dir);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = run(&["run", "--no-such-flag"], &dir);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn version_prints_the_version() {
+    let dir = TestDir::new("cli-version");
+    let out = run(&["version"], &dir);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("phpfpm-manager {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_missing_php_fpm_binary_is_a_runtime_failure_with_a_clear_message() {
+    let dir = TestDir::new("cli-nobin");
+    std::fs::write(
+        dir.join("c.yaml"),
+        "phpfpm:\n  binary: /nonexistent/php-fpm\npools:\n  - name: www\n",
+    )
+    .unwrap();
+    let port = crate::support::free_port();
+    let out = Command::new(manager_bin())
+        .args(["run", "--config", "c.yaml"])
+        .current_dir(&dir.path)
+        .env(
+            "PHPFPM_MANAGER_SERVER__BIND_ADDRESS",
+            format!("127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/php-fpm does not exist or is not executable"),
+        "{}",
+        text(&out)
+    );
+}

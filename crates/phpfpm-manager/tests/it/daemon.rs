@@ -1,1 +1,169 @@
-//! placeholder
+//! The daemon end to end: zero-config start with real php-fpm, `/metrics`
+//! checked by promtool, health and API answers, and shutdown on SIGTERM or
+//! repeated SIGINT that leaves no php-fpm process behind.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::{processes_mentioning, promtool_check, TestDaemon};
+
+const UP_LINE: &str = "phpfpm_up{pool=\"demo\"";
+
+fn demo_up(body: &str) -> bool {
+    body.lines()
+        .any(|l| l.starts_with(UP_LINE) && l.ends_with(" 1"))
+}
+
+#[test]
+fn zero_config_serves_metrics_and_stops_cleanly() {
+    let mut d = TestDaemon::start("zeroconf", None, &[]);
+    let body = d
+        .wait_metrics(Duration::from_secs(10), demo_up)
+        .unwrap_or_else(|| panic!("demo pool not up within 10s; log:\n{}", d.log()));
+
+    // Generated files in the manager's own directory, nowhere else.
+    let root = d.dir.join("var/phpfpm-manager");
+    for f in [
+        "php-fpm.conf",
+        "pools.d/demo.conf",
+        "masters/demo.conf",
+        "www/index.php",
+    ] {
+        assert!(root.join(f).is_file(), "missing {f}");
+    }
+    let pool_conf = std::fs::read_to_string(root.join("pools.d/demo.conf")).unwrap();
+    assert!(pool_conf.contains("pm.status_listen = "), "{pool_conf}");
+    assert!(pool_conf.contains("ping.path = /ping"), "{pool_conf}");
+    let global = std::fs::read_to_string(root.join("php-fpm.conf")).unwrap();
+    assert!(global.contains("process_control_timeout = 10s"), "{global}");
+
+    // The exporter's series, exactly named, and a clean promtool lint.
+    for name in [
+        "phpfpm_up",
+        "phpfpm_scrape_failures",
+        "phpfpm_start_since",
+        "phpfpm_accepted_connections",
+        "phpfpm_listen_queue",
+        "phpfpm_max_listen_queue",
+        "phpfpm_listen_queue_length",
+        "phpfpm_idle_processes",
+        "phpfpm_active_processes",
+        "phpfpm_total_processes",
+        "phpfpm_max_active_processes",
+        "phpfpm_max_children_reached",
+        "phpfpm_slow_requests",
+        "phpfpm_manager_scrape_duration_seconds_bucket",
+        "phpfpm_manager_pm_max_children",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            "no {name} series in\n{body}"
+        );
+    }
+    promtool_check(&body).unwrap_or_else(|e| panic!("promtool rejected /metrics:\n{e}\n{body}"));
+
+    let (code, ready) = d.get("/health/ready").unwrap();
+    assert_eq!(code, 200, "{ready}");
+    let (code, live) = d.get("/health/live").unwrap();
+    assert_eq!((code, live.as_str()), (200, r#"{"status":"ok"}"#));
+    let (code, pool) = d.get("/api/v1/pools/demo").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    assert_eq!(v["name"], "demo");
+    assert_eq!(v["master"]["running"], true);
+    assert_eq!(v["pm"]["max_children"], 4);
+    let (code, missing) = d.get("/api/v1/pools/nope").unwrap();
+    assert_eq!(code, 404);
+    let v: serde_json::Value = serde_json::from_str(&missing).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+
+    // Graceful stop: exit 0, and no process of this test's directory left.
+    assert!(
+        !processes_mentioning(&d.dir.path).is_empty(),
+        "php-fpm should be running"
+    );
+    d.signal(Signal::SIGTERM);
+    let code = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "log:\n{}", d.log());
+    let left = processes_mentioning(&d.dir.path);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(
+        d.log().contains("Stopped php-fpm master gracefully"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn repeated_sigint_still_shuts_down_cleanly() {
+    let mut d = TestDaemon::start("sigint", None, &[]);
+    d.wait_metrics(Duration::from_secs(10), demo_up)
+        .unwrap_or_else(|| panic!("demo pool not up within 10s; log:\n{}", d.log()));
+    for _ in 0..3 {
+        d.signal(Signal::SIGINT);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let code = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "log:\n{}", d.log());
+    let left = processes_mentioning(&d.dir.path);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn per_process_metrics_pass_promtool_and_use_slots() {
+    let config = "monitoring:\n  collect_interval: 1s\n  per_process_metrics: true\n\
+                  pools:\n  - name: app\n    pm: static\n    max_workers: 3\n";
+    let d = TestDaemon::start("perproc", Some(config), &[]);
+    let body = d
+        .wait_metrics(Duration::from_secs(10), |b| {
+            b.lines()
+                .any(|l| l.starts_with("phpfpm_up{pool=\"app\"") && l.ends_with(" 1"))
+        })
+        .unwrap_or_else(|| panic!("pool not up within 10s; log:\n{}", d.log()));
+    let slots: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("phpfpm_process_requests{"))
+        .collect();
+    assert_eq!(slots.len(), 3, "{body}");
+    for child in ["child=\"0\"", "child=\"1\"", "child=\"2\""] {
+        assert!(slots.iter().any(|l| l.contains(child)), "{slots:?}");
+    }
+    assert!(body.contains("phpfpm_process_state{"), "{body}");
+    promtool_check(&body).unwrap_or_else(|e| panic!("promtool rejected /metrics:\n{e}"));
+}
+
+#[test]
+fn a_pool_that_fails_php_fpm_t_is_reported_and_others_run() {
+    // php-fpm rejects an unknown pool directive; the manager's own checks
+    // cannot know every directive, so php-fpm -t is the judge.
+    let config = "pools:\n  - name: good\n    pm: static\n    max_workers: 1\n\
+                  \n  - name: bad\n    pm: static\n    max_workers: 1\n    extra_settings:\n      no_such_directive: 1\n";
+    let d = TestDaemon::start("badpool", Some(config), &[]);
+    let body = d
+        .wait_metrics(Duration::from_secs(10), |b| {
+            b.lines()
+                .any(|l| l.starts_with("phpfpm_up{pool=\"good\"") && l.ends_with(" 1"))
+                && b.lines().any(|l| {
+                    l.starts_with("phpfpm_manager_pool_failed{pool=\"bad\"") && l.ends_with(" 1")
+                })
+        })
+        .unwrap_or_else(|| panic!("expected good up and bad failed; log:\n{}", d.log()));
+    assert!(body
+        .lines()
+        .any(|l| l.starts_with("phpfpm_up{pool=\"bad\"") && l.ends_with(" 0")));
+    let (code, pool) = d.get("/api/v1/pools/bad").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    let failed = v["master"]["failed"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        failed.contains("php-fpm -t rejected the configuration"),
+        "{failed}"
+    );
+    assert!(failed.contains("no_such_directive"), "{failed}");
+    let (code, _) = d.get("/health/ready").unwrap();
+    assert_eq!(code, 503);
+}
