@@ -1,6 +1,9 @@
 //! The one integration test binary. Everything here runs real php-fpm (and,
 //! where a test says so, promtool) through the helpers in `support`.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 /// The command line: exit codes, validate, example-config.
