@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fpm_core::status::{parse_ping, parse_status};
+use fpm_core::status::{parse_ping, parse_status, PoolStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -90,38 +90,58 @@ const WARN_AFTER_FAILURES: u64 = 3;
 /// One collection: status page, then ping, then one state update.
 /// Returns whether the status page was read.
 pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) -> bool {
-    let timeouts = Timeouts {
-        connect: pool.connect_timeout,
-        total: pool.request_timeout,
-    };
     let started = Instant::now();
-    let status_fut = async {
-        let reply = fastcgi::get(
-            &pool.status_endpoint,
-            &pool.status_path,
-            &probe.query(),
-            timeouts,
-        )
-        .await
-        .map_err(|e| ScrapeError {
-            kind: e.kind(),
-            message: e.to_string(),
-        })?;
-        parse_status(&reply.stdout).map_err(|e| ScrapeError {
-            kind: e.kind(),
-            message: with_stderr(e.to_string(), &reply.stderr),
-        })
-    };
-    let ping_fut = async {
-        match fastcgi::get(&pool.status_endpoint, &pool.ping_path, "", timeouts).await {
-            Ok(reply) => parse_ping(&reply.stdout, &pool.ping_response).is_ok(),
-            Err(_) => false,
-        }
-    };
     // One after the other: on a pool without a status listener both requests
     // need a worker, and the ping must not show up as load in the status.
-    let status = status_fut.await;
-    let ping_ok = ping_fut.await;
+    let status = fetch_status(pool, probe).await;
+    let ping_ok = ping(pool).await;
+    record(pool, state, probe, status, ping_ok, started)
+}
+
+fn timeouts(pool: &Pool) -> Timeouts {
+    Timeouts {
+        connect: pool.connect_timeout,
+        total: pool.request_timeout,
+    }
+}
+
+/// Requests and parses the status page.
+pub async fn fetch_status(pool: &Pool, probe: &ProbeMarker) -> Result<PoolStatus, ScrapeError> {
+    let reply = fastcgi::get(
+        &pool.status_endpoint,
+        &pool.status_path,
+        &probe.query(),
+        timeouts(pool),
+    )
+    .await
+    .map_err(|e| ScrapeError {
+        kind: e.kind(),
+        message: e.to_string(),
+    })?;
+    parse_status(&reply.stdout).map_err(|e| ScrapeError {
+        kind: e.kind(),
+        message: with_stderr(e.to_string(), &reply.stderr),
+    })
+}
+
+/// Does the pool answer its ping path with the expected response?
+pub async fn ping(pool: &Pool) -> bool {
+    match fastcgi::get(&pool.status_endpoint, &pool.ping_path, "", timeouts(pool)).await {
+        Ok(reply) => parse_ping(&reply.stdout, &pool.ping_response).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Records one collection's outcome in the state and metrics; returns
+/// whether the status page was read.
+pub fn record(
+    pool: &Pool,
+    state: &AppState,
+    probe: &ProbeMarker,
+    status: Result<PoolStatus, ScrapeError>,
+    ping_ok: bool,
+    started: Instant,
+) -> bool {
     let elapsed = started.elapsed();
     let name = pool.name.as_str();
     state

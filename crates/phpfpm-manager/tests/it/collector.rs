@@ -41,7 +41,7 @@ fn reads_a_real_pool_through_status_listen() {
     let pool = fpm.pool();
     let state = state_for(vec![pool.clone()]);
     let up = rt().block_on(collect_once(&pool, &state, &ProbeMarker::new()));
-    assert!(up);
+    assert!(up, "{:?}", state.pools()[&pool.name].last_error);
     let pools = state.pools();
     let s = &pools[&pool.name];
     assert!(s.up && s.ping_ok, "{:?}", s.last_error);
@@ -80,7 +80,8 @@ fn own_request_through_the_main_socket_is_not_counted_as_load() {
         let busy =
             tokio::spawn(async move { fastcgi::get(&ep, &script, "ms=1500", timeouts()).await });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(collect_once(&pool, &state, &ProbeMarker::new()).await);
+        let up = collect_once(&pool, &state, &ProbeMarker::new()).await;
+        assert!(up, "{:?}", state.pools()[&pool.name].last_error);
         let reply = busy.await.unwrap().unwrap();
         assert!(String::from_utf8_lossy(&reply.stdout).contains("ok"));
     });

@@ -4,7 +4,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
-mod support;
+use fpm_testkit as support;
 
 /// The command line: exit codes, validate, example-config.
 mod cli;

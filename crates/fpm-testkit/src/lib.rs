@@ -1,12 +1,14 @@
-//! Test helpers: [`TestFpm`] runs a real php-fpm master in its own temporary
-//! directory, [`TestDaemon`] runs the built `phpfpm-manager` binary, and a few
-//! small clients (HTTP GET, FastCGI) talk to them over loopback.
+//! Helpers shared by the integration tests and the benchmarks: [`TestFpm`]
+//! runs a real php-fpm master in its own temporary directory, [`TestDaemon`]
+//! runs the built `phpfpm-manager` binary, and a few small clients talk to
+//! them over loopback.
 //!
 //! php-fpm missing is a test failure, never a skip: `make test` installs it.
 //! A test's directory is removed when the test passes and kept (its path
 //! printed) when it fails, for inspection.
 
-#![allow(dead_code)]
+// Helpers for tests: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -184,12 +186,31 @@ impl TestFpm {
         fpm
     }
 
+    /// Ready means both sockets answer a ping: a socket that accepts
+    /// connections may not have a worker behind it yet.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let t = phpfpm_manager::fastcgi::Timeouts {
+            connect: Duration::from_millis(200),
+            total: Duration::from_millis(500),
+        };
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.status_socket).is_ok()
-                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-            {
+            let ok = rt.block_on(async {
+                let mut ok = true;
+                for sock in [&self.status_socket, &self.socket] {
+                    let ep = Endpoint::Unix(sock.clone());
+                    match phpfpm_manager::fastcgi::get(&ep, "/ping", "", t).await {
+                        Ok(r) => ok &= String::from_utf8_lossy(&r.stdout).contains("pong"),
+                        Err(_) => ok = false,
+                    }
+                }
+                ok
+            });
+            if ok {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -279,9 +300,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
-/// The built manager binary.
-pub fn manager_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_phpfpm-manager")
+/// The manager binary built for this test run, found next to the running
+/// test executable (`target/<profile>/deps/..`).
+pub fn manager_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("phpfpm-manager");
+    assert!(
+        bin.is_file(),
+        "{} not found; build it first (cargo test builds it for integration tests)",
+        bin.display()
+    );
+    bin
 }
 
 /// The manager running as a child process in its own directory.
@@ -373,6 +406,7 @@ impl Drop for TestDaemon {
 /// Pids of live processes whose command line mentions `needle` (a test's own
 /// temporary directory, so only processes this test started match).
 pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
+    let own = std::process::id() as i32;
     let needle = needle.to_string_lossy().into_owned();
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -385,7 +419,7 @@ pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd);
             // Zombies have an empty command line and are not running.
-            if cmd.contains(&needle) {
+            if cmd.contains(&needle) && pid != own {
                 out.push(pid);
             }
         }
