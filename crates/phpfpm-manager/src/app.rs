@@ -1,28 +1,50 @@
 //! Wiring and lifecycle: builds the runtime, starts the HTTP server, the
-//! supervisors and the collectors, and runs the shutdown sequence.
+//! supervisors and the collectors, reloads the configuration on SIGHUP, and
+//! runs the shutdown sequence.
 //!
 //! Shutdown order (each step bounded):
 //! 1. SIGTERM or SIGINT cancels the root token (every such signal, not only
-//!    the first; a second one also sets `hurry`, which shortens step 3).
+//!    the first; a later one also sets `hurry`, which shortens step 3).
 //! 2. The HTTP server stops accepting and the collectors stop.
 //! 3. Supervisors stop their masters: SIGQUIT, up to `phpfpm.stop_timeout`,
 //!    then SIGTERM, then SIGKILL of the master's process group.
 //! 4. `run` returns and `main` maps the outcome to an exit code.
+//!
+//! SIGUSR1 instead *detaches*: the manager exits and leaves every php-fpm
+//! master serving, for a new manager to adopt (`run --replace` sends it).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fpm_core::PoolName;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{self, Config, Pool};
 use crate::state::AppState;
-use crate::supervisor::{self, Supervisor};
+use crate::supervisor::child::FpmBinary;
+use crate::supervisor::files::{write_atomic, Layout};
+use crate::supervisor::{self, Supervisor, SupervisorHandle};
 use crate::{collector, http};
 
+/// How the manager was started, beyond the configuration itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The config file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// `--runtime-dir`, kept for reloads.
+    pub runtime_dir: Option<String>,
+    /// Take over from a manager running on the same runtime directory,
+    /// adopting its php-fpm masters without restarting them.
+    pub replace: bool,
+}
+
 /// Runs the manager until a shutdown signal.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     // Two worker threads are plenty: the work is a few short requests per
     // second, and each thread costs memory.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -30,23 +52,97 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(cfg))
+    rt.block_on(run_async(cfg, opts))
 }
 
-async fn run_async(cfg: Config) -> anyhow::Result<()> {
+/// Everything running for one pool.
+struct PoolRun {
+    pool: Pool,
+    supervisor: Option<(SupervisorHandle, CancellationToken)>,
+    collector: CancellationToken,
+}
+
+/// The set of running pools and what is needed to start more.
+struct Pools {
+    runs: BTreeMap<PoolName, PoolRun>,
+    runtime: Option<(Layout, FpmBinary)>,
+    supervisors: JoinSet<()>,
+    collectors: JoinSet<()>,
+    cancel: CancellationToken,
+    detach: CancellationToken,
+    hurry: CancellationToken,
+}
+
+impl Pools {
+    fn start(&mut self, pool: &Pool, cfg: &Config, state: &Arc<AppState>) {
+        let supervisor = match (&pool.spec, &self.runtime) {
+            (Some(_), Some((layout, binary))) => {
+                let token = self.cancel.child_token();
+                let (sup, handle) = Supervisor::new(
+                    pool.clone(),
+                    layout.clone(),
+                    binary.clone(),
+                    cfg,
+                    state.clone(),
+                );
+                self.supervisors
+                    .spawn(sup.run(token.clone(), self.detach.clone(), self.hurry.clone()));
+                Some((handle, token))
+            }
+            _ => None,
+        };
+        let collector = self.start_collector(pool, cfg, state);
+        self.runs.insert(
+            pool.name.clone(),
+            PoolRun {
+                pool: pool.clone(),
+                supervisor,
+                collector,
+            },
+        );
+    }
+
+    fn start_collector(&mut self, pool: &Pool, cfg: &Config, state: &Arc<AppState>) -> CancellationToken {
+        let token = self.cancel.child_token();
+        self.collectors.spawn(collector::run_pool(
+            pool.clone(),
+            state.clone(),
+            cfg.monitoring.collect_interval,
+            token.clone(),
+        ));
+        token
+    }
+
+    fn stop(&mut self, name: &PoolName) {
+        if let Some(run) = self.runs.remove(name) {
+            run.collector.cancel();
+            if let Some((_, token)) = run.supervisor {
+                token.cancel();
+            }
+        }
+    }
+}
+
+async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    let detach = CancellationToken::new();
     let hurry = CancellationToken::new();
 
     // Signals first, so that a SIGTERM during start-up is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let mut sigusr1 =
+        signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?;
 
+    if opts.replace {
+        replace_running_manager(&cfg).await?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.server.bind_address)
         .await
         .with_context(|| {
             format!(
-                "cannot listen on {} (server.bind_address); is another manager running?",
+                "cannot listen on {} (server.bind_address); is another manager running? (`run --replace` takes over from it)",
                 cfg.server.bind_address
             )
         })?;
@@ -56,9 +152,13 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let pid_file = cfg.phpfpm.runtime_dir.join("manager.pid");
+    if runtime.is_some() {
+        write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+    }
 
     let state = AppState::new(cfg);
-    let cfg = &state.config;
+    let cfg = state.config();
     tracing::info!(
         address = %cfg.server.bind_address,
         pools = cfg.pools.len(),
@@ -66,60 +166,62 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         "Manager started; serving /metrics, /health and /api/v1."
     );
 
-    let mut supervisors = JoinSet::new();
-    if let Some((layout, binary)) = runtime {
-        for pool in cfg.pools.iter().filter(|p| p.spec.is_some()) {
-            let sup = Supervisor {
-                pool: pool.clone(),
-                layout: layout.clone(),
-                binary: binary.clone(),
-                stop_timeout: cfg.phpfpm.stop_timeout,
-                state: state.clone(),
-            };
-            supervisors.spawn(sup.run(cancel.clone(), hurry.clone()));
-        }
-    }
-
-    let mut collectors = JoinSet::new();
+    let mut pools = Pools {
+        runs: BTreeMap::new(),
+        runtime,
+        supervisors: JoinSet::new(),
+        collectors: JoinSet::new(),
+        cancel: cancel.clone(),
+        detach: detach.clone(),
+        hurry: hurry.clone(),
+    };
     for pool in &cfg.pools {
-        collectors.spawn(collector::run_pool(
-            pool.clone(),
-            state.clone(),
-            cfg.monitoring.collect_interval,
-            cancel.clone(),
-        ));
+        pools.start(pool, &cfg, &state);
     }
 
     let server = {
         let app = http::router(state.clone());
         let token = cancel.clone();
+        let detach = detach.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
+                .with_graceful_shutdown(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = detach.cancelled() => {}
+                    }
+                })
                 .await
         })
     };
 
-    // Step 1: wait for a signal. Every SIGTERM/SIGINT is handled the same way.
-    let mut signals = 0u32;
-    loop {
+    // Step 1: run until a signal says stop (or detach).
+    let detaching = loop {
         tokio::select! {
-            _ = sigterm.recv() => signals += 1,
-            _ = sigint.recv() => signals += 1,
-            _ = sighup.recv() => {
-                tracing::warn!("SIGHUP received; reloading the configuration at runtime is not available in this version, nothing changed.");
-                continue;
-            }
+            _ = sigterm.recv() => break false,
+            _ = sigint.recv() => break false,
+            _ = sigusr1.recv() => break true,
+            _ = sighup.recv() => reload(&opts, &state, &mut pools).await,
+            // Reap finished tasks so the sets do not grow with reloads.
+            Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}
         }
-        if signals == 1 {
-            tracing::info!("Shutdown signal received; stopping gracefully.");
-            cancel.cancel();
-            break;
+    };
+    if detaching {
+        tracing::info!("SIGUSR1 received; exiting and leaving php-fpm running for the next manager.");
+        detach.cancel();
+        // Collectors are children of `cancel`; stop them without stopping masters.
+        for run in pools.runs.values() {
+            run.collector.cancel();
         }
+    } else {
+        tracing::info!("Shutdown signal received; stopping gracefully.");
+        cancel.cancel();
     }
 
-    // Steps 2 and 3 run together; further signals shorten the masters' grace.
-    let grace = state.config.phpfpm.stop_timeout + Duration::from_secs(3);
+    // Steps 2 and 3; further signals shorten the masters' grace.
+    let grace = state.config().phpfpm.stop_timeout + Duration::from_secs(3);
+    let mut supervisors = std::mem::take(&mut pools.supervisors);
+    let mut collectors = std::mem::take(&mut pools.collectors);
     let forced = {
         let shutdown = async {
             while supervisors.join_next().await.is_some() {}
@@ -145,8 +247,8 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         forced
     };
     if forced {
-        // Dropping the supervisors' tasks drops their children, and
-        // kill_on_drop ends any master still running.
+        // Dropping a supervisor's task drops its master, whose guard kills
+        // the master's process group.
         supervisors.abort_all();
         while supervisors.join_next().await.is_some() {}
     }
@@ -156,6 +258,124 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}."),
         Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
     }
+    if std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(&pid_file);
+    }
     tracing::info!("Manager stopped.");
+    Ok(())
+}
+
+/// SIGHUP: re-read the config. An invalid config changes nothing; a valid one
+/// starts added pools, stops removed ones, hands changed ones over without
+/// dropping requests, and leaves unchanged ones alone.
+async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
+    tracing::info!("SIGHUP received; reloading the configuration.");
+    let new = match config::load_from_system(opts.config_path.as_deref(), opts.runtime_dir.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!("Config reload rejected: {p}");
+            }
+            tracing::error!("The new configuration is invalid ({} problems); nothing was changed.", e.problems.len());
+            return;
+        }
+    };
+    let old = state.config();
+    for (what, changed) in [
+        ("server", old.server != new.server),
+        ("phpfpm", old.phpfpm != new.phpfpm),
+    ] {
+        if changed {
+            tracing::warn!("The `{what}` section changed; it takes effect when the manager restarts.");
+        }
+    }
+    if new.pools.iter().any(|p| p.spec.is_some()) && pools.runtime.is_none() {
+        match supervisor::prepare_runtime(&new) {
+            Ok(rt) => pools.runtime = Some(rt),
+            Err(e) => {
+                tracing::error!("Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed.");
+                return;
+            }
+        }
+    }
+    let monitoring_changed = old.monitoring != new.monitoring;
+    state.set_config(new.clone());
+    let wanted: BTreeMap<&PoolName, &Pool> = new.pools.iter().map(|p| (&p.name, p)).collect();
+    let running: Vec<PoolName> = pools.runs.keys().cloned().collect();
+    for name in running {
+        if !wanted.contains_key(&name) {
+            tracing::info!(pool = name.as_str(), "Pool removed from the configuration; stopping it.");
+            pools.stop(&name);
+            state.remove_pool(&name);
+        }
+    }
+    for pool in &new.pools {
+        let Some(run) = pools.runs.get(&pool.name) else {
+            tracing::info!(pool = pool.name.as_str(), "Pool added to the configuration; starting it.");
+            state.add_pool(pool);
+            pools.start(pool, &new, state);
+            continue;
+        };
+        if run.pool == *pool && !monitoring_changed {
+            continue;
+        }
+        let same_place = run.pool.endpoint == pool.endpoint
+            && run.pool.status_endpoint == pool.status_endpoint
+            && run.pool.spec.is_some() == pool.spec.is_some();
+        if !same_place {
+            tracing::info!(pool = pool.name.as_str(), "Pool address or mode changed; restarting it.");
+            pools.stop(&pool.name);
+            state.remove_pool(&pool.name);
+            state.add_pool(pool);
+            pools.start(pool, &new, state);
+            continue;
+        }
+        let handle = run.supervisor.as_ref().map(|(h, _)| h.clone());
+        let spec_changed = run.pool.spec != pool.spec;
+        run.collector.cancel();
+        let collector = pools.start_collector(pool, &new, state);
+        if let Some(run) = pools.runs.get_mut(&pool.name) {
+            run.collector = collector;
+            run.pool = pool.clone();
+        }
+        if let (true, Some(handle), Some(spec)) = (spec_changed, handle, pool.spec.clone()) {
+            let name = pool.name.clone();
+            tokio::spawn(async move {
+                match handle.apply(spec).await {
+                    Ok(r) if r.unchanged => {}
+                    Ok(r) => tracing::info!(pool = name.as_str(), took_ms = r.took.as_millis() as u64, "Pool change applied."),
+                    Err(e) => tracing::error!(pool = name.as_str(), "Pool change refused: {e}."),
+                }
+            });
+        }
+    }
+}
+
+/// `run --replace`: asks the manager recorded in the runtime directory to
+/// exit without stopping php-fpm (SIGUSR1), and waits for it.
+async fn replace_running_manager(cfg: &Config) -> anyhow::Result<()> {
+    let pid_file = cfg.phpfpm.runtime_dir.join("manager.pid");
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        tracing::info!("No running manager recorded in {}; starting normally.", pid_file.display());
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        anyhow::bail!("{} does not hold a pid", pid_file.display());
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if pid == std::process::id() as i32 || !String::from_utf8_lossy(&cmdline).contains("phpfpm-manager") {
+        tracing::info!(pid, "The recorded manager is not running; starting normally.");
+        return Ok(());
+    }
+    tracing::info!(pid, "Asking the running manager to hand over.");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
+        .with_context(|| format!("cannot signal the running manager (pid {pid})"))?;
+    let deadline = tokio::time::Instant::now() + cfg.phpfpm.stop_timeout + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the running manager (pid {pid}) did not exit; it is still in charge");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }

@@ -42,13 +42,13 @@ impl IntoResponse for ApiError {
 
 /// Builds the router over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {
-    let max_body = usize::try_from(state.config.server.max_body_bytes).unwrap_or(usize::MAX);
+    let max_body = usize::try_from(state.config().server.max_body_bytes).unwrap_or(usize::MAX);
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(ready))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready));
-    if state.config.server.api_enabled {
+    if state.config().server.api_enabled {
         app = app
             .route("/api/v1/health", get(ready))
             .route("/api/v1/health/live", get(live))
@@ -63,7 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let per_process = state.config.monitoring.per_process_metrics;
+    let per_process = state.config().monitoring.per_process_metrics;
     let body = {
         let pools = state.pools();
         let list: Vec<&PoolState> = pools.values().collect();
@@ -204,7 +204,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "mode": if state.config.zero_config { "zero-config" } else { "config" },
+        "mode": if state.config().zero_config { "zero-config" } else { "config" },
         "pools_total": pools.len(),
         "pools_up": up,
     }))

@@ -55,6 +55,10 @@ struct ConfigArgs {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Take over from a manager running on the same runtime directory: it exits
+    /// without stopping php-fpm, and this one adopts the running masters.
+    #[arg(long)]
+    replace: bool,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +82,12 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             telemetry::init(&cfg.telemetry);
-            match app::run(cfg) {
+            let opts = app::RunOptions {
+                config_path: args.config.config.clone(),
+                runtime_dir: args.config.runtime_dir.clone(),
+                replace: args.replace,
+            };
+            match app::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("Manager stopped with an error: {e:#}");

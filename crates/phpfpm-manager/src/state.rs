@@ -59,6 +59,12 @@ pub struct MasterState {
     pub last_exit: Option<String>,
     /// Set when the pool cannot be started (for example `php-fpm -t` failed).
     pub failed: Option<String>,
+    /// Why the last requested change was refused (the pool kept running).
+    pub last_apply_error: Option<String>,
+    /// Incremented by every start or hand-over.
+    pub generation: u64,
+    /// Taken over from an earlier manager run rather than started.
+    pub adopted: bool,
 }
 
 impl PoolState {
@@ -88,7 +94,7 @@ impl PoolState {
 pub struct AppState {
     pools: RwLock<BTreeMap<PoolName, PoolState>>,
     pub metrics: Metrics,
-    pub config: Config,
+    config: RwLock<Arc<Config>>,
     pub started: Instant,
 }
 
@@ -102,9 +108,30 @@ impl AppState {
         Arc::new(AppState {
             pools: RwLock::new(pools),
             metrics: Metrics::new(),
-            config,
+            config: RwLock::new(Arc::new(config)),
             started: Instant::now(),
         })
+    }
+
+    /// The configuration in force (replaced by a runtime reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// Starts tracking a pool added by a reload.
+    pub fn add_pool(&self, pool: &Pool) {
+        let mut guard = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        guard.insert(pool.name.clone(), PoolState::new(pool));
+    }
+
+    /// Forgets a pool removed by a reload; its series leave `/metrics`.
+    pub fn remove_pool(&self, pool: &PoolName) {
+        let mut guard = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        guard.remove(pool);
     }
 
     /// Read access. A poisoned lock means a writer panicked mid-update; the

@@ -1,13 +1,19 @@
 //! The one place that starts php-fpm processes, and the only code that signals
-//! them. Every process is the manager's own child, signalled by pid (or by the
-//! process group it was placed in at spawn), never looked up by name.
+//! them. Every process is either the manager's own child, or a master adopted
+//! from an earlier manager run after checking its identity (pid, start time,
+//! and a command line naming this runtime directory's config). Processes are
+//! signalled by pid or by the process group created for them at spawn, never
+//! looked up by name.
 //!
 //! A master runs in its own process group: a Ctrl-C on the manager's terminal
 //! then reaches only the manager, which stops php-fpm gracefully, instead of
-//! reaching php-fpm as SIGINT (php-fpm's fast, request-cutting stop).
+//! reaching php-fpm as SIGINT (php-fpm's fast, request-cutting stop). It also
+//! means a manager killed with SIGKILL leaves its masters serving, to be
+//! adopted by the next manager (issue: no downtime when the manager dies).
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use fpm_core::PoolName;
@@ -15,6 +21,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How to invoke php-fpm.
@@ -90,58 +97,108 @@ impl FpmBinary {
         ))
     }
 
-    /// Starts a master in the foreground (`-F`) with its stderr forwarded to
-    /// the manager's log, tagged with the pool.
+    /// Starts a master in the foreground (`-F`) with the listening sockets
+    /// `inherit` (fd, as given in `fpm_sockets`) and its output forwarded to
+    /// the manager's log, tagged with the pool. The returned receiver fires
+    /// when php-fpm says it is ready to handle connections.
     pub fn spawn_master(
         &self,
         pool: &PoolName,
         conf: &Path,
         cwd: &Path,
-    ) -> std::io::Result<Master> {
-        let mut child = self
-            .command(cwd)
-            .arg("-F")
+        inherit: &[RawFd],
+        fpm_sockets: &str,
+    ) -> std::io::Result<(Master, oneshot::Receiver<()>)> {
+        let mut cmd = self.command(cwd);
+        cmd.arg("-F")
             .arg("-y")
             .arg(conf)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            // If the manager panics, the master goes with it.
-            .kill_on_drop(true)
-            .spawn()?;
+            // Killing on drop is done by `Master`'s own guard, which can be
+            // disarmed for a hand-over to a new manager.
+            .kill_on_drop(false);
+        if !fpm_sockets.is_empty() {
+            cmd.env("FPM_SOCKETS", fpm_sockets);
+        }
+        keep_fds_open_across_exec(&mut cmd, inherit.to_vec());
+        let mut child = cmd.spawn()?;
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("php-fpm exited before its pid was read"))?;
-        for stream in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        if let Some(stderr) = child.stderr.take() {
             let pool = pool.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("ready to handle connections") {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    forward_line(&pool, &line);
+                }
+            });
+        }
+        if let Some(stdout) = child.stdout.take() {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     forward_line(&pool, &line);
                 }
             });
         }
-        Ok(Master { child, pid })
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        Ok((
+            Master {
+                pid,
+                start_ticks,
+                child: Some(child),
+                armed: true,
+            },
+            ready_rx,
+        ))
     }
 }
 
-/// A running php-fpm master.
+/// Clears close-on-exec on the listening sockets in the forked child, so
+/// php-fpm inherits exactly these fds (and no other fd of the manager).
+#[allow(unsafe_code)]
+fn keep_fds_open_across_exec(cmd: &mut Command, fds: Vec<RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe operations are allowed. It only calls fcntl(2) on fds
+    // that the parent keeps open for the duration of the spawn, and it does
+    // not allocate (the Vec was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                let rc = nix::libc::fcntl(*fd, nix::libc::F_SETFD, 0);
+                if rc == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A running php-fpm master: a child of this manager, or adopted.
 #[derive(Debug)]
 pub struct Master {
-    child: Child,
     pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22):
+    /// with the pid, the identity of the process.
+    pub start_ticks: u64,
+    child: Option<Child>,
+    /// Kill the process group when dropped (a panic, an aborted task).
+    armed: bool,
 }
 
 /// How a stop ended.
@@ -156,46 +213,146 @@ pub enum StopOutcome {
 }
 
 impl Master {
-    /// Waits for the master to exit.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
+    /// A master started by an earlier manager, checked to be exactly the
+    /// process recorded (pid, start time) and running `conf`.
+    pub fn adopt(pid: u32, recorded_start_ticks: u64, conf: &Path) -> Option<Master> {
+        if start_ticks(pid)? != recorded_start_ticks || !runs_conf(pid, conf) {
+            return None;
+        }
+        Some(Master {
+            pid,
+            start_ticks: recorded_start_ticks,
+            child: None,
+            armed: true,
+        })
+    }
+
+    /// Whether the process is still the one this value stands for.
+    pub fn alive(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start_ticks)
+    }
+
+    /// Leaves the process running when this value is dropped (hand-over to
+    /// a new manager).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Waits for the master to exit and describes how it ended.
+    pub async fn wait(&mut self) -> String {
+        match &mut self.child {
+            Some(child) => match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            },
+            // Not our child: no exit status to collect, so watch /proc.
+            None => {
+                while self.alive() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                "exited (adopted master; exit status unknown)".to_owned()
+            }
+        }
+    }
+
+    async fn wait_for(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.wait()).await.is_ok()
     }
 
     /// SIGQUIT, wait up to `grace` (cut short by `hurry`), then SIGTERM, wait
     /// 1 s, then SIGKILL to the master's process group so that no worker is
     /// left behind.
     pub async fn stop(&mut self, grace: Duration, hurry: &CancellationToken) -> StopOutcome {
-        let pid = Pid::from_raw(self.pid as i32);
-        if self.signal(pid, Signal::SIGQUIT) {
+        let outcome = self.stop_inner(grace, hurry).await;
+        self.armed = false;
+        outcome
+    }
+
+    async fn stop_inner(&mut self, grace: Duration, hurry: &CancellationToken) -> StopOutcome {
+        if self.signal(Signal::SIGQUIT) {
             let waited = tokio::select! {
-                r = tokio::time::timeout(grace, self.child.wait()) => r.is_ok(),
+                ok = self.wait_for(grace) => ok,
                 _ = hurry.cancelled() => false,
             };
             if waited {
                 return StopOutcome::Graceful;
             }
+        } else if !self.alive() {
+            return StopOutcome::Graceful;
         }
-        if self.signal(pid, Signal::SIGTERM)
-            && tokio::time::timeout(Duration::from_secs(1), self.child.wait())
-                .await
-                .is_ok()
-        {
+        if self.signal(Signal::SIGTERM) && self.wait_for(Duration::from_secs(1)).await {
             return StopOutcome::Terminated;
         }
-        // The group id is the master's pid (process_group(0) at spawn).
-        let _ = killpg(pid, Signal::SIGKILL);
-        let _ = self.child.wait().await;
+        self.kill_group();
+        let _ = self.wait_for(Duration::from_secs(2)).await;
         StopOutcome::Killed
     }
 
-    /// Sends `sig` unless the child has already been reaped (its pid could
-    /// then belong to someone else).
-    fn signal(&mut self, pid: Pid, sig: Signal) -> bool {
-        match self.child.try_wait() {
-            Ok(None) => kill(pid, sig).is_ok(),
-            _ => false,
+    /// Sends `sig` to the master if it is still the same process (a reaped
+    /// child's pid could belong to someone else by now).
+    pub fn signal(&mut self, sig: Signal) -> bool {
+        let ours = match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => self.alive(),
+        };
+        ours && kill(Pid::from_raw(self.pid as i32), sig).is_ok()
+    }
+
+    fn kill_group(&mut self) {
+        // The group id is the master's pid (process_group(0) at spawn, kept
+        // by an adopted master too). Checked first: never signal a group
+        // whose leader is gone and whose id may have been reused.
+        let group_alive = self.alive() || group_has_members(self.pid);
+        if group_alive {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
     }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if self.armed {
+            self.kill_group();
+        }
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot, if it exists.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    // After the command: state is field 3, starttime field 22.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is `pid` a php-fpm master started with `conf`? php-fpm rewrites its title
+/// to "php-fpm: master process (<conf>)".
+fn runs_conf(pid: u32, conf: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&cmdline);
+    text.contains("master process") && text.contains(&*conf.to_string_lossy())
+}
+
+/// Does any live process still belong to process group `pgid`? (Workers of
+/// a master that died are still in its group.)
+fn group_has_members(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1.to_owned();
+                after.split_whitespace().nth(2)?.parse::<u32>().ok()
+            })
+            == Some(pgid)
+    })
 }
 
 /// Drops php-fpm's `[26-Nov-2026 10:23:37] ` prefix; the log has its own time.
@@ -234,5 +391,15 @@ mod tests {
             "NOTICE: fpm is running, pid 5"
         );
         assert_eq!(strip_fpm_date("no prefix"), "no prefix");
+    }
+
+    #[test]
+    fn own_start_time_is_readable_and_adoption_checks_the_command_line() {
+        let me = std::process::id();
+        let t = start_ticks(me).unwrap();
+        assert!(t > 0);
+        // This test process is not a php-fpm master.
+        assert!(Master::adopt(me, t, Path::new("/x/masters/a.conf")).is_none());
+        assert!(Master::adopt(me, t + 1, Path::new("/x")).is_none());
     }
 }

@@ -1,33 +1,52 @@
-//! The supervisor: one actor per supervised pool that writes the pool's
-//! php-fpm config, validates it with `php-fpm -t`, runs the pool's own master
-//! in the foreground as the manager's child, restarts it with backoff when it
-//! exits unexpectedly, and stops it gracefully on shutdown.
+//! The supervisor: one actor per supervised pool. It owns the pool's listening
+//! sockets, writes and validates the pool's php-fpm config, runs the pool's own
+//! master, restarts it with backoff when it dies, changes its settings by a
+//! zero-drop hand-over between masters, adopts a master left running by an
+//! earlier manager, and stops it gracefully on shutdown.
 //!
-//! One master per pool (see ARCHITECTURE.md): a change to one pool then never
+//! One master per pool (see ARCHITECTURE.md): a change to one pool never
 //! reloads, restarts or flushes the OPcache of another.
+//!
+//! Hand-over ("apply pool spec"): validate the new config with `php-fpm -t`,
+//! start a second master on the same inherited sockets, wait until it says it
+//! is ready, then SIGQUIT the old one, which finishes its requests in flight
+//! (up to `process_control_timeout`). Both accept from one kernel queue in the
+//! meantime, so no connection is refused and no request is cut.
 
 mod backoff;
 pub mod binary;
 pub mod child;
 pub mod files;
+pub mod sockets;
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use fpm_core::fpm_conf::{self, PoolSpec};
+use fpm_core::PoolName;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Pool};
+use crate::config::{Config, Endpoint, Pool};
 use crate::state::AppState;
 use backoff::Backoff;
-use child::{FpmBinary, StopOutcome};
+use child::{FpmBinary, Master, StopOutcome};
 use files::{write_atomic, Layout};
+use sockets::{Access, PoolSocket};
 
 /// A master that ran at least this long before exiting resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// This many unexpected exits within `CRASH_LOOP_WINDOW` mark the pool failed.
+const CRASH_LOOP_EXITS: usize = 5;
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(120);
+/// How often a crash-looping pool is still retried.
+const SLOW_RETRY: Duration = Duration::from_secs(60);
+/// How long a new master may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Creates the runtime directory and the shared files, and finds php-fpm.
 pub fn prepare_runtime(cfg: &Config) -> anyhow::Result<(Layout, FpmBinary)> {
@@ -57,134 +76,485 @@ pub fn prepare_runtime(cfg: &Config) -> anyhow::Result<(Layout, FpmBinary)> {
 /// The demo pool's page: a short response with a little work in it.
 const DEMO_INDEX: &str = "<?php\n// Served by the phpfpm-manager demo pool.\n$ms = min(2000, max(0, (int)($_GET['ms'] ?? 0)));\nif ($ms > 0) { usleep($ms * 1000); }\nheader('Content-Type: text/plain');\necho \"hello from pool demo, pid \", getmypid(), \"\\n\";\n";
 
+/// What a supervisor can be asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Change the pool's settings through a hand-over.
+    Apply {
+        spec: Box<PoolSpec>,
+        reply: oneshot::Sender<Result<ApplyReport, String>>,
+    },
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyReport {
+    pub old_pid: Option<u32>,
+    pub new_pid: u32,
+    /// From the request to the new master being ready to serve.
+    pub took: Duration,
+    pub generation: u64,
+    /// Nothing needed to change.
+    pub unchanged: bool,
+}
+
+/// The way to talk to a running supervisor.
+#[derive(Debug, Clone)]
+pub struct SupervisorHandle {
+    pub pool: PoolName,
+    tx: mpsc::Sender<Command>,
+}
+
+impl SupervisorHandle {
+    /// Applies `spec` to the pool (zero-drop hand-over) and reports.
+    pub async fn apply(&self, spec: PoolSpec) -> Result<ApplyReport, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply {
+                spec: Box::new(spec),
+                reply,
+            })
+            .await
+            .map_err(|_| format!("pool {} is not supervised any more", self.pool))?;
+        rx.await
+            .map_err(|_| format!("pool {}: the supervisor stopped", self.pool))?
+    }
+}
+
 /// Runs one pool's master for the life of the manager.
 pub struct Supervisor {
-    pub pool: Pool,
-    pub layout: Layout,
-    pub binary: FpmBinary,
-    pub stop_timeout: Duration,
-    pub state: Arc<AppState>,
+    pool: Pool,
+    layout: Layout,
+    binary: FpmBinary,
+    stop_timeout: Duration,
+    /// php-fpm's process_control_timeout: how long an old master may take to
+    /// finish its requests after a hand-over.
+    control_timeout: Duration,
+    state: Arc<AppState>,
+    /// The settings the current master runs with.
+    spec: Option<PoolSpec>,
+    /// The pool socket, then the status socket (unix or TCP).
+    sockets: Vec<PoolSocket>,
+    generation: u64,
+    crashes: VecDeque<Instant>,
+    backoff: Backoff,
+    rx: mpsc::Receiver<Command>,
+}
+
+/// Why the supervisor's loop woke up.
+enum Event {
+    Cancel,
+    Detach,
+    Cmd(Option<Command>),
+    Exited(String),
+    Retry,
 }
 
 impl Supervisor {
-    /// Runs until `cancel`; `hurry` cuts the graceful stop short.
-    pub async fn run(self, cancel: CancellationToken, hurry: CancellationToken) {
-        let name = self.pool.name.clone();
-        let Some(spec) = self.pool.spec.clone() else {
+    pub fn new(
+        pool: Pool,
+        layout: Layout,
+        binary: FpmBinary,
+        cfg: &Config,
+        state: Arc<AppState>,
+    ) -> (Supervisor, SupervisorHandle) {
+        let (tx, rx) = mpsc::channel(8);
+        let handle = SupervisorHandle {
+            pool: pool.name.clone(),
+            tx,
+        };
+        let sup = Supervisor {
+            pool,
+            layout,
+            binary,
+            stop_timeout: cfg.phpfpm.stop_timeout,
+            control_timeout: Duration::from_secs(cfg.phpfpm.global.process_control_timeout_secs),
+            state,
+            spec: None,
+            sockets: Vec::new(),
+            generation: 0,
+            crashes: VecDeque::new(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            rx,
+        };
+        (sup, handle)
+    }
+
+    fn name(&self) -> &str {
+        self.pool.name.as_str()
+    }
+
+    /// Runs until `cancel` (stop the master) or `detach` (leave it running
+    /// for the next manager). `hurry` cuts a graceful stop short.
+    pub async fn run(
+        mut self,
+        cancel: CancellationToken,
+        detach: CancellationToken,
+        hurry: CancellationToken,
+    ) {
+        let Some(wanted) = self.pool.spec.clone() else {
             return;
         };
-        let spec = self.with_account_defaults(spec);
-        if let Err(e) = self.write_config(&spec).await {
-            tracing::error!(pool = name.as_str(), "Pool cannot start: {e:#}.");
-            self.state
-                .update(&name, |s| s.master.failed = Some(format!("{e:#}")));
-            cancel.cancelled().await;
-            return;
-        }
-        self.stop_leftover().await;
-        let conf = self.layout.master_conf(&name);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        while !cancel.is_cancelled() {
-            let started = Instant::now();
-            let mut master = match self.binary.spawn_master(&name, &conf, &self.layout.root) {
-                Ok(m) => m,
+        let wanted = self.complete_spec(wanted);
+        let mut current = self.adopt(&wanted).await;
+        let mut retry_at = None;
+        if current.is_none() {
+            match self.cold_start(&wanted).await {
+                Ok(m) => current = Some(m),
                 Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(
-                        pool = name.as_str(),
-                        "Cannot start php-fpm: {e}; retrying in {delay:?}."
-                    );
-                    self.state
-                        .update(&name, |s| s.master.failed = Some(e.to_string()));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => continue,
-                        _ = cancel.cancelled() => break,
-                    }
+                    self.fail(&format!("{e:#}"));
+                    retry_at = Some(Instant::now() + self.backoff.next_delay());
                 }
+            }
+        } else if self.spec.as_ref() != Some(&wanted) {
+            // Adopted a master whose settings differ from the config now.
+            match self.apply(&mut current, wanted.clone()).await {
+                Ok(r) => tracing::info!(pool = self.name(), new_pid = r.new_pid, "Applied the configured settings to the adopted pool in {:?}.", r.took),
+                Err(e) => tracing::error!(pool = self.name(), "Cannot apply the configured settings to the adopted pool: {e}."),
+            }
+        }
+        let mut commands_open = true;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Event::Cancel,
+                _ = detach.cancelled() => Event::Detach,
+                cmd = self.rx.recv(), if commands_open => Event::Cmd(cmd),
+                status = wait_master(&mut current) => Event::Exited(status),
+                _ = sleep_until(retry_at) => Event::Retry,
             };
-            let pid = master.pid;
-            tracing::info!(pool = name.as_str(), pid, "Started php-fpm master.");
-            self.state.update(&name, |s| {
-                s.master.running = true;
-                s.master.pid = Some(pid);
-                s.master.failed = None;
-            });
-            tokio::select! {
-                status = master.wait() => {
-                    let status = match status {
-                        Ok(s) => s.to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    if started.elapsed() >= STABLE_AFTER {
-                        backoff.reset();
+            match event {
+                Event::Cancel => {
+                    if let Some(mut m) = current.take() {
+                        self.stop_master(&mut m, &hurry).await;
                     }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(pool = name.as_str(), pid, "php-fpm master exited unexpectedly ({status}); restarting in {delay:?}.");
-                    self.state.metrics.master_restarts.with_label_values(&[name.as_str()]).inc();
-                    self.state.update(&name, |s| {
-                        s.master.running = false;
-                        s.master.pid = None;
-                        s.master.restarts += 1;
-                        s.master.last_exit = Some(status);
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => break,
-                    }
-                }
-                _ = cancel.cancelled() => {
-                    let t = Instant::now();
-                    let outcome = master.stop(self.stop_timeout, &hurry).await;
-                    match outcome {
-                        StopOutcome::Graceful => tracing::info!(pool = name.as_str(), pid, "Stopped php-fpm master gracefully in {:?}.", t.elapsed()),
-                        other => tracing::warn!(pool = name.as_str(), pid, "Stopped php-fpm master forcefully ({other:?}) after {:?}.", t.elapsed()),
-                    }
-                    self.state.update(&name, |s| {
+                    self.state.update(&self.pool.name, |s| {
                         s.master.running = false;
                         s.master.pid = None;
                     });
                     break;
                 }
+                Event::Detach => {
+                    if let Some(m) = current.as_mut() {
+                        m.disarm();
+                        tracing::info!(pool = self.name(), pid = m.pid, "Leaving php-fpm master running for the next manager.");
+                    }
+                    break;
+                }
+                Event::Cmd(None) => commands_open = false,
+                Event::Cmd(Some(Command::Apply { spec, reply })) => {
+                    let spec = self.complete_spec(*spec);
+                    let res = self.apply(&mut current, spec).await;
+                    if res.is_ok() {
+                        retry_at = None;
+                    }
+                    let _ = reply.send(res);
+                }
+                Event::Exited(status) => {
+                    let pid = current.take().map(|m| m.pid);
+                    retry_at = Some(self.on_crash(pid, &status));
+                }
+                Event::Retry => {
+                    retry_at = None;
+                    let spec = self.spec.clone().unwrap_or_else(|| wanted.clone());
+                    match self.cold_start(&spec).await {
+                        Ok(m) => current = Some(m),
+                        Err(e) => {
+                            let delay = if self.crash_looping() {
+                                SLOW_RETRY
+                            } else {
+                                self.backoff.next_delay()
+                            };
+                            tracing::error!(pool = self.name(), "Cannot start the pool: {e:#}; retrying in {delay:?}.");
+                            self.fail(&format!("{e:#}"));
+                            retry_at = Some(Instant::now() + delay);
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// As root, php-fpm requires an account for the workers; pick a
-    /// conventional unprivileged one when the config names none.
-    fn with_account_defaults(&self, mut spec: PoolSpec) -> PoolSpec {
-        if !self.binary.as_root {
-            return spec;
+    /// Fills in what the config leaves to the supervisor: the account to run
+    /// as when root, and the addresses php-fpm knows the sockets by.
+    fn complete_spec(&self, mut spec: PoolSpec) -> PoolSpec {
+        if self.binary.as_root {
+            if spec.user.is_none() {
+                let user = ["www-data", "nobody"]
+                    .into_iter()
+                    .find(|u| matches!(nix::unistd::User::from_name(u), Ok(Some(_))))
+                    .unwrap_or("nobody");
+                spec.user = Some(user.to_owned());
+            }
+            if spec.group.is_none() {
+                let group = [spec.user.as_deref().unwrap_or("nobody"), "nogroup", "nobody"]
+                    .into_iter()
+                    .find(|g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))))
+                    .unwrap_or("nogroup");
+                spec.group = Some(group.to_owned());
+            }
         }
-        if spec.user.is_none() {
-            let user = ["www-data", "nobody"]
-                .into_iter()
-                .find(|u| matches!(nix::unistd::User::from_name(u), Ok(Some(_))))
-                .unwrap_or("nobody");
-            spec.user = Some(user.to_owned());
+        // php-fpm listens on the private paths (the FPM_SOCKETS keys); clients
+        // use the public ones, which php-fpm never unlinks.
+        if let Endpoint::Unix(p) = &self.pool.endpoint {
+            spec.listen = sockets::private_path(p).to_string_lossy().into_owned();
         }
-        if spec.group.is_none() {
-            let group = [
-                spec.user.as_deref().unwrap_or("nobody"),
-                "nogroup",
-                "nobody",
-            ]
-            .into_iter()
-            .find(|g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))))
-            .unwrap_or("nogroup");
-            spec.group = Some(group.to_owned());
+        if let Endpoint::Unix(p) = &self.pool.status_endpoint {
+            spec.status_listen = Some(sockets::private_path(p).to_string_lossy().into_owned());
         }
         spec
     }
 
+    fn fail(&self, why: &str) {
+        self.state
+            .update(&self.pool.name, |s| s.master.failed = Some(why.to_owned()));
+    }
+
+    fn crash_looping(&self) -> bool {
+        self.crashes.len() >= CRASH_LOOP_EXITS
+    }
+
+    /// Records an unexpected exit and returns when to restart.
+    fn on_crash(&mut self, pid: Option<u32>, status: &str) -> Instant {
+        let now = Instant::now();
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_LOOP_WINDOW)
+        {
+            self.crashes.pop_front();
+        }
+        self.state
+            .metrics
+            .master_restarts
+            .with_label_values(&[self.name()])
+            .inc();
+        let looping = self.crash_looping();
+        let delay = if looping {
+            SLOW_RETRY
+        } else {
+            self.backoff.next_delay()
+        };
+        self.state.update(&self.pool.name, |s| {
+            s.master.running = false;
+            s.master.pid = None;
+            s.master.restarts += 1;
+            s.master.last_exit = Some(status.to_owned());
+            if looping {
+                s.master.failed = Some(format!(
+                    "crash loop: {} exits within {}s; retrying every {}s",
+                    CRASH_LOOP_EXITS,
+                    CRASH_LOOP_WINDOW.as_secs(),
+                    SLOW_RETRY.as_secs()
+                ));
+            }
+        });
+        if looping {
+            tracing::error!(pool = self.name(), pid, "php-fpm master exited unexpectedly ({status}); the pool is crash-looping, retrying every {:?}.", SLOW_RETRY);
+        } else {
+            tracing::warn!(pool = self.name(), pid, "php-fpm master exited unexpectedly ({status}); restarting in {delay:?}.");
+        }
+        now + delay
+    }
+
+    /// Writes and validates the config, opens the sockets if needed, starts
+    /// a master and waits until it is ready.
+    async fn cold_start(&mut self, spec: &PoolSpec) -> anyhow::Result<Master> {
+        self.write_config(spec, self.generation + 1).await?;
+        if self.sockets.is_empty() {
+            self.sockets = self.open_sockets(spec)?;
+        }
+        let started = Instant::now();
+        let master = self.start_master().await?;
+        self.generation += 1;
+        self.spec = Some(spec.clone());
+        self.after_start(&master, started);
+        Ok(master)
+    }
+
+    fn after_start(&mut self, master: &Master, started: Instant) {
+        if started.duration_since(self.crashes.back().copied().unwrap_or(started)) >= STABLE_AFTER {
+            self.backoff.reset();
+        }
+        self.write_record(master);
+        let spec = self.spec.clone();
+        let generation = self.generation;
+        self.state.update(&self.pool.name, |s| {
+            s.master.running = true;
+            s.master.pid = Some(master.pid);
+            s.master.failed = None;
+            s.master.generation = generation;
+            if let Some(spec) = spec {
+                s.spec = Some(spec);
+            }
+        });
+        tracing::info!(pool = self.name(), pid = master.pid, generation, "php-fpm master ready in {:?}.", started.elapsed());
+    }
+
+    /// Spawns a master on the current sockets and waits for it to be ready.
+    async fn start_master(&mut self) -> anyhow::Result<Master> {
+        let fds: Vec<_> = self.sockets.iter().map(PoolSocket::raw).collect();
+        let env = sockets::fpm_sockets_env(&self.sockets.iter().collect::<Vec<_>>());
+        let conf = self.layout.master_conf(&self.pool.name);
+        let (mut master, ready) = self
+            .binary
+            .spawn_master(&self.pool.name, &conf, &self.layout.root, &fds, &env)
+            .with_context(|| format!("cannot run {}", self.binary.path.display()))?;
+        tokio::select! {
+            r = ready => {
+                if r.is_err() {
+                    // Output closed without the ready line: it is exiting.
+                    let status = master.wait().await;
+                    anyhow::bail!("php-fpm exited while starting ({status})");
+                }
+                Ok(master)
+            }
+            status = master.wait() => anyhow::bail!("php-fpm exited while starting ({status})"),
+            _ = tokio::time::sleep(READY_TIMEOUT) => {
+                master.stop(Duration::from_secs(1), &CancellationToken::new()).await;
+                anyhow::bail!("php-fpm did not report ready within {READY_TIMEOUT:?}")
+            }
+        }
+    }
+
+    async fn stop_master(&self, m: &mut Master, hurry: &CancellationToken) {
+        let t = Instant::now();
+        let pid = m.pid;
+        match m.stop(self.stop_timeout, hurry).await {
+            StopOutcome::Graceful => tracing::info!(pool = self.name(), pid, "Stopped php-fpm master gracefully in {:?}.", t.elapsed()),
+            other => tracing::warn!(pool = self.name(), pid, "Stopped php-fpm master forcefully ({other:?}) after {:?}.", t.elapsed()),
+        }
+        let _ = std::fs::remove_file(self.record_path());
+    }
+
+    /// The zero-drop hand-over. On any failure before the new master is
+    /// ready, the old master keeps serving and the files on disk are put
+    /// back as they were.
+    async fn apply(&mut self, current: &mut Option<Master>, spec: PoolSpec) -> Result<ApplyReport, String> {
+        let started = Instant::now();
+        let alive = current.as_ref().is_some_and(Master::alive);
+        if alive && self.spec.as_ref() == Some(&spec) {
+            return Ok(ApplyReport {
+                old_pid: current.as_ref().map(|m| m.pid),
+                new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
+                took: started.elapsed(),
+                generation: self.generation,
+                unchanged: true,
+            });
+        }
+        let backup = self.read_files();
+        if let Err(e) = self.write_config(&spec, self.generation + 1).await {
+            let msg = format!("{e:#}");
+            tracing::error!(pool = self.name(), "Refused a pool change: {msg}. The pool keeps running unchanged.");
+            self.state
+                .update(&self.pool.name, |s| s.master.last_apply_error = Some(msg.clone()));
+            return Err(msg);
+        }
+        if self.sockets.is_empty() {
+            // An adopted master whose sockets could not be recovered: the
+            // only way is stop, then start (a short gap, said in the log).
+            if let Some(mut old) = current.take() {
+                tracing::warn!(pool = self.name(), "Restarting the pool (its sockets could not be recovered, so no hand-over is possible).");
+                self.stop_master(&mut old, &CancellationToken::new()).await;
+            }
+            match self.open_sockets(&spec) {
+                Ok(s) => self.sockets = s,
+                Err(e) => return Err(format!("{e:#}")),
+            }
+        }
+        let new = match self.start_master().await {
+            Ok(m) => m,
+            Err(e) => {
+                self.restore_files(backup);
+                let msg = format!("{e:#}");
+                tracing::error!(pool = self.name(), "New php-fpm master failed to start: {msg}. The old one keeps serving.");
+                self.state
+                    .update(&self.pool.name, |s| s.master.last_apply_error = Some(msg.clone()));
+                return Err(msg);
+            }
+        };
+        let took = started.elapsed();
+        self.generation += 1;
+        self.spec = Some(spec);
+        self.after_start(&new, started);
+        self.state
+            .update(&self.pool.name, |s| s.master.last_apply_error = None);
+        let old = current.replace(new);
+        let old_pid = old.as_ref().map(|m| m.pid);
+        if let Some(mut old) = old {
+            // The old master finishes its requests in flight, then exits.
+            let grace = self.control_timeout + Duration::from_secs(2);
+            let pool = self.pool.name.clone();
+            tokio::spawn(async move {
+                let pid = old.pid;
+                let outcome = old.stop(grace, &CancellationToken::new()).await;
+                tracing::info!(pool = pool.as_str(), pid, "Previous php-fpm master stopped after hand-over ({outcome:?}).");
+            });
+        }
+        tracing::info!(pool = self.name(), old_pid, new_pid = current.as_ref().map(|m| m.pid), generation = self.generation, "Applied new pool settings by hand-over in {took:?}.");
+        Ok(ApplyReport {
+            old_pid,
+            new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
+            took,
+            generation: self.generation,
+            unchanged: false,
+        })
+    }
+
+    fn open_sockets(&self, spec: &PoolSpec) -> anyhow::Result<Vec<PoolSocket>> {
+        let access = self.access(spec);
+        let mut out = Vec::new();
+        for ep in [&self.pool.endpoint, &self.pool.status_endpoint] {
+            let s = match ep {
+                Endpoint::Unix(public) => {
+                    sockets::bind_unix(&sockets::private_path(public), public, &access)
+                }
+                Endpoint::Tcp(addr) => sockets::bind_tcp(addr),
+            }
+            .with_context(|| format!("cannot open the listening socket {ep}"))?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// Socket file mode and owner: php-fpm's `listen.mode`, owned by the pool
+    /// account (php-fpm's default `listen.owner`/`listen.group`).
+    fn access(&self, spec: &PoolSpec) -> Access {
+        let mode = u32::from_str_radix(&spec.listen_mode, 8).unwrap_or(0o660);
+        let uid = spec
+            .user
+            .as_deref()
+            .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+            .map(|u| u.uid.as_raw());
+        let gid = spec
+            .group
+            .as_deref()
+            .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+            .map(|g| g.gid.as_raw());
+        if self.binary.as_root {
+            Access { mode, uid, gid }
+        } else {
+            Access {
+                mode,
+                ..Access::default()
+            }
+        }
+    }
+
     /// Renders the pool and master files, checks them with `php-fpm -t` under
     /// temporary names, and only then puts them in place.
-    async fn write_config(&self, spec: &PoolSpec) -> anyhow::Result<()> {
+    async fn write_config(&self, spec: &PoolSpec, generation: u64) -> anyhow::Result<()> {
         let name = &self.pool.name;
         let pool_text = fpm_conf::render_pool(spec)?;
         let pool_path = self.layout.pool_conf(name);
         let master_path = self.layout.master_conf(name);
         let global = self.layout.global_conf();
-        let pid = self.layout.pid_file(name);
+        let pid = self
+            .layout
+            .root
+            .join("pids")
+            .join(format!("{name}.{generation}.pid"));
         let check_pool = pool_path.with_file_name(format!(".{name}.conf.check"));
         let check_master = master_path.with_file_name(format!(".{name}.conf.check"));
         // 0640: the pool file can hold env[...] secrets.
@@ -204,52 +574,109 @@ impl Supervisor {
         Ok(())
     }
 
-    /// A master of this pool left running by an earlier manager (killed
-    /// without a chance to stop it) would hold the pool's socket. It is
-    /// recognised by its pid file *and* its command line naming this pool's
-    /// master config in this runtime directory, and stopped gracefully.
-    async fn stop_leftover(&self) {
+    fn read_files(&self) -> Vec<(PathBuf, Option<Vec<u8>>)> {
         let name = &self.pool.name;
-        let pid_path = self.layout.pid_file(name);
-        let Ok(text) = std::fs::read_to_string(&pid_path) else {
-            return;
+        [self.layout.pool_conf(name), self.layout.master_conf(name)]
+            .into_iter()
+            .map(|p| {
+                let old = std::fs::read(&p).ok();
+                (p, old)
+            })
+            .collect()
+    }
+
+    fn restore_files(&self, backup: Vec<(PathBuf, Option<Vec<u8>>)>) {
+        for (path, old) in backup {
+            if let Some(bytes) = old {
+                if let Err(e) = write_atomic(&path, &bytes, 0o640) {
+                    tracing::error!(pool = self.name(), "Cannot restore {}: {e}.", path.display());
+                }
+            }
+        }
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.layout
+            .root
+            .join("pids")
+            .join(format!("{}.master", self.pool.name))
+    }
+
+    /// Remembers which master runs this pool, for the next manager.
+    fn write_record(&self, m: &Master) {
+        let text = format!("{} {} {}\n", m.pid, m.start_ticks, self.generation);
+        if let Err(e) = write_atomic(&self.record_path(), text.as_bytes(), 0o644) {
+            tracing::warn!(pool = self.name(), "Cannot record the master's pid: {e}.");
+        }
+    }
+
+    /// Adopts the master recorded by an earlier manager if it is still the
+    /// same process running this pool's config, with its sockets.
+    async fn adopt(&mut self, wanted: &PoolSpec) -> Option<Master> {
+        let text = std::fs::read_to_string(self.record_path()).ok()?;
+        let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let (pid, ticks, generation) = (it.next()??, it.next()??, it.next()??);
+        let conf = self.layout.master_conf(&self.pool.name);
+        let pid = u32::try_from(pid).ok()?;
+        let Some(master) = Master::adopt(pid, ticks, &conf) else {
+            tracing::info!(pool = self.name(), pid, "The recorded php-fpm master is gone; starting a new one.");
+            return None;
         };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return;
+        let mut recovered = Vec::new();
+        for ep in [&self.pool.endpoint, &self.pool.status_endpoint] {
+            let res = match ep {
+                Endpoint::Unix(public) => sockets::recover_from_master(
+                    pid,
+                    public,
+                    &sockets::private_path(public).to_string_lossy(),
+                ),
+                Endpoint::Tcp(_) => Err("TCP sockets are not recovered".to_owned()),
+            };
+            match res {
+                Ok(s) => recovered.push(s),
+                Err(e) => {
+                    tracing::warn!(pool = self.name(), pid, "Adopted master's socket {ep} could not be recovered ({e}); the next change will restart the pool.");
+                    recovered.clear();
+                    break;
+                }
+            }
+        }
+        self.sockets = recovered;
+        self.generation = generation;
+        // What it runs is what its pool file says; the current config may differ.
+        let on_disk = std::fs::read_to_string(self.layout.pool_conf(&self.pool.name)).ok();
+        let wanted_text = fpm_conf::render_pool(wanted).ok();
+        self.spec = if on_disk.is_some() && on_disk == wanted_text {
+            Some(wanted.clone())
+        } else {
+            None
         };
-        let conf = self.layout.master_conf(name);
-        if !is_our_master(pid, &conf) {
-            return;
-        }
-        tracing::warn!(
-            pool = name.as_str(),
-            pid,
-            "Stopping a php-fpm master left by an earlier manager run."
-        );
-        let p = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGQUIT);
-        let deadline = Instant::now() + self.stop_timeout;
-        while is_our_master(pid, &conf) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if is_our_master(pid, &conf) {
-            let _ = nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        }
+        self.state.update(&self.pool.name, |s| {
+            s.master.running = true;
+            s.master.pid = Some(pid);
+            s.master.adopted = true;
+            s.master.generation = generation;
+        });
+        tracing::info!(pool = self.name(), pid, generation, "Adopted the running php-fpm master.");
+        Some(master)
+    }
+}
+
+/// Waits for the current master to exit; never returns when there is none.
+async fn wait_master(current: &mut Option<Master>) -> String {
+    match current {
+        Some(m) => m.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
 fn lossy(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-/// Is `pid` a live php-fpm master started with exactly `conf`? Checked on
-/// the command line so that a reused pid is never mistaken for ours.
-fn is_our_master(pid: i32, conf: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    // php-fpm rewrites its title to "php-fpm: master process (<conf>)".
-    let text = String::from_utf8_lossy(&cmdline);
-    text.contains("master process") && text.contains(&*conf.to_string_lossy())
 }

@@ -1,0 +1,234 @@
+//! Listening sockets owned by the manager and lent to php-fpm masters.
+//!
+//! This is what makes a pool change drop nothing (facts 4, 5 and 5a): the
+//! manager binds the pool's socket itself, at a private path, hard-links that
+//! inode to the public path clients use, and starts each master with the fd
+//! inherited and `FPM_SOCKETS=<private path>=<fd>`. Old and new masters then
+//! accept from one queue during a hand-over; an exiting master unlinks only
+//! the private path, so the public path never disappears; and while no master
+//! runs (a crash), connections wait in the kernel's backlog instead of being
+//! refused.
+//!
+//! A manager that restarts recovers the sockets from the running master with
+//! `pidfd_getfd` (fact 5b), so it can keep doing hand-overs after adoption.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+/// php-fpm's own default `listen.backlog` on Linux.
+pub const BACKLOG: i32 = 511;
+
+/// One listening socket and the address php-fpm knows it by.
+#[derive(Debug)]
+pub struct PoolSocket {
+    /// What the pool's `listen` (or `pm.status_listen`) says, and the key in
+    /// `FPM_SOCKETS`: the private path for unix sockets.
+    pub fpm_address: String,
+    /// The path clients connect to (unix).
+    pub public: PathBuf,
+    pub fd: OwnedFd,
+}
+
+impl PoolSocket {
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Ownership and mode applied to a socket's public path.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// `private` is where the socket is bound; `public` gets a hard link to it.
+/// A stale socket file at either path (nobody listening) is replaced; a path
+/// where something answers is an error, never taken over.
+pub fn bind_unix(private: &Path, public: &Path, access: &Access) -> std::io::Result<PoolSocket> {
+    for p in [private, public] {
+        remove_stale_socket(p)?;
+    }
+    let listener = UnixListener::bind(private).map_err(|e| annotate(private, e))?;
+    // std listens with its own backlog; listen() again sets php-fpm's.
+    rustix::net::listen(&listener, BACKLOG).map_err(|e| annotate(private, e.into()))?;
+    std::fs::hard_link(private, public).map_err(|e| annotate(public, e))?;
+    std::fs::set_permissions(public, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| annotate(public, e))?;
+    if access.uid.is_some() || access.gid.is_some() {
+        std::os::unix::fs::chown(public, access.uid, access.gid)
+            .map_err(|e| annotate(public, e))?;
+    }
+    Ok(PoolSocket {
+        fpm_address: private.to_string_lossy().into_owned(),
+        public: public.to_owned(),
+        fd: OwnedFd::from(listener),
+    })
+}
+
+/// Removes a socket file nobody listens on. Anything else at the path
+/// (a regular file, a live socket) is left alone and reported.
+fn remove_stale_socket(p: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(annotate(p, e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(annotate(
+            p,
+            std::io::Error::other("exists and is not a socket; refusing to replace it"),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(p).is_ok() {
+        return Err(annotate(
+            p,
+            std::io::Error::other("another process is listening on it"),
+        ));
+    }
+    std::fs::remove_file(p).map_err(|e| annotate(p, e))
+}
+
+fn annotate(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Binds a TCP listener at `addr` (an `ip:port` literal, which is also the
+/// key php-fpm looks up in `FPM_SOCKETS`).
+pub fn bind_tcp(addr: &str) -> std::io::Result<PoolSocket> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    rustix::net::listen(&listener, BACKLOG)
+        .map_err(|e| std::io::Error::new(std::io::Error::from(e).kind(), format!("{addr}: {e}")))?;
+    Ok(PoolSocket {
+        fpm_address: addr.to_owned(),
+        public: PathBuf::new(),
+        fd: OwnedFd::from(listener),
+    })
+}
+
+/// The private path a unix socket is bound at, next to its public path (a
+/// hard link needs the same file system).
+pub fn private_path(public: &Path) -> PathBuf {
+    let name = public
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    public.with_file_name(format!(".{name}.pfm"))
+}
+
+/// The `FPM_SOCKETS` value for a set of sockets.
+pub fn fpm_sockets_env(sockets: &[&PoolSocket]) -> String {
+    sockets
+        .iter()
+        .map(|s| format!("{}={}", s.fpm_address, s.raw()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Finds, in a running master, the fd of the listening unix socket whose
+/// file is `public`, and duplicates it into this process (fact 5b).
+pub fn recover_from_master(pid: u32, public: &Path, fpm_address: &str) -> Result<PoolSocket, String> {
+    let target_inode = socket_inode_of_path(public)?;
+    let fd_dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&fd_dir).map_err(|e| format!("{fd_dir}: {e}"))?;
+    let want = format!("socket:[{target_inode}]");
+    let mut found = None;
+    for e in entries.flatten() {
+        if let Ok(link) = std::fs::read_link(e.path()) {
+            if link.as_os_str() == want.as_str() {
+                found = e.file_name().to_string_lossy().parse::<i32>().ok();
+                break;
+            }
+        }
+    }
+    let target_fd = found.ok_or_else(|| format!("master {pid} holds no fd for {}", public.display()))?;
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| "invalid pid".to_owned())?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| format!("pidfd_open({}): {e}", pid.as_raw_nonzero()))?;
+    let fd = rustix::process::pidfd_getfd(
+        pidfd.as_fd(),
+        target_fd,
+        rustix::process::PidfdGetfdFlags::empty(),
+    )
+    .map_err(|e| format!("pidfd_getfd: {e}"))?;
+    // The duplicate must not leak into other children.
+    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+    Ok(PoolSocket {
+        fpm_address: fpm_address.to_owned(),
+        public: public.to_owned(),
+        fd,
+    })
+}
+
+/// The sockfs inode of the listening socket whose file is `path`, from the
+/// kernel's socket table (the file's own inode is a different number).
+fn socket_inode_of_path(path: &Path) -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (major, minor) = (
+        rustix::fs::major(meta.dev()),
+        rustix::fs::minor(meta.dev()),
+    );
+    let mut reader = fpm_kernel::queue::QueueReader::new(std::time::Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
+    let listeners = reader.unix_listeners().map_err(|e| e.to_string())?;
+    listeners
+        .iter()
+        .find(|l| {
+            l.vfs.is_some_and(|(dev, ino)| {
+                fpm_kernel::queue::kernel_dev_is(dev, major, minor) && u64::from(ino) == (meta.ino() & 0xffff_ffff)
+            })
+        })
+        .map(|l| l.socket_inode)
+        .ok_or_else(|| format!("no listening socket found for {}", path.display()))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_path_survives_unlink_of_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join(".p.sock");
+        let public = dir.path().join("p.sock");
+        let s = bind_unix(&private, &public, &Access { mode: 0o666, ..Access::default() }).unwrap();
+        std::fs::remove_file(&private).unwrap();
+        // A client reaches the socket through the public link.
+        let _c = std::os::unix::net::UnixStream::connect(&public).unwrap();
+        let mode = std::fs::metadata(&public).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        assert_eq!(fpm_sockets_env(&[&s]), format!("{}={}", private.display(), s.raw()));
+    }
+
+    #[test]
+    fn refuses_to_replace_a_live_socket_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.sock");
+        let _l = UnixListener::bind(&live).unwrap();
+        let err = bind_unix(&dir.path().join(".x"), &live, &Access { mode: 0o660, ..Access::default() })
+            .unwrap_err();
+        assert!(err.to_string().contains("another process is listening"), "{err}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let err = bind_unix(&dir.path().join(".y"), &file, &Access { mode: 0o660, ..Access::default() })
+            .unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("s.sock");
+        drop(UnixListener::bind(&public).unwrap());
+        assert!(public.exists());
+        let s = bind_unix(&dir.path().join(".s"), &public, &Access { mode: 0o660, ..Access::default() });
+        assert!(s.is_ok(), "{s:?}");
+    }
+}
