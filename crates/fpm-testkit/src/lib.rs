@@ -328,9 +328,24 @@ impl TestDaemon {
     /// Starts `phpfpm-manager run` in a fresh directory with the API on a
     /// free loopback port. `config` (YAML) is written and passed if given.
     pub fn start(tag: &str, config: Option<&str>, env: &[(&str, &str)]) -> TestDaemon {
-        php_fpm();
-        let dir = TestDir::new(tag);
+        TestDaemon::start_in(TestDir::new(tag), config, env)
+    }
+
+    /// Like [`TestDaemon::start`], in a directory the test prepared (scripts,
+    /// paths it wrote into the config).
+    pub fn start_in(dir: TestDir, config: Option<&str>, env: &[(&str, &str)]) -> TestDaemon {
         let port = free_port();
+        TestDaemon::start_at(dir, port, config, env)
+    }
+
+    /// Starts a manager on a given port (a second manager taking over).
+    pub fn start_at(
+        dir: TestDir,
+        port: u16,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> TestDaemon {
+        php_fpm();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(manager_bin());
         cmd.arg("run")
@@ -342,6 +357,8 @@ impl TestDaemon {
             .stderr(std::fs::File::create(dir.join("manager.log")).unwrap());
         if let Some(text) = config {
             std::fs::write(dir.join("config.yaml"), text).unwrap();
+        }
+        if dir.join("config.yaml").is_file() {
             cmd.arg("--config").arg(dir.join("config.yaml"));
         }
         for (k, v) in env {
@@ -388,16 +405,208 @@ impl TestDaemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("manager.log")).unwrap_or_default()
     }
+
+    /// `GET /api/v1/pools/{pool}` as JSON text (empty on error).
+    pub fn pool_json(&self, pool: &str) -> String {
+        self.get(&format!("/api/v1/pools/{pool}"))
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Leaves the manager process running but forgets it, so that `Drop`
+    /// does not stop it (used when a test hands over to a new manager).
+    pub fn into_dir(mut self) -> TestDir {
+        let dir = std::mem::replace(
+            &mut self.dir,
+            TestDir {
+                path: PathBuf::new(),
+            },
+        );
+        // Reap it if it already exited; otherwise it is the test's job.
+        let _ = self.child.try_wait();
+        std::mem::forget(self);
+        dir
+    }
+}
+
+/// nginx in front of pools, on a loopback port, from a temporary config.
+pub struct TestNginx {
+    pub port: u16,
+    child: Child,
+}
+
+impl TestNginx {
+    /// `routes`: (URL prefix, unix socket of the pool, document root).
+    pub fn start(dir: &TestDir, routes: &[(&str, &Path, &Path)]) -> TestNginx {
+        let port = free_port();
+        let ngx = dir.join("nginx");
+        for sub in ["", "tmp"] {
+            std::fs::create_dir_all(ngx.join(sub)).unwrap();
+            std::fs::set_permissions(ngx.join(sub), std::fs::Permissions::from_mode(0o777))
+                .unwrap();
+        }
+        let mut locations = String::new();
+        for (prefix, sock, root) in routes {
+            locations.push_str(&format!(
+                "    location {prefix} {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_pass unix:{};\n      fastcgi_param SCRIPT_FILENAME {}$fastcgi_script_name;\n    }}\n",
+                sock.display(),
+                root.display()
+            ));
+        }
+        let t = ngx.join("tmp").display().to_string();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {n}/nginx.pid;\nerror_log {n}/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  fastcgi_temp_path {t}/fcgi;\n  proxy_temp_path {t}/proxy;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
+             \n  server {{\n    listen 127.0.0.1:{port};\n{locations}  }}\n}}\n",
+            n = ngx.display(),
+        );
+        std::fs::write(ngx.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(ngx.join("nginx.conf"))
+            .arg("-p")
+            .arg(&ngx)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(ngx.join("stderr.log")).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nginx ({e}); `make test` installs nginx-light"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(ngx.join("stderr.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TestNginx { port, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for TestNginx {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// What a bounded `wrk` run saw.
+#[derive(Debug, Clone, Default)]
+pub struct WrkResult {
+    pub requests: u64,
+    /// Responses that were not 2xx/3xx.
+    pub non_2xx: u64,
+    /// connect + read + write + timeout errors.
+    pub socket_errors: u64,
+    pub p99_ms: f64,
+    pub output: String,
+}
+
+impl WrkResult {
+    pub fn failures(&self) -> u64 {
+        self.non_2xx + self.socket_errors
+    }
+}
+
+/// Starts `wrk` against a loopback URL for `secs` seconds (bounded) in the
+/// background; join the handle for the result.
+pub fn wrk(url: &str, conns: u32, secs: u32) -> std::thread::JoinHandle<WrkResult> {
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "load only ever targets loopback"
+    );
+    assert!(secs <= 60, "load runs are bounded");
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let out = Command::new("wrk")
+            .args([
+                "-t",
+                "2",
+                "-c",
+                &conns.to_string(),
+                "-d",
+                &format!("{secs}s"),
+                "--latency",
+                "--timeout",
+                "5s",
+                &url,
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run wrk ({e}); `make test` installs it"));
+        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Reads wrk's summary.
+pub fn parse_wrk(text: &str) -> WrkResult {
+    let mut r = WrkResult {
+        output: text.to_owned(),
+        ..WrkResult::default()
+    };
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_suffix("requests in").or_else(|| {
+            l.split(" requests in")
+                .next()
+                .filter(|_| l.contains(" requests in"))
+        }) {
+            r.requests = rest.trim().parse().unwrap_or(0);
+        }
+        if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non_2xx = rest.trim().parse().unwrap_or(0);
+        }
+        if let Some(rest) = l.strip_prefix("Socket errors:") {
+            r.socket_errors = rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        }
+        if let Some(rest) = l.strip_prefix("99%") {
+            let v = rest.trim();
+            r.p99_ms = if let Some(ms) = v.strip_suffix("ms") {
+                ms.parse().unwrap_or(0.0)
+            } else if let Some(us) = v.strip_suffix("us") {
+                us.parse::<f64>().unwrap_or(0.0) / 1000.0
+            } else if let Some(s) = v.strip_suffix('s') {
+                s.parse::<f64>().unwrap_or(0.0) * 1000.0
+            } else {
+                0.0
+            };
+        }
+    }
+    r
 }
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // Graceful first: the manager stops its masters and their workers.
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(15)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
-        // Never leave a php-fpm of this test running, even on failure.
+        // Never leave a php-fpm of this test running, even on failure: each
+        // master leads its own process group, which holds its workers.
         for pid in processes_mentioning(&self.dir.path) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }

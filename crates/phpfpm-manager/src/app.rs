@@ -85,8 +85,11 @@ impl Pools {
                     cfg,
                     state.clone(),
                 );
-                self.supervisors
-                    .spawn(sup.run(token.clone(), self.detach.clone(), self.hurry.clone()));
+                self.supervisors.spawn(sup.run(
+                    token.clone(),
+                    self.detach.clone(),
+                    self.hurry.clone(),
+                ));
                 Some((handle, token))
             }
             _ => None,
@@ -102,7 +105,12 @@ impl Pools {
         );
     }
 
-    fn start_collector(&mut self, pool: &Pool, cfg: &Config, state: &Arc<AppState>) -> CancellationToken {
+    fn start_collector(
+        &mut self,
+        pool: &Pool,
+        cfg: &Config,
+        state: &Arc<AppState>,
+    ) -> CancellationToken {
         let token = self.cancel.child_token();
         self.collectors.spawn(collector::run_pool(
             pool.clone(),
@@ -154,7 +162,11 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     };
     let pid_file = cfg.phpfpm.runtime_dir.join("manager.pid");
     if runtime.is_some() {
-        write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+        write_atomic(
+            &pid_file,
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o644,
+        )?;
     }
 
     let state = AppState::new(cfg);
@@ -207,7 +219,9 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         }
     };
     if detaching {
-        tracing::info!("SIGUSR1 received; exiting and leaving php-fpm running for the next manager.");
+        tracing::info!(
+            "SIGUSR1 received; exiting and leaving php-fpm running for the next manager."
+        );
         detach.cancel();
         // Collectors are children of `cancel`; stop them without stopping masters.
         for run in pools.runs.values() {
@@ -258,7 +272,8 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}."),
         Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
     }
-    if std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string()) {
+    if std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string())
+    {
         let _ = std::fs::remove_file(&pid_file);
     }
     tracing::info!("Manager stopped.");
@@ -270,13 +285,17 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 /// dropping requests, and leaves unchanged ones alone.
 async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
     tracing::info!("SIGHUP received; reloading the configuration.");
-    let new = match config::load_from_system(opts.config_path.as_deref(), opts.runtime_dir.clone()) {
+    let new = match config::load_from_system(opts.config_path.as_deref(), opts.runtime_dir.clone())
+    {
         Ok(c) => c,
         Err(e) => {
             for p in &e.problems {
                 tracing::error!("Config reload rejected: {p}");
             }
-            tracing::error!("The new configuration is invalid ({} problems); nothing was changed.", e.problems.len());
+            tracing::error!(
+                "The new configuration is invalid ({} problems); nothing was changed.",
+                e.problems.len()
+            );
             return;
         }
     };
@@ -286,14 +305,18 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
         ("phpfpm", old.phpfpm != new.phpfpm),
     ] {
         if changed {
-            tracing::warn!("The `{what}` section changed; it takes effect when the manager restarts.");
+            tracing::warn!(
+                "The `{what}` section changed; it takes effect when the manager restarts."
+            );
         }
     }
     if new.pools.iter().any(|p| p.spec.is_some()) && pools.runtime.is_none() {
         match supervisor::prepare_runtime(&new) {
             Ok(rt) => pools.runtime = Some(rt),
             Err(e) => {
-                tracing::error!("Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed.");
+                tracing::error!(
+                    "Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed."
+                );
                 return;
             }
         }
@@ -304,14 +327,20 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
     let running: Vec<PoolName> = pools.runs.keys().cloned().collect();
     for name in running {
         if !wanted.contains_key(&name) {
-            tracing::info!(pool = name.as_str(), "Pool removed from the configuration; stopping it.");
+            tracing::info!(
+                pool = name.as_str(),
+                "Pool removed from the configuration; stopping it."
+            );
             pools.stop(&name);
             state.remove_pool(&name);
         }
     }
     for pool in &new.pools {
         let Some(run) = pools.runs.get(&pool.name) else {
-            tracing::info!(pool = pool.name.as_str(), "Pool added to the configuration; starting it.");
+            tracing::info!(
+                pool = pool.name.as_str(),
+                "Pool added to the configuration; starting it."
+            );
             state.add_pool(pool);
             pools.start(pool, &new, state);
             continue;
@@ -323,7 +352,10 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
             && run.pool.status_endpoint == pool.status_endpoint
             && run.pool.spec.is_some() == pool.spec.is_some();
         if !same_place {
-            tracing::info!(pool = pool.name.as_str(), "Pool address or mode changed; restarting it.");
+            tracing::info!(
+                pool = pool.name.as_str(),
+                "Pool address or mode changed; restarting it."
+            );
             pools.stop(&pool.name);
             state.remove_pool(&pool.name);
             state.add_pool(pool);
@@ -343,7 +375,11 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
             tokio::spawn(async move {
                 match handle.apply(spec).await {
                     Ok(r) if r.unchanged => {}
-                    Ok(r) => tracing::info!(pool = name.as_str(), took_ms = r.took.as_millis() as u64, "Pool change applied."),
+                    Ok(r) => tracing::info!(
+                        pool = name.as_str(),
+                        took_ms = r.took.as_millis() as u64,
+                        "Pool change applied."
+                    ),
                     Err(e) => tracing::error!(pool = name.as_str(), "Pool change refused: {e}."),
                 }
             });
@@ -356,20 +392,31 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
 async fn replace_running_manager(cfg: &Config) -> anyhow::Result<()> {
     let pid_file = cfg.phpfpm.runtime_dir.join("manager.pid");
     let Ok(text) = std::fs::read_to_string(&pid_file) else {
-        tracing::info!("No running manager recorded in {}; starting normally.", pid_file.display());
+        tracing::info!(
+            "No running manager recorded in {}; starting normally.",
+            pid_file.display()
+        );
         return Ok(());
     };
     let Ok(pid) = text.trim().parse::<i32>() else {
         anyhow::bail!("{} does not hold a pid", pid_file.display());
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if pid == std::process::id() as i32 || !String::from_utf8_lossy(&cmdline).contains("phpfpm-manager") {
-        tracing::info!(pid, "The recorded manager is not running; starting normally.");
+    if pid == std::process::id() as i32
+        || !String::from_utf8_lossy(&cmdline).contains("phpfpm-manager")
+    {
+        tracing::info!(
+            pid,
+            "The recorded manager is not running; starting normally."
+        );
         return Ok(());
     }
     tracing::info!(pid, "Asking the running manager to hand over.");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
-        .with_context(|| format!("cannot signal the running manager (pid {pid})"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .with_context(|| format!("cannot signal the running manager (pid {pid})"))?;
     let deadline = tokio::time::Instant::now() + cfg.phpfpm.stop_timeout + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         if tokio::time::Instant::now() > deadline {

@@ -142,6 +142,9 @@ struct MasterDto {
     restarts: u64,
     last_exit: Option<String>,
     failed: Option<String>,
+    last_apply_error: Option<String>,
+    generation: u64,
+    adopted: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,6 +188,9 @@ impl PoolDto {
                 restarts: s.master.restarts,
                 last_exit: s.master.last_exit.clone(),
                 failed: s.master.failed.clone(),
+                last_apply_error: s.master.last_apply_error.clone(),
+                generation: s.master.generation,
+                adopted: s.master.adopted,
             },
             pm: s.spec.as_ref().map(|p| PmDto {
                 pm: p.pm.as_str(),

@@ -115,7 +115,10 @@ impl AppState {
 
     /// The configuration in force (replaced by a runtime reload).
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_config(&self, config: Config) {

@@ -317,6 +317,15 @@ impl Drop for Master {
     }
 }
 
+/// After a master died without stopping its workers (SIGKILL, a crash), its
+/// workers are still in its process group: end them. The group id cannot
+/// have been reused while any of them lives.
+pub fn kill_orphaned_workers(master_pid: u32) {
+    if group_has_members(master_pid) {
+        let _ = killpg(Pid::from_raw(master_pid as i32), Signal::SIGKILL);
+    }
+}
+
 /// Start time of `pid` in clock ticks since boot, if it exists.
 pub fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

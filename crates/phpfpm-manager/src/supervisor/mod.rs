@@ -209,8 +209,16 @@ impl Supervisor {
         } else if self.spec.as_ref() != Some(&wanted) {
             // Adopted a master whose settings differ from the config now.
             match self.apply(&mut current, wanted.clone()).await {
-                Ok(r) => tracing::info!(pool = self.name(), new_pid = r.new_pid, "Applied the configured settings to the adopted pool in {:?}.", r.took),
-                Err(e) => tracing::error!(pool = self.name(), "Cannot apply the configured settings to the adopted pool: {e}."),
+                Ok(r) => tracing::info!(
+                    pool = self.name(),
+                    new_pid = r.new_pid,
+                    "Applied the configured settings to the adopted pool in {:?}.",
+                    r.took
+                ),
+                Err(e) => tracing::error!(
+                    pool = self.name(),
+                    "Cannot apply the configured settings to the adopted pool: {e}."
+                ),
             }
         }
         let mut commands_open = true;
@@ -237,7 +245,11 @@ impl Supervisor {
                 Event::Detach => {
                     if let Some(m) = current.as_mut() {
                         m.disarm();
-                        tracing::info!(pool = self.name(), pid = m.pid, "Leaving php-fpm master running for the next manager.");
+                        tracing::info!(
+                            pool = self.name(),
+                            pid = m.pid,
+                            "Leaving php-fpm master running for the next manager."
+                        );
                     }
                     break;
                 }
@@ -251,7 +263,13 @@ impl Supervisor {
                     let _ = reply.send(res);
                 }
                 Event::Exited(status) => {
-                    let pid = current.take().map(|m| m.pid);
+                    let pid = current.take().map(|mut m| {
+                        m.disarm();
+                        m.pid
+                    });
+                    if let Some(pid) = pid {
+                        child::kill_orphaned_workers(pid);
+                    }
                     retry_at = Some(self.on_crash(pid, &status));
                 }
                 Event::Retry => {
@@ -265,7 +283,10 @@ impl Supervisor {
                             } else {
                                 self.backoff.next_delay()
                             };
-                            tracing::error!(pool = self.name(), "Cannot start the pool: {e:#}; retrying in {delay:?}.");
+                            tracing::error!(
+                                pool = self.name(),
+                                "Cannot start the pool: {e:#}; retrying in {delay:?}."
+                            );
                             self.fail(&format!("{e:#}"));
                             retry_at = Some(Instant::now() + delay);
                         }
@@ -287,10 +308,14 @@ impl Supervisor {
                 spec.user = Some(user.to_owned());
             }
             if spec.group.is_none() {
-                let group = [spec.user.as_deref().unwrap_or("nobody"), "nogroup", "nobody"]
-                    .into_iter()
-                    .find(|g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))))
-                    .unwrap_or("nogroup");
+                let group = [
+                    spec.user.as_deref().unwrap_or("nobody"),
+                    "nogroup",
+                    "nobody",
+                ]
+                .into_iter()
+                .find(|g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))))
+                .unwrap_or("nogroup");
                 spec.group = Some(group.to_owned());
             }
         }
@@ -353,7 +378,11 @@ impl Supervisor {
         if looping {
             tracing::error!(pool = self.name(), pid, "php-fpm master exited unexpectedly ({status}); the pool is crash-looping, retrying every {:?}.", SLOW_RETRY);
         } else {
-            tracing::warn!(pool = self.name(), pid, "php-fpm master exited unexpectedly ({status}); restarting in {delay:?}.");
+            tracing::warn!(
+                pool = self.name(),
+                pid,
+                "php-fpm master exited unexpectedly ({status}); restarting in {delay:?}."
+            );
         }
         now + delay
     }
@@ -389,7 +418,13 @@ impl Supervisor {
                 s.spec = Some(spec);
             }
         });
-        tracing::info!(pool = self.name(), pid = master.pid, generation, "php-fpm master ready in {:?}.", started.elapsed());
+        tracing::info!(
+            pool = self.name(),
+            pid = master.pid,
+            generation,
+            "php-fpm master ready in {:?}.",
+            started.elapsed()
+        );
     }
 
     /// Spawns a master on the current sockets and waits for it to be ready.
@@ -422,8 +457,18 @@ impl Supervisor {
         let t = Instant::now();
         let pid = m.pid;
         match m.stop(self.stop_timeout, hurry).await {
-            StopOutcome::Graceful => tracing::info!(pool = self.name(), pid, "Stopped php-fpm master gracefully in {:?}.", t.elapsed()),
-            other => tracing::warn!(pool = self.name(), pid, "Stopped php-fpm master forcefully ({other:?}) after {:?}.", t.elapsed()),
+            StopOutcome::Graceful => tracing::info!(
+                pool = self.name(),
+                pid,
+                "Stopped php-fpm master gracefully in {:?}.",
+                t.elapsed()
+            ),
+            other => tracing::warn!(
+                pool = self.name(),
+                pid,
+                "Stopped php-fpm master forcefully ({other:?}) after {:?}.",
+                t.elapsed()
+            ),
         }
         let _ = std::fs::remove_file(self.record_path());
     }
@@ -431,7 +476,11 @@ impl Supervisor {
     /// The zero-drop hand-over. On any failure before the new master is
     /// ready, the old master keeps serving and the files on disk are put
     /// back as they were.
-    async fn apply(&mut self, current: &mut Option<Master>, spec: PoolSpec) -> Result<ApplyReport, String> {
+    async fn apply(
+        &mut self,
+        current: &mut Option<Master>,
+        spec: PoolSpec,
+    ) -> Result<ApplyReport, String> {
         let started = Instant::now();
         let alive = current.as_ref().is_some_and(Master::alive);
         if alive && self.spec.as_ref() == Some(&spec) {
@@ -446,9 +495,13 @@ impl Supervisor {
         let backup = self.read_files();
         if let Err(e) = self.write_config(&spec, self.generation + 1).await {
             let msg = format!("{e:#}");
-            tracing::error!(pool = self.name(), "Refused a pool change: {msg}. The pool keeps running unchanged.");
-            self.state
-                .update(&self.pool.name, |s| s.master.last_apply_error = Some(msg.clone()));
+            tracing::error!(
+                pool = self.name(),
+                "Refused a pool change: {msg}. The pool keeps running unchanged."
+            );
+            self.state.update(&self.pool.name, |s| {
+                s.master.last_apply_error = Some(msg.clone())
+            });
             return Err(msg);
         }
         if self.sockets.is_empty() {
@@ -468,9 +521,13 @@ impl Supervisor {
             Err(e) => {
                 self.restore_files(backup);
                 let msg = format!("{e:#}");
-                tracing::error!(pool = self.name(), "New php-fpm master failed to start: {msg}. The old one keeps serving.");
-                self.state
-                    .update(&self.pool.name, |s| s.master.last_apply_error = Some(msg.clone()));
+                tracing::error!(
+                    pool = self.name(),
+                    "New php-fpm master failed to start: {msg}. The old one keeps serving."
+                );
+                self.state.update(&self.pool.name, |s| {
+                    s.master.last_apply_error = Some(msg.clone())
+                });
                 return Err(msg);
             }
         };
@@ -489,10 +546,20 @@ impl Supervisor {
             tokio::spawn(async move {
                 let pid = old.pid;
                 let outcome = old.stop(grace, &CancellationToken::new()).await;
-                tracing::info!(pool = pool.as_str(), pid, "Previous php-fpm master stopped after hand-over ({outcome:?}).");
+                tracing::info!(
+                    pool = pool.as_str(),
+                    pid,
+                    "Previous php-fpm master stopped after hand-over ({outcome:?})."
+                );
             });
         }
-        tracing::info!(pool = self.name(), old_pid, new_pid = current.as_ref().map(|m| m.pid), generation = self.generation, "Applied new pool settings by hand-over in {took:?}.");
+        tracing::info!(
+            pool = self.name(),
+            old_pid,
+            new_pid = current.as_ref().map(|m| m.pid),
+            generation = self.generation,
+            "Applied new pool settings by hand-over in {took:?}."
+        );
         Ok(ApplyReport {
             old_pid,
             new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
@@ -589,7 +656,11 @@ impl Supervisor {
         for (path, old) in backup {
             if let Some(bytes) = old {
                 if let Err(e) = write_atomic(&path, &bytes, 0o640) {
-                    tracing::error!(pool = self.name(), "Cannot restore {}: {e}.", path.display());
+                    tracing::error!(
+                        pool = self.name(),
+                        "Cannot restore {}: {e}.",
+                        path.display()
+                    );
                 }
             }
         }
@@ -619,7 +690,11 @@ impl Supervisor {
         let conf = self.layout.master_conf(&self.pool.name);
         let pid = u32::try_from(pid).ok()?;
         let Some(master) = Master::adopt(pid, ticks, &conf) else {
-            tracing::info!(pool = self.name(), pid, "The recorded php-fpm master is gone; starting a new one.");
+            tracing::info!(
+                pool = self.name(),
+                pid,
+                "The recorded php-fpm master is gone; starting a new one."
+            );
             return None;
         };
         let mut recovered = Vec::new();
@@ -657,7 +732,12 @@ impl Supervisor {
             s.master.adopted = true;
             s.master.generation = generation;
         });
-        tracing::info!(pool = self.name(), pid, generation, "Adopted the running php-fpm master.");
+        tracing::info!(
+            pool = self.name(),
+            pid,
+            generation,
+            "Adopted the running php-fpm master."
+        );
         Some(master)
     }
 }

@@ -131,7 +131,11 @@ pub fn fpm_sockets_env(sockets: &[&PoolSocket]) -> String {
 
 /// Finds, in a running master, the fd of the listening unix socket whose
 /// file is `public`, and duplicates it into this process (fact 5b).
-pub fn recover_from_master(pid: u32, public: &Path, fpm_address: &str) -> Result<PoolSocket, String> {
+pub fn recover_from_master(
+    pid: u32,
+    public: &Path,
+    fpm_address: &str,
+) -> Result<PoolSocket, String> {
     let target_inode = socket_inode_of_path(public)?;
     let fd_dir = format!("/proc/{pid}/fd");
     let entries = std::fs::read_dir(&fd_dir).map_err(|e| format!("{fd_dir}: {e}"))?;
@@ -145,9 +149,9 @@ pub fn recover_from_master(pid: u32, public: &Path, fpm_address: &str) -> Result
             }
         }
     }
-    let target_fd = found.ok_or_else(|| format!("master {pid} holds no fd for {}", public.display()))?;
-    let pid = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| "invalid pid".to_owned())?;
+    let target_fd =
+        found.ok_or_else(|| format!("master {pid} holds no fd for {}", public.display()))?;
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| "invalid pid".to_owned())?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|e| format!("pidfd_open({}): {e}", pid.as_raw_nonzero()))?;
     let fd = rustix::process::pidfd_getfd(
@@ -170,10 +174,7 @@ pub fn recover_from_master(pid: u32, public: &Path, fpm_address: &str) -> Result
 fn socket_inode_of_path(path: &Path) -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (major, minor) = (
-        rustix::fs::major(meta.dev()),
-        rustix::fs::minor(meta.dev()),
-    );
+    let (major, minor) = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
     let mut reader = fpm_kernel::queue::QueueReader::new(std::time::Duration::from_secs(1))
         .map_err(|e| e.to_string())?;
     let listeners = reader.unix_listeners().map_err(|e| e.to_string())?;
@@ -181,13 +182,13 @@ fn socket_inode_of_path(path: &Path) -> Result<u32, String> {
         .iter()
         .find(|l| {
             l.vfs.is_some_and(|(dev, ino)| {
-                fpm_kernel::queue::kernel_dev_is(dev, major, minor) && u64::from(ino) == (meta.ino() & 0xffff_ffff)
+                fpm_kernel::queue::kernel_dev_is(dev, major, minor)
+                    && u64::from(ino) == (meta.ino() & 0xffff_ffff)
             })
         })
         .map(|l| l.socket_inode)
         .ok_or_else(|| format!("no listening socket found for {}", path.display()))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -198,13 +199,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let private = dir.path().join(".p.sock");
         let public = dir.path().join("p.sock");
-        let s = bind_unix(&private, &public, &Access { mode: 0o666, ..Access::default() }).unwrap();
+        let s = bind_unix(
+            &private,
+            &public,
+            &Access {
+                mode: 0o666,
+                ..Access::default()
+            },
+        )
+        .unwrap();
         std::fs::remove_file(&private).unwrap();
         // A client reaches the socket through the public link.
         let _c = std::os::unix::net::UnixStream::connect(&public).unwrap();
         let mode = std::fs::metadata(&public).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
-        assert_eq!(fpm_sockets_env(&[&s]), format!("{}={}", private.display(), s.raw()));
+        assert_eq!(
+            fpm_sockets_env(&[&s]),
+            format!("{}={}", private.display(), s.raw())
+        );
     }
 
     #[test]
@@ -212,13 +224,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("live.sock");
         let _l = UnixListener::bind(&live).unwrap();
-        let err = bind_unix(&dir.path().join(".x"), &live, &Access { mode: 0o660, ..Access::default() })
-            .unwrap_err();
-        assert!(err.to_string().contains("another process is listening"), "{err}");
+        let err = bind_unix(
+            &dir.path().join(".x"),
+            &live,
+            &Access {
+                mode: 0o660,
+                ..Access::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("another process is listening"),
+            "{err}"
+        );
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        let err = bind_unix(&dir.path().join(".y"), &file, &Access { mode: 0o660, ..Access::default() })
-            .unwrap_err();
+        let err = bind_unix(
+            &dir.path().join(".y"),
+            &file,
+            &Access {
+                mode: 0o660,
+                ..Access::default()
+            },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("is not a socket"), "{err}");
     }
 
@@ -228,7 +257,14 @@ mod tests {
         let public = dir.path().join("s.sock");
         drop(UnixListener::bind(&public).unwrap());
         assert!(public.exists());
-        let s = bind_unix(&dir.path().join(".s"), &public, &Access { mode: 0o660, ..Access::default() });
+        let s = bind_unix(
+            &dir.path().join(".s"),
+            &public,
+            &Access {
+                mode: 0o660,
+                ..Access::default()
+            },
+        );
         assert!(s.is_ok(), "{s:?}");
     }
 }

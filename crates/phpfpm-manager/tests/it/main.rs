@@ -14,3 +14,5 @@ mod collector;
 /// The daemon end to end: zero-config start, /metrics through promtool,
 /// health, API, graceful shutdown leaving no php-fpm behind.
 mod daemon;
+/// The supervisor under load through nginx: hand-overs, crashes, adoption.
+mod supervisor;
