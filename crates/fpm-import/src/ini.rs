@@ -13,8 +13,8 @@
 //!   and `| & ^ ~ ! ( )` make an integer expression
 //!   (`E_ALL & ~E_DEPRECATED` -> `24575`, `010 | 1` -> `11`: base 10).
 //! * `"..."` handles `\"`, `\\` and `\$`, and expands `${NAME}`; `'...'` is raw.
-//!   Whitespace next to a quoted string is dropped (`"a" c` -> `ac`), whitespace
-//!   between unquoted words is kept (`foo  bar`).
+//!   Whitespace on either side of a double-quoted string is dropped
+//!   (`"a" c` -> `ac`); elsewhere it is kept (`foo  bar`, `'a' b` -> `a b`).
 //! * `${NAME}` is expanded by php-fpm when it starts (environment or ini
 //!   setting). It is kept here as the text `${NAME}`: the manager's pool file
 //!   writes such a value in double quotes, where php-fpm expands it the same way.
@@ -140,7 +140,9 @@ fn check_key(key: &str) -> Result<(), &'static str> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
     {
-        return Err("key must be made of letters, digits, '_', '.', '-' and '/' (php-fpm: syntax error)");
+        return Err(
+            "key must be made of letters, digits, '_', '.', '-' and '/' (php-fpm: syntax error)",
+        );
     }
     if let Some(sub) = sub {
         let Some(inner) = sub.strip_suffix(']') else {
@@ -157,8 +159,10 @@ fn check_key(key: &str) -> Result<(), &'static str> {
 enum Tok {
     /// Unquoted text.
     Word(String),
-    /// A quoted string, after escapes.
-    Quoted(String),
+    /// A double-quoted string, after escapes and with `${...}` kept.
+    DQuoted(String),
+    /// A single-quoted (raw) string.
+    Raw(String),
     /// `${NAME}`, kept as text.
     Expand(String),
     Ws(String),
@@ -180,7 +184,10 @@ pub(crate) fn scan_value(v: &str) -> Result<String, String> {
     let toks = &toks[start..end];
     if toks.iter().any(|t| matches!(t, Tok::Op(_))) {
         let items: Vec<&Tok> = toks.iter().filter(|t| !matches!(t, Tok::Ws(_))).collect();
-        let mut p = ExprParser { toks: &items, pos: 0 };
+        let mut p = ExprParser {
+            toks: &items,
+            pos: 0,
+        };
         let n = p.expr()?;
         if p.pos != items.len() {
             return Err("unexpected token in an integer expression".into());
@@ -203,11 +210,12 @@ pub(crate) fn scan_value(v: &str) -> Result<String, String> {
                 }
                 out.push_str(&constant_word(w)?);
             }
-            Tok::Quoted(s) | Tok::Expand(s) => out.push_str(s),
+            Tok::DQuoted(s) | Tok::Raw(s) | Tok::Expand(s) => out.push_str(s),
             Tok::Ws(s) => {
-                let unquoted = |t: Option<&Tok>| matches!(t, Some(Tok::Word(_) | Tok::Expand(_)));
-                if unquoted(i.checked_sub(1).and_then(|j| toks.get(j))) && unquoted(toks.get(i + 1))
-                {
+                // The scanner eats whitespace on both sides of a
+                // double-quoted string; elsewhere it is kept.
+                let dq = |t: Option<&Tok>| matches!(t, Some(Tok::DQuoted(_)));
+                if !dq(i.checked_sub(1).and_then(|j| toks.get(j))) && !dq(toks.get(i + 1)) {
                     out.push_str(s);
                 }
             }
@@ -305,9 +313,11 @@ fn tokenize(v: &str) -> Result<Vec<Tok>, String> {
                     }
                 }
                 if !closed {
-                    return Err("unterminated double quote (php-fpm reads one line at a time)".into());
+                    return Err(
+                        "unterminated double quote (php-fpm reads one line at a time)".into(),
+                    );
                 }
-                toks.push(Tok::Quoted(s));
+                toks.push(Tok::DQuoted(s));
             }
             '\'' => {
                 flush(&mut word, &mut toks);
@@ -321,12 +331,14 @@ fn tokenize(v: &str) -> Result<Vec<Tok>, String> {
                     s.push(c);
                 }
                 if !closed {
-                    return Err("unterminated single quote (php-fpm reads one line at a time)".into());
+                    return Err(
+                        "unterminated single quote (php-fpm reads one line at a time)".into(),
+                    );
                 }
                 if s.contains("${") {
                     return Err(literal_expansion());
                 }
-                toks.push(Tok::Quoted(s));
+                toks.push(Tok::Raw(s));
             }
             '$' if it.peek() == Some(&'{') => {
                 flush(&mut word, &mut toks);
@@ -355,7 +367,11 @@ fn expansion(it: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String
     let mut name = String::new();
     for c in it.by_ref() {
         if c == '}' {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.".contains(c)) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.".contains(c))
+            {
                 return Err("'${...}' must name an environment variable or ini setting".into());
             }
             return Ok(format!("${{{name}}}"));
@@ -406,10 +422,11 @@ impl ExprParser<'_> {
                 }
             }
             Tok::Word(w) => operand(w),
-            Tok::Quoted(s) => Ok(atol(s)),
-            Tok::Expand(_) => {
-                Err("an integer expression uses '${...}', which is only known when php-fpm starts".into())
-            }
+            Tok::DQuoted(s) | Tok::Raw(s) => Ok(atol(s)),
+            Tok::Expand(_) => Err(
+                "an integer expression uses '${...}', which is only known when php-fpm starts"
+                    .into(),
+            ),
             Tok::Op(c) => Err(format!("unexpected '{c}' in an integer expression")),
             Tok::Ws(_) => Err("unexpected whitespace".into()),
         }
@@ -490,6 +507,12 @@ mod tests {
         assert_eq!(v(" E_ALL x"), "32767 x");
         assert_eq!(v(" ${HOME}x"), "${HOME}x");
         assert_eq!(v(" /tmp/$pool.sock"), "/tmp/$pool.sock");
+        assert_eq!(v(" a 'b'"), "a b");
+        assert_eq!(v(" 'a' 'b'"), "a b");
+        assert_eq!(v(" 'a' \"b\""), "ab");
+        assert_eq!(v(" ${HOME} x"), "${HOME} x");
+        assert_eq!(v(" \"a\" ${HOME}"), "a${HOME}");
+        assert_eq!(v(" 'a'\"b\" c"), "abc");
     }
 
     #[test]
@@ -512,7 +535,8 @@ mod tests {
 
     #[test]
     fn lines_sections_comments_and_errors() {
-        let text = "; c\n[global]\n  pid = /run/x.pid ; c\n\n[www]\nphp_value[memory_limit]=64M\r\n";
+        let text =
+            "; c\n[global]\n  pid = /run/x.pid ; c\n\n[www]\nphp_value[memory_limit]=64M\r\n";
         let lines = parse_text("f.conf", text).unwrap();
         assert_eq!(
             lines,

@@ -440,7 +440,10 @@ fn map_pool(
         if start == 0 {
             start = min_spare + (max_spare.saturating_sub(min_spare)) / 2;
         }
-        if min_spare > max_spare || max_spare > max_children || start < min_spare || start > max_spare
+        if min_spare > max_spare
+            || max_spare > max_children
+            || start < min_spare
+            || start > max_spare
         {
             return Err(ImportError::Setting {
                 at: def.origin.to_string(),
@@ -488,8 +491,7 @@ fn map_pool(
             None => Ok(None),
             Some(d) => {
                 let ok = !d.value.is_empty()
-                    && d
-                        .value
+                    && d.value
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
                 if ok {
@@ -521,22 +523,29 @@ fn map_pool(
         }
     };
 
-    let url_path = |k: &str, default: &str, note: &mut dyn FnMut(String)| -> Result<String, ImportError> {
-        match get(k) {
-            Some(d) => {
-                if !d.value.starts_with('/')
-                    || d.value.contains(|c: char| c.is_whitespace() || c == '?' || c == '"')
-                {
-                    return Err(setting(d, "must be a URL path starting with '/', without spaces or '?'"));
+    let url_path =
+        |k: &str, default: &str, note: &mut dyn FnMut(String)| -> Result<String, ImportError> {
+            match get(k) {
+                Some(d) => {
+                    if !d.value.starts_with('/')
+                        || d.value
+                            .contains(|c: char| c.is_whitespace() || c == '?' || c == '"')
+                    {
+                        return Err(setting(
+                            d,
+                            "must be a URL path starting with '/', without spaces or '?'",
+                        ));
+                    }
+                    Ok(d.value.clone())
                 }
-                Ok(d.value.clone())
+                None => {
+                    note(format!(
+                        "{k} {default} is added: the manager watches every pool through it"
+                    ));
+                    Ok(default.to_owned())
+                }
             }
-            None => {
-                note(format!("{k} {default} is added: the manager watches every pool through it"));
-                Ok(default.to_owned())
-            }
-        }
-    };
+        };
     let status_path = url_path("pm.status_path", "/status", &mut note)?;
     let ping_path = url_path("ping.path", "/ping", &mut note)?;
     let status_listen = match get("pm.status_listen") {
@@ -558,7 +567,10 @@ fn map_pool(
     if ping_response.is_some() {
         note("ping.response is kept as ping_response, what the manager expects from the ping page; the manager's pool file does not write ping.response, so php-fpm answers \"pong\" until it does".into());
     }
-    for (k, want) in [("catch_workers_output", true), ("decorate_workers_output", false)] {
+    for (k, want) in [
+        ("catch_workers_output", true),
+        ("decorate_workers_output", false),
+    ] {
         let had = match get(k) {
             Some(d) => boolean(d)?,
             None => k == "decorate_workers_output",
@@ -617,11 +629,25 @@ fn map_pool(
             continue;
         }
         match d.key.as_str() {
-            "listen" | "listen.mode" | "user" | "group" | "pm" | "pm.max_children"
-            | "pm.start_servers" | "pm.min_spare_servers" | "pm.max_spare_servers"
-            | "pm.max_requests" | "pm.process_idle_timeout" | "pm.status_path"
-            | "pm.status_listen" | "ping.path" | "ping.response" | "request_terminate_timeout"
-            | "chdir" | "catch_workers_output" | "decorate_workers_output" => {}
+            "listen"
+            | "listen.mode"
+            | "user"
+            | "group"
+            | "pm"
+            | "pm.max_children"
+            | "pm.start_servers"
+            | "pm.min_spare_servers"
+            | "pm.max_spare_servers"
+            | "pm.max_requests"
+            | "pm.process_idle_timeout"
+            | "pm.status_path"
+            | "pm.status_listen"
+            | "ping.path"
+            | "ping.response"
+            | "request_terminate_timeout"
+            | "chdir"
+            | "catch_workers_output"
+            | "decorate_workers_output" => {}
             k => {
                 let value = if POOL_BOOLEANS.contains(&k) {
                     if boolean(d)? { "yes" } else { "no" }.to_owned()
@@ -812,13 +838,15 @@ fn carry(d: &Directive) -> Result<(), ImportError> {
         }
     }
     let plain = !v.is_empty()
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/_.-:@,".contains(c));
     if plain {
         let lower = v.to_ascii_lowercase();
-        let keyword = ["on", "yes", "true", "off", "no", "false", "none", "null"].contains(&lower.as_str());
-        let constant = v.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        let keyword =
+            ["on", "yes", "true", "off", "no", "false", "none", "null"].contains(&lower.as_str());
+        let constant = v
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
             && (v.starts_with("E_") || v.starts_with("PHP_") || v.starts_with("ZEND_"));
         if keyword || constant {
             return Err(refuse("the manager's pool file would write it without quotes, and php-fpm would then read it as a boolean or a PHP constant; use 1/0 or another spelling"));
@@ -832,7 +860,10 @@ fn env_file(p: &PoolOut) -> String {
     push_comment(
         &mut out,
         0,
-        &format!("env of pool {} imported from env[...] directives: these values may be secrets.", p.name),
+        &format!(
+            "env of pool {} imported from env[...] directives: these values may be secrets.",
+            p.name
+        ),
     );
     push_comment(
         &mut out,
@@ -870,13 +901,25 @@ fn render_yaml(
     for f in &model.files {
         push_comment(&mut out, 0, &format!("  {}", f.display()));
     }
-    push_comment(&mut out, 0, "What the import changed is listed at the end of this file.");
+    push_comment(
+        &mut out,
+        0,
+        "What the import changed is listed at the end of this file.",
+    );
     out.push_str("phpfpm:\n");
-    let _ = writeln!(out, "  runtime_dir: {}", quote(&runtime_dir.display().to_string()));
+    let _ = writeln!(
+        out,
+        "  runtime_dir: {}",
+        quote(&runtime_dir.display().to_string())
+    );
     if let Some(c) = pct_comment {
         push_comment(&mut out, 2, c);
     }
-    let _ = writeln!(out, "  process_control_timeout: {}", quote(&format!("{pct_secs}s")));
+    let _ = writeln!(
+        out,
+        "  process_control_timeout: {}",
+        quote(&format!("{pct_secs}s"))
+    );
     let _ = writeln!(out, "  log_level: {}", quote(log_level));
     out.push_str("pools:\n");
     for p in pools {
@@ -905,7 +948,10 @@ fn render_yaml(
             kv("max_spare_workers", p.max_spare.to_string());
         }
         kv("max_requests", p.max_requests.to_string());
-        kv("process_idle_timeout", quote(&format!("{}s", p.idle_secs.max(1))));
+        kv(
+            "process_idle_timeout",
+            quote(&format!("{}s", p.idle_secs.max(1))),
+        );
         kv(
             "request_terminate_timeout",
             quote(&format!("{}s", p.terminate_secs)),
@@ -935,7 +981,11 @@ fn render_yaml(
         }
         if !p.env.is_empty() {
             if include_secrets {
-                push_comment(&mut out, 4, "env values may be secrets: keep this file mode 0600");
+                push_comment(
+                    &mut out,
+                    4,
+                    "env values may be secrets: keep this file mode 0600",
+                );
                 out.push_str("    env:\n");
                 for (k, v) in &p.env {
                     let _ = writeln!(out, "      {}: {}", quote(k), quote(v));

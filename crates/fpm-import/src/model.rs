@@ -252,7 +252,10 @@ mod tests {
         let lines = parse_text("/a", "[www]\nenv[X] =\n").unwrap();
         b.line(Path::new("/a"), &lines[0]).unwrap();
         let e = b.line(Path::new("/a"), &lines[1]).unwrap_err();
-        assert_eq!(e.to_string(), "/a:2: env[X] has an empty value (php-fpm: empty value)");
+        assert_eq!(
+            e.to_string(),
+            "/a:2: env[X] has an empty value (php-fpm: empty value)"
+        );
     }
 
     #[test]

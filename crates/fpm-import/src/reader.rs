@@ -434,7 +434,10 @@ mod tests {
         assert!(e.to_string().contains("'..'"), "{e}");
         let mut files = Vec::new();
         for i in 0..20 {
-            files.push((format!("/f{i}.conf"), format!("include = /f{}.conf\n", i + 1)));
+            files.push((
+                format!("/f{i}.conf"),
+                format!("include = /f{}.conf\n", i + 1),
+            ));
         }
         files.push(("/f20.conf".into(), "[www]\n".into()));
         let src = MemorySource::new(files);

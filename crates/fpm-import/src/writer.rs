@@ -84,7 +84,11 @@ pub fn write_import(
     // Plan every file first.
     let mut plan: Vec<(PathBuf, &str, u32)> = Vec::new();
     let config = out_dir.join(CONFIG_FILE);
-    let config_mode = if imported.config_has_secrets { 0o600 } else { 0o644 };
+    let config_mode = if imported.config_has_secrets {
+        0o600
+    } else {
+        0o644
+    };
     for (name, _) in imported.pool_files.iter().chain(&imported.env_files) {
         PoolName::new(name).map_err(|_| WriteError::BadPoolName(name.clone()))?;
     }
