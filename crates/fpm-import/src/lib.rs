@@ -11,12 +11,16 @@
 //!    render from it, env files and notes.
 //! 3. [`write_import`] writes the result atomically into a directory.
 //!
+//! Observe mode uses step 1 and [`observed_pools`] to find the pools of a
+//! system php-fpm the manager does not run.
+//!
 //! `env[...]` values may be secrets: they never appear in errors, notes,
 //! `Debug` output or (unless asked for) the YAML. See `docs/import.md`.
 
 pub mod ini;
 pub mod mapping;
 pub mod model;
+pub mod observe;
 pub mod reader;
 pub mod writer;
 mod yaml;
@@ -25,6 +29,7 @@ use std::path::Path;
 
 pub use mapping::{import, ImportError, ImportOptions, Imported};
 pub use model::{Directive, FpmConfig, Origin, PoolDef};
+pub use observe::{observed_pools, ObservedPool};
 pub use reader::{
     load_config, read_config, DiskSource, MemorySource, ReadError, ReadOptions, Source,
 };

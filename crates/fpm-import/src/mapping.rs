@@ -923,10 +923,10 @@ fn render_yaml(
     let _ = writeln!(out, "  log_level: {}", quote(log_level));
     out.push_str("pools:\n");
     for p in pools {
-        for c in &p.comments {
-            push_comment(&mut out, 2, c);
-        }
         let _ = writeln!(out, "  - name: {}", quote(p.name.as_str()));
+        for c in &p.comments {
+            push_comment(&mut out, 4, c);
+        }
         let mut kv = |k: &str, v: String| {
             let _ = writeln!(out, "    {k}: {v}");
         };

@@ -125,6 +125,12 @@ pub fn load_config(
             what: "relative path; give an absolute path".into(),
         });
     }
+    if !opts.prefix.is_absolute() {
+        return Err(ReadError::BadPath {
+            path: opts.prefix.display().to_string(),
+            what: "php-fpm prefix must be an absolute path".into(),
+        });
+    }
     let mut walk = Walk {
         opts,
         source,
