@@ -583,7 +583,8 @@ fn map_pool(
         }
     }
 
-    // Everything else, in order, later keys overriding earlier ones.
+    // Everything else, in order: later plain directives override earlier
+    // ones, the first definition of an array directive wins.
     let mut php_values = BTreeMap::new();
     let mut php_admin_values = BTreeMap::new();
     let mut env = BTreeMap::new();
@@ -610,22 +611,25 @@ fn map_pool(
                     "the manager accepts only letters, digits, '_' and '.' inside [...]",
                 ));
             }
-            carry(d)?;
+            carry_value(d, &value)?;
             let base = if kind.ends_with("flag") {
                 kind.replace("flag", "value")
             } else {
                 kind.to_owned()
             };
             let slot = format!("{base}[{sub}]");
-            if map.insert(sub.to_owned(), value).is_some() {
-                if let Some(o) = first_def.get(&slot) {
-                    note(format!(
-                        "{slot} is set at {o} and again at {}; the later one is kept (php-fpm keeps both, and which one wins depends on its list order)",
-                        d.origin
-                    ));
-                }
+            // php-fpm keeps every definition in a list and applies them so
+            // that the FIRST one wins (checked with a real worker: ini_get()
+            // and getenv() see the first value), unlike plain directives.
+            if let Some(first) = first_def.get(&slot) {
+                note(format!(
+                    "{slot} at {} is ignored: it is already set at {first}, and php-fpm uses the first definition of an array directive",
+                    d.origin
+                ));
+                continue;
             }
-            first_def.entry(slot).or_insert_with(|| d.origin.clone());
+            map.insert(sub.to_owned(), value);
+            first_def.insert(slot, d.origin.clone());
             continue;
         }
         match d.key.as_str() {
@@ -821,7 +825,11 @@ fn flag(d: &Directive) -> Result<String, ImportError> {
 /// would be read back differently; and a bare `on`/`off`/`E_ALL`-like word
 /// (from a quoted original) would be turned into `1`/``/a number by php-fpm.
 fn carry(d: &Directive) -> Result<(), ImportError> {
-    let v = &d.value;
+    carry_value(d, &d.value)
+}
+
+/// [`carry`] for a value derived from `d` (a flag turned into `1`/`0`).
+fn carry_value(d: &Directive, v: &str) -> Result<(), ImportError> {
     let refuse = |why: &str| {
         setting(
             d,
@@ -1009,4 +1017,222 @@ fn render_yaml(
         push_comment(&mut out, 0, &format!("- {n}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::reader::{load_config, MemorySource, ReadOptions};
+
+    const POOL: &str = "listen = /run/w.sock\npm = static\npm.max_children = 2\n";
+
+    fn run(text: &str) -> Result<Imported, ImportError> {
+        let src = MemorySource::new([("/etc/fpm.conf", text)]);
+        let m = load_config(Path::new("/etc/fpm.conf"), &ReadOptions::default(), &src).unwrap();
+        import(
+            &m,
+            &ImportOptions {
+                runtime_dir: PathBuf::from("/var/lib/pm"),
+                include_secrets: false,
+            },
+        )
+    }
+
+    fn yaml(i: &Imported) -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&i.config_yaml).unwrap()
+    }
+
+    #[test]
+    fn process_control_timeout_is_kept_raised_or_capped() {
+        for (given, want, commented) in [
+            ("", "10s", true),
+            ("process_control_timeout = 0\n", "10s", true),
+            ("process_control_timeout = 7\n", "7s", false),
+            ("process_control_timeout = 2m\n", "120s", false),
+            ("process_control_timeout = 2d\n", "3600s", false),
+        ] {
+            let i = run(&format!("[global]\n{given}[www]\n{POOL}")).unwrap();
+            assert_eq!(
+                yaml(&i)["phpfpm"]["process_control_timeout"].as_str(),
+                Some(want),
+                "{given}"
+            );
+            let has_comment = i
+                .config_yaml
+                .contains("# process_control_timeout: the imported value is 0");
+            assert_eq!(has_comment, commented, "{given}");
+        }
+    }
+
+    #[test]
+    fn global_directives_are_kept_dropped_with_a_note_or_carried() {
+        let i = run(&format!(
+            "[global]\npid = /run/x.pid\ndaemonize = yes\nlog_level = WARNING\nrlimit_files = 1024\nevents.mechanism = epoll\n[www]\n{POOL}[api]\n{POOL}rlimit_files = 10\n"
+        ))
+        .unwrap();
+        let y = yaml(&i);
+        assert_eq!(y["phpfpm"]["log_level"].as_str(), Some("warning"));
+        for dropped in ["global pid", "global daemonize", "global events.mechanism"] {
+            assert!(
+                i.notes.iter().any(|n| n.starts_with(dropped)),
+                "{dropped}: {:?}",
+                i.notes
+            );
+        }
+        assert_eq!(
+            y["pools"][0]["extra_settings"]["rlimit_files"].as_str(),
+            Some("1024")
+        );
+        // A pool's own value wins over the carried global one.
+        assert_eq!(
+            y["pools"][1]["extra_settings"]["rlimit_files"].as_str(),
+            Some("10")
+        );
+    }
+
+    #[test]
+    fn listen_forms() {
+        for (listen, ok) in [
+            ("/run/php/a.sock", true),
+            ("127.0.0.1:9000", true),
+            ("[::1]:9000", true),
+            ("localhost:9000", true),
+            ("9000", false),
+            ("*:9000", false),
+            ("run/a.sock", false),
+            ("/run/../a.sock", false),
+            ("127.0.0.1:0", false),
+        ] {
+            let r = run(&format!(
+                "[www]\nlisten = {listen}\npm = static\npm.max_children = 1\n"
+            ));
+            assert_eq!(r.is_ok(), ok, "{listen}: {r:?}");
+            if let Err(e) = r {
+                assert!(
+                    e.to_string().starts_with("/etc/fpm.conf:2: listen: "),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pm_settings_and_php_fpm_defaults_are_written_out() {
+        let i = run("[www]\nlisten = /run/w.sock\npm = dynamic\npm.max_children = 10\npm.min_spare_servers = 2\npm.max_spare_servers = 6\n").unwrap();
+        let p = &yaml(&i)["pools"][0];
+        // php-fpm's default start_servers: min + (max - min) / 2.
+        assert_eq!(p["start_workers"].as_u64(), Some(4));
+        // php-fpm's defaults, where the manager's would differ.
+        assert_eq!(p["max_requests"].as_u64(), Some(0));
+        assert_eq!(p["request_terminate_timeout"].as_str(), Some("0s"));
+        assert_eq!(p["listen_mode"].as_str(), Some("0660"));
+        let e = run("[www]\nlisten = /run/w.sock\npm = dynamic\npm.max_children = 4\npm.min_spare_servers = 2\npm.max_spare_servers = 6\n").unwrap_err();
+        assert!(e.to_string().contains("<= max_children (4)"), "{e}");
+        for (text, key) in [
+            ("[www]\npm = static\npm.max_children = 1\n", "listen"),
+            ("[www]\nlisten = /a\npm.max_children = 1\n", "pm"),
+            ("[www]\nlisten = /a\npm = static\n", "pm.max_children"),
+            (
+                "[www]\nlisten = /a\npm = dynamic\npm.max_children = 3\n",
+                "pm.min_spare_servers",
+            ),
+        ] {
+            let e = run(text).unwrap_err();
+            assert!(
+                matches!(&e, ImportError::Missing { key: k, .. } if k == key),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            run("[global]\npid = /x\n"),
+            Err(ImportError::NoPools(_))
+        ));
+    }
+
+    #[test]
+    fn flags_values_and_overrides() {
+        let i = run(&format!(
+            "[www]\n{POOL}php_flag[display_errors] = off\nphp_admin_flag[log_errors] = \"yes\"\nphp_value[memory_limit] = 64M\nphp_value[memory_limit] = 128M\nclear_env = off\nprocess.dumpable = 1\n"
+        ))
+        .unwrap();
+        let p = &yaml(&i)["pools"][0];
+        assert_eq!(p["php_values"]["display_errors"].as_str(), Some("0"));
+        assert_eq!(p["php_admin_values"]["log_errors"].as_str(), Some("1"));
+        assert_eq!(p["php_values"]["memory_limit"].as_str(), Some("64M"));
+        assert_eq!(p["extra_settings"]["clear_env"].as_str(), Some("no"));
+        assert_eq!(
+            p["extra_settings"]["process.dumpable"].as_str(),
+            Some("yes")
+        );
+        assert!(
+            i.notes.iter().any(|n| n.contains(
+                "php_value[memory_limit] at /etc/fpm.conf:8 is ignored: it is already set at /etc/fpm.conf:7"
+            )),
+            "{:?}",
+            i.notes
+        );
+        assert!(run(&format!("[www]\n{POOL}php_flag[x] = maybe\n")).is_err());
+    }
+
+    #[test]
+    fn values_the_pool_file_would_change_are_refused_with_the_place() {
+        for line in [
+            "access.format = \"%R \\\"%m %r\\\" %s\"",
+            "php_value[x] = \"on\"",
+            "php_value[x] = 'E_ALL'",
+            "php_value[x] = 'a\\\\b'",
+            "php_value[x] = 'ends\\'",
+            "php_value[bad key] = 1",
+            "user = \"a b\"",
+            "chdir = relative/dir",
+            "foo[x] = 1",
+        ] {
+            let e = run(&format!("[www]\n{POOL}{line}\n")).expect_err(line);
+            assert!(
+                e.to_string().starts_with("/etc/fpm.conf:5: "),
+                "{line}: {e}"
+            );
+        }
+        // Expansions and ordinary backslashes are carried.
+        let i = run(&format!(
+            "[www]\n{POOL}php_value[a] = \"${{HOME}}/x\"\nphp_value[b] = 'C:\\tmp'\n"
+        ))
+        .unwrap();
+        let p = &yaml(&i)["pools"][0];
+        assert_eq!(p["php_values"]["a"].as_str(), Some("${HOME}/x"));
+        assert_eq!(p["php_values"]["b"].as_str(), Some("C:\\tmp"));
+        assert!(i.pool_files[0].1.contains("php_value[a] = \"${HOME}/x\"\n"));
+    }
+
+    #[test]
+    fn unknown_pool_directives_are_carried_with_a_note() {
+        let i = run(&format!("[www]\n{POOL}pm.new_thing = 3\n")).unwrap();
+        assert_eq!(
+            yaml(&i)["pools"][0]["extra_settings"]["pm.new_thing"].as_str(),
+            Some("3")
+        );
+        assert!(i
+            .notes
+            .iter()
+            .any(|n| n
+                .contains("pm.new_thing (/etc/fpm.conf:5) is not a php-fpm 8.2 pool directive")));
+    }
+
+    #[test]
+    fn runtime_dir_must_be_absolute_and_clean() {
+        let src = MemorySource::new([("/f", format!("[www]\n{POOL}"))]);
+        let m = load_config(Path::new("/f"), &ReadOptions::default(), &src).unwrap();
+        for bad in ["rel", "/a/../b", "/a\"b"] {
+            let o = ImportOptions {
+                runtime_dir: PathBuf::from(bad),
+                include_secrets: false,
+            };
+            assert!(
+                matches!(import(&m, &o), Err(ImportError::RuntimeDir { .. })),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -5,8 +5,10 @@
 //! them (includes spliced in where they appear) and keeps php-fpm's state
 //! rules: the current section carries across include boundaries, entries
 //! before any section belong to `[global]`, a section seen twice (in one file
-//! or several) continues the same pool, later keys override earlier ones,
-//! and `$pool` in a pool's values becomes the pool's name.
+//! or several) continues the same pool, every directive is kept in order
+//! (for plain directives the last one counts; for array directives such as
+//! `php_value[x]` php-fpm uses the first, see `mapping.rs`), and `$pool` in
+//! a pool's values becomes the pool's name.
 
 use std::path::{Path, PathBuf};
 
@@ -77,7 +79,7 @@ pub struct PoolDef {
 }
 
 impl PoolDef {
-    /// The effective (last) value of a plain directive.
+    /// The effective (last) value of a plain (non-array) directive.
     pub fn get(&self, key: &str) -> Option<&Directive> {
         self.directives.iter().rev().find(|d| d.key == key)
     }

@@ -5,7 +5,7 @@
 //! imported setup, and start every imported pool and ping it.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -278,63 +278,72 @@ fn round_trip(s: &Setup, expect_pools: &[&str]) -> ImportedRun {
     imported
 }
 
-/// Starts each imported master (as the manager would: foreground, -R) and
-/// pings its pool through the listen address it kept.
-fn serve(imported: &ImportedRun) {
+/// Runs `f` while a php-fpm master started from `conf` (foreground, -R, as
+/// the manager runs it) is up, then stops it gracefully by its pid.
+fn with_master<T>(conf: &Path, f: impl FnOnce() -> T) -> T {
+    let mut child = Command::new(php_fpm())
+        .args(["-F", "-R", "-y"])
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = f();
+    let _ = Command::new("kill")
+        .arg("-QUIT")
+        .arg(child.id().to_string())
+        .status();
+    let stop = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if stop.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    out
+}
+
+/// A FastCGI GET through `cgi-fcgi`, retried for up to 10 s until the body
+/// contains `want`; returns the last body.
+fn fcgi(listen: &str, script: &str, want: &str) -> String {
     let cgi = PathBuf::from("/usr/bin/cgi-fcgi");
     assert!(
         cgi.exists(),
         "cgi-fcgi is missing: install libfcgi-bin (these tests never skip)"
     );
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        let (_, text) = run(
+            Command::new(&cgi)
+                .args(["-bind", "-connect", listen])
+                .env("SCRIPT_NAME", script)
+                .env("SCRIPT_FILENAME", script)
+                .env("REQUEST_METHOD", "GET"),
+            Duration::from_secs(5),
+        );
+        // Body after the CGI headers.
+        last = text.split("\r\n\r\n").nth(1).unwrap_or(&text).to_owned();
+        if last.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
+/// Starts each imported master and pings its pool through the listen
+/// address it kept.
+fn serve(imported: &ImportedRun) {
     for ((name, _, master), (_, _, listen, ping)) in imported.dumps.iter().zip(&imported.pools) {
-        let mut child = Command::new(php_fpm())
-            .args(["-F", "-R", "-y"])
-            .arg(master)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let mut last = String::new();
-        let mut ok = false;
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("pool {name}: php-fpm exited early with {status}");
-            }
-            let (_, text) = run(
-                Command::new(&cgi)
-                    .args(["-bind", "-connect", listen])
-                    .env("SCRIPT_NAME", ping)
-                    .env("SCRIPT_FILENAME", ping)
-                    .env("REQUEST_METHOD", "GET"),
-                Duration::from_secs(5),
-            );
-            if text.contains("pong") {
-                ok = true;
-                break;
-            }
-            last = text;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Graceful stop of the master we started, by its pid.
-        let _ = Command::new("kill")
-            .arg("-QUIT")
-            .arg(child.id().to_string())
-            .status();
-        let stop = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if stop.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.wait();
+        let body = with_master(master, || fcgi(listen, ping, "pong"));
         assert!(
-            ok,
+            body.contains("pong"),
             "pool {name}: no pong from {listen}{ping}: {}",
-            redact(&last)
+            redact(&body)
         );
     }
 }
@@ -351,4 +360,52 @@ fn multi_pool_fixture_round_trips_and_serves() {
     let s = multi();
     let imported = round_trip(&s, &["shop", "api", "admin"]);
     serve(&imported);
+}
+
+/// php-fpm applies the FIRST of several `php_value[x]` / `env[X]` / flag
+/// definitions (its `-tt` dump lists them all). A real worker of the original
+/// and of the imported pool must see the same values.
+#[test]
+fn repeated_array_directives_give_a_worker_the_same_values() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    // The worker runs as nobody and must read the script.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.join("i.php");
+    std::fs::write(
+        &script,
+        "<?php echo 'R:', ini_get('memory_limit'), '|', getenv('A'), '|', ini_get('display_errors'), '|', ini_get('max_execution_time');",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let main = dir.join("php-fpm.conf");
+    let listen = dir.join("w.sock").display().to_string();
+    std::fs::write(
+        &main,
+        format!(
+            "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\n[w]\nuser = nobody\ngroup = nogroup\nlisten = {listen}\npm = static\npm.max_children = 1\n\
+             php_value[memory_limit] = 64M\nphp_value[memory_limit] = 128M\nenv[A] = first\nenv[A] = second\n\
+             php_flag[display_errors] = on\nphp_value[display_errors] = 0\n\
+             php_admin_value[max_execution_time] = 7\nphp_admin_value[max_execution_time] = 9\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    let original = with_master(&main, || fcgi(&listen, &script, "R:"));
+    let s = Setup {
+        main: main.clone(),
+        prefix: None,
+        dir: dir.clone(),
+        _tmp: tmp,
+    };
+    let imported = import_and_render(&s);
+    let master = &imported.dumps[0].2;
+    let after = with_master(master, || fcgi(&listen, &script, "R:"));
+    assert!(
+        original.contains("R:64M|first|1|7"),
+        "php-fpm itself: {original}"
+    );
+    assert_eq!(after, original);
 }
