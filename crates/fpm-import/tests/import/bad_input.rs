@@ -61,6 +61,15 @@ fn missing_include_names_the_including_line() {
         "{e}"
     );
     assert!(e.to_string().contains("does not exist"), "{e}");
+    // A directory where a file is expected, and a line with a NUL byte.
+    let e = read_config(tmp.path(), &ReadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    std::fs::write(&a, "[www]\nlisten = /a\0b\n").unwrap();
+    let e = read_config(&a, &ReadOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{}:2: line contains a NUL byte", a.display())
+    );
     // A missing main file.
     let e = read_config(&tmp.path().join("none.conf"), &ReadOptions::default()).unwrap_err();
     assert!(e.to_string().contains("no such file"), "{e}");
