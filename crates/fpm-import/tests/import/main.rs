@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod fixtures;
 mod roundtrip;
 mod secrets;
 mod support;
