@@ -212,12 +212,14 @@ pub fn import(model: &FpmConfig, options: &ImportOptions) -> Result<Imported, Im
         None => "notice".to_owned(),
     };
     let mut global_rlimits: Vec<&Directive> = Vec::new();
-    let mut seen = Vec::new();
-    for d in model.global.iter().rev() {
-        if seen.contains(&d.key) {
+    for d in &model.global {
+        // Only the effective (last) definition of each key, in file order.
+        if !model
+            .global(&d.key)
+            .is_some_and(|last| std::ptr::eq(last, d))
+        {
             continue;
         }
-        seen.push(d.key.clone());
         match d.key.as_str() {
             "process_control_timeout" | "log_level" => {}
             "rlimit_files" | "rlimit_core" => global_rlimits.push(d),
