@@ -55,6 +55,8 @@ pub struct PoolSpec {
     pub status_listen: Option<String>,
     pub status_path: String,
     pub ping_path: String,
+    /// `ping.response`: what the ping page answers ("pong" by default).
+    pub ping_response: String,
     pub user: Option<String>,
     pub group: Option<String>,
     /// Octal mode of the unix socket, for example `0660`.
@@ -154,6 +156,7 @@ pub fn render_pool(spec: &PoolSpec) -> Result<String, RenderError> {
         line("pm.status_listen", status_listen)?;
     }
     line("ping.path", &spec.ping_path)?;
+    line("ping.response", &spec.ping_response)?;
     line(
         "request_terminate_timeout",
         &format!("{}s", spec.request_terminate_timeout_secs),
@@ -209,17 +212,34 @@ fn check_key(key: &str) -> Result<(), RenderError> {
 }
 
 /// Quotes values that php-fpm's ini parser would otherwise reinterpret
-/// (`;` starts a comment, `$` and `{` expand, spaces are trimmed).
+/// (`;` starts a comment, `$` and `{` expand, spaces are trimmed). An
+/// expression of PHP constants (`E_ALL & ~E_DEPRECATED`) stays bare: quoted,
+/// PHP would receive the text and read it as the number 0.
 fn quote(value: &str) -> String {
     let plain = !value.is_empty()
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "/_.-:@,".contains(c));
-    if plain {
+    if plain || is_constant_expression(value) {
         value.to_owned()
     } else {
         format!("\"{value}\"")
     }
+}
+
+/// `E_ALL & ~E_DEPRECATED`, `~E_NOTICE`, `(E_ALL | E_STRICT)`: upper-case
+/// constants joined by php.ini's bitwise operators.
+pub fn is_constant_expression(value: &str) -> bool {
+    let ops = |c: char| " &|^~!()".contains(c);
+    value.chars().any(|c| c.is_ascii_uppercase())
+        && value.chars().any(ops)
+        && value
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || ops(c))
+        && value
+            .split(ops)
+            .filter(|w| !w.is_empty())
+            .all(|w| w.starts_with(|c: char| c.is_ascii_uppercase() || c == '_'))
 }
 
 #[cfg(test)]
@@ -233,6 +253,7 @@ mod tests {
             status_listen: Some("/run/m/sockets/www.status.sock".into()),
             status_path: "/status".into(),
             ping_path: "/ping".into(),
+            ping_response: "pong".into(),
             user: Some("www-data".into()),
             group: Some("www-data".into()),
             listen_mode: "0660".into(),
@@ -245,7 +266,10 @@ mod tests {
             process_idle_timeout_secs: 10,
             request_terminate_timeout_secs: 60,
             chdir: None,
-            php_values: vec![("memory_limit".into(), "128M".into())],
+            php_values: vec![
+                ("memory_limit".into(), "128M".into()),
+                ("error_reporting".into(), "E_ALL & ~E_DEPRECATED".into()),
+            ],
             php_admin_values: vec![("error_log".into(), "/var/log/x y.log".into())],
             extra: vec![("request_slowlog_timeout".into(), "5s".into())],
             env: vec![("DB_PASSWORD".into(), "s3cr;et".into())],
@@ -266,6 +290,8 @@ mod tests {
             "php_admin_value[error_log] = \"/var/log/x y.log\"\n",
             "env[DB_PASSWORD] = \"s3cr;et\"\n",
             "request_slowlog_timeout = 5s\n",
+            "php_value[error_reporting] = E_ALL & ~E_DEPRECATED\n",
+            "ping.response = pong\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -290,6 +316,20 @@ mod tests {
         let mut s = spec();
         s.php_values = vec![("x]\n[evil".into(), "1".into())];
         assert!(matches!(render_pool(&s), Err(RenderError::BadKey(_))));
+    }
+
+    #[test]
+    fn constant_expressions() {
+        for yes in [
+            "E_ALL & ~E_DEPRECATED",
+            "~E_NOTICE",
+            "(E_ALL | E_STRICT) & ~E_DEPRECATED",
+        ] {
+            assert!(is_constant_expression(yes), "{yes}");
+        }
+        for no in ["E_ALL", "hello world", "a & b", "128M", "E_ALL & 1x", ""] {
+            assert!(!is_constant_expression(no), "{no}");
+        }
     }
 
     #[test]

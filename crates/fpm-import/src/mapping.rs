@@ -360,6 +360,10 @@ impl PoolOut {
             status_listen: Some(status),
             status_path: self.status_path.clone(),
             ping_path: self.ping_path.clone(),
+            ping_response: self
+                .ping_response
+                .clone()
+                .unwrap_or_else(|| "pong".to_owned()),
             user: self.user.clone(),
             group: self.group.clone(),
             listen_mode: self.listen_mode.clone(),
@@ -567,7 +571,7 @@ fn map_pool(
     };
     let ping_response = get("ping.response").map(|d| d.value.clone());
     if ping_response.is_some() {
-        note("ping.response is kept as ping_response, what the manager expects from the ping page; the manager's pool file does not write ping.response, so php-fpm answers \"pong\" until it does".into());
+        note("ping.response is kept as ping_response; the manager writes it into the pool file and expects it from the ping page".into());
     }
     for (k, want) in [
         ("catch_workers_output", true),

@@ -131,6 +131,7 @@ impl TestFpm {
                 .then(|| status_socket.display().to_string()),
             status_path: "/status".into(),
             ping_path: "/ping".into(),
+            ping_response: "pong".into(),
             user: is_root().then(|| "www-data".to_owned()),
             group: is_root().then(|| "www-data".to_owned()),
             listen_mode: "0666".into(),

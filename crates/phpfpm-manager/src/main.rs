@@ -37,8 +37,37 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Import an existing php-fpm setup: writes an equivalent manager config
+    /// and managed pool files. `env[...]` values are kept out of the config
+    /// (in 0600 files under env/) unless --include-secrets.
+    Import(ImportArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args, Debug)]
+struct ImportArgs {
+    /// The existing php-fpm main config, e.g. /etc/php/8.2/fpm/php-fpm.conf.
+    #[arg(long)]
+    from: PathBuf,
+    /// Directory to write `phpfpm-manager.yaml` and the pool files into.
+    #[arg(long, short, default_value = "phpfpm-manager-import")]
+    output: PathBuf,
+    /// The runtime directory the imported config will use.
+    #[arg(long, default_value = "./var/phpfpm-manager")]
+    runtime_dir: PathBuf,
+    /// php-fpm's prefix (-p): where relative include patterns start.
+    #[arg(long, default_value = "/usr")]
+    prefix: PathBuf,
+    /// Read a copy of a system mounted here (absolute paths are looked up under it).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Put env[...] values into the manager config itself (written 0600).
+    #[arg(long)]
+    include_secrets: bool,
+    /// Overwrite files already in the output directory.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -69,6 +98,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::ExampleConfig { output } => example_config(output),
+        Command::Import(args) => import(args),
         Command::Validate(args) => match load(&args) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
@@ -128,4 +158,46 @@ fn example_config(output: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `import`: exit 64 when the php-fpm setup cannot be read or mapped (bad
+/// input), 1 when the result cannot be written.
+fn import(args: ImportArgs) -> ExitCode {
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let read = fpm_import::ReadOptions {
+        prefix: args.prefix.clone(),
+        root: args.root.clone(),
+        ..fpm_import::ReadOptions::default()
+    };
+    let opts = fpm_import::ImportOptions {
+        runtime_dir: absolute(&args.runtime_dir),
+        include_secrets: args.include_secrets,
+    };
+    let imported = match fpm_import::import_file(&absolute(&args.from), &read, &opts) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: cannot import {}: {e}", args.from.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let written = match fpm_import::write_import(&imported, &args.output, args.force) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Notes never contain env values; the files that do are only named.
+    for note in &imported.notes {
+        println!("note: {note}");
+    }
+    println!("wrote {}", written.config.display());
+    for f in written.pool_files.iter().chain(&written.env_files) {
+        println!("wrote {}", f.display());
+    }
+    println!(
+        "next: phpfpm-manager validate --config {}",
+        written.config.display()
+    );
+    ExitCode::SUCCESS
 }

@@ -689,6 +689,7 @@ impl Checker<'_> {
             status_listen: Some(addr(status?)),
             status_path: rp.fastcgi_status_path.clone(),
             ping_path: rp.ping_path.clone(),
+            ping_response: rp.ping_response.clone(),
             user: rp.user.clone(),
             group: rp.group.clone(),
             listen_mode: rp.listen_mode.clone(),

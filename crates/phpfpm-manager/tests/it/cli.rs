@@ -123,3 +123,59 @@ fn a_missing_php_fpm_binary_is_a_runtime_failure_with_a_clear_message() {
         text(&out)
     );
 }
+
+#[test]
+fn import_writes_a_config_that_validates_and_never_prints_secrets() {
+    let dir = TestDir::new("cli-import");
+    let src = dir.join("fpm");
+    std::fs::create_dir_all(src.join("pool.d")).unwrap();
+    std::fs::write(
+        src.join("php-fpm.conf"),
+        format!(
+            "[global]\npid = /run/x.pid\ninclude = {}/pool.d/*.conf\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("pool.d/app.conf"),
+        format!(
+            "[app]\nuser = www-data\ngroup = www-data\nlisten = {}/app.sock\npm = static\npm.max_children = 3\nenv[DB_PASSWORD] = hunter2\nphp_admin_value[memory_limit] = 64M\n",
+            dir.path.display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "import",
+            "--from",
+            "fpm/php-fpm.conf",
+            "--output",
+            "imported",
+        ],
+        &dir,
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(!t.contains("hunter2"), "secret printed:\n{t}");
+    let yaml = std::fs::read_to_string(dir.join("imported/phpfpm-manager.yaml")).unwrap();
+    assert!(!yaml.contains("hunter2"), "secret in the config:\n{yaml}");
+    assert!(yaml.contains("max_workers: 3"), "{yaml}");
+    let out = run(
+        &["validate", "--config", "imported/phpfpm-manager.yaml"],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A broken source is bad input: exit 64 with the place.
+    std::fs::write(
+        src.join("pool.d/bad.conf"),
+        "[bad]\nthis line has no equals sign\n",
+    )
+    .unwrap();
+    let out = run(
+        &["import", "--from", "fpm/php-fpm.conf", "--output", "again"],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("bad.conf:2"), "{}", text(&out));
+}
