@@ -80,6 +80,10 @@ pub struct FpmOpts {
     pub status_listen: bool,
     /// Extra PHP scripts: (file name, source).
     pub scripts: Vec<(&'static str, &'static str)>,
+    /// php-fpm's process_control_timeout (0 is php-fpm's own default).
+    pub control_timeout_secs: u64,
+    /// listen.mode of the pool socket.
+    pub listen_mode: &'static str,
 }
 
 impl Default for FpmOpts {
@@ -90,6 +94,8 @@ impl Default for FpmOpts {
             max_children: 2,
             status_listen: true,
             scripts: vec![("sleep.php", SLEEP_PHP)],
+            control_timeout_secs: 5,
+            listen_mode: "0666",
         }
     }
 }
@@ -105,6 +111,7 @@ pub struct TestFpm {
     pub socket: PathBuf,
     pub status_socket: PathBuf,
     child: Child,
+    spec: PoolSpec,
 }
 
 impl TestFpm {
@@ -134,7 +141,7 @@ impl TestFpm {
             ping_response: "pong".into(),
             user: is_root().then(|| "www-data".to_owned()),
             group: is_root().then(|| "www-data".to_owned()),
-            listen_mode: "0666".into(),
+            listen_mode: opts.listen_mode.into(),
             pm: opts.pm,
             max_children: opts.max_children,
             start_servers: 1,
@@ -149,10 +156,17 @@ impl TestFpm {
             extra: vec![],
             env: vec![],
         };
-        let global = fpm_conf::render_global(&GlobalSpec {
-            process_control_timeout_secs: 5,
+        let mut global = fpm_conf::render_global(&GlobalSpec {
+            process_control_timeout_secs: opts.control_timeout_secs.max(1),
             log_level: "notice".into(),
         });
+        if opts.control_timeout_secs == 0 {
+            // The manager never writes 0; a baseline of plain php-fpm may.
+            global = global.replace(
+                "process_control_timeout = 1s",
+                "process_control_timeout = 0",
+            );
+        }
         std::fs::write(dir.join("global.conf"), global).unwrap();
         std::fs::write(dir.join("pool.conf"), fpm_conf::render_pool(&spec).unwrap()).unwrap();
         let master = fpm_conf::render_master(
@@ -182,6 +196,7 @@ impl TestFpm {
             socket,
             status_socket,
             child,
+            spec,
         };
         fpm.wait_ready();
         fpm
@@ -222,6 +237,23 @@ impl TestFpm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Rewrites the pool file with a new pm.max_children (php-fpm reads it
+    /// on its next reload).
+    pub fn set_max_children(&mut self, n: u32) {
+        self.spec.max_children = n;
+        self.spec.max_spare_servers = n;
+        std::fs::write(
+            self.dir.join("pool.conf"),
+            fpm_conf::render_pool(&self.spec).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Sends a signal to the master (SIGUSR2: php-fpm's reload).
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
 
     pub fn www(&self, script: &str) -> String {

@@ -117,6 +117,10 @@ pub struct PhpFpm {
     pub global_config_path: Option<PathBuf>,
     pub global: GlobalSpec,
     pub stop_timeout: Duration,
+    pub restart_backoff_initial: Duration,
+    pub restart_backoff_max: Duration,
+    pub crash_loop_exits: u32,
+    pub crash_loop_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -39,6 +39,14 @@ pub struct RawPhpFpm {
     pub stop_timeout: String,
     /// php-fpm's own log level: alert, error, warning, notice, debug.
     pub log_level: String,
+    /// Delay before restarting a master that exited unexpectedly; doubles
+    /// on each further exit up to `restart_backoff_max`.
+    pub restart_backoff_initial: String,
+    pub restart_backoff_max: String,
+    /// This many unexpected exits within `crash_loop_window` mark the pool
+    /// failed; it is then retried once a minute.
+    pub crash_loop_exits: u32,
+    pub crash_loop_window: String,
 }
 
 impl Default for RawPhpFpm {
@@ -50,6 +58,10 @@ impl Default for RawPhpFpm {
             process_control_timeout: "10s".into(),
             stop_timeout: "10s".into(),
             log_level: "notice".into(),
+            restart_backoff_initial: "100ms".into(),
+            restart_backoff_max: "30s".into(),
+            crash_loop_exits: 5,
+            crash_loop_window: "2m".into(),
         }
     }
 }

@@ -56,6 +56,40 @@ pub(super) fn validate(
         Duration::from_millis(100),
         Duration::from_secs(3600),
     );
+    let backoff_initial = c.duration(
+        "phpfpm.restart_backoff_initial",
+        &raw.phpfpm.restart_backoff_initial,
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+    );
+    let backoff_max = c.duration(
+        "phpfpm.restart_backoff_max",
+        &raw.phpfpm.restart_backoff_max,
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+    );
+    if backoff_initial > backoff_max {
+        c.problem(
+            "phpfpm.restart_backoff_initial",
+            &raw.phpfpm.restart_backoff_initial,
+            "is longer than phpfpm.restart_backoff_max",
+            "make restart_backoff_initial <= restart_backoff_max",
+        );
+    }
+    if raw.phpfpm.crash_loop_exits < 2 {
+        c.problem(
+            "phpfpm.crash_loop_exits",
+            &raw.phpfpm.crash_loop_exits.to_string(),
+            "must be at least 2",
+            "the default is 5",
+        );
+    }
+    let crash_loop_window = c.duration(
+        "phpfpm.crash_loop_window",
+        &raw.phpfpm.crash_loop_window,
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    );
     c.one_of(
         "phpfpm.log_level",
         &raw.phpfpm.log_level,
@@ -204,6 +238,10 @@ pub(super) fn validate(
                 log_level: raw.phpfpm.log_level.clone(),
             },
             stop_timeout,
+            restart_backoff_initial: backoff_initial,
+            restart_backoff_max: backoff_max,
+            crash_loop_exits: raw.phpfpm.crash_loop_exits,
+            crash_loop_window,
         },
         server: Server {
             bind_address,

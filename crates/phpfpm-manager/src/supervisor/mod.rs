@@ -40,9 +40,6 @@ use sockets::{Access, PoolSocket};
 
 /// A master that ran at least this long before exiting resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// This many unexpected exits within `CRASH_LOOP_WINDOW` mark the pool failed.
-const CRASH_LOOP_EXITS: usize = 5;
-const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(120);
 /// How often a crash-looping pool is still retried.
 const SLOW_RETRY: Duration = Duration::from_secs(60);
 /// How long a new master may take to say it is ready.
@@ -138,6 +135,9 @@ pub struct Supervisor {
     generation: u64,
     crashes: VecDeque<Instant>,
     backoff: Backoff,
+    /// Unexpected exits within `crash_loop_window` that mark the pool failed.
+    crash_loop_exits: usize,
+    crash_loop_window: Duration,
     rx: mpsc::Receiver<Command>,
 }
 
@@ -174,7 +174,12 @@ impl Supervisor {
             sockets: Vec::new(),
             generation: 0,
             crashes: VecDeque::new(),
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            backoff: Backoff::new(
+                cfg.phpfpm.restart_backoff_initial,
+                cfg.phpfpm.restart_backoff_max,
+            ),
+            crash_loop_exits: cfg.phpfpm.crash_loop_exits as usize,
+            crash_loop_window: cfg.phpfpm.crash_loop_window,
             rx,
         };
         (sup, handle)
@@ -336,7 +341,7 @@ impl Supervisor {
     }
 
     fn crash_looping(&self) -> bool {
-        self.crashes.len() >= CRASH_LOOP_EXITS
+        self.crashes.len() >= self.crash_loop_exits
     }
 
     /// Records an unexpected exit and returns when to restart.
@@ -346,7 +351,7 @@ impl Supervisor {
         while self
             .crashes
             .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_LOOP_WINDOW)
+            .is_some_and(|t| now.duration_since(*t) > self.crash_loop_window)
         {
             self.crashes.pop_front();
         }
@@ -369,8 +374,8 @@ impl Supervisor {
             if looping {
                 s.master.failed = Some(format!(
                     "crash loop: {} exits within {}s; retrying every {}s",
-                    CRASH_LOOP_EXITS,
-                    CRASH_LOOP_WINDOW.as_secs(),
+                    self.crash_loop_exits,
+                    self.crash_loop_window.as_secs(),
                     SLOW_RETRY.as_secs()
                 ));
             }
