@@ -1,0 +1,556 @@
+//! The event loop of the simulator: one pool, one manager, one trace.
+//!
+//! Time is kept in integer microseconds so that event order is exact and
+//! runs are bit-for-bit reproducible; ties are broken by insertion order.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use super::rng::Pcg32;
+use super::trace::TraceSpec;
+use super::{Manager, Scenario, SimError, SimResult};
+use crate::decide::{decide, Action, ScalerState};
+use crate::observe::{accepted_delta, Observation};
+use crate::policy::Policy;
+
+/// Upper bound on drawn requests, so that a trace cannot exhaust memory.
+const MAX_REQUESTS: u64 = 20_000_000;
+const TICK_US: u64 = 1_000_000;
+const BUSY_INTERVAL_US: u64 = 1_000_000;
+const NORMAL_INTERVAL_US: u64 = 5_000_000;
+
+/// Random streams, one per purpose, so managers see the same requests.
+const STREAM_ARRIVALS: u64 = 1;
+const STREAM_THINNING: u64 = 2;
+const STREAM_SERVICE: u64 = 3;
+const STREAM_MEMORY: u64 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Arrival,
+    Done { slot: usize, epoch: u64 },
+    Ready { slot: usize, epoch: u64 },
+    Tick,
+    Reload { workers: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    arrival_us: u64,
+    demand_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WorkerState {
+    Dead,
+    Starting,
+    Idle { since_us: u64 },
+    Busy { service_s: f64, retiring: bool },
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    epoch: u64,
+    state: WorkerState,
+    pss: u64,
+}
+
+/// The manager's own bookkeeping while it drives the pool.
+struct PolicyDriver {
+    policy: Policy,
+    state: ScalerState,
+    last_collect_us: Option<u64>,
+    interval_us: u64,
+    previous_accepted: Option<u64>,
+    in_flight_until_us: u64,
+    finished: Vec<f64>,
+}
+
+struct Sim<'a> {
+    scenario: &'a Scenario,
+    duration_us: u64,
+    now_us: u64,
+    integrated_to_us: u64,
+    heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    workers: Vec<Worker>,
+    free_slots: Vec<usize>,
+    idle: VecDeque<usize>,
+    queue: VecDeque<Request>,
+    alive: u32,
+    busy: u32,
+    starting: u32,
+    alive_pss: u64,
+    last_reload_us: Option<u64>,
+    accepted_total: u64,
+    memory_rng: Pcg32,
+    spawn_rate: u32,
+    driver: Option<PolicyDriver>,
+    // Results.
+    waits: Vec<f64>,
+    over_target: u64,
+    dropped: u64,
+    spawns: u64,
+    peak: u32,
+    worker_seconds: f64,
+    memory_byte_seconds: f64,
+    change_log: Vec<(f64, i8)>,
+}
+
+/// Runs one manager on one trace.
+pub fn run(
+    trace: &TraceSpec,
+    manager: &Manager,
+    scenario: &Scenario,
+) -> Result<SimResult, SimError> {
+    let requests = draw_requests(trace, scenario)?;
+    Ok(run_requests(&requests.0, requests.1, manager, scenario))
+}
+
+/// Draws the requests of a trace: arrival times and service demands.
+fn draw_requests(trace: &TraceSpec, scenario: &Scenario) -> Result<(Vec<Request>, u64), SimError> {
+    let curve = trace.curve(scenario.duration_s)?;
+    let duration_s = curve.duration_s();
+    let max_rate = curve.max_rate();
+    let candidates = max_rate * duration_s;
+    if candidates > MAX_REQUESTS as f64 || curve.expected_arrivals() > MAX_REQUESTS as f64 {
+        return Err(SimError::TooLarge {
+            expected: candidates as u64,
+            limit: MAX_REQUESTS,
+        });
+    }
+    let mut arrivals = Pcg32::new(scenario.seed, STREAM_ARRIVALS);
+    let mut thinning = Pcg32::new(scenario.seed, STREAM_THINNING);
+    let mut service = Pcg32::new(scenario.seed, STREAM_SERVICE);
+    let mut requests = Vec::with_capacity(curve.expected_arrivals() as usize + 16);
+    let duration_us = (duration_s * 1e6) as u64;
+    if max_rate <= 0.0 {
+        return Ok((requests, duration_us));
+    }
+    let mut t = 0.0;
+    // Bounded: each step advances t by a positive amount, and the count of
+    // candidates was checked above.
+    loop {
+        t += arrivals.exponential(max_rate);
+        if t >= duration_s {
+            break;
+        }
+        if thinning.unit() * max_rate <= curve.rate_at(t) {
+            requests.push(Request {
+                arrival_us: (t * 1e6) as u64,
+                demand_s: service.lognormal(scenario.mean_service_s, scenario.service_sigma),
+            });
+        }
+    }
+    Ok((requests, duration_us))
+}
+
+fn run_requests(
+    requests: &[Request],
+    duration_us: u64,
+    manager: &Manager,
+    scenario: &Scenario,
+) -> SimResult {
+    let mut sim = Sim {
+        scenario,
+        duration_us,
+        now_us: 0,
+        integrated_to_us: 0,
+        heap: BinaryHeap::new(),
+        seq: 0,
+        workers: Vec::new(),
+        free_slots: Vec::new(),
+        idle: VecDeque::new(),
+        queue: VecDeque::new(),
+        alive: 0,
+        busy: 0,
+        starting: 0,
+        alive_pss: 0,
+        last_reload_us: None,
+        accepted_total: 0,
+        memory_rng: Pcg32::new(scenario.seed, STREAM_MEMORY),
+        spawn_rate: 1,
+        driver: None,
+        waits: Vec::with_capacity(requests.len()),
+        over_target: 0,
+        dropped: 0,
+        spawns: 0,
+        peak: 0,
+        worker_seconds: 0.0,
+        memory_byte_seconds: 0.0,
+        change_log: Vec::new(),
+    };
+    let initial = match manager {
+        Manager::Static => scenario.max_workers,
+        Manager::Dynamic => scenario.dynamic_start.min(scenario.max_workers),
+        Manager::Ondemand => 0,
+        Manager::Policy(policy) => {
+            // The manager takes over a pool at its learning cap.
+            let workers = policy.learning_cap();
+            sim.driver = Some(PolicyDriver {
+                policy: policy.clone(),
+                state: ScalerState::new(0, workers),
+                last_collect_us: None,
+                interval_us: NORMAL_INTERVAL_US,
+                previous_accepted: None,
+                in_flight_until_us: 0,
+                finished: Vec::new(),
+            });
+            workers
+        }
+    };
+    for _ in 0..initial {
+        sim.spawn(None);
+    }
+    sim.schedule(0, Event::Tick);
+    let mut next_request = 0;
+    if let Some(first) = requests.first() {
+        sim.schedule(first.arrival_us, Event::Arrival);
+    }
+
+    while let Some(Reverse((at, _, event))) = sim.heap.pop() {
+        sim.advance(at);
+        match event {
+            Event::Arrival => {
+                let request = requests[next_request];
+                next_request += 1;
+                if let Some(following) = requests.get(next_request) {
+                    sim.schedule(following.arrival_us, Event::Arrival);
+                }
+                sim.arrive(request, manager);
+            }
+            Event::Done { slot, epoch } => sim.done(slot, epoch),
+            Event::Ready { slot, epoch } => sim.ready(slot, epoch),
+            Event::Tick => {
+                match manager {
+                    Manager::Static => {}
+                    Manager::Dynamic => sim.dynamic_maintenance(),
+                    Manager::Ondemand => sim.ondemand_reap(),
+                    Manager::Policy(_) => sim.collect(),
+                }
+                let more = next_request < requests.len() || !sim.queue.is_empty();
+                if sim.now_us < sim.duration_us || more {
+                    sim.schedule(sim.now_us + TICK_US, Event::Tick);
+                }
+            }
+            Event::Reload { workers } => sim.reload(workers),
+        }
+    }
+    sim.finish(manager, requests.len() as u64)
+}
+
+impl Sim<'_> {
+    fn schedule(&mut self, at_us: u64, event: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((at_us, self.seq, event)));
+    }
+
+    /// Moves the clock, integrating workers and memory up to the trace end.
+    fn advance(&mut self, to_us: u64) {
+        self.now_us = to_us.max(self.now_us);
+        let until = self.now_us.min(self.duration_us);
+        if until > self.integrated_to_us {
+            let dt = (until - self.integrated_to_us) as f64 / 1e6;
+            self.worker_seconds += f64::from(self.alive) * dt;
+            self.memory_byte_seconds += self.alive_pss as f64 * dt;
+            self.integrated_to_us = until;
+        }
+    }
+
+    fn spawn(&mut self, ready_after_s: Option<f64>) {
+        let scenario = self.scenario;
+        let draw = scenario.pss_mean_bytes + scenario.pss_sd_bytes * self.memory_rng.normal();
+        let pss = draw.clamp(scenario.pss_mean_bytes / 2.0, scenario.pss_mean_bytes * 2.0) as u64;
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.workers.push(Worker {
+                    epoch: 0,
+                    state: WorkerState::Dead,
+                    pss: 0,
+                });
+                self.workers.len() - 1
+            }
+        };
+        let worker = &mut self.workers[slot];
+        worker.epoch += 1;
+        worker.pss = pss;
+        self.alive += 1;
+        self.alive_pss += pss;
+        self.peak = self.peak.max(self.alive);
+        self.spawns += 1;
+        match ready_after_s {
+            None => {
+                worker.state = WorkerState::Idle {
+                    since_us: self.now_us,
+                };
+                self.idle.push_back(slot);
+            }
+            Some(delay) => {
+                worker.state = WorkerState::Starting;
+                let epoch = worker.epoch;
+                self.starting += 1;
+                let at = self.now_us + (delay * 1e6) as u64;
+                self.schedule(at, Event::Ready { slot, epoch });
+            }
+        }
+    }
+
+    fn kill(&mut self, slot: usize) {
+        let worker = &mut self.workers[slot];
+        match worker.state {
+            WorkerState::Dead => return,
+            WorkerState::Starting => self.starting -= 1,
+            WorkerState::Busy { .. } => self.busy -= 1,
+            WorkerState::Idle { .. } => {}
+        }
+        worker.state = WorkerState::Dead;
+        worker.epoch += 1;
+        self.alive -= 1;
+        self.alive_pss -= worker.pss;
+        self.free_slots.push(slot);
+    }
+
+    fn arrive(&mut self, request: Request, manager: &Manager) {
+        if let Some(slot) = self.idle.pop_front() {
+            self.start(slot, request);
+            return;
+        }
+        if self.queue.len() >= self.scenario.backlog as usize {
+            self.dropped += 1;
+            return;
+        }
+        self.queue.push_back(request);
+        if *manager == Manager::Ondemand
+            && self.alive < self.scenario.max_workers
+            && (self.starting as usize) < self.queue.len()
+        {
+            self.spawn(Some(self.scenario.fork_s));
+        }
+    }
+
+    fn start(&mut self, slot: usize, request: Request) {
+        let wait = self.now_us.saturating_sub(request.arrival_us) as f64 / 1e6;
+        self.waits.push(wait);
+        if wait > self.scenario.wait_target_s {
+            self.over_target += 1;
+        }
+        let cold = self.last_reload_us.map_or(1.0, |reload| {
+            let since = self.now_us.saturating_sub(reload) as f64 / 1e6;
+            1.0 + self.scenario.cold_extra * (-since / self.scenario.cold_tau_s).exp()
+        });
+        let service_s = request.demand_s * cold;
+        let worker = &mut self.workers[slot];
+        worker.state = WorkerState::Busy {
+            service_s,
+            retiring: false,
+        };
+        let epoch = worker.epoch;
+        self.busy += 1;
+        self.accepted_total += 1;
+        // At least 1 µs so a request never finishes at its own start.
+        let at = self.now_us + ((service_s * 1e6) as u64).max(1);
+        self.schedule(at, Event::Done { slot, epoch });
+    }
+
+    fn done(&mut self, slot: usize, epoch: u64) {
+        let worker = &self.workers[slot];
+        if worker.epoch != epoch {
+            return;
+        }
+        let WorkerState::Busy {
+            service_s,
+            retiring,
+        } = worker.state
+        else {
+            return;
+        };
+        if let Some(driver) = self.driver.as_mut() {
+            driver.finished.push(service_s);
+        }
+        if retiring {
+            self.kill(slot);
+            return;
+        }
+        self.busy -= 1;
+        self.make_available(slot);
+    }
+
+    fn ready(&mut self, slot: usize, epoch: u64) {
+        let worker = &self.workers[slot];
+        if worker.epoch != epoch || worker.state != WorkerState::Starting {
+            return;
+        }
+        self.starting -= 1;
+        self.make_available(slot);
+    }
+
+    fn make_available(&mut self, slot: usize) {
+        if let Some(request) = self.queue.pop_front() {
+            self.start(slot, request);
+        } else {
+            self.workers[slot].state = WorkerState::Idle {
+                since_us: self.now_us,
+            };
+            self.idle.push_back(slot);
+        }
+    }
+
+    /// php-fpm `dynamic`: one maintenance pass per second (fact 16).
+    fn dynamic_maintenance(&mut self) {
+        let scenario = self.scenario;
+        // Workers being forked will be idle in a moment; php-fpm counts a
+        // fresh child as idle as well.
+        let idle = self.idle.len() as u32 + self.starting;
+        if idle > scenario.dynamic_max_spare {
+            if let Some(slot) = self.idle.pop_front() {
+                self.kill(slot);
+            }
+            self.spawn_rate = 1;
+        } else if idle < scenario.dynamic_min_spare {
+            let room = scenario.max_workers.saturating_sub(self.alive);
+            let count = self
+                .spawn_rate
+                .min(scenario.dynamic_min_spare - idle)
+                .min(room);
+            for _ in 0..count {
+                self.spawn(Some(scenario.fork_s));
+            }
+            if room > 0 && self.spawn_rate < scenario.max_spawn_rate {
+                self.spawn_rate = (self.spawn_rate * 2).min(scenario.max_spawn_rate);
+            }
+        } else {
+            self.spawn_rate = 1;
+        }
+    }
+
+    /// php-fpm `ondemand`: reap the longest-idle worker once it has been
+    /// idle for the timeout, one per second (fact 17).
+    fn ondemand_reap(&mut self) {
+        let timeout_us = (self.scenario.ondemand_idle_timeout_s * 1e6) as u64;
+        let Some(&slot) = self.idle.front() else {
+            return;
+        };
+        if let WorkerState::Idle { since_us } = self.workers[slot].state {
+            if self.now_us.saturating_sub(since_us) > timeout_us {
+                self.idle.pop_front();
+                self.kill(slot);
+            }
+        }
+    }
+
+    /// The manager's collector: adaptive interval plus the saturation probe.
+    fn collect(&mut self) {
+        let now = self.now_us;
+        let Some(driver) = self.driver.as_ref() else {
+            return;
+        };
+        let saturated = !self.queue.is_empty() && self.idle.is_empty();
+        let due = driver
+            .last_collect_us
+            .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
+        if !(due || saturated) {
+            return;
+        }
+        let pss: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|worker| worker.state != WorkerState::Dead)
+            .map(|worker| worker.pss)
+            .collect();
+        let Some(driver) = self.driver.as_mut() else {
+            return;
+        };
+        let accepted = accepted_delta(driver.previous_accepted, self.accepted_total);
+        driver.previous_accepted = Some(self.accepted_total);
+        let queue_len = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+        let observation = Observation {
+            now_ms: now / 1000,
+            accepted,
+            queue_len,
+            busy: self.busy,
+            idle: self.idle.len() as u32,
+            total: self.alive,
+            worker_pss_bytes: &pss,
+            finished_service_s: &driver.finished,
+            cpu_cores_used: None,
+            cpu_cores_limit: None,
+            memory_budget_bytes: Some(self.scenario.memory_budget_bytes),
+            shared_memory_bytes: self.scenario.shared_bytes,
+            share_cap_workers: None,
+            change_in_flight: now < driver.in_flight_until_us,
+        };
+        let before = driver.state.workers();
+        let (decision, state) = decide(&driver.policy, &driver.state, &observation);
+        driver.state = state;
+        driver.finished.clear();
+        driver.last_collect_us = Some(now);
+        let busy_pool = queue_len > 0 || self.busy * 2 >= self.alive.max(1);
+        driver.interval_us = if busy_pool {
+            BUSY_INTERVAL_US
+        } else {
+            NORMAL_INTERVAL_US
+        };
+        if let Action::Resize { workers, .. } = decision.action {
+            let scenario = self.scenario;
+            let apply_us = (scenario.apply_delay_s * 1e6) as u64;
+            let stall_us = (scenario.reload_stall_s * 1e6) as u64;
+            driver.in_flight_until_us = now + apply_us + stall_us;
+            let direction = if workers > before { 1 } else { -1 };
+            self.change_log.push((now as f64 / 1e6, direction));
+            self.schedule(now + apply_us, Event::Reload { workers });
+        }
+    }
+
+    /// A reload (facts 1-3): every worker is replaced, in-flight requests
+    /// finish on their old worker, OPcache starts cold, `accepted conn`
+    /// restarts from zero.
+    fn reload(&mut self, workers: u32) {
+        self.last_reload_us = Some(self.now_us);
+        self.accepted_total = 0;
+        self.idle.clear();
+        for slot in 0..self.workers.len() {
+            match self.workers[slot].state {
+                WorkerState::Busy { service_s, .. } => {
+                    self.workers[slot].state = WorkerState::Busy {
+                        service_s,
+                        retiring: true,
+                    };
+                }
+                WorkerState::Idle { .. } | WorkerState::Starting => self.kill(slot),
+                WorkerState::Dead => {}
+            }
+        }
+        for _ in 0..workers {
+            self.spawn(Some(self.scenario.reload_stall_s));
+        }
+    }
+
+    fn finish(mut self, manager: &Manager, requests: u64) -> SimResult {
+        self.advance(self.duration_us);
+        self.waits.sort_unstable_by(f64::total_cmp);
+        let percentile = |q: f64| -> f64 {
+            if self.waits.is_empty() {
+                return 0.0;
+            }
+            let rank = (q * self.waits.len() as f64).ceil() as usize;
+            self.waits[rank.clamp(1, self.waits.len()) - 1]
+        };
+        SimResult {
+            manager: manager.name(),
+            requests,
+            dropped: self.dropped,
+            p50_wait_s: percentile(0.50),
+            p95_wait_s: percentile(0.95),
+            p99_wait_s: percentile(0.99),
+            max_wait_s: self.waits.last().copied().unwrap_or(0.0),
+            over_target: self.over_target,
+            worker_seconds: self.worker_seconds,
+            memory_gib_seconds: self.memory_byte_seconds / (1024.0 * 1024.0 * 1024.0),
+            changes: self.change_log.len() as u64,
+            change_log: self.change_log,
+            spawns: self.spawns,
+            peak_workers: self.peak,
+        }
+    }
+}
