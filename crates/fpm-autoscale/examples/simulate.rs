@@ -1,14 +1,17 @@
 //! Prints the simulator's comparison table:
-//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE]`.
+//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload]`.
+//! `--trace` takes a built-in name, `all`, or the path of a CSV `time_s,rate` file.
 
 #![allow(clippy::print_stdout)]
 
-use fpm_autoscale::{simulate_report, TraceSpec};
+use fpm_autoscale::sim::{simulate_report_with, ChangeMechanism, Scenario};
+use fpm_autoscale::TraceSpec;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trace = "all".to_owned();
     let mut seed = 1_u64;
     let mut policy_text = None;
+    let mut change = ChangeMechanism::Handover;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -17,13 +20,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--seed" => {
                 seed = value
                     .parse()
-                    .map_err(|_| format!("--seed: '{value}' is not a number"))?
+                    .map_err(|_| format!("--seed: '{value}' is not a number"))?;
             }
             "--policy" => policy_text = Some(std::fs::read_to_string(&value)?),
+            "--change" => {
+                change = match value.as_str() {
+                    "handover" => ChangeMechanism::Handover,
+                    "reload" => ChangeMechanism::Reload,
+                    _ => return Err(format!("--change: '{value}': use handover or reload").into()),
+                };
+            }
             other => {
-                return Err(
-                    format!("unknown argument '{other}'; use --trace, --seed, --policy").into(),
+                return Err(format!(
+                    "unknown argument '{other}'; use --trace, --seed, --policy, --change"
                 )
+                .into())
             }
         }
     }
@@ -38,7 +49,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     for spec in traces {
-        println!("{}", simulate_report(spec, policy_text.as_deref(), seed)?);
+        let mut scenario = Scenario::standard(seed);
+        scenario.change = change;
+        println!(
+            "{}",
+            simulate_report_with(spec, policy_text.as_deref(), scenario)?
+        );
     }
     Ok(())
 }

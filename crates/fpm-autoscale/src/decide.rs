@@ -12,8 +12,8 @@
 //!    pause holds; a change in flight holds;
 //! 5. a size outside `[min, cap]` is corrected at once (the budget shrank);
 //! 6. the emergency rule: every worker busy, the queue growing, and the
-//!    queue alone worth more than the wait target: scale up at once, by at
-//!    least `emergency_growth`, only the cooldown applies;
+//!    queue alone worth more than the wait target: scale up at once to the
+//!    cap, only the cooldown applies;
 //! 7. while learning nothing else happens (no scale-down, no model-based
 //!    scale-up), and emergencies are capped at the learning cap;
 //! 8. otherwise, at most one change per stabilisation window: up as soon
@@ -37,9 +37,6 @@ use crate::policy::Policy;
 /// counter delta then spans an unknown gap (a stalled collector, a
 /// suspended machine) and would distort the average.
 const MAX_RATE_GAP_MS: u64 = 60_000;
-
-/// Time the scaler allows an emergency to drain the queue in.
-const EMERGENCY_DRAIN_S: f64 = 1.0;
 
 /// Where the scaler is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +176,10 @@ pub struct Figures {
     pub service_scv: f64,
     /// Offered load: planned rate times mean service time (erlangs).
     pub offered_load: Option<f64>,
-    /// Size the queueing model asks for, headroom included, before caps.
+    /// Fewest workers that meet the wait target under the model, before
+    /// caps; the pool scales up only when it has fewer than this.
+    pub needed_workers: Option<u32>,
+    /// `needed_workers` plus headroom: the size a change goes to.
     pub model_workers: Option<u32>,
     /// Workers that fit in the memory budget, if known.
     pub memory_ceiling: Option<u32>,
@@ -398,7 +398,13 @@ fn is_emergency(
 ) -> bool {
     let all_busy = obs.total > 0 && obs.busy >= obs.total;
     let growing = obs.queue_len > previous.last_queue;
-    all_busy && growing && queue_wait_s(next, obs) > policy.wait_target_s()
+    // Without a service time yet (no request finished), a queue of at
+    // least one request per worker counts as beyond the target.
+    let beyond_target = match next.estimates.mean_service_s() {
+        Some(_) => queue_wait_s(next, obs) > policy.wait_target_s(),
+        None => obs.queue_len >= obs.total,
+    };
+    all_busy && growing && beyond_target
 }
 
 /// Time the last queued request would wait if the pool kept its size.
@@ -419,9 +425,15 @@ fn figures(
     let estimates = &state.estimates;
     let mean_service_s = estimates.mean_service_s();
     let service_scv = estimates.service_scv();
-    let planned_rate = estimates
-        .arrival_rate()
-        .map(|rate| rate + spec.variability_z * estimates.excess_rate_sd());
+    // Plan for the rate a window from now on a rising trend (the average
+    // lags a ramp by its time constant, and the next non-emergency change
+    // is a window away), at most double the average; a falling trend is
+    // left to the stabilisation window.
+    let horizon_s = spec.rate_time_constant_s + spec.stabilisation_window_s;
+    let planned_rate = estimates.arrival_rate().map(|rate| {
+        let rise = (estimates.rate_trend().max(0.0) * horizon_s).min(rate);
+        rate + rise + spec.variability_z * estimates.excess_rate_sd()
+    });
     let offered_load = match (planned_rate, mean_service_s) {
         (Some(rate), Some(service)) => Some(rate * service),
         _ => None,
@@ -439,10 +451,12 @@ fn figures(
     .flatten()
     .min()
     .unwrap_or(spec.max_workers);
-    let model_workers = match (offered_load, mean_service_s) {
+    let sizes = match (offered_load, mean_service_s) {
         (Some(offered), Some(service)) => Some(model_size(policy, offered, service, service_scv)),
         _ => None,
     };
+    let needed_workers = sizes.map(|(needed, _)| needed);
+    let model_workers = sizes.map(|(_, with_headroom)| with_headroom);
     Figures {
         phase: state.phase,
         confidence: estimates.confidence(),
@@ -453,6 +467,7 @@ fn figures(
         mean_service_s,
         service_scv,
         offered_load,
+        needed_workers,
         model_workers,
         memory_ceiling,
         cpu_ceiling,
@@ -463,9 +478,10 @@ fn figures(
     }
 }
 
-/// Workers the model needs for `offered` erlangs, headroom included. When
-/// even `max_workers` cannot meet the target the answer is `max_workers`.
-fn model_size(policy: &Policy, offered: f64, service_s: f64, scv: f64) -> u32 {
+/// Workers the model needs for `offered` erlangs, without and with
+/// headroom. When even `max_workers` cannot meet the target the answer is
+/// `max_workers`.
+fn model_size(policy: &Policy, offered: f64, service_s: f64, scv: f64) -> (u32, u32) {
     let spec = policy.spec();
     let limit = spec.max_workers;
     let base = servers_for_wait(
@@ -478,12 +494,13 @@ fn model_size(policy: &Policy, offered: f64, service_s: f64, scv: f64) -> u32 {
     )
     .unwrap_or(limit);
     let with_headroom = (f64::from(base) * (1.0 + spec.headroom)).ceil();
-    if with_headroom >= f64::from(limit) {
+    let with_headroom = if with_headroom >= f64::from(limit) {
         limit
     } else {
         // Non-negative and below `limit`, so the cast is exact.
         with_headroom as u32
-    }
+    };
+    (base, with_headroom)
 }
 
 fn memory_ceiling(policy: &Policy, obs: &Observation<'_>, p95_pss: Option<u64>) -> Option<u32> {
@@ -570,8 +587,12 @@ fn choose(
         Phase::Steady => upper,
     };
 
+    // In an emergency the pool goes to its cap at once: the rate of the
+    // last interval underestimates a fresh surge, a second change would
+    // cost a second cold start, and any size within the cap is affordable
+    // by definition. The stabilisation window brings it down afterwards.
     if figures.emergency && cooled {
-        let target = emergency_size(policy, figures, obs, current).clamp(min, cap);
+        let target = cap.max(min);
         if target > current {
             return Action::Resize {
                 workers: target,
@@ -599,8 +620,13 @@ fn choose(
     if !cooled {
         return Action::Hold(HoldReason::Cooldown);
     }
+    // Dead zone: up only when the pool misses the target under the model
+    // (fewer workers than needed), down only when even the size with
+    // headroom is below the pool by more than the tolerance band. Between
+    // the two nothing changes, so the model's integer steps cannot flap.
     let band = ((spec.tolerance * f64::from(current)).ceil() as u32).max(1);
-    if recommendation > current && recommendation - current >= band {
+    let needed = figures.needed_workers.unwrap_or(model).min(upper);
+    if needed > current && recommendation > current {
         if !stabilised {
             return Action::Hold(HoldReason::Stabilising);
         }
@@ -616,11 +642,21 @@ fn choose(
         .map(|&(_, workers)| workers)
         .max()
         .unwrap_or(current);
+    let window_min = next
+        .recommendations
+        .iter()
+        .map(|&(_, workers)| workers)
+        .min()
+        .unwrap_or(current);
     let steady_for_window = next
         .steady_since_ms
         .is_some_and(|since| now.saturating_sub(since) >= window_ms);
+    // While the recommendations are still falling (an average decaying
+    // after a surge), going down in steps would cost a change per step:
+    // wait until they settle, unless the pool is more than twice as big.
+    let settled = window_max - window_min <= band || window_max <= current / 2;
     if window_max < current && current - window_max >= band {
-        if !stabilised || !steady_for_window {
+        if !stabilised || !steady_for_window || !settled {
             return Action::Hold(HoldReason::Stabilising);
         }
         let saving = f64::from(current - window_max) * spec.stabilisation_window_s;
@@ -634,37 +670,6 @@ fn choose(
         };
     }
     Action::Hold(HoldReason::WithinTolerance)
-}
-
-/// Size for an emergency: enough for the recent rate plus draining the
-/// queue within a second, and at least `emergency_growth` times the pool,
-/// because the recent rate of a long interval underestimates a fresh spike.
-fn emergency_size(policy: &Policy, figures: &Figures, obs: &Observation<'_>, current: u32) -> u32 {
-    let spec = policy.spec();
-    let grown = (f64::from(current.max(1)) * spec.emergency_growth).ceil();
-    let grown = if grown >= f64::from(spec.max_workers) {
-        spec.max_workers
-    } else {
-        grown as u32
-    };
-    let model = match (
-        figures.mean_service_s,
-        figures.recent_rate,
-        figures.planned_rate,
-    ) {
-        (Some(service), recent, planned) => {
-            let rate = recent.unwrap_or(0.0).max(planned.unwrap_or(0.0));
-            let drain = (f64::from(obs.queue_len) * service / EMERGENCY_DRAIN_S).ceil();
-            let drain = if drain >= f64::from(spec.max_workers) {
-                spec.max_workers
-            } else {
-                drain as u32
-            };
-            model_size(policy, rate * service, service, figures.service_scv).saturating_add(drain)
-        }
-        _ => 0,
-    };
-    grown.max(model).max(current.saturating_add(1))
 }
 
 fn finish(

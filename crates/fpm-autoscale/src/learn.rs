@@ -14,6 +14,10 @@ const PSS_RING: usize = 256;
 pub struct Estimates {
     /// Time-decayed mean arrival rate (requests per second).
     rate: Option<f64>,
+    /// The same with a four times shorter time constant, for the trend.
+    rate_fast: Option<f64>,
+    /// Time constant of `rate`, seconds (kept for the trend).
+    rate_time_constant_s: f64,
     /// Time-decayed variance of interval rates beyond Poisson noise.
     rate_excess_var: f64,
     /// Intervals that contributed a rate sample.
@@ -41,6 +45,12 @@ impl Estimates {
             return;
         }
         self.rate_intervals += 1;
+        self.rate_time_constant_s = time_constant_s;
+        let alpha_fast = 1.0 - (-4.0 * dt_s / time_constant_s).exp();
+        self.rate_fast = Some(match self.rate_fast {
+            None => interval_rate,
+            Some(fast) => fast + alpha_fast * (interval_rate - fast),
+        });
         let alpha = 1.0 - (-dt_s / time_constant_s).exp();
         match self.rate {
             None => self.rate = Some(interval_rate),
@@ -105,6 +115,20 @@ impl Estimates {
     /// Mean arrival rate, requests per second.
     pub fn arrival_rate(&self) -> Option<f64> {
         self.rate
+    }
+
+    /// Slope of the arrival rate, requests per second per second.
+    ///
+    /// Two moving averages of a linear ramp lag it by their time
+    /// constants, so their difference divided by the difference of the
+    /// time constants is the slope (double exponential smoothing).
+    pub fn rate_trend(&self) -> f64 {
+        match (self.rate, self.rate_fast) {
+            (Some(slow), Some(fast)) if self.rate_time_constant_s > 0.0 => {
+                (fast - slow) / (0.75 * self.rate_time_constant_s)
+            }
+            _ => 0.0,
+        }
     }
 
     /// Standard deviation of the arrival rate beyond Poisson noise.
@@ -181,6 +205,21 @@ mod tests {
         let rate = estimates.arrival_rate().expect("rate");
         assert!((rate - 100.0).abs() < 3.0, "{rate}");
         assert_eq!(estimates.excess_rate_sd(), 0.0);
+    }
+
+    #[test]
+    fn trend_follows_a_ramp() {
+        let mut estimates = Estimates::default();
+        for second in 0..600 {
+            estimates.add_arrivals(10.0 + 0.5 * f64::from(second), 1.0, 60.0);
+        }
+        let trend = estimates.rate_trend();
+        assert!((trend - 0.5).abs() < 0.05, "{trend}");
+        let mut flat = Estimates::default();
+        for _ in 0..600 {
+            flat.add_arrivals(10.0, 1.0, 60.0);
+        }
+        assert!(flat.rate_trend().abs() < 1e-9);
     }
 
     #[test]

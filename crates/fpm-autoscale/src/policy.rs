@@ -38,8 +38,6 @@ pub struct PolicySpec {
     /// Cost of one change in seconds of the whole pool's capacity (the
     /// reload stall plus the cold OPcache); a scale-down must save more.
     pub change_cost_s: f64,
-    /// Emergency scale-ups grow the pool at least by this factor.
-    pub emergency_growth: f64,
     /// Time constant of the arrival-rate average.
     pub rate_time_constant_s: f64,
     /// Time constant of the service-time average.
@@ -86,7 +84,6 @@ impl Default for PolicySpec {
             cooldown_s: 3.0,
             tolerance: 0.1,
             change_cost_s: 5.0,
-            emergency_growth: 2.0,
             rate_time_constant_s: 60.0,
             service_time_constant_s: 300.0,
             learning: LearningSpec::default(),
@@ -328,13 +325,6 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
             "tolerance",
             spec.tolerance.to_string(),
             "must be below 1 or the pool never changes; for example 0.1",
-        );
-    }
-    if !(spec.emergency_growth.is_finite() && spec.emergency_growth >= 1.0) {
-        push(
-            "emergency_growth",
-            spec.emergency_growth.to_string(),
-            "must be 1 or more; for example 2",
         );
     }
     if spec.cooldown_s > spec.stabilisation_window_s {

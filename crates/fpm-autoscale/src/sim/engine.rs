@@ -8,7 +8,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use super::rng::Pcg32;
 use super::trace::TraceSpec;
-use super::{Manager, Scenario, SimError, SimResult};
+use super::{ChangeMechanism, Manager, Scenario, SimError, SimResult};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
@@ -28,10 +28,23 @@ const STREAM_MEMORY: u64 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Arrival,
-    Done { slot: usize, epoch: u64 },
-    Ready { slot: usize, epoch: u64 },
+    Done {
+        slot: usize,
+        epoch: u64,
+    },
+    Ready {
+        slot: usize,
+        epoch: u64,
+    },
     Tick,
-    Reload { workers: u32 },
+    /// A change: start a new master with `workers` workers.
+    Apply {
+        workers: u32,
+    },
+    /// Stop every master older than `master` (graceful).
+    Retire {
+        master: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +66,14 @@ struct Worker {
     epoch: u64,
     state: WorkerState,
     pss: u64,
+    master: u32,
+}
+
+/// One php-fpm master: a change starts a new one, whose OPcache is cold.
+#[derive(Debug, Clone, Copy)]
+struct Master {
+    cold: bool,
+    started_requests: u64,
 }
 
 /// The manager's own bookkeeping while it drives the pool.
@@ -81,7 +102,7 @@ struct Sim<'a> {
     busy: u32,
     starting: u32,
     alive_pss: u64,
-    last_reload_us: Option<u64>,
+    masters: Vec<Master>,
     accepted_total: u64,
     memory_rng: Pcg32,
     spawn_rate: u32,
@@ -166,7 +187,10 @@ fn run_requests(
         busy: 0,
         starting: 0,
         alive_pss: 0,
-        last_reload_us: None,
+        masters: vec![Master {
+            cold: false,
+            started_requests: 0,
+        }],
         accepted_total: 0,
         memory_rng: Pcg32::new(scenario.seed, STREAM_MEMORY),
         spawn_rate: 1,
@@ -233,7 +257,8 @@ fn run_requests(
                     sim.schedule(sim.now_us + TICK_US, Event::Tick);
                 }
             }
-            Event::Reload { workers } => sim.reload(workers),
+            Event::Apply { workers } => sim.apply(workers),
+            Event::Retire { master } => sim.retire(master),
         }
     }
     sim.finish(manager, requests.len() as u64)
@@ -268,13 +293,16 @@ impl Sim<'_> {
                     epoch: 0,
                     state: WorkerState::Dead,
                     pss: 0,
+                    master: 0,
                 });
                 self.workers.len() - 1
             }
         };
+        let master = self.current_master();
         let worker = &mut self.workers[slot];
         worker.epoch += 1;
         worker.pss = pss;
+        worker.master = master;
         self.alive += 1;
         self.alive_pss += pss;
         self.peak = self.peak.max(self.alive);
@@ -335,12 +363,16 @@ impl Sim<'_> {
         if wait > self.scenario.wait_target_s {
             self.over_target += 1;
         }
-        let cold = self.last_reload_us.map_or(1.0, |reload| {
-            let since = self.now_us.saturating_sub(reload) as f64 / 1e6;
-            1.0 + self.scenario.cold_extra * (-since / self.scenario.cold_tau_s).exp()
-        });
-        let service_s = request.demand_s * cold;
         let worker = &mut self.workers[slot];
+        let master = &mut self.masters[worker.master as usize];
+        let cold = if master.cold {
+            let warmed = master.started_requests as f64 / self.scenario.cold_requests;
+            1.0 + self.scenario.cold_extra * (-warmed).exp()
+        } else {
+            1.0
+        };
+        master.started_requests += 1;
+        let service_s = request.demand_s * cold;
         worker.state = WorkerState::Busy {
             service_s,
             retiring: false,
@@ -494,22 +526,64 @@ impl Sim<'_> {
         if let Action::Resize { workers, .. } = decision.action {
             let scenario = self.scenario;
             let apply_us = (scenario.apply_delay_s * 1e6) as u64;
-            let stall_us = (scenario.reload_stall_s * 1e6) as u64;
-            driver.in_flight_until_us = now + apply_us + stall_us;
+            let settle_us = match scenario.change {
+                ChangeMechanism::Handover => (scenario.handover_s * 1e6) as u64,
+                ChangeMechanism::Reload => (scenario.reload_stall_s * 1e6) as u64,
+            };
+            driver.in_flight_until_us = now + apply_us + settle_us;
             let direction = if workers > before { 1 } else { -1 };
             self.change_log.push((now as f64 / 1e6, direction));
-            self.schedule(now + apply_us, Event::Reload { workers });
+            self.schedule(now + apply_us, Event::Apply { workers });
         }
     }
 
-    /// A reload (facts 1-3): every worker is replaced, in-flight requests
-    /// finish on their old worker, OPcache starts cold, `accepted conn`
-    /// restarts from zero.
-    fn reload(&mut self, workers: u32) {
-        self.last_reload_us = Some(self.now_us);
+    fn current_master(&self) -> u32 {
+        // At most one master per change, far below u32::MAX in any run.
+        (self.masters.len() - 1) as u32
+    }
+
+    /// A change. With a hand-over (fact 5a) a new master with `workers`
+    /// workers starts on the inherited socket while the old one keeps
+    /// serving, and the old one is stopped gracefully `handover_s` later.
+    /// With a reload (facts 1-3) every worker is replaced at once: idle
+    /// ones stop, busy ones finish their request, and the new ones are
+    /// ready after `reload_stall_s`. Either way the new master's OPcache
+    /// is cold and the status counters (`accepted conn`) restart from zero.
+    fn apply(&mut self, workers: u32) {
+        self.masters.push(Master {
+            cold: true,
+            started_requests: 0,
+        });
+        let master = self.current_master();
         self.accepted_total = 0;
-        self.idle.clear();
+        let scenario = self.scenario;
+        match scenario.change {
+            ChangeMechanism::Handover => {
+                for _ in 0..workers {
+                    self.spawn(Some(scenario.master_start_s));
+                }
+                let at = self.now_us + (scenario.handover_s * 1e6) as u64;
+                self.schedule(at, Event::Retire { master });
+            }
+            ChangeMechanism::Reload => {
+                self.retire(master);
+                for _ in 0..workers {
+                    self.spawn(Some(scenario.reload_stall_s));
+                }
+            }
+        }
+    }
+
+    /// Graceful stop of every master older than `master`: idle and starting
+    /// workers stop, busy ones finish their request first (the manager sets
+    /// `process_control_timeout`, fact 3).
+    fn retire(&mut self, master: u32) {
+        let workers = &self.workers;
+        self.idle.retain(|&slot| workers[slot].master >= master);
         for slot in 0..self.workers.len() {
+            if self.workers[slot].master >= master {
+                continue;
+            }
             match self.workers[slot].state {
                 WorkerState::Busy { service_s, .. } => {
                     self.workers[slot].state = WorkerState::Busy {
@@ -520,9 +594,6 @@ impl Sim<'_> {
                 WorkerState::Idle { .. } | WorkerState::Starting => self.kill(slot),
                 WorkerState::Dead => {}
             }
-        }
-        for _ in 0..workers {
-            self.spawn(Some(self.scenario.reload_stall_s));
         }
     }
 

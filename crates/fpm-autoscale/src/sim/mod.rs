@@ -9,13 +9,18 @@
 //! - service: lognormal, mean 50 ms, log-sd 0.6;
 //! - an accept queue (the listen backlog); requests beyond it are dropped
 //!   and counted;
-//! - a forked worker is ready after `fork_s`; a manager change is a reload
-//!   (fact 1): `apply_delay_s` after the decision the master re-executes,
-//!   idle workers stop, busy ones finish their request (the manager sets
-//!   `process_control_timeout`, fact 3), and the new workers are ready
-//!   `reload_stall_s` later;
-//! - a reload flushes OPcache (fact 2): requests that start `x` seconds
-//!   after it take `1 + cold_extra * exp(-x / cold_tau_s)` times longer;
+//! - a forked worker is ready after `fork_s` (`dynamic`, `ondemand`);
+//! - a manager change starts a new master with the new `pm.max_children`
+//!   on the inherited socket and stops the old one gracefully half a
+//!   second later (facts 4 and 5a): `apply_delay_s` after the decision the
+//!   new master starts, its workers accept after `master_start_s`, and
+//!   both masters serve meanwhile. [`ChangeMechanism::Reload`] models a
+//!   plain `SIGUSR2` instead (facts 1 and 3): every worker is replaced and
+//!   nothing is accepted for `reload_stall_s`;
+//! - a new master has a cold OPcache (fact 2): its `n`-th request takes
+//!   `1 + cold_extra * exp(-n / cold_requests)` times longer, because
+//!   OPcache warms as requests compile scripts; forks of a running master
+//!   share its warm OPcache;
 //! - memory: each worker's PSS is drawn at spawn (normal, clamped), the
 //!   master and OPcache shared memory are fixed.
 //!
@@ -38,7 +43,7 @@ use thiserror::Error;
 use crate::policy::{Policy, PolicyError};
 
 pub use engine::run;
-pub use report::{render_table, simulate_all, simulate_report};
+pub use report::{render_table, simulate_all, simulate_report, simulate_report_with};
 pub use trace::{TraceSpec, BASE_RATE};
 
 /// Why a simulation could not run.
@@ -68,6 +73,16 @@ pub enum SimError {
         /// The limit.
         limit: u64,
     },
+}
+
+/// How the manager applies a change of `pm.max_children`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeMechanism {
+    /// Start a new master on the inherited socket, then stop the old one
+    /// gracefully (facts 4 and 5a): no stall, only the new master is cold.
+    Handover,
+    /// `SIGUSR2` (facts 1-3): every worker restarts, a short stall.
+    Reload,
 }
 
 /// Which process manager runs the simulated pool.
@@ -120,14 +135,23 @@ pub struct Scenario {
     pub ondemand_idle_timeout_s: f64,
     /// Time for a forked worker to accept its first request.
     pub fork_s: f64,
-    /// Decision to reload signal (write and test the config).
+    /// Decision to the new master's start (write and test the config).
     pub apply_delay_s: f64,
+    /// How a change is applied.
+    pub change: ChangeMechanism,
+    /// Hand-over: time for a new master's workers to accept.
+    pub master_start_s: f64,
+    /// Hand-over: the old master is stopped this long after the new one
+    /// was started (0.5 s in fact 5a).
+    pub handover_s: f64,
     /// Reload: old idle workers gone until the new ones are ready.
     pub reload_stall_s: f64,
-    /// Cold-OPcache slowdown right after a reload (1.0 = twice as slow).
+    /// Cold-OPcache slowdown of a new master's first request (1.0 = twice
+    /// as slow).
     pub cold_extra: f64,
-    /// Time constant of the cold-OPcache slowdown.
-    pub cold_tau_s: f64,
+    /// Requests after which the slowdown has fallen to 1/e: OPcache warms
+    /// as scripts are compiled, which requests do, not time.
+    pub cold_requests: f64,
     /// Listen backlog (accept queue length).
     pub backlog: u32,
     /// Mean and standard deviation of one worker's PSS, bytes.
@@ -159,9 +183,12 @@ impl Scenario {
             ondemand_idle_timeout_s: 10.0,
             fork_s: 0.02,
             apply_delay_s: 0.1,
+            change: ChangeMechanism::Handover,
+            master_start_s: 0.2,
+            handover_s: 0.5,
             reload_stall_s: 0.25,
             cold_extra: 1.0,
-            cold_tau_s: 2.0,
+            cold_requests: 200.0,
             backlog: 4096,
             pss_mean_bytes: 60.0 * MIB,
             pss_sd_bytes: 6.0 * MIB,
@@ -206,12 +233,17 @@ pub struct SimResult {
 }
 
 impl SimResult {
-    /// Changes that reverse the previous one within `window_s` seconds
-    /// (up then down, or down then up): the oscillation count.
-    pub fn reversals_within(&self, window_s: f64) -> usize {
+    /// Oscillations: three consecutive changes that alternate direction
+    /// (up, down, up or down, up, down) within `window_s` seconds. A single
+    /// reversal (up to a peak, then down) is how a pool follows a daily
+    /// curve; flapping is going back and forth.
+    pub fn oscillations_within(&self, window_s: f64) -> usize {
         self.change_log
-            .windows(2)
-            .filter(|pair| pair[0].1 != pair[1].1 && pair[1].0 - pair[0].0 < window_s)
+            .windows(3)
+            .filter(|three| {
+                let alternating = three[0].1 != three[1].1 && three[1].1 != three[2].1;
+                alternating && three[2].0 - three[0].0 < window_s
+            })
             .count()
     }
 

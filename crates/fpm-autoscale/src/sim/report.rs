@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::engine::run;
 use super::trace::TraceSpec;
-use super::{Manager, Scenario, SimError, SimResult};
+use super::{ChangeMechanism, Manager, Scenario, SimError, SimResult};
 use crate::policy::Policy;
 
 /// Runs the manager's policy (from `policy_yaml`, default policy when
@@ -18,11 +18,20 @@ pub fn simulate_report(
     policy_yaml: Option<&str>,
     seed: u64,
 ) -> Result<String, SimError> {
+    simulate_report_with(trace, policy_yaml, Scenario::standard(seed))
+}
+
+/// [`simulate_report`] with a non-standard scenario (its `max_workers` and
+/// `wait_target_s` are taken from the policy).
+pub fn simulate_report_with(
+    trace: TraceSpec,
+    policy_yaml: Option<&str>,
+    mut scenario: Scenario,
+) -> Result<String, SimError> {
     let policy = match policy_yaml {
         Some(text) => Policy::from_yaml(text)?,
         None => Policy::default(),
     };
-    let mut scenario = Scenario::standard(seed);
     scenario.max_workers = policy.spec().max_workers;
     scenario.wait_target_s = policy.wait_target_s();
     let results = simulate_all(&trace, &policy, &scenario)?;
@@ -53,9 +62,13 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
     let duration = scenario
         .duration_s
         .unwrap_or_else(|| trace.default_duration_s());
+    let change = match scenario.change {
+        ChangeMechanism::Handover => "hand-over",
+        ChangeMechanism::Reload => "reload",
+    };
     let _ = writeln!(
         out,
-        "trace {} ({duration:.0} s), seed {}, max {} workers, wait target {:.0} ms",
+        "trace {} ({duration:.0} s), seed {}, max {} workers, wait target {:.0} ms, changes by {change}",
         trace.name(),
         scenario.seed,
         scenario.max_workers,
