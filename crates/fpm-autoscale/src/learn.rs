@@ -204,7 +204,8 @@ mod tests {
         }
         let rate = estimates.arrival_rate().expect("rate");
         assert!((rate - 100.0).abs() < 3.0, "{rate}");
-        assert_eq!(estimates.excess_rate_sd(), 0.0);
+        let excess = estimates.excess_rate_sd();
+        assert!(excess < 1.0, "{excess}");
     }
 
     #[test]
