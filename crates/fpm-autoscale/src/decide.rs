@@ -624,7 +624,10 @@ fn choose(
     // (fewer workers than needed), down only when even the size with
     // headroom is below the pool by more than the tolerance band. Between
     // the two nothing changes, so the model's integer steps cannot flap.
-    let band = ((spec.tolerance * f64::from(current)).ceil() as u32).max(1);
+    // The band is at least two workers: the size with headroom is a
+    // rounded-up product, so a one-worker difference is within the
+    // model's own rounding and not worth a cold start.
+    let band = ((spec.tolerance * f64::from(current)).ceil() as u32).max(2);
     let needed = figures.needed_workers.unwrap_or(model).min(upper);
     if needed > current && recommendation > current {
         if !stabilised {
