@@ -110,7 +110,7 @@ impl Default for LearningSpec {
 /// A validated policy. Fields are public for reading; build one with
 /// [`Policy::new`] or [`Policy::from_yaml`] so the invariants hold
 /// (`1 <= min <= max`, positive durations, fractions in range).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Policy {
     spec: PolicySpec,
 }
@@ -195,14 +195,6 @@ impl Policy {
         let cap = (f64::from(self.spec.max_workers) * self.spec.learning.cap_fraction).ceil();
         // cap_fraction is validated to (0, 1], so the cast cannot overflow.
         (cap as u32).clamp(self.spec.min_workers, self.spec.max_workers)
-    }
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            spec: PolicySpec::default(),
-        }
     }
 }
 
@@ -320,7 +312,8 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
             "must be above 0 and at most 1; for example 0.25",
         );
     }
-    if !(spec.tolerance < 1.0) {
+    // NaN is reported by the range check above.
+    if spec.tolerance >= 1.0 {
         push(
             "tolerance",
             spec.tolerance.to_string(),
