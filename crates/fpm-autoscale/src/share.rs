@@ -1,12 +1,21 @@
 //! Sharing one memory budget between several pools.
 //!
 //! Rule, in order: every pool gets its minimum, highest priority first,
-//! while it fits; then the rest of the budget goes to the pools that want
-//! more, again highest priority first, and inside one priority level one
-//! worker at a time to the pool with the fewest extra workers per unit of
-//! weight (weighted fair share). A pool that gets less than it wants
-//! "gives way"; the scaler of that pool receives its share as
-//! `Observation::share_cap_workers`.
+//! while it fits; then the budget goes to the pools that want more, again
+//! highest priority first, and inside one priority level one worker at a
+//! time to the pool with the fewest extra workers per unit of weight
+//! (weighted fair share); what is still left is handed out the same way up
+//! to each pool's maximum, so that a pool can grow into free memory (an
+//! emergency) without waiting for the next round. A pool that gets less
+//! than it wants "gives way". The grant is a cap, not an allocation: the
+//! caps never add up to more than the budget, so pools that stay within
+//! them never exceed it together. The scaler of each pool receives its cap
+//! as `Observation::share_cap_workers`.
+//!
+//! To keep the caps from pushing a pool around, pass as `wanted_workers`
+//! at least what the pool runs now (`max(current, model)`): a pool then
+//! shrinks through its own damped scale-down, and only a pool that gives
+//! way to a higher priority is cut at once.
 
 /// What one pool asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,9 +28,10 @@ pub struct PoolDemand {
     pub weight: f64,
     /// Workers the pool should have at least.
     pub min_workers: u32,
-    /// Workers the pool's scaler wants (usually `Figures::model_workers`
-    /// clamped to its own caps).
+    /// Workers the pool's scaler wants: `max(current, Figures::model_workers)`.
     pub wanted_workers: u32,
+    /// Most workers the pool may ever run (its `max_workers`).
+    pub max_workers: u32,
     /// Memory of one worker (p95 PSS), bytes.
     pub worker_bytes: u64,
 }
@@ -31,7 +41,7 @@ pub struct PoolDemand {
 pub struct PoolShare {
     /// Pool name.
     pub name: String,
-    /// Workers granted.
+    /// Most workers the pool may run until the next round.
     pub granted_workers: u32,
     /// True when the pool gets fewer workers than it wants.
     pub gives_way: bool,
@@ -57,6 +67,40 @@ pub fn share_budget(budget_bytes: u64, pools: &[PoolDemand]) -> Vec<PoolShare> {
         remaining -= u64::from(fits) * pool.worker_bytes;
     }
 
+    fill_by_priority(pools, &order, &mut granted, &mut remaining, |pool| {
+        pool.wanted_workers
+    });
+    let met: Vec<bool> = pools
+        .iter()
+        .zip(&granted)
+        .map(|(pool, &granted)| granted >= pool.wanted_workers.max(pool.min_workers))
+        .collect();
+    fill_by_priority(pools, &order, &mut granted, &mut remaining, |pool| {
+        pool.max_workers.max(pool.min_workers)
+    });
+
+    pools
+        .iter()
+        .zip(granted)
+        .zip(met)
+        .map(|((pool, granted_workers), met)| PoolShare {
+            name: pool.name.clone(),
+            granted_workers,
+            gives_way: !met,
+        })
+        .collect()
+}
+
+/// Grants workers up to `goal(pool)`, priority level by priority level,
+/// one worker at a time to the pool with the fewest extra workers per unit
+/// of weight.
+fn fill_by_priority(
+    pools: &[PoolDemand],
+    order: &[usize],
+    granted: &mut [u32],
+    remaining: &mut u64,
+    goal: impl Fn(&PoolDemand) -> u32,
+) {
     let mut level_start = 0;
     while level_start < order.len() {
         let priority = pools[order[level_start]].priority;
@@ -73,7 +117,7 @@ pub fn share_budget(budget_bytes: u64, pools: &[PoolDemand]) -> Vec<PoolShare> {
                 .copied()
                 .filter(|&index| {
                     let pool = &pools[index];
-                    granted[index] < pool.wanted_workers && pool.worker_bytes <= remaining
+                    granted[index] < goal(pool) && pool.worker_bytes <= *remaining
                 })
                 .min_by(|&a, &b| {
                     let share_a = extra_per_weight(&pools[a], granted[a]);
@@ -82,20 +126,10 @@ pub fn share_budget(budget_bytes: u64, pools: &[PoolDemand]) -> Vec<PoolShare> {
                 });
             let Some(index) = candidate else { break };
             granted[index] += 1;
-            remaining -= pools[index].worker_bytes;
+            *remaining -= pools[index].worker_bytes;
         }
         level_start = level_end;
     }
-
-    pools
-        .iter()
-        .zip(granted)
-        .map(|(pool, granted_workers)| PoolShare {
-            name: pool.name.clone(),
-            granted_workers,
-            gives_way: granted_workers < pool.wanted_workers.max(pool.min_workers),
-        })
-        .collect()
 }
 
 fn affordable(remaining: u64, worker_bytes: u64, wanted: u32) -> u32 {
@@ -126,19 +160,24 @@ mod tests {
             weight,
             min_workers: min,
             wanted_workers: wanted,
+            max_workers: 40,
             worker_bytes: 100,
         }
     }
 
     #[test]
     fn everyone_fits() {
-        let shares = share_budget(
-            10_000,
-            &[pool("a", 0, 1.0, 2, 10), pool("b", 0, 1.0, 2, 20)],
-        );
-        assert_eq!(shares[0].granted_workers, 10);
-        assert_eq!(shares[1].granted_workers, 20);
+        let both = [pool("a", 0, 1.0, 2, 10), pool("b", 0, 1.0, 2, 20)];
+        let shares = share_budget(5_000, &both);
         assert!(shares.iter().all(|share| !share.gives_way));
+        // 50 workers fit: the 20 left over go first to the pool with the
+        // fewest extra workers, then evenly.
+        assert_eq!(shares[0].granted_workers, 25);
+        assert_eq!(shares[1].granted_workers, 25);
+        // Plenty of budget: everyone may grow to the maximum.
+        let shares = share_budget(100_000, &both);
+        assert_eq!(shares[0].granted_workers, 40);
+        assert_eq!(shares[1].granted_workers, 40);
     }
 
     #[test]
@@ -174,6 +213,6 @@ mod tests {
         assert!(share_budget(0, &[]).is_empty());
         let mut free = pool("free", 0, 1.0, 1, 7);
         free.worker_bytes = 0;
-        assert_eq!(share_budget(0, &[free])[0].granted_workers, 7);
+        assert_eq!(share_budget(0, &[free])[0].granted_workers, 40);
     }
 }

@@ -181,3 +181,44 @@ fn report_prints_every_manager_and_rejects_bad_input() {
         .expect_err("invalid csv");
     assert!(error.to_string().contains("csv trace line 2"), "{error}");
 }
+
+#[test]
+fn under_a_shared_budget_the_lower_priority_pool_gives_way() {
+    use fpm_autoscale::sim::{run_shared, SharedPool};
+    const MIB: u64 = 1024 * 1024;
+    let pool = |name: &str, trace, priority| SharedPool {
+        name: name.to_owned(),
+        trace,
+        policy: Policy::from_yaml(&format!("priority: {priority}\n")).expect("valid"),
+    };
+    let pools = [
+        pool("shop", TraceSpec::Spike, 1),
+        pool("admin", TraceSpec::Steady, 0),
+    ];
+    let mut scenario = Scenario::standard(1);
+    // Room for about 30 workers of 60-70 MiB next to 128 MiB shared and
+    // the 256 MiB reserve: not enough for both pools at their maximum.
+    scenario.memory_budget_bytes = 384 * MIB + 30 * 70 * MIB;
+    let shared = run_shared(&pools, &scenario).expect("runs");
+    let [shop, admin] = [&shared.pools[0], &shared.pools[1]];
+    let total_granted = shared.granted_peak[0] + shared.granted_low[1];
+    assert!(
+        shared.granted_peak[0] >= 24,
+        "shop got {:?}",
+        shared.granted_peak
+    );
+    assert!(total_granted <= 31, "{total_granted}");
+    assert_eq!(
+        shared.granted_low[1], 2,
+        "admin is cut to its minimum during the surge"
+    );
+    let during_surge = |&(t, d): &(f64, i8)| (900.0..960.0).contains(&t) && d < 0;
+    assert!(
+        admin.change_log.iter().any(during_surge),
+        "{:?}",
+        admin.change_log
+    );
+    // The caps never push the high-priority pool around.
+    assert_eq!(shop.oscillations_within(600.0), 0, "{:?}", shop.change_log);
+    assert!(shop.changes <= 5, "{:?}", shop.change_log);
+}

@@ -12,6 +12,7 @@ use super::{ChangeMechanism, Manager, Scenario, SimError, SimResult};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
+use crate::share::{share_budget, PoolDemand};
 
 /// Upper bound on drawn requests, so that a trace cannot exhaust memory.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -89,6 +90,13 @@ struct PolicyDriver {
 
 struct Sim<'a> {
     scenario: &'a Scenario,
+    manager: &'a Manager,
+    requests: &'a [Request],
+    next_request: usize,
+    /// Workers granted by a shared budget (multi-pool runs).
+    share_cap: Option<u32>,
+    /// Figures of the last decision, for budget sharing.
+    last_wanted: Option<u32>,
     duration_us: u64,
     now_us: u64,
     integrated_to_us: u64,
@@ -172,99 +180,241 @@ fn run_requests(
     manager: &Manager,
     scenario: &Scenario,
 ) -> SimResult {
-    let mut sim = Sim {
-        scenario,
-        duration_us,
-        now_us: 0,
-        integrated_to_us: 0,
-        heap: BinaryHeap::new(),
-        seq: 0,
-        workers: Vec::new(),
-        free_slots: Vec::new(),
-        idle: VecDeque::new(),
-        queue: VecDeque::new(),
-        alive: 0,
-        busy: 0,
-        starting: 0,
-        alive_pss: 0,
-        masters: vec![Master {
-            cold: false,
-            started_requests: 0,
-        }],
-        accepted_total: 0,
-        memory_rng: Pcg32::new(scenario.seed, STREAM_MEMORY),
-        spawn_rate: 1,
-        driver: None,
-        waits: Vec::with_capacity(requests.len()),
-        over_target: 0,
-        dropped: 0,
-        spawns: 0,
-        peak: 0,
-        worker_seconds: 0.0,
-        memory_byte_seconds: 0.0,
-        change_log: Vec::new(),
-    };
-    let initial = match manager {
-        Manager::Static => scenario.max_workers,
-        Manager::Dynamic => scenario.dynamic_start.min(scenario.max_workers),
-        Manager::Ondemand => 0,
-        Manager::Policy(policy) => {
-            // The manager takes over a pool at its learning cap.
-            let workers = policy.learning_cap();
-            sim.driver = Some(PolicyDriver {
-                policy: policy.clone(),
-                state: ScalerState::new(0, workers),
-                last_collect_us: None,
-                interval_us: NORMAL_INTERVAL_US,
-                previous_accepted: None,
-                in_flight_until_us: 0,
-                finished: Vec::new(),
-            });
-            workers
-        }
-    };
-    for _ in 0..initial {
-        sim.spawn(None);
-    }
-    sim.schedule(0, Event::Tick);
-    let mut next_request = 0;
-    if let Some(first) = requests.first() {
-        sim.schedule(first.arrival_us, Event::Arrival);
-    }
-
-    while let Some(Reverse((at, _, event))) = sim.heap.pop() {
-        sim.advance(at);
-        match event {
-            Event::Arrival => {
-                let request = requests[next_request];
-                next_request += 1;
-                if let Some(following) = requests.get(next_request) {
-                    sim.schedule(following.arrival_us, Event::Arrival);
-                }
-                sim.arrive(request, manager);
-            }
-            Event::Done { slot, epoch } => sim.done(slot, epoch),
-            Event::Ready { slot, epoch } => sim.ready(slot, epoch),
-            Event::Tick => {
-                match manager {
-                    Manager::Static => {}
-                    Manager::Dynamic => sim.dynamic_maintenance(),
-                    Manager::Ondemand => sim.ondemand_reap(),
-                    Manager::Policy(_) => sim.collect(),
-                }
-                let more = next_request < requests.len() || !sim.queue.is_empty();
-                if sim.now_us < sim.duration_us || more {
-                    sim.schedule(sim.now_us + TICK_US, Event::Tick);
-                }
-            }
-            Event::Apply { workers } => sim.apply(workers),
-            Event::Retire { master } => sim.retire(master),
-        }
-    }
-    sim.finish(manager, requests.len() as u64)
+    let mut sim = Sim::new(requests, duration_us, manager, scenario);
+    sim.run_until(u64::MAX);
+    sim.finish()
 }
 
-impl Sim<'_> {
+/// One pool of a run where several pools share one memory budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedPool {
+    /// Pool name, for the answer.
+    pub name: String,
+    /// Its arrivals.
+    pub trace: TraceSpec,
+    /// Its policy (weight and priority decide who gives way).
+    pub policy: Policy,
+}
+
+/// Result of a shared-budget run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedResult {
+    /// One result per pool, in input order.
+    pub pools: Vec<SimResult>,
+    /// Most workers granted to each pool at once, in input order.
+    pub granted_peak: Vec<u32>,
+    /// Fewest workers granted to each pool at once, in input order.
+    pub granted_low: Vec<u32>,
+    /// Largest memory of all pools' workers together, sampled each
+    /// second, bytes (a hand-over counts both masters).
+    pub peak_memory_bytes: u64,
+}
+
+/// Runs several pools managed by the policy under one memory budget
+/// (`scenario.memory_budget_bytes` less the shared memory and the first
+/// policy's reserve). Every second [`crate::share_budget`] splits the
+/// budget by priority and weight, and each pool's scaler receives its
+/// share as `share_cap_workers`.
+pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedResult, SimError> {
+    let managers: Vec<Manager> = pools
+        .iter()
+        .map(|pool| Manager::Policy(pool.policy.clone()))
+        .collect();
+    let drawn = pools
+        .iter()
+        .enumerate()
+        .map(|(index, pool)| {
+            let mut own = scenario.clone();
+            // Different pools get different requests from the same seed.
+            own.seed = scenario.seed.wrapping_add(index as u64 * 1_000_003);
+            draw_requests(&pool.trace, &own)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sims: Vec<Sim<'_>> = drawn
+        .iter()
+        .zip(&managers)
+        .map(|((requests, duration_us), manager)| {
+            Sim::new(requests, *duration_us, manager, scenario)
+        })
+        .collect();
+    let reserve = pools
+        .first()
+        .map_or(0.0, |pool| pool.policy.spec().memory_reserve_mb)
+        * 1024.0
+        * 1024.0;
+    let net = scenario
+        .memory_budget_bytes
+        .saturating_sub(scenario.shared_bytes)
+        .saturating_sub(reserve as u64);
+    let mut granted_peak = vec![0; pools.len()];
+    let mut granted_low = vec![u32::MAX; pools.len()];
+    let mut peak_memory_bytes = 0;
+    let mut until = 0;
+    // Bounded: each round advances a second, and every pool's heap runs dry
+    // once its trace is over and its queue is empty.
+    while sims.iter().any(|sim| !sim.heap.is_empty()) {
+        until += TICK_US;
+        for sim in &mut sims {
+            sim.run_until(until);
+        }
+        let demands: Vec<PoolDemand> = sims
+            .iter()
+            .zip(pools)
+            .map(|(sim, pool)| {
+                let spec = pool.policy.spec();
+                let current = sim
+                    .driver
+                    .as_ref()
+                    .map_or(0, |driver| driver.state.workers());
+                PoolDemand {
+                    name: pool.name.clone(),
+                    priority: spec.priority,
+                    weight: spec.weight,
+                    min_workers: spec.min_workers,
+                    wanted_workers: sim
+                        .last_wanted
+                        .unwrap_or(0)
+                        .max(current)
+                        .clamp(spec.min_workers, spec.max_workers),
+                    max_workers: spec.max_workers,
+                    worker_bytes: sim
+                        .driver
+                        .as_ref()
+                        .and_then(|driver| driver.state.estimates().p95_pss_bytes())
+                        .unwrap_or(scenario.pss_mean_bytes as u64),
+                }
+            })
+            .collect();
+        let shares = share_budget(net, &demands);
+        let mut memory = 0;
+        for (index, (sim, share)) in sims.iter_mut().zip(shares).enumerate() {
+            sim.share_cap = Some(share.granted_workers);
+            granted_peak[index] = granted_peak[index].max(share.granted_workers);
+            granted_low[index] = granted_low[index].min(share.granted_workers);
+            memory += sim.alive_pss;
+        }
+        peak_memory_bytes = peak_memory_bytes.max(memory);
+    }
+    Ok(SharedResult {
+        pools: sims.into_iter().map(Sim::finish).collect(),
+        granted_peak,
+        granted_low,
+        peak_memory_bytes,
+    })
+}
+
+impl<'a> Sim<'a> {
+    fn new(
+        requests: &'a [Request],
+        duration_us: u64,
+        manager: &'a Manager,
+        scenario: &'a Scenario,
+    ) -> Sim<'a> {
+        let mut sim = Sim {
+            scenario,
+            manager,
+            requests,
+            next_request: 0,
+            share_cap: None,
+            last_wanted: None,
+            duration_us,
+            now_us: 0,
+            integrated_to_us: 0,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            workers: Vec::new(),
+            free_slots: Vec::new(),
+            idle: VecDeque::new(),
+            queue: VecDeque::new(),
+            alive: 0,
+            busy: 0,
+            starting: 0,
+            alive_pss: 0,
+            masters: vec![Master {
+                cold: false,
+                started_requests: 0,
+            }],
+            accepted_total: 0,
+            memory_rng: Pcg32::new(scenario.seed, STREAM_MEMORY),
+            spawn_rate: 1,
+            driver: None,
+            waits: Vec::with_capacity(requests.len()),
+            over_target: 0,
+            dropped: 0,
+            spawns: 0,
+            peak: 0,
+            worker_seconds: 0.0,
+            memory_byte_seconds: 0.0,
+            change_log: Vec::new(),
+        };
+        let initial = match manager {
+            Manager::Static => scenario.max_workers,
+            Manager::Dynamic => scenario.dynamic_start.min(scenario.max_workers),
+            Manager::Ondemand => 0,
+            Manager::Policy(policy) => {
+                // The manager takes over a pool at its learning cap.
+                let workers = policy.learning_cap();
+                sim.driver = Some(PolicyDriver {
+                    policy: policy.clone(),
+                    state: ScalerState::new(0, workers),
+                    last_collect_us: None,
+                    interval_us: NORMAL_INTERVAL_US,
+                    previous_accepted: None,
+                    in_flight_until_us: 0,
+                    finished: Vec::new(),
+                });
+                workers
+            }
+        };
+        for _ in 0..initial {
+            sim.spawn(None);
+        }
+        sim.schedule(0, Event::Tick);
+        if let Some(first) = requests.first() {
+            sim.schedule(first.arrival_us, Event::Arrival);
+        }
+        sim
+    }
+
+    /// Processes every event up to and including `limit_us`.
+    fn run_until(&mut self, limit_us: u64) {
+        while let Some(Reverse((at, _, _))) = self.heap.peek() {
+            if *at > limit_us {
+                break;
+            }
+            let Some(Reverse((at, _, event))) = self.heap.pop() else {
+                break;
+            };
+            self.advance(at);
+            match event {
+                Event::Arrival => {
+                    let request = self.requests[self.next_request];
+                    self.next_request += 1;
+                    if let Some(following) = self.requests.get(self.next_request) {
+                        self.schedule(following.arrival_us, Event::Arrival);
+                    }
+                    self.arrive(request);
+                }
+                Event::Done { slot, epoch } => self.done(slot, epoch),
+                Event::Ready { slot, epoch } => self.ready(slot, epoch),
+                Event::Tick => {
+                    match self.manager {
+                        Manager::Static => {}
+                        Manager::Dynamic => self.dynamic_maintenance(),
+                        Manager::Ondemand => self.ondemand_reap(),
+                        Manager::Policy(_) => self.collect(),
+                    }
+                    let more = self.next_request < self.requests.len() || !self.queue.is_empty();
+                    if self.now_us < self.duration_us || more {
+                        self.schedule(self.now_us + TICK_US, Event::Tick);
+                    }
+                }
+                Event::Apply { workers } => self.apply(workers),
+                Event::Retire { master } => self.retire(master),
+            }
+        }
+    }
+
     fn schedule(&mut self, at_us: u64, event: Event) {
         self.seq += 1;
         self.heap.push(Reverse((at_us, self.seq, event)));
@@ -339,7 +489,7 @@ impl Sim<'_> {
         self.free_slots.push(slot);
     }
 
-    fn arrive(&mut self, request: Request, manager: &Manager) {
+    fn arrive(&mut self, request: Request) {
         if let Some(slot) = self.idle.pop_front() {
             self.start(slot, request);
             return;
@@ -349,7 +499,7 @@ impl Sim<'_> {
             return;
         }
         self.queue.push_back(request);
-        if *manager == Manager::Ondemand
+        if *self.manager == Manager::Ondemand
             && self.alive < self.scenario.max_workers
             && (self.starting as usize) < self.queue.len()
         {
@@ -509,13 +659,14 @@ impl Sim<'_> {
             cpu_cores_limit: None,
             memory_budget_bytes: Some(self.scenario.memory_budget_bytes),
             shared_memory_bytes: self.scenario.shared_bytes,
-            share_cap_workers: None,
+            share_cap_workers: self.share_cap,
             change_in_flight: now < driver.in_flight_until_us,
         };
         let before = driver.state.workers();
         let (decision, state) = decide(&driver.policy, &driver.state, &observation);
         driver.state = state;
         driver.finished.clear();
+        self.last_wanted = decision.figures.model_workers;
         driver.last_collect_us = Some(now);
         let busy_pool = queue_len > 0 || self.busy * 2 >= self.alive.max(1);
         driver.interval_us = if busy_pool {
@@ -597,7 +748,9 @@ impl Sim<'_> {
         }
     }
 
-    fn finish(mut self, manager: &Manager, requests: u64) -> SimResult {
+    fn finish(mut self) -> SimResult {
+        let requests = self.requests.len() as u64;
+        let manager = self.manager;
         self.advance(self.duration_us);
         self.waits.sort_unstable_by(f64::total_cmp);
         let percentile = |q: f64| -> f64 {

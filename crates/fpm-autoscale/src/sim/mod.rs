@@ -42,7 +42,7 @@ use thiserror::Error;
 
 use crate::policy::{Policy, PolicyError};
 
-pub use engine::run;
+pub use engine::{run, run_shared, SharedPool, SharedResult};
 pub use report::{render_table, simulate_all, simulate_report, simulate_report_with};
 pub use trace::{TraceSpec, BASE_RATE};
 
