@@ -1,11 +1,12 @@
 //! Prints the simulator's comparison table:
 //! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload]`.
-//! `--trace` takes a built-in name, `all`, or the path of a CSV `time_s,rate` file.
+//! `--trace` takes a built-in name, `all`, `shared` (two pools under one
+//! budget), or the path of a CSV `time_s,rate` file.
 
 #![allow(clippy::print_stdout)]
 
-use fpm_autoscale::sim::{simulate_report_with, ChangeMechanism, Scenario};
-use fpm_autoscale::TraceSpec;
+use fpm_autoscale::sim::{run_shared, simulate_report_with, ChangeMechanism, Scenario, SharedPool};
+use fpm_autoscale::{Policy, TraceSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trace = "all".to_owned();
@@ -38,6 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    if trace == "shared" {
+        return print_shared(seed);
+    }
     let traces: Vec<TraceSpec> = match trace.as_str() {
         "all" => TraceSpec::BUILTIN
             .iter()
@@ -54,6 +58,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{}",
             simulate_report_with(spec, policy_text.as_deref(), scenario)?
+        );
+    }
+    Ok(())
+}
+
+/// Two pools under one budget that fits about 30 workers: "shop" (priority
+/// 1, spike trace) and "admin" (priority 0, steady trace).
+fn print_shared(seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+    const MIB: u64 = 1024 * 1024;
+    let pools = [
+        SharedPool {
+            name: "shop".to_owned(),
+            trace: TraceSpec::Spike,
+            policy: Policy::from_yaml("priority: 1\n")?,
+        },
+        SharedPool {
+            name: "admin".to_owned(),
+            trace: TraceSpec::Steady,
+            policy: Policy::from_yaml("priority: 0\n")?,
+        },
+    ];
+    let mut scenario = Scenario::standard(seed);
+    scenario.memory_budget_bytes = 384 * MIB + 30 * 70 * MIB;
+    let shared = run_shared(&pools, &scenario)?;
+    println!(
+        "shared budget {} MiB (about 30 workers), seed {seed}, peak memory of all workers {} MiB",
+        scenario.memory_budget_bytes / MIB,
+        shared.peak_memory_bytes / MIB
+    );
+    println!("| pool | priority | p50 wait ms | p99 wait ms | max wait ms | waited > target | memory GiB-s | changes | cap low..high |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (index, (pool, result)) in pools.iter().zip(&shared.pools).enumerate() {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {:.0} | {} | {}..{} |",
+            pool.name,
+            pool.policy.spec().priority,
+            result.p50_wait_s * 1000.0,
+            result.p99_wait_s * 1000.0,
+            result.max_wait_s * 1000.0,
+            result.over_target,
+            result.memory_gib_seconds,
+            result.changes,
+            shared.granted_low[index],
+            shared.granted_peak[index],
         );
     }
     Ok(())
