@@ -1,5 +1,5 @@
 //! Prints the simulator's comparison table:
-//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload]`.
+//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload] [--probe SECONDS]`.
 //! `--trace` takes a built-in name, `all`, `shared` (two pools under one
 //! budget), or the path of a CSV `time_s,rate` file.
 
@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seed = 1_u64;
     let mut policy_text = None;
     let mut change = ChangeMechanism::Handover;
+    let mut probe_s = 1.0_f64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -24,6 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map_err(|_| format!("--seed: '{value}' is not a number"))?;
             }
             "--policy" => policy_text = Some(std::fs::read_to_string(&value)?),
+            "--probe" => {
+                probe_s = value
+                    .parse()
+                    .map_err(|_| format!("--probe: '{value}' is not a number of seconds"))?;
+            }
             "--change" => {
                 change = match value.as_str() {
                     "handover" => ChangeMechanism::Handover,
@@ -33,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument '{other}'; use --trace, --seed, --policy, --change"
+                    "unknown argument '{other}'; use --trace, --seed, --policy, --change, --probe"
                 )
                 .into())
             }
@@ -55,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for spec in traces {
         let mut scenario = Scenario::standard(seed);
         scenario.change = change;
+        scenario.probe_s = probe_s;
         println!(
             "{}",
             simulate_report_with(spec, policy_text.as_deref(), scenario)?

@@ -406,7 +406,13 @@ impl<'a> Sim<'a> {
                     }
                     let more = self.next_request < self.requests.len() || !self.queue.is_empty();
                     if self.now_us < self.duration_us || more {
-                        self.schedule(self.now_us + TICK_US, Event::Tick);
+                        let tick_us = match self.manager {
+                            // The collector's accept-queue probe.
+                            Manager::Policy(_) => (self.scenario.probe_s * 1e6).max(1.0) as u64,
+                            // php-fpm's maintenance heartbeat.
+                            _ => TICK_US,
+                        };
+                        self.schedule(self.now_us + tick_us, Event::Tick);
                     }
                 }
                 Event::Apply { workers } => self.apply(workers),

@@ -26,7 +26,7 @@
 //!
 //! Managers: the policy of this crate (a collection every 1 s when the
 //! pool was busy at the previous one, every 5 s otherwise, plus an
-//! immediate collection when a 1 s probe of the accept queue finds every
+//! immediate collection when a 1 s probe (`probe_s`) of the accept queue finds every
 //! worker busy and requests waiting, as the collector does on a saturation
 //! event); `static` at max; `dynamic` (fact 16: 1 s tick, spawn rate
 //! 1, 2, 4 … 32 while idle < min_spare, one idle kill per tick when
@@ -162,6 +162,9 @@ pub struct Scenario {
     pub shared_bytes: u64,
     /// Memory budget of the pool, bytes.
     pub memory_budget_bytes: u64,
+    /// Period of the collector's accept-queue probe (a saturated pool is
+    /// collected at the next probe), seconds.
+    pub probe_s: f64,
     /// Wait target used for the "waited more than the target" column.
     pub wait_target_s: f64,
 }
@@ -195,6 +198,7 @@ impl Scenario {
             shared_bytes: 128 * 1024 * 1024,
             memory_budget_bytes: 3 * 1024 * 1024 * 1024,
             wait_target_s: 0.05,
+            probe_s: 1.0,
         }
     }
 }
