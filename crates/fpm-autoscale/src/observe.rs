@@ -15,7 +15,8 @@ pub struct Observation<'a> {
     /// Connections accepted by workers since the previous observation; use
     /// [`accepted_delta`] on the status page's cumulative `accepted conn`.
     /// Requests still in the accept queue are not counted here; the scaler
-    /// adds the queue's growth itself.
+    /// adds the queue's growth itself. While two masters serve one pool (a
+    /// hand-over), add up the deltas of both.
     pub accepted: u64,
     /// Connections waiting in the accept queue (kernel `Recv-Q` of the
     /// listening socket, fact 9).
