@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seed = 1_u64;
     let mut policy_text = None;
     let mut change = ChangeMechanism::Handover;
-    let mut probe_s = 1.0_f64;
+    let mut probe_s = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -26,9 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--policy" => policy_text = Some(std::fs::read_to_string(&value)?),
             "--probe" => {
-                probe_s = value
-                    .parse()
-                    .map_err(|_| format!("--probe: '{value}' is not a number of seconds"))?;
+                probe_s = Some(
+                    value
+                        .parse::<f64>()
+                        .map_err(|_| format!("--probe: '{value}' is not a number of seconds"))?,
+                );
             }
             "--change" => {
                 change = match value.as_str() {
@@ -61,7 +63,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for spec in traces {
         let mut scenario = Scenario::standard(seed);
         scenario.change = change;
-        scenario.probe_s = probe_s;
+        if let Some(probe_s) = probe_s {
+            scenario.probe_s = probe_s;
+        }
         println!(
             "{}",
             simulate_report_with(spec, policy_text.as_deref(), scenario)?

@@ -12,14 +12,29 @@
 //!    pause holds; a change in flight holds;
 //! 5. a size outside `[min, cap]` is corrected at once (the budget shrank);
 //! 6. the emergency rule: every worker busy, the queue growing, and the
-//!    queue alone worth more than the wait target: scale up at once to the
-//!    cap, only the cooldown applies;
+//!    queue alone worth more than `emergency_wait_ms` (or the wait target
+//!    if that is larger): scale up at once to the cap, only the cooldown
+//!    applies;
 //! 7. while learning nothing else happens (no scale-down, no model-based
 //!    scale-up), and emergencies are capped at the learning cap;
 //! 8. otherwise, at most one change per stabilisation window: up as soon
-//!    as the model's size is above the current one by more than the
-//!    tolerance band; down to the largest recommendation of the whole
-//!    window, only if the saving over a window beats the change's cost.
+//!    as the pool has fewer workers than the model needs (to the model's
+//!    size with headroom); down to the largest recommendation of the whole
+//!    window when that is below the pool by more than the tolerance band,
+//!    only if the saving over a window beats the change's cost, and never
+//!    within `oscillation_window_s` of the last scale-up.
+//!
+//! Sizing: the model's size is the smallest that keeps `wait_quantile` of
+//! the requests under `wait_target_ms`; the default target of 0 means
+//! "p99 wait = 0" (at most 1 % of requests wait at all).
+//!
+//! Why no oscillation: ups cannot wait (requests would), downs can (only
+//! memory is spent). A down at least `oscillation_window_s` after the last
+//! up means that of any three consecutive changes alternating in direction
+//! the first and the third are at least that far apart: up, down, up has
+//! the down a window after the first up; down, up, down has the second
+//! down a window after the up. Only forced changes (a shrinking budget, an
+//! operator's pin) are exempt.
 //!
 //! Why a change is expensive: every `pm.*` change reloads the master, which
 //! restarts all workers and flushes OPcache (facts 1 and 2), so the policy
@@ -77,6 +92,8 @@ pub struct ScalerState {
     last_ms: Option<u64>,
     last_queue: u32,
     last_change_ms: Option<u64>,
+    /// Time of the last change that made the pool bigger.
+    last_up_ms: Option<u64>,
     changes: u64,
     /// Recent clamped model recommendations `(time, workers)`.
     recommendations: VecDeque<(u64, u32)>,
@@ -95,6 +112,7 @@ impl ScalerState {
             last_ms: None,
             last_queue: 0,
             last_change_ms: None,
+            last_up_ms: None,
             changes: 0,
             recommendations: VecDeque::new(),
             steady_since_ms: None,
@@ -147,6 +165,11 @@ impl ScalerState {
     /// Time of the last change.
     pub fn last_change_ms(&self) -> Option<u64> {
         self.last_change_ms
+    }
+
+    /// Time of the last change that made the pool bigger.
+    pub fn last_up_ms(&self) -> Option<u64> {
+        self.last_up_ms
     }
 
     /// The running estimates.
@@ -225,6 +248,8 @@ pub enum HoldReason {
     Stabilising,
     /// A scale-down would save less than the change costs.
     NotWorthIt,
+    /// A scale-down so soon after a scale-up could start an oscillation.
+    AfterScaleUp,
 }
 
 /// Why the scaler resizes.
@@ -299,6 +324,9 @@ impl fmt::Display for HoldReason {
             HoldReason::WithinTolerance => write!(f, "within the tolerance band"),
             HoldReason::Stabilising => write!(f, "stabilising after the last change"),
             HoldReason::NotWorthIt => write!(f, "a change would cost more than it saves"),
+            HoldReason::AfterScaleUp => {
+                write!(f, "too soon after a scale-up to scale down again")
+            }
         }
     }
 }
@@ -401,7 +429,7 @@ fn is_emergency(
     // Without a service time yet (no request finished), a queue of at
     // least one request per worker counts as beyond the target.
     let beyond_target = match next.estimates.mean_service_s() {
-        Some(_) => queue_wait_s(next, obs) > policy.wait_target_s(),
+        Some(_) => queue_wait_s(next, obs) > policy.emergency_wait_s(),
         None => obs.queue_len >= obs.total,
     };
     all_busy && growing && beyond_target
@@ -658,9 +686,18 @@ fn choose(
     // after a surge), going down in steps would cost a change per step:
     // wait until they settle, unless the pool is more than twice as big.
     let settled = window_max - window_min <= band || window_max <= current / 2;
+    // No scale-down within the oscillation window after a scale-up: the
+    // next change after this one could be an up again (the load is not
+    // ours to choose), and up, down, up inside the window is flapping.
+    let after_up = next
+        .last_up_ms
+        .is_some_and(|up| now.saturating_sub(up) as f64 / 1000.0 < spec.oscillation_window_s);
     if window_max < current && current - window_max >= band {
         if !stabilised || !steady_for_window || !settled {
             return Action::Hold(HoldReason::Stabilising);
+        }
+        if after_up {
+            return Action::Hold(HoldReason::AfterScaleUp);
         }
         let saving = f64::from(current - window_max) * spec.stabilisation_window_s;
         let cost = spec.change_cost_s * f64::from(current);
@@ -688,6 +725,9 @@ fn finish(
             Action::Advise { workers, reason }
         }
         Action::Resize { workers, reason } => {
+            if workers > next.workers {
+                next.last_up_ms = Some(obs.now_ms);
+            }
             next.workers = workers;
             next.last_change_ms = Some(obs.now_ms);
             next.changes += 1;

@@ -15,6 +15,10 @@
 //! The smallest sufficient `c` is found by walking `c` upwards while
 //! updating `B` incrementally, so the search is `O(c)`.
 //!
+//! A target of 0 asks for the probability of waiting at all: `P(W > 0)`
+//! is the Erlang C value itself, so the policy's default ("p99 wait = 0")
+//! is the smallest `c` with `C(c, a) <= 1 %`.
+//!
 //! The tail of the waiting time in M/M/c is
 //! `P(W > t) = C(c, a) * exp(-(c - a) * t / S)`. Service times of PHP
 //! requests are not exponential; the Allen–Cunneen approximation scales
@@ -193,6 +197,18 @@ mod tests {
         let c = servers_for_wait(2000.0, 0.1, 1.0, 0.05, 0.01, 10_000);
         let c = c.expect("a pool of 10k workers can carry 2000 erlangs");
         assert!(c > 2000 && c < 2300, "{c}");
+    }
+
+    #[test]
+    fn a_zero_target_sizes_by_the_probability_of_waiting() {
+        for tenth in 1..200 {
+            let a = f64::from(tenth) / 10.0;
+            let c = servers_for_wait(a, 0.05, 0.5, 0.0, 0.01, 1000).expect("fits");
+            assert!(prob_wait(c, a) <= 0.01, "c={c} a={a}");
+            assert!(prob_wait(c - 1, a) > 0.01, "c={c} a={a}");
+            // The service time's variability does not matter for P(W > 0).
+            assert_eq!(servers_for_wait(a, 0.05, 3.0, 0.0, 0.01, 1000), Some(c));
+        }
     }
 
     #[test]

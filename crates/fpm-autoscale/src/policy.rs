@@ -19,10 +19,19 @@ pub struct PolicySpec {
     pub min_workers: u32,
     /// Most workers the pool may run (the pool's `pm.max_children` cap).
     pub max_workers: u32,
-    /// Wait (time in the accept queue) the pool should stay under.
+    /// Wait (time in the accept queue) that `wait_quantile` of the requests
+    /// should stay under. 0 (the default) means they should not wait at
+    /// all: the pool is sized so that the Erlang C probability of waiting
+    /// is at most `1 - wait_quantile` (p99 wait = 0, like `static` at max).
     pub wait_target_ms: f64,
     /// Share of requests that must wait less than the target (0.99 = p99).
     pub wait_quantile: f64,
+    /// Emergency threshold: the queue alone (every worker busy, the queue
+    /// growing) is worth more than this wait. The effective threshold is
+    /// the larger of this and `wait_target_ms`, so that the noise of a
+    /// well-sized pool (a request or two queued for a moment) is no
+    /// emergency.
+    pub emergency_wait_ms: f64,
     /// Extra capacity on top of the model, as a fraction (0.1 = 10 %).
     pub headroom: f64,
     /// How many standard deviations of extra-Poisson arrival variability
@@ -33,6 +42,12 @@ pub struct PolicySpec {
     pub stabilisation_window_s: f64,
     /// Time after any change (even an emergency one) before the next one.
     pub cooldown_s: f64,
+    /// A scale-down waits at least this long after the last scale-up
+    /// (emergency or model). Since downs are the only changes the policy
+    /// can postpone without letting requests wait, this alone rules out
+    /// three changes alternating in direction (up-down-up or
+    /// down-up-down) within the window. 0 disables the rule.
+    pub oscillation_window_s: f64,
     /// Relative band around the current size inside which nothing changes.
     pub tolerance: f64,
     /// Cost of one change in seconds of the whole pool's capacity (the
@@ -76,12 +91,14 @@ impl Default for PolicySpec {
         PolicySpec {
             min_workers: 2,
             max_workers: 32,
-            wait_target_ms: 50.0,
+            wait_target_ms: 0.0,
             wait_quantile: 0.99,
+            emergency_wait_ms: 50.0,
             headroom: 0.1,
             variability_z: 2.0,
             stabilisation_window_s: 180.0,
             cooldown_s: 3.0,
+            oscillation_window_s: 600.0,
             tolerance: 0.1,
             change_cost_s: 5.0,
             rate_time_constant_s: 60.0,
@@ -185,6 +202,12 @@ impl Policy {
         self.spec.wait_target_ms / 1000.0
     }
 
+    /// Queue wait beyond which a saturated, growing queue is an emergency:
+    /// the larger of `emergency_wait_ms` and `wait_target_ms`, in seconds.
+    pub fn emergency_wait_s(&self) -> f64 {
+        self.spec.emergency_wait_ms.max(self.spec.wait_target_ms) / 1000.0
+    }
+
     /// Share of requests allowed to wait longer than the target.
     pub fn tail_prob(&self) -> f64 {
         1.0 - self.spec.wait_quantile
@@ -245,7 +268,11 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
             );
         }
     };
-    positive("wait_target_ms", spec.wait_target_ms, "for example 50");
+    positive(
+        "emergency_wait_ms",
+        spec.emergency_wait_ms,
+        "for example 50",
+    );
     positive(
         "stabilisation_window_s",
         spec.stabilisation_window_s,
@@ -278,9 +305,19 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
             );
         }
     };
+    non_negative(
+        "wait_target_ms",
+        spec.wait_target_ms,
+        "0 means no wait, for example 0 or 20",
+    );
     non_negative("headroom", spec.headroom, "for example 0.1");
     non_negative("variability_z", spec.variability_z, "for example 2");
     non_negative("tolerance", spec.tolerance, "for example 0.1");
+    non_negative(
+        "oscillation_window_s",
+        spec.oscillation_window_s,
+        "for example 600",
+    );
     non_negative("change_cost_s", spec.change_cost_s, "for example 5");
     non_negative(
         "memory_reserve_mb",
@@ -380,6 +417,33 @@ mod tests {
             "{text}"
         );
         assert!(!text.ends_with('.'));
+    }
+
+    #[test]
+    fn zero_wait_target_is_valid_and_the_emergency_needs_a_positive_wait() {
+        let policy = Policy::default();
+        assert_eq!(policy.wait_target_s(), 0.0);
+        assert_eq!(policy.emergency_wait_s(), 0.05);
+        // A target above the emergency wait raises the emergency threshold.
+        let relaxed = Policy::from_yaml("wait_target_ms: 200\n").expect("valid");
+        assert_eq!(relaxed.emergency_wait_s(), 0.2);
+        let error = Policy::from_yaml(
+            "wait_target_ms: -1\nemergency_wait_ms: 0\noscillation_window_s: -5\n",
+        )
+        .expect_err("invalid");
+        let PolicyError::Invalid(problems) = &error else {
+            panic!("expected Invalid, got {error:?}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "emergency_wait_ms",
+                "wait_target_ms",
+                "oscillation_window_s"
+            ]
+        );
+        assert!(Policy::from_yaml("oscillation_window_s: 0\n").is_ok());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Property tests of `decide` over random (and often nonsensical)
-//! observation sequences: caps, minimum, spacing of changes, purity.
+//! observation sequences: caps, minimum, spacing of changes (stabilisation
+//! window, cooldown, no scale-down within the oscillation window after a
+//! scale-up), purity.
 
 use fpm_autoscale::{decide, Action, Observation, Policy, PolicySpec, ResizeReason, ScalerState};
 use proptest::prelude::*;
@@ -80,23 +82,32 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    (1u32..6, 0u32..60, 10.0..300.0f64, 0.5..10.0f64, 0.0..0.3f64).prop_map(
-        |(min, extra, window, cooldown, tolerance)| {
-            let mut spec = PolicySpec {
-                min_workers: min,
-                max_workers: min + extra,
-                stabilisation_window_s: window,
-                cooldown_s: cooldown,
-                tolerance,
-                ..PolicySpec::default()
-            };
-            // Learn fast so that random sequences reach the steady phase.
-            spec.learning.min_samples = 20;
-            spec.learning.min_duration_s = 5.0;
-            spec.learning.min_confidence = 0.3;
-            Policy::new(spec).expect("valid by construction")
-        },
+    (
+        (1u32..6, 0u32..60, 10.0..300.0f64, 0.5..10.0f64, 0.0..0.3f64),
+        (
+            prop_oneof![Just(0.0), 0.0..400.0f64],
+            prop_oneof![Just(0.0), 1.0..100.0f64],
+        ),
     )
+        .prop_map(
+            |((min, extra, window, cooldown, tolerance), (oscillation, wait_target))| {
+                let mut spec = PolicySpec {
+                    min_workers: min,
+                    max_workers: min + extra,
+                    stabilisation_window_s: window,
+                    cooldown_s: cooldown,
+                    tolerance,
+                    oscillation_window_s: oscillation,
+                    wait_target_ms: wait_target,
+                    ..PolicySpec::default()
+                };
+                // Learn fast so that random sequences reach the steady phase.
+                spec.learning.min_samples = 20;
+                spec.learning.min_duration_s = 5.0;
+                spec.learning.min_confidence = 0.3;
+                Policy::new(spec).expect("valid by construction")
+            },
+        )
 }
 
 fn observation(step: &Step, now_ms: u64) -> Observation<'_> {
@@ -130,6 +141,7 @@ fn check_sequence(
     let mut state = ScalerState::new(0, initial);
     let mut now_ms = 0u64;
     let mut last_resize_ms: Option<u64> = None;
+    let mut last_up_ms: Option<u64> = None;
     let mut counts = [0; 3];
     for step in steps {
         now_ms += step.dt_ms;
@@ -153,6 +165,19 @@ fn check_sequence(
             }
             prop_assert!(!step.in_flight, "no change while one is in flight");
             let since_s = last_resize_ms.map(|last| (now_ms - last) as f64 / 1000.0);
+            if reason == ResizeReason::ScaleDown {
+                // No scale-down within the oscillation window after a
+                // scale-up of any kind: the rule that rules out up-down-up
+                // and down-up-down within the window.
+                let since_up_s = last_up_ms.map(|up| (now_ms - up) as f64 / 1000.0);
+                prop_assert!(
+                    since_up_s.is_none_or(|s| s >= spec.oscillation_window_s),
+                    "scale-down {since_up_s:?} s after a scale-up"
+                );
+            }
+            if workers > state.workers() {
+                last_up_ms = Some(now_ms);
+            }
             match reason {
                 ResizeReason::ScaleUp | ResizeReason::ScaleDown => {
                     prop_assert!(

@@ -26,24 +26,41 @@ fn spike_manager_p99_is_at_most_half_of_dynamic() {
     }
 }
 
-/// FIXME: goal not met. The issue asks for a spike p99 not worse than
-/// `static` at max. `static` runs 32 workers for a load of at most 20
-/// erlangs, so almost nothing ever waits (p99 0 ms). The manager runs about
-/// 6 workers before the 10x surge, sees it within a second, and needs a
-/// new master (about 0.3 s) whose OPcache is cold: the roughly 1.4 % of
-/// requests that arrive in those first seconds wait up to about 0.8 s. This
-/// test asserts the present behaviour so that it fails (and gets updated)
-/// once the gap is closed.
+/// The issue's other spike goal: not worse than `static` at max, whose p99
+/// is 0 (32 warm workers for at most 20 erlangs). The manager gets there
+/// because it sizes for "p99 wait = 0" (at most 1 % of requests wait at
+/// all, Erlang C) and its collector probes the accept queue at 4 Hz, so
+/// the requests that wait while the surge is detected and the new master
+/// starts stay below 1 % of the trace.
 #[test]
-fn spike_manager_p99_is_still_worse_than_static_at_max() {
-    let [manager, static_max, _, _] = results(&TraceSpec::Spike, 1);
-    assert!(static_max.p99_wait_s < 0.001, "{}", static_max.p99_wait_s);
-    assert!(manager.p99_wait_s > static_max.p99_wait_s);
+fn spike_manager_p99_is_not_worse_than_static_at_max() {
+    for seed in SEEDS {
+        let [manager, static_max, _, _] = results(&TraceSpec::Spike, seed);
+        assert!(
+            manager.p99_wait_s <= static_max.p99_wait_s,
+            "seed {seed}: manager p99 {:.4} s, static p99 {:.4} s; {} of {} requests waited",
+            manager.p99_wait_s,
+            static_max.p99_wait_s,
+            manager.waited,
+            manager.requests
+        );
+        // The goal is met by keeping the share of waiting requests under 1 %,
+        // not by a loose percentile: check that share directly too.
+        assert!(
+            manager.waited * 100 < manager.requests,
+            "seed {seed}: {} of {} requests waited",
+            manager.waited,
+            manager.requests
+        );
+    }
 }
 
 #[test]
 fn steady_and_diurnal_use_at_most_70_percent_of_static_memory_within_target() {
+    // The default target is "p99 wait = 0": the strictest reading of
+    // "p99 wait within the target".
     let target = Policy::default().wait_target_s();
+    assert_eq!(target, 0.0);
     for trace in [TraceSpec::Steady, TraceSpec::Diurnal] {
         for seed in SEEDS {
             let [manager, static_max, _, _] = results(&trace, seed);
@@ -86,45 +103,73 @@ fn manager_on(name: &str, seed: u64) -> SimResult {
     .expect("simulation runs")
 }
 
-/// Oscillation: three changes alternating in direction within 10 minutes.
+/// Oscillation, as the issue's "no oscillation on any trace" is checked
+/// here: three consecutive changes that alternate in direction (up, down,
+/// up or down, up, down) with the first and the third less than 10 minutes
+/// apart (`SimResult::oscillations_within(600.0)`). This is also the
+/// policy's default `oscillation_window_s`: no scale-down within 10 minutes
+/// of a scale-up, which rules such a sequence out.
+const OSCILLATION_WINDOW_S: f64 = 600.0;
+
 #[test]
-fn the_manager_does_not_oscillate() {
-    for name in ["steady", "spike", "diurnal", "ramp"] {
+fn the_manager_does_not_oscillate_on_any_trace() {
+    assert_eq!(
+        Policy::default().spec().oscillation_window_s,
+        OSCILLATION_WINDOW_S
+    );
+    for name in TraceSpec::BUILTIN {
         for seed in SEEDS {
             let manager = manager_on(name, seed);
             assert_eq!(
-                manager.oscillations_within(600.0),
+                manager.oscillations_within(OSCILLATION_WINDOW_S),
                 0,
                 "{name} seed {seed}: {:?}",
-                manager.change_log
+                manager.changes_detail
             );
+            // The rule behind it: every scale-down comes at least the window
+            // after the previous scale-up.
+            let mut last_up: Option<f64> = None;
+            for change in &manager.changes_detail {
+                if change.to > change.from {
+                    last_up = Some(change.at_s);
+                } else if let Some(up) = last_up {
+                    assert!(
+                        change.at_s - up >= OSCILLATION_WINDOW_S,
+                        "{name} seed {seed}: down at {} s, {} s after an up",
+                        change.at_s,
+                        change.at_s - up
+                    );
+                }
+            }
         }
     }
 }
 
-/// FIXME: goal not met on the step trace. Learning ends and the pool goes
-/// from 8 to 6 workers about a minute before the load triples; the
-/// emergency rule then jumps to the cap (32) and the pool comes back down
-/// five minutes later: down, up, down within 10 minutes. Each change
-/// follows a real change of the load or corrects the emergency's
-/// deliberate overshoot, but by the strict definition it is one
-/// oscillation. This asserts the present behaviour so the test fails (and
-/// gets updated) when that is fixed.
+/// The step trace used to show down, up, down: learning ended, the model
+/// took the pool from 8 to 6 a minute before the load tripled, the
+/// emergency jumped to 32 and came back down. Sized for no wait, 2 erlangs
+/// need the learning cap of 8, so learning ends without a change; the
+/// first change on the step trace is the reaction to the higher load.
 #[test]
-fn step_trace_still_has_one_down_up_down() {
-    let manager = manager_on("step", 1);
-    assert_eq!(
-        manager.oscillations_within(600.0),
-        1,
-        "{:?}",
-        manager.change_log
-    );
-    let directions: Vec<i8> = manager.change_log.iter().map(|&(_, d)| d).collect();
-    assert_eq!(directions[..3], [-1, 1, -1]);
-    assert!(
-        directions[2..].iter().all(|&d| d == -1),
-        "only downs after the surge"
-    );
+fn step_trace_reacts_to_the_step_without_a_prior_scale_down() {
+    for seed in SEEDS {
+        let manager = manager_on("step", seed);
+        let first_down = manager
+            .changes_detail
+            .iter()
+            .position(|change| change.to < change.from);
+        let ups_before = first_down.unwrap_or(manager.changes_detail.len());
+        assert!(ups_before >= 1, "seed {seed}: {:?}", manager.changes_detail);
+        // The load triples at minute 10 and falls back at minute 20: the
+        // pool grows before it shrinks, and shrinks only after the fall.
+        for change in &manager.changes_detail[ups_before..] {
+            assert!(
+                change.to < change.from && change.at_s >= 1200.0,
+                "seed {seed}: {:?}",
+                manager.changes_detail
+            );
+        }
+    }
 }
 
 #[test]
@@ -167,6 +212,7 @@ fn report_prints_every_manager_and_rejects_bad_input() {
         "ondemand",
         "seed 3",
         "max 8 workers",
+        "waited > 0",
     ] {
         assert!(table.contains(name), "{name} missing from:\n{table}");
     }
@@ -223,24 +269,31 @@ fn under_a_shared_budget_the_lower_priority_pool_gives_way() {
     assert!(shop.changes <= 5, "{:?}", shop.change_log);
 }
 
-/// With the accept-queue probe at 4 Hz instead of 1 Hz, the surge is seen
-/// about four times sooner and the spike's p99 falls within the target.
+/// Why the collector's accept-queue probe runs at 4 Hz (the default of the
+/// standard scenario): at php-fpm's own 1 Hz pace the surge is seen up to a
+/// second later and more than 1 % of the spike trace waits, so the p99 is
+/// no longer 0. The sizing alone does not meet the static goal.
 #[test]
-fn a_faster_probe_keeps_the_spike_within_the_target() {
-    let target = Policy::default().wait_target_s();
-    for seed in SEEDS {
-        let mut scenario = Scenario::standard(seed);
-        scenario.probe_s = 0.25;
-        let manager = run(
-            &TraceSpec::Spike,
-            &Manager::Policy(Policy::default()),
-            &scenario,
-        )
-        .expect("simulation runs");
-        assert!(
-            manager.p99_wait_s <= target,
-            "seed {seed}: p99 {:.3} s",
-            manager.p99_wait_s
-        );
-    }
+fn a_one_hertz_probe_would_miss_the_static_goal() {
+    let policy = Policy::default();
+    let standard = Scenario::standard(1);
+    assert_eq!(standard.probe_s, 0.25);
+    let four_hz = run(
+        &TraceSpec::Spike,
+        &Manager::Policy(policy.clone()),
+        &standard,
+    )
+    .expect("simulation runs");
+    let mut slow = standard.clone();
+    slow.probe_s = 1.0;
+    let one_hz = run(&TraceSpec::Spike, &Manager::Policy(policy), &slow).expect("simulation runs");
+    assert!(
+        one_hz.waited > four_hz.waited && one_hz.p99_wait_s > four_hz.p99_wait_s,
+        "1 Hz: {} waited, p99 {:.4} s; 4 Hz: {} waited, p99 {:.4} s",
+        one_hz.waited,
+        one_hz.p99_wait_s,
+        four_hz.waited,
+        four_hz.p99_wait_s
+    );
+    assert!(one_hz.waited * 100 > one_hz.requests, "{}", one_hz.waited);
 }

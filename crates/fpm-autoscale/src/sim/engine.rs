@@ -8,7 +8,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use super::rng::Pcg32;
 use super::trace::TraceSpec;
-use super::{ChangeMechanism, Manager, Scenario, SimError, SimResult};
+use super::{ChangeMechanism, ChangeRecord, Manager, Scenario, SimError, SimResult};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
@@ -117,6 +117,7 @@ struct Sim<'a> {
     driver: Option<PolicyDriver>,
     // Results.
     waits: Vec<f64>,
+    waited: u64,
     over_target: u64,
     dropped: u64,
     spawns: u64,
@@ -124,6 +125,7 @@ struct Sim<'a> {
     worker_seconds: f64,
     memory_byte_seconds: f64,
     change_log: Vec<(f64, i8)>,
+    changes_detail: Vec<ChangeRecord>,
 }
 
 /// Runs one manager on one trace.
@@ -339,6 +341,7 @@ impl<'a> Sim<'a> {
             spawn_rate: 1,
             driver: None,
             waits: Vec::with_capacity(requests.len()),
+            waited: 0,
             over_target: 0,
             dropped: 0,
             spawns: 0,
@@ -346,6 +349,7 @@ impl<'a> Sim<'a> {
             worker_seconds: 0.0,
             memory_byte_seconds: 0.0,
             change_log: Vec::new(),
+            changes_detail: Vec::new(),
         };
         let initial = match manager {
             Manager::Static => scenario.max_workers,
@@ -516,7 +520,10 @@ impl<'a> Sim<'a> {
     fn start(&mut self, slot: usize, request: Request) {
         let wait = self.now_us.saturating_sub(request.arrival_us) as f64 / 1e6;
         self.waits.push(wait);
-        if wait > self.scenario.wait_target_s {
+        if wait > 0.0 {
+            self.waited += 1;
+        }
+        if wait > self.scenario.slow_wait_s {
             self.over_target += 1;
         }
         let worker = &mut self.workers[slot];
@@ -680,7 +687,7 @@ impl<'a> Sim<'a> {
         } else {
             NORMAL_INTERVAL_US
         };
-        if let Action::Resize { workers, .. } = decision.action {
+        if let Action::Resize { workers, reason } = decision.action {
             let scenario = self.scenario;
             let apply_us = (scenario.apply_delay_s * 1e6) as u64;
             let settle_us = match scenario.change {
@@ -690,6 +697,12 @@ impl<'a> Sim<'a> {
             driver.in_flight_until_us = now + apply_us + settle_us;
             let direction = if workers > before { 1 } else { -1 };
             self.change_log.push((now as f64 / 1e6, direction));
+            self.changes_detail.push(ChangeRecord {
+                at_s: now as f64 / 1e6,
+                from: before,
+                to: workers,
+                reason,
+            });
             self.schedule(now + apply_us, Event::Apply { workers });
         }
     }
@@ -774,11 +787,13 @@ impl<'a> Sim<'a> {
             p95_wait_s: percentile(0.95),
             p99_wait_s: percentile(0.99),
             max_wait_s: self.waits.last().copied().unwrap_or(0.0),
+            waited: self.waited,
             over_target: self.over_target,
             worker_seconds: self.worker_seconds,
             memory_gib_seconds: self.memory_byte_seconds / (1024.0 * 1024.0 * 1024.0),
             changes: self.change_log.len() as u64,
             change_log: self.change_log,
+            changes_detail: self.changes_detail,
             spawns: self.spawns,
             peak_workers: self.peak,
         }

@@ -26,11 +26,12 @@
 //!
 //! Managers: the policy of this crate (a collection every 1 s when the
 //! pool was busy at the previous one, every 5 s otherwise, plus an
-//! immediate collection when a 1 s probe (`probe_s`) of the accept queue finds every
-//! worker busy and requests waiting, as the collector does on a saturation
-//! event); `static` at max; `dynamic` (fact 16: 1 s tick, spawn rate
-//! 1, 2, 4 … 32 while idle < min_spare, one idle kill per tick when
-//! idle > max_spare); `ondemand` (fact 17: fork when a request finds no
+//! immediate collection when the collector's probe of the accept queue,
+//! every 250 ms (`probe_s`), finds every worker busy and requests waiting,
+//! as the collector does on a saturation event; one sock_diag read of the
+//! queue costs about 21 µs, `docs/bench/kernel.md`); `static` at max;
+//! `dynamic` (fact 16: 1 s tick, spawn rate 1, 2, 4 … 32 while
+//! idle < min_spare, one idle kill per tick when idle > max_spare); `ondemand` (fact 17: fork when a request finds no
 //! idle worker, reap one worker idle for 10 s per 1 s tick).
 
 mod engine;
@@ -40,6 +41,7 @@ mod trace;
 
 use thiserror::Error;
 
+use crate::decide::ResizeReason;
 use crate::policy::{Policy, PolicyError};
 
 pub use engine::{run, run_shared, SharedPool, SharedResult};
@@ -163,10 +165,12 @@ pub struct Scenario {
     /// Memory budget of the pool, bytes.
     pub memory_budget_bytes: u64,
     /// Period of the collector's accept-queue probe (a saturated pool is
-    /// collected at the next probe), seconds.
+    /// collected at the next probe), seconds. 0.25 in the standard
+    /// scenario: 4 sock_diag reads a second cost about 0.01 % of a core.
     pub probe_s: f64,
-    /// Wait target used for the "waited more than the target" column.
-    pub wait_target_s: f64,
+    /// Threshold of the table's "waited > target" column: the policy's
+    /// acceptable wait (`Policy::emergency_wait_s`, 50 ms by default).
+    pub slow_wait_s: f64,
 }
 
 impl Scenario {
@@ -197,10 +201,23 @@ impl Scenario {
             pss_sd_bytes: 6.0 * MIB,
             shared_bytes: 128 * 1024 * 1024,
             memory_budget_bytes: 3 * 1024 * 1024 * 1024,
-            wait_target_s: 0.05,
-            probe_s: 1.0,
+            slow_wait_s: 0.05,
+            probe_s: 0.25,
         }
     }
+}
+
+/// One change the manager decided in a simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRecord {
+    /// Simulated time of the decision, seconds.
+    pub at_s: f64,
+    /// Size before the change.
+    pub from: u32,
+    /// Size after the change.
+    pub to: u32,
+    /// Why the policy changed the size.
+    pub reason: ResizeReason,
 }
 
 /// What one manager achieved on one trace.
@@ -220,7 +237,9 @@ pub struct SimResult {
     pub p99_wait_s: f64,
     /// Largest wait, seconds.
     pub max_wait_s: f64,
-    /// Requests that waited longer than the wait target.
+    /// Requests that waited at all (more than 0 µs in the accept queue).
+    pub waited: u64,
+    /// Requests that waited longer than `Scenario::slow_wait_s`.
     pub over_target: u64,
     /// Integral of running workers over time.
     pub worker_seconds: f64,
@@ -230,6 +249,8 @@ pub struct SimResult {
     pub changes: u64,
     /// Times of the changes and their direction (+1 up, -1 down).
     pub change_log: Vec<(f64, i8)>,
+    /// The same changes with their sizes and reasons.
+    pub changes_detail: Vec<ChangeRecord>,
     /// Workers forked.
     pub spawns: u64,
     /// Most workers alive at once.

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::engine::run;
 use super::trace::TraceSpec;
 use super::{ChangeMechanism, Manager, Scenario, SimError, SimResult};
+use crate::decide::ResizeReason;
 use crate::policy::Policy;
 
 /// Runs the manager's policy (from `policy_yaml`, default policy when
@@ -22,7 +23,7 @@ pub fn simulate_report(
 }
 
 /// [`simulate_report`] with a non-standard scenario (its `max_workers` and
-/// `wait_target_s` are taken from the policy).
+/// `slow_wait_s` are taken from the policy).
 pub fn simulate_report_with(
     trace: TraceSpec,
     policy_yaml: Option<&str>,
@@ -33,7 +34,7 @@ pub fn simulate_report_with(
         None => Policy::default(),
     };
     scenario.max_workers = policy.spec().max_workers;
-    scenario.wait_target_s = policy.wait_target_s();
+    scenario.slow_wait_s = policy.emergency_wait_s();
     let results = simulate_all(&trace, &policy, &scenario)?;
     Ok(render_table(&trace, &scenario, &results))
 }
@@ -68,30 +69,32 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
     };
     let _ = writeln!(
         out,
-        "trace {} ({duration:.0} s), seed {}, max {} workers, wait target {:.0} ms, changes by {change}",
+        "trace {} ({duration:.0} s), seed {}, max {} workers, changes by {change}, manager's queue probe every {:.0} ms",
         trace.name(),
         scenario.seed,
         scenario.max_workers,
-        scenario.wait_target_s * 1000.0
+        scenario.probe_s * 1000.0
     );
     let _ = writeln!(
         out,
-        "| policy | requests | p50 wait ms | p95 wait ms | p99 wait ms | max wait ms | waited > target | dropped | worker-s | memory GiB-s | changes | forks | peak workers |"
+        "| policy | requests | p50 wait ms | p95 wait ms | p99 wait ms | max wait ms | waited > 0 | waited > {:.0} ms | dropped | worker-s | memory GiB-s | changes | forks | peak workers |",
+        scenario.slow_wait_s * 1000.0
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for result in results {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
             result.manager,
             result.requests,
             result.p50_wait_s * 1000.0,
             result.p95_wait_s * 1000.0,
             result.p99_wait_s * 1000.0,
             result.max_wait_s * 1000.0,
+            result.waited,
             result.over_target,
             result.dropped,
             result.worker_seconds,
@@ -100,6 +103,29 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
             result.spawns,
             result.peak_workers,
         );
+    }
+    for result in results
+        .iter()
+        .filter(|result| !result.changes_detail.is_empty())
+    {
+        let changes: Vec<String> = result
+            .changes_detail
+            .iter()
+            .map(|change| {
+                let reason = match change.reason {
+                    ResizeReason::Emergency => "emergency",
+                    ResizeReason::ScaleUp => "up",
+                    ResizeReason::ScaleDown => "down",
+                    ResizeReason::OutOfBounds => "bounds",
+                    ResizeReason::Pinned => "pin",
+                };
+                format!(
+                    "{:.1} s {}->{} {reason}",
+                    change.at_s, change.from, change.to
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "{} changes: {}", result.manager, changes.join(", "));
     }
     out
 }
