@@ -1,11 +1,15 @@
 //! Prints the simulator's comparison table:
 //! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload] [--probe SECONDS]`.
 //! `--trace` takes a built-in name, `all`, `shared` (two pools under one
-//! budget), or the path of a CSV `time_s,rate` file.
+//! budget), or the path of a CSV `time_s,rate` file. `--sweep N` prints
+//! instead one line per built-in trace and seed 1 to N with the figures
+//! the goals are about.
 
 #![allow(clippy::print_stdout)]
 
-use fpm_autoscale::sim::{run_shared, simulate_report_with, ChangeMechanism, Scenario, SharedPool};
+use fpm_autoscale::sim::{
+    run_shared, simulate_all, simulate_report_with, ChangeMechanism, Scenario, SharedPool,
+};
 use fpm_autoscale::{Policy, TraceSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut policy_text = None;
     let mut change = ChangeMechanism::Handover;
     let mut probe_s = None;
+    let mut sweep = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -23,6 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seed = value
                     .parse()
                     .map_err(|_| format!("--seed: '{value}' is not a number"))?;
+            }
+            "--sweep" => {
+                sweep = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("--sweep: '{value}' is not a number of seeds"))?,
+                );
             }
             "--policy" => policy_text = Some(std::fs::read_to_string(&value)?),
             "--probe" => {
@@ -41,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument '{other}'; use --trace, --seed, --policy, --change, --probe"
+                    "unknown argument '{other}'; use --trace, --seed, --sweep, --policy, --change, --probe"
                 )
                 .into())
             }
@@ -49,6 +61,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if trace == "shared" {
         return print_shared(seed);
+    }
+    if let Some(seeds) = sweep {
+        let policy = match &policy_text {
+            Some(text) => Policy::from_yaml(text)?,
+            None => Policy::default(),
+        };
+        return print_sweep(seeds, &policy, change, probe_s);
     }
     let traces: Vec<TraceSpec> = match trace.as_str() {
         "all" => TraceSpec::BUILTIN
@@ -70,6 +89,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{}",
             simulate_report_with(spec, policy_text.as_deref(), scenario)?
         );
+    }
+    Ok(())
+}
+
+/// The goals' figures for every built-in trace and seeds 1 to `seeds`.
+fn print_sweep(
+    seeds: u64,
+    policy: &Policy,
+    change: ChangeMechanism,
+    probe_s: Option<f64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let window_s = policy.spec().oscillation_window_s;
+    println!("| trace | seed | manager p99 ms | static p99 ms | dynamic p99 ms | waited > 0 | 1 % of requests | memory vs static | most changes in 5 min | oscillations ({window_s:.0} s) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for name in TraceSpec::BUILTIN {
+        let trace = TraceSpec::builtin(name).ok_or("unknown built-in trace")?;
+        for seed in 1..=seeds {
+            let mut scenario = Scenario::standard(seed);
+            scenario.change = change;
+            scenario.max_workers = policy.spec().max_workers;
+            scenario.slow_wait_s = policy.emergency_wait_s();
+            if let Some(probe_s) = probe_s {
+                scenario.probe_s = probe_s;
+            }
+            let results = simulate_all(&trace, policy, &scenario)?;
+            let [manager, static_max, dynamic, _] = &results[..] else {
+                return Err("expected four managers".into());
+            };
+            println!(
+                "| {name} | {seed} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2}x | {} | {} |",
+                manager.p99_wait_s * 1000.0,
+                static_max.p99_wait_s * 1000.0,
+                dynamic.p99_wait_s * 1000.0,
+                manager.waited,
+                manager.requests / 100,
+                manager.memory_gib_seconds / static_max.memory_gib_seconds,
+                manager.max_changes_within(300.0),
+                manager.oscillations_within(window_s),
+            );
+        }
     }
     Ok(())
 }
