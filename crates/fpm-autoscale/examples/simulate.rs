@@ -1,5 +1,5 @@
 //! Prints the simulator's comparison table:
-//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload] [--probe SECONDS]`.
+//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload] [--probe SECONDS] [--handover SECONDS]`.
 //! `--trace` takes a built-in name, `all`, `shared` (two pools under one
 //! budget), or the path of a CSV `time_s,rate` file. `--sweep N` prints
 //! instead one line per built-in trace and seed 1 to N with the figures
@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut change = ChangeMechanism::Handover;
     let mut probe_s = None;
     let mut sweep = None;
+    let mut handover_s = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -28,6 +29,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seed = value
                     .parse()
                     .map_err(|_| format!("--seed: '{value}' is not a number"))?;
+            }
+            "--handover" => {
+                handover_s = Some(value.parse::<f64>().map_err(|_| {
+                    format!("--handover: '{value}' is not a number of seconds")
+                })?);
             }
             "--sweep" => {
                 sweep = Some(
@@ -53,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument '{other}'; use --trace, --seed, --sweep, --policy, --change, --probe"
+                    "unknown argument '{other}'; use --trace, --seed, --sweep, --policy, --change, --probe, --handover"
                 )
                 .into())
             }
@@ -67,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(text) => Policy::from_yaml(text)?,
             None => Policy::default(),
         };
-        return print_sweep(seeds, &policy, change, probe_s);
+        return print_sweep(seeds, &policy, change, probe_s, handover_s);
     }
     let traces: Vec<TraceSpec> = match trace.as_str() {
         "all" => TraceSpec::BUILTIN
@@ -85,6 +91,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(probe_s) = probe_s {
             scenario.probe_s = probe_s;
         }
+        if let Some(handover_s) = handover_s {
+            scenario.handover_s = handover_s;
+        }
         println!(
             "{}",
             simulate_report_with(spec, policy_text.as_deref(), scenario)?
@@ -99,6 +108,7 @@ fn print_sweep(
     policy: &Policy,
     change: ChangeMechanism,
     probe_s: Option<f64>,
+    handover_s: Option<f64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let window_s = policy.spec().oscillation_window_s;
     println!("| trace | seed | manager p99 ms | static p99 ms | dynamic p99 ms | waited > 0 | 1 % of requests | memory vs static | most changes in 5 min | oscillations ({window_s:.0} s) |");
@@ -112,6 +122,9 @@ fn print_sweep(
             scenario.slow_wait_s = policy.emergency_wait_s();
             if let Some(probe_s) = probe_s {
                 scenario.probe_s = probe_s;
+            }
+            if let Some(handover_s) = handover_s {
+                scenario.handover_s = handover_s;
             }
             let results = simulate_all(&trace, policy, &scenario)?;
             let [manager, static_max, dynamic, _] = &results[..] else {
