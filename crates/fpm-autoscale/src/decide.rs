@@ -255,7 +255,7 @@ pub enum HoldReason {
 /// Why the scaler resizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizeReason {
-    /// Every worker busy and the queue growing beyond the wait target.
+    /// Every worker busy and the queue growing beyond the emergency wait.
     Emergency,
     /// The queueing model needs more workers.
     ScaleUp,
