@@ -41,8 +41,25 @@ enum Command {
     /// and managed pool files. `env[...]` values are kept out of the config
     /// (in 0600 files under env/) unless --include-secrets.
     Import(ImportArgs),
+    /// Run the autoscaler and php-fpm's own process managers side by side in
+    /// a deterministic simulation and print p50/p95/p99 wait, worker- and
+    /// memory-seconds and changes per policy.
+    Simulate(SimulateArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// steady, step, spike, diurnal, ramp, all, or a CSV file of `time_s,rate`.
+    #[arg(long, default_value = "spike")]
+    trace: String,
+    /// YAML autoscaler policy (validated like the main config).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Random seed; the same seed gives the same table.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -99,6 +116,7 @@ fn main() -> ExitCode {
         }
         Command::ExampleConfig { output } => example_config(output),
         Command::Import(args) => import(args),
+        Command::Simulate(args) => simulate(args),
         Command::Validate(args) => match load(&args) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
@@ -199,5 +217,43 @@ fn import(args: ImportArgs) -> ExitCode {
         "next: phpfpm-manager validate --config {}",
         written.config.display()
     );
+    ExitCode::SUCCESS
+}
+
+/// `simulate`: exit 64 for a bad policy or trace file, 1 if unreadable.
+fn simulate(args: SimulateArgs) -> ExitCode {
+    let policy = match &args.policy {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let names: Vec<&str> = match args.trace.as_str() {
+        "all" => vec!["steady", "step", "spike", "diurnal", "ramp"],
+        one => vec![one],
+    };
+    for name in names {
+        let trace = match fpm_autoscale::sim::TraceSpec::builtin(name) {
+            Some(t) => t,
+            None => match std::fs::read_to_string(name) {
+                Ok(csv) => fpm_autoscale::sim::TraceSpec::Csv(csv),
+                Err(e) => {
+                    eprintln!("error: --trace {name}: not a built-in trace (steady, step, spike, diurnal, ramp, all) and not a readable CSV file: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+        };
+        match fpm_autoscale::simulate_report(trace, policy.as_deref(), args.seed) {
+            Ok(table) => println!("{table}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     ExitCode::SUCCESS
 }

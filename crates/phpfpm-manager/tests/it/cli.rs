@@ -179,3 +179,39 @@ fn import_writes_a_config_that_validates_and_never_prints_secrets() {
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
     assert!(text(&out).contains("bad.conf:2"), "{}", text(&out));
 }
+
+#[test]
+fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
+    let dir = TestDir::new("cli-sim");
+    let out = run(&["simulate", "--trace", "spike", "--seed", "3"], &dir);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for row in [
+        "| manager |",
+        "| static@max |",
+        "| dynamic |",
+        "| ondemand |",
+    ] {
+        assert!(t.contains(row), "missing {row} in\n{t}");
+    }
+    // Deterministic: the same seed prints the same table.
+    let again = run(&["simulate", "--trace", "spike", "--seed", "3"], &dir);
+    assert_eq!(out.stdout, again.stdout);
+    std::fs::write(
+        dir.join("p.yaml"),
+        "min_workers: 9\nmax_workers: 3\nbogus: 1\n",
+    )
+    .unwrap();
+    let out = run(
+        &["simulate", "--trace", "steady", "--policy", "p.yaml"],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let out = run(&["simulate", "--trace", "nonesuch"], &dir);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a built-in trace"),
+        "{}",
+        text(&out)
+    );
+}
