@@ -7,5 +7,6 @@
 pub mod fpm_conf;
 pub mod pool;
 pub mod status;
+pub mod watch;
 
 pub use pool::{PoolName, PoolNameError};

@@ -112,12 +112,9 @@ impl Pools {
         state: &Arc<AppState>,
     ) -> CancellationToken {
         let token = self.cancel.child_token();
-        self.collectors.spawn(collector::run_pool(
-            pool.clone(),
-            state.clone(),
-            cfg.monitoring.collect_interval,
-            token.clone(),
-        ));
+        let _ = cfg;
+        self.collectors
+            .spawn(collector::run_pool(pool.clone(), state.clone(), token.clone()));
         token
     }
 
@@ -189,6 +186,35 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     };
     for pool in &cfg.pools {
         pools.start(pool, &cfg, &state);
+    }
+
+    // Events: log, count and keep them (and, with storage, persist them).
+    if let Some(mut rx) = state.take_events() {
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                consume_event(&st, ev);
+            }
+        });
+    }
+    // The host's memory and CPU budget, read on the normal interval.
+    if cfg.monitoring.enable_system_metrics {
+        let st = state.clone();
+        let token = cancel.clone();
+        let every = cfg.monitoring.collect_interval;
+        tokio::spawn(async move {
+            loop {
+                let budget = tokio::task::spawn_blocking(fpm_kernel::budget::read_budget)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                *st.host.write().unwrap_or_else(|e| e.into_inner()) = Some(budget);
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
     }
 
     let server = {
@@ -278,6 +304,24 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("Manager stopped.");
     Ok(())
+}
+
+/// Logs an event (capitalised sentence, severity as level), counts it, and
+/// keeps it for `GET /api/v1/events`.
+fn consume_event(state: &AppState, ev: crate::events::ManagerEvent) {
+    use crate::events::Severity;
+    let pool = ev.pool.as_deref().unwrap_or("-");
+    state
+        .metrics
+        .events
+        .with_label_values(&[pool, ev.kind])
+        .inc();
+    match ev.severity {
+        Severity::Info => tracing::info!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message),
+        Severity::Warning => tracing::warn!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message),
+        Severity::Error => tracing::error!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message),
+    }
+    state.recent_events.push(ev);
 }
 
 /// SIGHUP: re-read the config. An invalid config changes nothing; a valid one

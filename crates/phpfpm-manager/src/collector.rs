@@ -1,18 +1,30 @@
 //! The collector: one task per pool that asks php-fpm for its status page and
-//! ping on an interval and records the result in the shared state.
+//! ping, reads the pool's accept queue and its workers' CPU and memory from
+//! the kernel, turns changes into events, and records everything in the
+//! shared state. The interval adapts to load (fpm_core::watch), and a
+//! circuit breaker leaves a failing pool alone for a while.
 //!
 //! Pools never wait for each other: each has its own task, and every request
 //! is bounded by the pool's connect and total timeouts, so a pool that accepts
 //! connections and never answers costs only its own task's time.
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fpm_core::status::{parse_ping, parse_status, PoolStatus};
+use fpm_core::watch::{next_interval, Circuit, Figures, IntervalPolicy, PoolEvent, Watcher};
+use fpm_kernel::queue::{Listener, QueueReader};
+use fpm_kernel::workers::{
+    aggregate, cpu_percent, cpu_readings, sample_pool_with, CpuReading, MemoryDetail,
+    PoolAggregate, SampleContext,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Pool;
+use crate::config::{Endpoint, Monitoring, Pool};
+use crate::events::ManagerEvent;
 use crate::fastcgi::{self, Timeouts};
 use crate::state::{AppState, ScrapeError};
 
@@ -20,34 +32,277 @@ use crate::state::{AppState, ScrapeError};
 /// is starting (or recovering) shows up within a second.
 const DOWN_RETRY: Duration = Duration::from_secs(1);
 
-/// Runs collections of `pool` every `interval` until `cancel` fires.
-pub async fn run_pool(
-    pool: Pool,
-    state: Arc<AppState>,
-    interval: Duration,
-    cancel: CancellationToken,
-) {
-    let probe = ProbeMarker::new();
+/// Runs collections of `pool` until `cancel` fires: on the adaptive
+/// interval, at once when kicked (a master started or changed), and at once
+/// when the kernel's accept queue shows waiting connections.
+pub async fn run_pool(pool: Pool, state: Arc<AppState>, cancel: CancellationToken) {
+    let cfg = state.config();
+    let mon = cfg.monitoring.clone();
+    let kick = state.kick_handle(&pool.name);
+    let mut c = PoolCollector::new(pool, state.clone(), &mon);
+    let mut probe_tick = tokio::time::interval(mon.queue_probe_interval);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next = Instant::now();
+    let mut last = Instant::now() - mon.interval.busy;
     loop {
-        let started = Instant::now();
-        // Shutdown does not wait for a collection in flight.
-        let up = tokio::select! {
-            _ = cancel.cancelled() => break,
-            up = collect_once(&pool, &state, &probe) => up,
-        };
-        let period = if up {
-            interval
-        } else {
-            interval.min(DOWN_RETRY)
-        };
-        // Measured from the start of the collection, so the period holds
-        // however long the collection took (a slow one delays the next
-        // instead of causing a burst).
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(started + period) => {}
+            _ = tokio::time::sleep_until(next) => {}
+            _ = kick.notified() => {}
+            _ = probe_tick.tick() => {
+                // Something waits for a worker: look now, at most once per
+                // busy interval (the queue read itself costs ~20 µs).
+                if !(c.queue_waiting() && last.elapsed() >= mon.interval.busy) {
+                    continue;
+                }
+            }
+        }
+        let started = Instant::now();
+        let interval = tokio::select! {
+            _ = cancel.cancelled() => break,
+            i = c.collect() => i,
+        };
+        last = started;
+        next = started + interval;
+    }
+}
+
+/// Everything one pool's collector remembers between looks.
+pub struct PoolCollector {
+    pool: Pool,
+    state: Arc<AppState>,
+    probe: ProbeMarker,
+    policy: IntervalPolicy,
+    memory_interval: Duration,
+    watcher: Watcher,
+    circuit: Circuit,
+    queue: Result<(QueueReader, Listener), String>,
+    proc_ctx: Result<SampleContext, String>,
+    prev_cpu: Option<(Vec<CpuReading>, Instant)>,
+    last_memory: Option<(Instant, PoolAggregate)>,
+    was_up: bool,
+    failures_in_row: u64,
+}
+
+impl PoolCollector {
+    pub fn new(pool: Pool, state: Arc<AppState>, mon: &Monitoring) -> PoolCollector {
+        let queue = listener_of(&pool.endpoint).and_then(|l| {
+            QueueReader::new(Duration::from_millis(500))
+                .map(|r| (r, l))
+                .map_err(|e| e.to_string())
+        });
+        PoolCollector {
+            probe: ProbeMarker::new(),
+            policy: mon.interval.clone(),
+            memory_interval: mon.memory_interval,
+            watcher: Watcher::default(),
+            circuit: Circuit::new(
+                mon.circuit_failures,
+                mon.circuit_cooldown,
+                mon.circuit_cooldown * 10,
+            ),
+            queue,
+            proc_ctx: SampleContext::from_host(Path::new("/proc")).map_err(|e| e.to_string()),
+            prev_cpu: None,
+            last_memory: None,
+            was_up: false,
+            failures_in_row: 0,
+            pool,
+            state,
         }
     }
+
+    /// Reads the accept queue; true when connections are waiting.
+    pub fn queue_waiting(&mut self) -> bool {
+        let q = self.read_queue();
+        let waiting = matches!(q, Ok((n, _)) if n > 0);
+        self.state.update(&self.pool.name, |s| s.kernel.accept_queue = q);
+        waiting
+    }
+
+    fn read_queue(&mut self) -> Result<(u32, Option<u32>), String> {
+        match &mut self.queue {
+            Ok((reader, listener)) => reader
+                .accept_queue(listener)
+                .map(|q| (q.current, q.limit))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// One look at the pool; returns how long to wait before the next one.
+    pub async fn collect(&mut self) -> Duration {
+        let name = self.pool.name.clone();
+        let now_ms = epoch_ms();
+        if !self.circuit.allow(now_ms) {
+            // Left alone while the circuit is open; the queue is still read.
+            let q = self.read_queue();
+            self.state.update(&name, |s| {
+                s.kernel.accept_queue = q;
+                s.circuit_open = true;
+            });
+            return DOWN_RETRY;
+        }
+        let started = Instant::now();
+        let status = fetch_status(&self.pool, &self.probe).await;
+        let ping_ok = ping(&self.pool).await;
+        let ok = status.is_ok();
+        let error = status.as_ref().err().cloned();
+        let figures_base = status.as_ref().ok().map(|st| (st.start_time, st.accepted_conn, st.max_children_reached, st.slow_requests, st.processes.iter().map(|p| p.pid).collect::<BTreeSet<u32>>()));
+        let first_worker = status.as_ref().ok().and_then(|st| st.processes.first().map(|p| p.pid));
+        record(&self.pool, &self.state, &self.probe, status, ping_ok, started);
+
+        let mut events = Vec::new();
+        if let Some(ev) = self.circuit.record(ok, now_ms) {
+            events.push(ev);
+        }
+        match (ok, &error) {
+            (true, _) => {
+                if !self.was_up && self.failures_in_row > 0 {
+                    events.push(PoolEvent::ScrapeRecovered { after_failures: self.failures_in_row });
+                }
+                self.was_up = true;
+                self.failures_in_row = 0;
+            }
+            (false, Some(err)) => {
+                self.failures_in_row += 1;
+                if self.was_up || self.failures_in_row == WARN_AFTER_FAILURES {
+                    events.push(PoolEvent::ScrapeFailing {
+                        kind: err.kind.to_owned(),
+                        message: err.message.clone(),
+                    });
+                }
+                self.was_up = false;
+            }
+            (false, None) => {}
+        }
+
+        // The kernel's view: the listen backlog, then the workers.
+        let queue = self.read_queue();
+        let master = self
+            .state
+            .pools()
+            .get(&name)
+            .and_then(|s| s.master.pid)
+            .or_else(|| first_worker.and_then(parent_of));
+        let workers = match (&self.proc_ctx, master) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), None) => Err("master pid unknown".to_owned()),
+            (Ok(ctx), Some(master)) => self.sample_workers(ctx.clone(), master).await,
+        };
+
+        let (busy, total) = self
+            .state
+            .pools()
+            .get(&name)
+            .map(|s| (s.derived.active, s.derived.total))
+            .unwrap_or((0, 0));
+        if let Some((start_time, accepted, reached, slow, pids)) = figures_base {
+            let max_children = self.pool.spec.as_ref().map(|s| u64::from(s.max_children));
+            events.extend(self.watcher.observe(Figures {
+                at_ms: now_ms,
+                start_time,
+                accepted_conn: accepted,
+                max_children_reached: reached,
+                slow_requests: slow,
+                busy,
+                total,
+                max_children,
+                queue: queue.as_ref().ok().map(|(n, _)| *n),
+                worker_pids: pids,
+            }));
+        }
+        let waiting = queue.as_ref().map(|(n, _)| *n).unwrap_or(0);
+        let utilization = (total > 0).then(|| busy as f64 / total as f64);
+        let mut interval = if ok {
+            next_interval(&self.policy, utilization, waiting)
+        } else {
+            self.policy.normal.min(DOWN_RETRY)
+        };
+        if events.iter().any(PoolEvent::wants_collection) {
+            interval = interval.min(self.policy.busy);
+        }
+        let circuit_open = self.circuit.is_open();
+        self.state.update(&name, |s| {
+            s.kernel.accept_queue = queue;
+            s.kernel.workers = workers;
+            s.interval = interval;
+            s.circuit_open = circuit_open;
+        });
+        for ev in &events {
+            self.state
+                .events
+                .emit(ManagerEvent::from_pool(name.as_str(), ev));
+        }
+        interval
+    }
+
+    /// Samples the master and its workers (off the async threads: reading
+    /// `smaps_rollup` of many workers takes milliseconds).
+    async fn sample_workers(&mut self, ctx: SampleContext, master: u32) -> Result<PoolAggregate, String> {
+        let with_memory = self
+            .last_memory
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= self.memory_interval);
+        let detail = if with_memory {
+            MemoryDetail::SmapsRollup
+        } else {
+            MemoryDetail::Skip
+        };
+        let sample = tokio::task::spawn_blocking(move || {
+            sample_pool_with(Path::new("/proc"), master, &ctx, SystemTime::now(), detail)
+        })
+        .await
+        .map_err(|e| format!("sampling task failed: {e}"))?;
+        if let Err(reason) = &sample.master {
+            return Err(format!("master {master}: {reason}"));
+        }
+        let now = Instant::now();
+        let readings = cpu_readings(&sample);
+        let rates = match &self.prev_cpu {
+            Some((prev, at)) => cpu_percent(prev, &readings, now.duration_since(*at), self.proc_ctx.as_ref().map(|c| c.clk_tck).unwrap_or(100)),
+            None => Vec::new(),
+        };
+        self.prev_cpu = Some((readings, now));
+        let mut agg = aggregate(&sample, &rates);
+        match (&self.last_memory, with_memory) {
+            (_, true) => self.last_memory = Some((now, agg.clone())),
+            // Memory is read less often: carry the last figures forward.
+            (Some((_, mem)), false) => {
+                agg.pss = mem.pss;
+                agg.rss = mem.rss;
+                agg.uss = mem.uss;
+                agg.master_memory = mem.master_memory.clone();
+                agg.total_pss = mem.total_pss;
+            }
+            (None, false) => {}
+        }
+        Ok(agg)
+    }
+}
+
+/// Where the kernel's accept queue of an endpoint is read.
+fn listener_of(ep: &Endpoint) -> Result<Listener, String> {
+    match ep {
+        Endpoint::Unix(p) => Ok(Listener::UnixPath(p.clone())),
+        Endpoint::Tcp(addr) => addr
+            .parse::<std::net::SocketAddr>()
+            .map(Listener::Tcp)
+            .map_err(|_| format!("{addr} is not an IP address and port; the kernel queue is read only for local listeners")),
+    }
+}
+
+/// The parent of a worker: its master.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A random token added to the status request's query string, so the worker

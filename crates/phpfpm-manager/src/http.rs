@@ -65,9 +65,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let per_process = state.config().monitoring.per_process_metrics;
     let body = {
+        let host = state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let pools = state.pools();
         let list: Vec<&PoolState> = pools.values().collect();
-        state.metrics.render(&list, per_process)
+        state.metrics.render(&list, per_process, host.as_ref())
     };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod collector;
 pub mod config;
+pub mod events;
 pub mod fastcgi;
 pub mod http;
 pub mod metrics;

@@ -17,8 +17,10 @@
 
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
+
+use fpm_kernel::budget::Budget;
 
 use crate::state::PoolState;
 
@@ -29,6 +31,8 @@ pub struct Metrics {
     pub scrape_duration: HistogramVec,
     pub scrape_errors: IntCounterVec,
     pub master_restarts: IntCounterVec,
+    pub events: IntCounterVec,
+    pub events_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -67,10 +71,25 @@ impl Metrics {
             &["pool"],
         )
         .expect("static counter options are valid");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "phpfpm_manager_events_total",
+                "Events recorded, by pool and kind (saturation_begin, master_crash, ...).",
+            ),
+            &["pool", "kind"],
+        )
+        .expect("static counter options are valid");
+        let events_dropped = IntCounter::new(
+            "phpfpm_manager_events_dropped_total",
+            "Events dropped because the event channel was full.",
+        )
+        .expect("static counter options are valid");
         for c in [
             Box::new(scrape_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(scrape_errors.clone()),
             Box::new(master_restarts.clone()),
+            Box::new(events.clone()),
+            Box::new(events_dropped.clone()),
         ] {
             registry
                 .register(c)
@@ -81,13 +100,21 @@ impl Metrics {
             scrape_duration,
             scrape_errors,
             master_restarts,
+            events,
+            events_dropped,
         }
     }
 
     /// Renders everything in the classic text format (version 0.0.4).
-    pub fn render(&self, pools: &[&PoolState], per_process: bool) -> String {
+    pub fn render(
+        &self,
+        pools: &[&PoolState],
+        per_process: bool,
+        host: Option<&Result<Budget, String>>,
+    ) -> String {
         let mut families = self.registry.gather();
         families.extend(pool_families(pools, per_process));
+        families.extend(host_families(host));
         families.push(build_info());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
@@ -102,6 +129,48 @@ impl Metrics {
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The host's memory and CPU budget (cgroup v2/v1, else /proc/meminfo).
+pub fn host_families(host: Option<&Result<Budget, String>>) -> Vec<MetricFamily> {
+    let Some(Ok(b)) = host else {
+        let mut f = Family::new(
+            "phpfpm_manager_host_budget_available",
+            "Whether the host's memory and CPU budget could be read (1) or not (0).",
+            MetricType::GAUGE,
+        );
+        if host.is_some() {
+            f.push(&[], 0.0);
+        }
+        return vec![f.done()].into_iter().filter(|f| !f.get_metric().is_empty()).collect();
+    };
+    let mut out = Vec::new();
+    let items: [(&str, &str, Option<f64>); 9] = [
+        ("phpfpm_manager_host_memory_limit_bytes", "Hard memory limit of the manager's cgroup (memory.max), absent when unlimited.", b.memory_limit.map(|v| v as f64)),
+        ("phpfpm_manager_host_memory_high_bytes", "Throttling threshold of the manager's cgroup (memory.high), absent when unlimited.", b.memory_high.map(|v| v as f64)),
+        ("phpfpm_manager_host_memory_current_bytes", "Memory used by the manager's cgroup.", b.memory_current.map(|v| v as f64)),
+        ("phpfpm_manager_host_memory_total_bytes", "MemTotal from /proc/meminfo.", b.mem_total.map(|v| v as f64)),
+        ("phpfpm_manager_host_memory_available_bytes", "MemAvailable from /proc/meminfo.", b.mem_available.map(|v| v as f64)),
+        ("phpfpm_manager_host_cpu_quota_cores", "CPU quota of the manager's cgroup in cores, absent when unlimited.", b.cpu_quota_cores),
+        ("phpfpm_manager_host_cpus", "CPUs the manager may run on (affinity).", Some(f64::from(b.cpus))),
+        ("phpfpm_manager_host_load1", "1-minute load average.", Some(b.loadavg[0])),
+        ("phpfpm_manager_host_load5", "5-minute load average.", Some(b.loadavg[1])),
+    ];
+    for (name, help, v) in items {
+        if let Some(v) = v {
+            let mut f = Family::new(name, help, MetricType::GAUGE);
+            f.push(&[], v);
+            out.push(f.done());
+        }
+    }
+    let mut avail = Family::new(
+        "phpfpm_manager_host_budget_available",
+        "Whether the host's memory and CPU budget could be read (1) or not (0).",
+        MetricType::GAUGE,
+    );
+    avail.push(&[], 1.0);
+    out.push(avail.done());
+    out
+}
 
 fn build_info() -> MetricFamily {
     let mut f = Family::new(
@@ -190,6 +259,15 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ("phpfpm_manager_pm_min_spare_servers", "Configured pm.min_spare_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.min_spare_servers))),
         ("phpfpm_manager_pm_max_spare_servers", "Configured pm.max_spare_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_spare_servers))),
         ("phpfpm_manager_pm_max_requests", "Configured pm.max_requests of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_requests))),
+        ("phpfpm_manager_accept_queue", "Connections waiting in the kernel's accept queue of the pool's socket (sock_diag; works when every worker is busy and on unix sockets, unlike phpfpm_listen_queue).", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().map(|(n, _)| f64::from(*n))),
+        ("phpfpm_manager_accept_queue_limit", "Backlog limit of the pool's listening socket, from the kernel.", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().and_then(|(_, l)| l.map(f64::from))),
+        ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then(|| s.interval.as_secs_f64())),
+        ("phpfpm_manager_circuit_open", "1 while the pool's circuit breaker is open (collections paused after repeated failures).", GAUGE, |s| Some(if s.circuit_open { 1.0 } else { 0.0 })),
+        ("phpfpm_manager_worker_cpu_percent", "CPU used by the pool's workers, percent of one core, over the last interval.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.cpu_percent_total)),
+        ("phpfpm_manager_master_cpu_percent", "CPU used by the pool's master process, percent of one core.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.master_cpu_percent)),
+        ("phpfpm_manager_workers_sampled", "Workers found by process ancestry and read from /proc.", GAUGE, |s| s.kernel.workers.as_ref().ok().map(|a| a.workers as f64)),
+        ("phpfpm_manager_master_pss_bytes", "Proportional set size of the pool's master process.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.master_memory.as_ref()).map(|m| m.pss as f64)),
+        ("phpfpm_manager_pool_pss_bytes", "Proportional set size of the master and all workers: what the pool really costs (shared OPcache memory counted once).", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.total_pss).map(|v| v as f64)),
     ];
     let mut families: Vec<Family> = pool_series
         .iter()
@@ -198,6 +276,26 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
     let mut reported = Family::new(
         "phpfpm_manager_fpm_reported_processes",
         "Worker counts exactly as php-fpm's status page printed them (can include the collector's own request).",
+        GAUGE,
+    );
+    let mut kernel_ok = Family::new(
+        "phpfpm_manager_kernel_available",
+        "Whether a kernel reading of the pool works here (1) or not (0); the API says why not.",
+        GAUGE,
+    );
+    let mut pss = Family::new(
+        "phpfpm_manager_worker_pss_bytes",
+        "Proportional set size of the pool's workers: sum, p50, p95 and max over workers.",
+        GAUGE,
+    );
+    let mut rss = Family::new(
+        "phpfpm_manager_worker_rss_bytes",
+        "Resident set size of the pool's workers (counts shared memory once per worker): sum, p50, p95, max.",
+        GAUGE,
+    );
+    let mut uss = Family::new(
+        "phpfpm_manager_worker_uss_bytes",
+        "Unique (private) memory of the pool's workers: sum, p50, p95, max.",
         GAUGE,
     );
     let mut pm_info = Family::new(
@@ -244,9 +342,30 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         let labels = [("pool", pool), ("scrape_uri", uri)];
         up.push(&labels, if s.up { 1.0 } else { 0.0 });
         failures.push(&labels, s.scrape_failures as f64);
-        for (fam, (_, _, _, get)) in families.iter_mut().zip(pool_series) {
+        for (fam, (name, _, _, get)) in families.iter_mut().zip(pool_series) {
             if let Some(v) = get(s) {
-                fam.push(&labels, v);
+                // The manager's own series are labelled by pool only;
+                // scrape_uri belongs to the exporter-compatible ones.
+                if name.starts_with("phpfpm_manager_") {
+                    fam.push(&[("pool", pool)], v);
+                } else {
+                    fam.push(&labels, v);
+                }
+            }
+        }
+        for (what, ok) in [
+            ("accept_queue", s.kernel.accept_queue.is_ok()),
+            ("workers", s.kernel.workers.is_ok()),
+        ] {
+            kernel_ok.push(&[("pool", pool), ("what", what)], if ok { 1.0 } else { 0.0 });
+        }
+        if let Ok(agg) = &s.kernel.workers {
+            for (fam, dist) in [(&mut pss, agg.pss), (&mut rss, agg.rss), (&mut uss, agg.uss)] {
+                if let Some(d) = dist {
+                    for (stat, v) in [("sum", d.sum), ("p50", d.p50), ("p95", d.p95), ("max", d.max)] {
+                        fam.push(&[("pool", pool), ("stat", stat)], v as f64);
+                    }
+                }
             }
         }
         let pm = s
@@ -301,7 +420,16 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         }
     }
 
-    let mut out = vec![up.done(), failures.done(), reported.done(), pm_info.done()];
+    let mut out = vec![
+        up.done(),
+        failures.done(),
+        reported.done(),
+        pm_info.done(),
+        kernel_ok.done(),
+        pss.done(),
+        rss.done(),
+        uss.done(),
+    ];
     out.extend(families.into_iter().map(Family::done));
     if per_process {
         out.extend(process_families.into_iter().map(Family::done));
@@ -340,13 +468,16 @@ mod tests {
             status: Some(st),
             last_success: None,
             master: MasterState::default(),
+            kernel: crate::state::KernelView::default(),
+            interval: std::time::Duration::from_secs(5),
+            circuit_open: false,
         }
     }
 
     #[test]
     fn exporter_names_and_labels_are_exact() {
         let s = state(true);
-        let text = Metrics::new().render(&[&s], false);
+        let text = Metrics::new().render(&[&s], false, None);
         for line in [
             r#"phpfpm_up{pool="www",scrape_uri="unix:///run/www.sock;/status"} 1"#,
             r#"phpfpm_accepted_connections{pool="www",scrape_uri="unix:///run/www.sock;/status"} 3"#,
@@ -368,7 +499,7 @@ mod tests {
     #[test]
     fn per_process_series_use_slots() {
         let s = state(true);
-        let text = Metrics::new().render(&[&s], true);
+        let text = Metrics::new().render(&[&s], true, None);
         assert!(text.contains(
             r#"phpfpm_process_state{child="1",pool="www",scrape_uri="unix:///run/www.sock;/status",state="Running"} 1"#
         ) || text.contains(
@@ -380,7 +511,7 @@ mod tests {
     #[test]
     fn a_down_pool_keeps_its_series() {
         let s = state(false);
-        let text = Metrics::new().render(&[&s], false);
+        let text = Metrics::new().render(&[&s], false, None);
         assert!(
             text.contains(r#"phpfpm_up{pool="www",scrape_uri="unix:///run/www.sock;/status"} 0"#)
         );

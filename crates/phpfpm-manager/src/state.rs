@@ -5,8 +5,14 @@
 //! field copies and none is held across an `.await`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use fpm_kernel::budget::Budget;
+use fpm_kernel::workers::PoolAggregate;
+use tokio::sync::{mpsc, Notify};
+
+use crate::events::{EventSink, ManagerEvent, Recent};
 
 use fpm_core::fpm_conf::PoolSpec;
 use fpm_core::status::{Derived, PoolStatus};
@@ -38,6 +44,29 @@ pub struct PoolState {
     pub derived: Derived,
     pub last_success: Option<SystemTime>,
     pub master: MasterState,
+    /// What the kernel says about the pool.
+    pub kernel: KernelView,
+    /// The interval the collector uses now (adaptive).
+    pub interval: Duration,
+    pub circuit_open: bool,
+}
+
+/// The pool as the kernel sees it: the listen backlog and the workers' CPU
+/// and memory. Each part is `Err(reason)` when it cannot be read here.
+#[derive(Debug, Clone)]
+pub struct KernelView {
+    /// (waiting, limit) of the pool's listening socket.
+    pub accept_queue: Result<(u32, Option<u32>), String>,
+    pub workers: Result<PoolAggregate, String>,
+}
+
+impl Default for KernelView {
+    fn default() -> Self {
+        KernelView {
+            accept_queue: Err("not read yet".to_owned()),
+            workers: Err("not read yet".to_owned()),
+        }
+    }
 }
 
 /// A failed collection.
@@ -85,6 +114,9 @@ impl PoolState {
                 supervised: pool.spec.is_some(),
                 ..MasterState::default()
             },
+            kernel: KernelView::default(),
+            interval: Duration::ZERO,
+            circuit_open: false,
         }
     }
 }
@@ -96,6 +128,12 @@ pub struct AppState {
     pub metrics: Metrics,
     config: RwLock<Arc<Config>>,
     pub started: Instant,
+    pub events: EventSink,
+    events_rx: Mutex<Option<mpsc::Receiver<ManagerEvent>>>,
+    pub recent_events: Recent,
+    /// The host's memory and CPU budget (cgroup or /proc), when read.
+    pub host: RwLock<Option<Result<Budget, String>>>,
+    kicks: Mutex<BTreeMap<PoolName, Arc<Notify>>>,
 }
 
 impl AppState {
@@ -105,12 +143,39 @@ impl AppState {
             .iter()
             .map(|p| (p.name.clone(), PoolState::new(p)))
             .collect();
+        let metrics = Metrics::new();
+        let (events, rx) = EventSink::new(1024, metrics.events_dropped.clone());
         Arc::new(AppState {
             pools: RwLock::new(pools),
-            metrics: Metrics::new(),
+            metrics,
             config: RwLock::new(Arc::new(config)),
             started: Instant::now(),
+            events,
+            events_rx: Mutex::new(Some(rx)),
+            recent_events: Recent::default(),
+            host: RwLock::new(None),
+            kicks: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The receiving end of the event channel (taken once, by the consumer).
+    pub fn take_events(&self) -> Option<mpsc::Receiver<ManagerEvent>> {
+        self.events_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The notifier that makes a pool's collector look at once.
+    pub fn kick_handle(&self, pool: &PoolName) -> Arc<Notify> {
+        self.kicks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pool.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Asks for an immediate collection of `pool` (after a start or change).
+    pub fn kick(&self, pool: &PoolName) {
+        self.kick_handle(pool).notify_one();
     }
 
     /// The configuration in force (replaced by a runtime reload).

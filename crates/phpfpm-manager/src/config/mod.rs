@@ -167,6 +167,11 @@ pub struct Scaling {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Monitoring {
     pub collect_interval: Duration,
+    pub interval: fpm_core::watch::IntervalPolicy,
+    pub queue_probe_interval: Duration,
+    pub memory_interval: Duration,
+    pub circuit_failures: u32,
+    pub circuit_cooldown: Duration,
     pub enable_opcache: bool,
     pub enable_system_metrics: bool,
     pub per_process_metrics: bool,

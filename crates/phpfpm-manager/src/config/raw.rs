@@ -244,7 +244,25 @@ impl Default for RawTimeouts {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct RawMonitoring {
+    /// The normal interval between collections of a pool.
     pub collect_interval: String,
+    /// Used while a pool is busy (utilisation above `busy_utilization`, or
+    /// anything in the accept queue).
+    pub busy_interval: String,
+    /// Used while utilisation is below `idle_utilization`.
+    pub idle_interval: String,
+    pub busy_utilization: f64,
+    pub idle_utilization: f64,
+    /// How often the kernel's accept queue is read between collections
+    /// (cheap: one netlink request); anything queued triggers a collection.
+    pub queue_probe_interval: String,
+    /// How often worker memory (`smaps_rollup`) is read; CPU and state are
+    /// read at every collection.
+    pub memory_interval: String,
+    /// Consecutive failures that open a pool's circuit breaker.
+    pub circuit_failures: u32,
+    /// How long an open circuit leaves the pool alone before one probe.
+    pub circuit_cooldown: String,
     pub enable_opcache: bool,
     pub enable_system_metrics: bool,
     /// Per-worker `phpfpm_process_*` series (labelled by slot, not pid).
@@ -255,6 +273,14 @@ impl Default for RawMonitoring {
     fn default() -> Self {
         RawMonitoring {
             collect_interval: "5s".into(),
+            busy_interval: "1s".into(),
+            idle_interval: "15s".into(),
+            busy_utilization: 0.8,
+            idle_utilization: 0.3,
+            queue_probe_interval: "250ms".into(),
+            memory_interval: "10s".into(),
+            circuit_failures: 3,
+            circuit_cooldown: "10s".into(),
             enable_opcache: false,
             enable_system_metrics: true,
             per_process_metrics: false,

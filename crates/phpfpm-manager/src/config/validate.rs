@@ -140,6 +140,76 @@ pub(super) fn validate(
         Duration::from_secs(3600),
     );
 
+    let ms = Duration::from_millis;
+    let busy_interval = c.duration(
+        "monitoring.busy_interval",
+        &raw.monitoring.busy_interval,
+        ms(100),
+        Duration::from_secs(3600),
+    );
+    let idle_interval = c.duration(
+        "monitoring.idle_interval",
+        &raw.monitoring.idle_interval,
+        ms(100),
+        Duration::from_secs(3600),
+    );
+    if busy_interval > collect_interval {
+        c.problem(
+            "monitoring.busy_interval",
+            &raw.monitoring.busy_interval,
+            "is longer than monitoring.collect_interval",
+            "a busy pool is looked at more often: make busy_interval <= collect_interval",
+        );
+    }
+    if idle_interval < collect_interval {
+        c.problem(
+            "monitoring.idle_interval",
+            &raw.monitoring.idle_interval,
+            "is shorter than monitoring.collect_interval",
+            "an idle pool is looked at less often: make idle_interval >= collect_interval",
+        );
+    }
+    let (bu, iu) = (raw.monitoring.busy_utilization, raw.monitoring.idle_utilization);
+    for (key, v) in [("monitoring.busy_utilization", bu), ("monitoring.idle_utilization", iu)] {
+        if !(0.0..=1.0).contains(&v) {
+            c.problem(key, &v.to_string(), "must be between 0 and 1", "for example 0.8 and 0.3");
+        }
+    }
+    if iu > bu {
+        c.problem(
+            "monitoring.idle_utilization",
+            &iu.to_string(),
+            "is above monitoring.busy_utilization",
+            "make idle_utilization <= busy_utilization",
+        );
+    }
+    let queue_probe_interval = c.duration(
+        "monitoring.queue_probe_interval",
+        &raw.monitoring.queue_probe_interval,
+        ms(50),
+        Duration::from_secs(60),
+    );
+    let memory_interval = c.duration(
+        "monitoring.memory_interval",
+        &raw.monitoring.memory_interval,
+        ms(100),
+        Duration::from_secs(3600),
+    );
+    if raw.monitoring.circuit_failures == 0 {
+        c.problem(
+            "monitoring.circuit_failures",
+            "0",
+            "must be at least 1",
+            "the default is 3",
+        );
+    }
+    let circuit_cooldown = c.duration(
+        "monitoring.circuit_cooldown",
+        &raw.monitoring.circuit_cooldown,
+        ms(100),
+        Duration::from_secs(3600),
+    );
+
     let database_path = match raw.storage.database_path.as_str() {
         ":memory:" => None,
         p => c.path("storage.database_path", p, true),
@@ -251,6 +321,17 @@ pub(super) fn validate(
         pools,
         monitoring: Monitoring {
             collect_interval,
+            interval: fpm_core::watch::IntervalPolicy {
+                busy: busy_interval,
+                normal: collect_interval,
+                idle: idle_interval,
+                busy_above: bu,
+                idle_below: iu,
+            },
+            queue_probe_interval,
+            memory_interval,
+            circuit_failures: raw.monitoring.circuit_failures.max(1),
+            circuit_cooldown,
             enable_opcache: raw.monitoring.enable_opcache,
             enable_system_metrics: raw.monitoring.enable_system_metrics,
             per_process_metrics: raw.monitoring.per_process_metrics,

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Endpoint, Pool};
+use crate::events::{ManagerEvent, Severity};
 use crate::state::AppState;
 use backoff::Backoff;
 use child::{FpmBinary, Master, StopOutcome};
@@ -380,6 +381,12 @@ impl Supervisor {
                 ));
             }
         });
+        self.event(
+            if looping { "crash_loop" } else { "master_crash" },
+            if looping { Severity::Error } else { Severity::Warning },
+            format!("php-fpm master exited unexpectedly ({status})"),
+            serde_json::json!({"pid": pid, "status": status, "restart_in_ms": delay.as_millis() as u64, "crash_loop": looping}),
+        );
         if looping {
             tracing::error!(pool = self.name(), pid, "php-fpm master exited unexpectedly ({status}); the pool is crash-looping, retrying every {:?}.", SLOW_RETRY);
         } else {
@@ -430,6 +437,24 @@ impl Supervisor {
             "php-fpm master ready in {:?}.",
             started.elapsed()
         );
+        // Look at the new master at once rather than at the next interval.
+        self.state.kick(&self.pool.name);
+    }
+
+    fn event(
+        &self,
+        kind: &'static str,
+        severity: Severity,
+        message: String,
+        details: serde_json::Value,
+    ) {
+        self.state.events.emit(ManagerEvent::new(
+            Some(self.name()),
+            kind,
+            severity,
+            message,
+            details,
+        ));
     }
 
     /// Spawns a master on the current sockets and waits for it to be ready.
@@ -504,6 +529,12 @@ impl Supervisor {
                 pool = self.name(),
                 "Refused a pool change: {msg}. The pool keeps running unchanged."
             );
+            self.event(
+                "change_refused",
+                Severity::Error,
+                format!("pool change refused: {msg}"),
+                serde_json::json!({"stage": "php-fpm -t"}),
+            );
             self.state.update(&self.pool.name, |s| {
                 s.master.last_apply_error = Some(msg.clone())
             });
@@ -529,6 +560,12 @@ impl Supervisor {
                 tracing::error!(
                     pool = self.name(),
                     "New php-fpm master failed to start: {msg}. The old one keeps serving."
+                );
+                self.event(
+                    "change_refused",
+                    Severity::Error,
+                    format!("new master failed to start: {msg}"),
+                    serde_json::json!({"stage": "start"}),
                 );
                 self.state.update(&self.pool.name, |s| {
                     s.master.last_apply_error = Some(msg.clone())
@@ -564,6 +601,20 @@ impl Supervisor {
             new_pid = current.as_ref().map(|m| m.pid),
             generation = self.generation,
             "Applied new pool settings by hand-over in {took:?}."
+        );
+        let spec = self.spec.as_ref();
+        self.event(
+            "pool_change",
+            Severity::Info,
+            format!("pool settings applied by hand-over in {} ms", took.as_millis()),
+            serde_json::json!({
+                "old_pid": old_pid,
+                "new_pid": current.as_ref().map(|m| m.pid),
+                "generation": self.generation,
+                "took_ms": took.as_millis() as u64,
+                "pm": spec.map(|s| s.pm.as_str()),
+                "max_children": spec.map(|s| s.max_children),
+            }),
         );
         Ok(ApplyReport {
             old_pid,
@@ -742,6 +793,12 @@ impl Supervisor {
             pid,
             generation,
             "Adopted the running php-fpm master."
+        );
+        self.event(
+            "adoption",
+            Severity::Info,
+            format!("adopted the running php-fpm master {pid}"),
+            serde_json::json!({"pid": pid, "generation": generation, "sockets_recovered": !self.sockets.is_empty()}),
         );
         Some(master)
     }

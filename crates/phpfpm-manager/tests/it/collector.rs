@@ -15,12 +15,21 @@ use crate::support::{rt, FpmOpts, TestFpm};
 
 /// An AppState whose config lists exactly `pools`.
 fn state_for(pools: Vec<config::Pool>) -> Arc<AppState> {
+    state_with_interval(pools, Duration::from_secs(5))
+}
+
+/// The same, collecting every `every` whatever the load.
+fn state_with_interval(pools: Vec<config::Pool>, every: Duration) -> Arc<AppState> {
     let mut cfg = config::load(&LoadInput {
         cwd: "/tmp".into(),
         ..LoadInput::default()
     })
     .unwrap();
     cfg.pools = pools;
+    cfg.monitoring.collect_interval = every;
+    cfg.monitoring.interval.busy = every;
+    cfg.monitoring.interval.normal = every;
+    cfg.monitoring.interval.idle = every;
     AppState::new(cfg)
 }
 
@@ -159,15 +168,15 @@ fn a_hanging_pool_does_not_delay_healthy_pools() {
 
     let mut pools: Vec<_> = healthy.iter().map(|f| f.pool()).collect();
     pools.push(hang.clone());
-    let state = state_for(pools.clone());
     let interval = Duration::from_millis(200);
+    let state = state_with_interval(pools.clone(), interval);
     let window = Duration::from_millis(2000);
     let cancel = CancellationToken::new();
     let started = Instant::now();
     rt().block_on(async {
         let tasks: Vec<_> = pools
             .iter()
-            .map(|p| tokio::spawn(run_pool(p.clone(), state.clone(), interval, cancel.clone())))
+            .map(|p| tokio::spawn(run_pool(p.clone(), state.clone(), cancel.clone())))
             .collect();
         tokio::time::sleep(window).await;
         cancel.cancel();
