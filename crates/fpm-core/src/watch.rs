@@ -74,17 +74,43 @@ pub struct Figures {
 /// Something worth recording about a pool, with the figures behind it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PoolEvent {
-    SaturationBegan { busy: u64, total: u64, queue: u32 },
-    SaturationEnded { busy: u64, total: u64, lasted_ms: u64 },
-    MaxChildrenReached { times: u64 },
-    SlowRequests { count: u64 },
-    MasterRestarted { old_start: u64, new_start: u64 },
+    SaturationBegan {
+        busy: u64,
+        total: u64,
+        queue: u32,
+    },
+    SaturationEnded {
+        busy: u64,
+        total: u64,
+        lasted_ms: u64,
+    },
+    MaxChildrenReached {
+        times: u64,
+    },
+    SlowRequests {
+        count: u64,
+    },
+    MasterRestarted {
+        old_start: u64,
+        new_start: u64,
+    },
     /// Many workers replaced in a short time (pm.max_requests too low,
     /// crashing scripts, memory limits).
-    RespawnStorm { new_workers: u64, window_ms: u64 },
-    ScrapeFailing { kind: String, message: String },
-    ScrapeRecovered { after_failures: u64 },
-    CircuitOpened { failures: u32, retry_in_ms: u64 },
+    RespawnStorm {
+        new_workers: u64,
+        window_ms: u64,
+    },
+    ScrapeFailing {
+        kind: String,
+        message: String,
+    },
+    ScrapeRecovered {
+        after_failures: u64,
+    },
+    CircuitOpened {
+        failures: u32,
+        retry_in_ms: u64,
+    },
     CircuitClosed,
 }
 
@@ -134,7 +160,8 @@ impl Watcher {
     /// Is the pool saturated in these figures? Every worker busy at the
     /// maximum, or connections waiting in the kernel's queue.
     pub fn saturated(f: &Figures) -> bool {
-        let all_busy = f.total > 0 && f.busy >= f.total && f.max_children.is_none_or(|m| f.total >= m);
+        let all_busy =
+            f.total > 0 && f.busy >= f.total && f.max_children.is_none_or(|m| f.total >= m);
         all_busy || f.queue.is_some_and(|q| q > 0)
     }
 
@@ -168,7 +195,11 @@ impl Watcher {
                     new_start: cur.start_time,
                 });
             }
-            let reached = counter_delta(prev.max_children_reached, cur.max_children_reached, restarted);
+            let reached = counter_delta(
+                prev.max_children_reached,
+                cur.max_children_reached,
+                restarted,
+            );
             if reached > 0 {
                 out.push(PoolEvent::MaxChildrenReached { times: reached });
             }
@@ -338,15 +369,32 @@ mod tests {
         let mut w = Watcher::default();
         assert!(w.observe(fig(0, 1, 4)).is_empty());
         let ev = w.observe(fig(1000, 4, 4));
-        assert_eq!(ev, vec![PoolEvent::SaturationBegan { busy: 4, total: 4, queue: 0 }]);
+        assert_eq!(
+            ev,
+            vec![PoolEvent::SaturationBegan {
+                busy: 4,
+                total: 4,
+                queue: 0
+            }]
+        );
         assert!(ev[0].wants_collection());
         assert!(w.observe(fig(2000, 4, 4)).is_empty());
         let ev = w.observe(fig(3500, 2, 4));
-        assert_eq!(ev, vec![PoolEvent::SaturationEnded { busy: 2, total: 4, lasted_ms: 2500 }]);
+        assert_eq!(
+            ev,
+            vec![PoolEvent::SaturationEnded {
+                busy: 2,
+                total: 4,
+                lasted_ms: 2500
+            }]
+        );
         // A queue alone is saturation, even with idle-looking counts.
         let mut q = fig(4000, 1, 4);
         q.queue = Some(8);
-        assert!(matches!(w.observe(q)[0], PoolEvent::SaturationBegan { queue: 8, .. }));
+        assert!(matches!(
+            w.observe(q)[0],
+            PoolEvent::SaturationBegan { queue: 8, .. }
+        ));
     }
 
     #[test]
@@ -364,7 +412,10 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                PoolEvent::MasterRestarted { old_start: 100, new_start: 200 },
+                PoolEvent::MasterRestarted {
+                    old_start: 100,
+                    new_start: 200
+                },
                 PoolEvent::MaxChildrenReached { times: 1 }
             ]
         );
@@ -377,7 +428,9 @@ mod tests {
         let mut storms = 0;
         for i in 1..=20u64 {
             let mut f = fig(i * 1000, 0, 2);
-            f.worker_pids = [100 + i as u32 * 2, 101 + i as u32 * 2].into_iter().collect();
+            f.worker_pids = [100 + i as u32 * 2, 101 + i as u32 * 2]
+                .into_iter()
+                .collect();
             storms += w
                 .observe(f)
                 .iter()
@@ -393,7 +446,13 @@ mod tests {
         assert!(c.allow(0));
         assert_eq!(c.record(false, 0), None);
         assert_eq!(c.record(false, 1), None);
-        assert!(matches!(c.record(false, 2), Some(PoolEvent::CircuitOpened { failures: 3, retry_in_ms: 10_000 })));
+        assert!(matches!(
+            c.record(false, 2),
+            Some(PoolEvent::CircuitOpened {
+                failures: 3,
+                retry_in_ms: 10_000
+            })
+        ));
         assert!(!c.allow(5_000));
         assert!(c.allow(10_002));
         assert_eq!(c.state(), CircuitState::HalfOpen);

@@ -113,8 +113,11 @@ impl Pools {
     ) -> CancellationToken {
         let token = self.cancel.child_token();
         let _ = cfg;
-        self.collectors
-            .spawn(collector::run_pool(pool.clone(), state.clone(), token.clone()));
+        self.collectors.spawn(collector::run_pool(
+            pool.clone(),
+            state.clone(),
+            token.clone(),
+        ));
         token
     }
 
@@ -317,9 +320,15 @@ fn consume_event(state: &AppState, ev: crate::events::ManagerEvent) {
         .with_label_values(&[pool, ev.kind])
         .inc();
     match ev.severity {
-        Severity::Info => tracing::info!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message),
-        Severity::Warning => tracing::warn!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message),
-        Severity::Error => tracing::error!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message),
+        Severity::Info => {
+            tracing::info!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
+        }
+        Severity::Warning => {
+            tracing::warn!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
+        }
+        Severity::Error => {
+            tracing::error!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
+        }
     }
     state.recent_events.push(ev);
 }

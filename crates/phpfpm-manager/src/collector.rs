@@ -82,6 +82,8 @@ pub struct PoolCollector {
     last_memory: Option<(Instant, PoolAggregate)>,
     was_up: bool,
     failures_in_row: u64,
+    /// The pool's worker pids from the last status page.
+    pool_pids: BTreeSet<u32>,
 }
 
 impl PoolCollector {
@@ -107,6 +109,7 @@ impl PoolCollector {
             last_memory: None,
             was_up: false,
             failures_in_row: 0,
+            pool_pids: BTreeSet::new(),
             pool,
             state,
         }
@@ -116,7 +119,8 @@ impl PoolCollector {
     pub fn queue_waiting(&mut self) -> bool {
         let q = self.read_queue();
         let waiting = matches!(q, Ok((n, _)) if n > 0);
-        self.state.update(&self.pool.name, |s| s.kernel.accept_queue = q);
+        self.state
+            .update(&self.pool.name, |s| s.kernel.accept_queue = q);
         waiting
     }
 
@@ -148,9 +152,35 @@ impl PoolCollector {
         let ping_ok = ping(&self.pool).await;
         let ok = status.is_ok();
         let error = status.as_ref().err().cloned();
-        let figures_base = status.as_ref().ok().map(|st| (st.start_time, st.accepted_conn, st.max_children_reached, st.slow_requests, st.processes.iter().map(|p| p.pid).collect::<BTreeSet<u32>>()));
-        let first_worker = status.as_ref().ok().and_then(|st| st.processes.first().map(|p| p.pid));
-        record(&self.pool, &self.state, &self.probe, status, ping_ok, started);
+        let figures_base = status.as_ref().ok().map(|st| {
+            (
+                st.start_time,
+                st.accepted_conn,
+                st.max_children_reached,
+                st.slow_requests,
+                st.processes
+                    .iter()
+                    .map(|p| p.pid)
+                    .collect::<BTreeSet<u32>>(),
+            )
+        });
+        let first_worker = status
+            .as_ref()
+            .ok()
+            .and_then(|st| st.processes.first().map(|p| p.pid));
+        if let Ok(st) = &status {
+            // The master's children include the workers of the hidden status
+            // pool (pm.status_listen); the status page names the pool's own.
+            self.pool_pids = st.processes.iter().map(|p| p.pid).collect();
+        }
+        record(
+            &self.pool,
+            &self.state,
+            &self.probe,
+            status,
+            ping_ok,
+            started,
+        );
 
         let mut events = Vec::new();
         if let Some(ev) = self.circuit.record(ok, now_ms) {
@@ -159,7 +189,9 @@ impl PoolCollector {
         match (ok, &error) {
             (true, _) => {
                 if !self.was_up && self.failures_in_row > 0 {
-                    events.push(PoolEvent::ScrapeRecovered { after_failures: self.failures_in_row });
+                    events.push(PoolEvent::ScrapeRecovered {
+                        after_failures: self.failures_in_row,
+                    });
                 }
                 self.was_up = true;
                 self.failures_in_row = 0;
@@ -188,7 +220,7 @@ impl PoolCollector {
         let workers = match (&self.proc_ctx, master) {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), None) => Err("master pid unknown".to_owned()),
-            (Ok(ctx), Some(master)) => self.sample_workers(ctx.clone(), master).await,
+            (Ok(ctx), Some(master)) => self.sample_workers(*ctx, master).await,
         };
 
         let (busy, total) = self
@@ -239,7 +271,11 @@ impl PoolCollector {
 
     /// Samples the master and its workers (off the async threads: reading
     /// `smaps_rollup` of many workers takes milliseconds).
-    async fn sample_workers(&mut self, ctx: SampleContext, master: u32) -> Result<PoolAggregate, String> {
+    async fn sample_workers(
+        &mut self,
+        ctx: SampleContext,
+        master: u32,
+    ) -> Result<PoolAggregate, String> {
         let with_memory = self
             .last_memory
             .as_ref()
@@ -249,18 +285,28 @@ impl PoolCollector {
         } else {
             MemoryDetail::Skip
         };
-        let sample = tokio::task::spawn_blocking(move || {
+        let mut sample = tokio::task::spawn_blocking(move || {
             sample_pool_with(Path::new("/proc"), master, &ctx, SystemTime::now(), detail)
         })
         .await
         .map_err(|e| format!("sampling task failed: {e}"))?;
+        if !self.pool_pids.is_empty() {
+            sample
+                .workers
+                .retain(|w| self.pool_pids.contains(&w.key.pid));
+        }
         if let Err(reason) = &sample.master {
             return Err(format!("master {master}: {reason}"));
         }
         let now = Instant::now();
         let readings = cpu_readings(&sample);
         let rates = match &self.prev_cpu {
-            Some((prev, at)) => cpu_percent(prev, &readings, now.duration_since(*at), self.proc_ctx.as_ref().map(|c| c.clk_tck).unwrap_or(100)),
+            Some((prev, at)) => cpu_percent(
+                prev,
+                &readings,
+                now.duration_since(*at),
+                self.proc_ctx.as_ref().map(|c| c.clk_tck).unwrap_or(100),
+            ),
             None => Vec::new(),
         };
         self.prev_cpu = Some((readings, now));
@@ -272,7 +318,7 @@ impl PoolCollector {
                 agg.pss = mem.pss;
                 agg.rss = mem.rss;
                 agg.uss = mem.uss;
-                agg.master_memory = mem.master_memory.clone();
+                agg.master_memory = mem.master_memory;
                 agg.total_pss = mem.total_pss;
             }
             (None, false) => {}
@@ -295,7 +341,12 @@ fn listener_of(ep: &Endpoint) -> Result<Listener, String> {
 /// The parent of a worker: its master.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn epoch_ms() -> u64 {

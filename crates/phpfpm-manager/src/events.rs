@@ -70,12 +70,21 @@ impl ManagerEvent {
         let (severity, message, details) = match ev {
             PoolEvent::SaturationBegan { busy, total, queue } => (
                 Severity::Warning,
-                format!("pool saturated: {busy} of {total} workers busy, {queue} connections waiting"),
+                format!(
+                    "pool saturated: {busy} of {total} workers busy, {queue} connections waiting"
+                ),
                 json!({"busy": busy, "total": total, "queue": queue}),
             ),
-            PoolEvent::SaturationEnded { busy, total, lasted_ms } => (
+            PoolEvent::SaturationEnded {
+                busy,
+                total,
+                lasted_ms,
+            } => (
                 Severity::Info,
-                format!("saturation ended after {:.1}s ({busy} of {total} busy)", *lasted_ms as f64 / 1000.0),
+                format!(
+                    "saturation ended after {:.1}s ({busy} of {total} busy)",
+                    *lasted_ms as f64 / 1000.0
+                ),
                 json!({"busy": busy, "total": total, "lasted_ms": lasted_ms}),
             ),
             PoolEvent::MaxChildrenReached { times } => (
@@ -88,14 +97,23 @@ impl ManagerEvent {
                 format!("{count} new slow request(s)"),
                 json!({"count": count}),
             ),
-            PoolEvent::MasterRestarted { old_start, new_start } => (
+            PoolEvent::MasterRestarted {
+                old_start,
+                new_start,
+            } => (
                 Severity::Info,
                 "the pool's master (re)started; its counters restart from 0".to_owned(),
                 json!({"old_start_time": old_start, "new_start_time": new_start}),
             ),
-            PoolEvent::RespawnStorm { new_workers, window_ms } => (
+            PoolEvent::RespawnStorm {
+                new_workers,
+                window_ms,
+            } => (
                 Severity::Warning,
-                format!("{new_workers} workers replaced within {}s", window_ms / 1000),
+                format!(
+                    "{new_workers} workers replaced within {}s",
+                    window_ms / 1000
+                ),
                 json!({"new_workers": new_workers, "window_ms": window_ms}),
             ),
             PoolEvent::ScrapeFailing { kind, message } => (
@@ -108,9 +126,15 @@ impl ManagerEvent {
                 format!("status collection works again after {after_failures} failure(s)"),
                 json!({"after_failures": after_failures}),
             ),
-            PoolEvent::CircuitOpened { failures, retry_in_ms } => (
+            PoolEvent::CircuitOpened {
+                failures,
+                retry_in_ms,
+            } => (
                 Severity::Error,
-                format!("circuit opened after {failures} failures; next probe in {}s", retry_in_ms / 1000),
+                format!(
+                    "circuit opened after {failures} failures; next probe in {}s",
+                    retry_in_ms / 1000
+                ),
                 json!({"failures": failures, "retry_in_ms": retry_in_ms}),
             ),
             PoolEvent::CircuitClosed => (
@@ -191,10 +215,16 @@ mod tests {
     fn recent_keeps_the_newest() {
         let r = Recent::default();
         for i in 0..(RECENT_CAPACITY + 10) {
-            r.push(ManagerEvent::from_pool("p", &PoolEvent::SlowRequests { count: i as u64 }));
+            r.push(ManagerEvent::from_pool(
+                "p",
+                &PoolEvent::SlowRequests { count: i as u64 },
+            ));
         }
         let snap = r.snapshot();
         assert_eq!(snap.len(), RECENT_CAPACITY);
-        assert_eq!(snap.last().unwrap().details["count"], (RECENT_CAPACITY + 9) as u64);
+        assert_eq!(
+            snap.last().unwrap().details["count"],
+            (RECENT_CAPACITY + 9) as u64
+        );
     }
 }

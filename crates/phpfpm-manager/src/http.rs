@@ -55,7 +55,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/api/v1/health/ready", get(ready))
             .route("/api/v1/status", get(status))
             .route("/api/v1/pools", get(pools))
-            .route("/api/v1/pools/{pool}", get(pool));
+            .route("/api/v1/pools/{pool}", get(pool))
+            .route("/api/v1/events/recent", get(recent_events));
     }
     app.fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -117,6 +118,24 @@ struct PoolDto {
     slow_requests: Option<u64>,
     master: MasterDto,
     pm: Option<PmDto>,
+    kernel: KernelDto,
+    collect_interval_ms: u64,
+    circuit_open: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct KernelDto {
+    accept_queue: Option<u32>,
+    accept_queue_limit: Option<u32>,
+    /// Why the accept queue cannot be read here.
+    accept_queue_error: Option<String>,
+    workers_sampled: Option<usize>,
+    worker_pss_sum_bytes: Option<u64>,
+    worker_pss_p95_bytes: Option<u64>,
+    worker_rss_sum_bytes: Option<u64>,
+    pool_pss_bytes: Option<u64>,
+    worker_cpu_percent: Option<f64>,
+    workers_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -193,6 +212,40 @@ impl PoolDto {
                 generation: s.master.generation,
                 adopted: s.master.adopted,
             },
+            kernel: KernelDto {
+                accept_queue: s.kernel.accept_queue.as_ref().ok().map(|q| q.0),
+                accept_queue_limit: s.kernel.accept_queue.as_ref().ok().and_then(|q| q.1),
+                accept_queue_error: s.kernel.accept_queue.as_ref().err().cloned(),
+                workers_sampled: s.kernel.workers.as_ref().ok().map(|a| a.workers),
+                worker_pss_sum_bytes: s
+                    .kernel
+                    .workers
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.pss.map(|d| d.sum)),
+                worker_pss_p95_bytes: s
+                    .kernel
+                    .workers
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.pss.map(|d| d.p95)),
+                worker_rss_sum_bytes: s
+                    .kernel
+                    .workers
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.rss.map(|d| d.sum)),
+                pool_pss_bytes: s.kernel.workers.as_ref().ok().and_then(|a| a.total_pss),
+                worker_cpu_percent: s
+                    .kernel
+                    .workers
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.cpu_percent_total),
+                workers_error: s.kernel.workers.as_ref().err().cloned(),
+            },
+            collect_interval_ms: s.interval.as_millis() as u64,
+            circuit_open: s.circuit_open,
             pm: s.spec.as_ref().map(|p| PmDto {
                 pm: p.pm.as_str(),
                 max_children: p.max_children,
@@ -232,4 +285,50 @@ async fn pool(
         .find(|p| p.name.as_str() == name)
         .map(|p| Json(PoolDto::from_state(p)))
         .ok_or_else(|| ApiError::not_found(format!("no pool named {name:?}")))
+}
+
+/// Query of `GET /api/v1/events/recent`.
+#[derive(Debug, serde::Deserialize)]
+struct RecentQuery {
+    pool: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most recent events kept in memory (newest first), whatever storage
+/// is configured; `GET /api/v1/events` serves the stored history.
+async fn recent_events(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<RecentQuery>,
+) -> Json<serde_json::Value> {
+    let limit = q.limit.unwrap_or(100).min(crate::events::RECENT_CAPACITY);
+    let events: Vec<serde_json::Value> = state
+        .recent_events
+        .snapshot()
+        .into_iter()
+        .rev()
+        .filter(|e| {
+            q.pool
+                .as_deref()
+                .is_none_or(|p| e.pool.as_deref() == Some(p))
+        })
+        .filter(|e| q.kind.as_deref().is_none_or(|k| e.kind == k))
+        .take(limit)
+        .map(|e| {
+            let ts =
+                e.at.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+            json!({
+                "ts_ms": ts,
+                "pool": e.pool,
+                "type": e.kind,
+                "severity": e.severity.as_str(),
+                "message": e.message,
+                "details": e.details,
+            })
+        })
+        .collect();
+    Json(json!({ "events": events }))
 }

@@ -141,19 +141,58 @@ pub fn host_families(host: Option<&Result<Budget, String>>) -> Vec<MetricFamily>
         if host.is_some() {
             f.push(&[], 0.0);
         }
-        return vec![f.done()].into_iter().filter(|f| !f.get_metric().is_empty()).collect();
+        return vec![f.done()]
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
     };
     let mut out = Vec::new();
     let items: [(&str, &str, Option<f64>); 9] = [
-        ("phpfpm_manager_host_memory_limit_bytes", "Hard memory limit of the manager's cgroup (memory.max), absent when unlimited.", b.memory_limit.map(|v| v as f64)),
-        ("phpfpm_manager_host_memory_high_bytes", "Throttling threshold of the manager's cgroup (memory.high), absent when unlimited.", b.memory_high.map(|v| v as f64)),
-        ("phpfpm_manager_host_memory_current_bytes", "Memory used by the manager's cgroup.", b.memory_current.map(|v| v as f64)),
-        ("phpfpm_manager_host_memory_total_bytes", "MemTotal from /proc/meminfo.", b.mem_total.map(|v| v as f64)),
-        ("phpfpm_manager_host_memory_available_bytes", "MemAvailable from /proc/meminfo.", b.mem_available.map(|v| v as f64)),
-        ("phpfpm_manager_host_cpu_quota_cores", "CPU quota of the manager's cgroup in cores, absent when unlimited.", b.cpu_quota_cores),
-        ("phpfpm_manager_host_cpus", "CPUs the manager may run on (affinity).", Some(f64::from(b.cpus))),
-        ("phpfpm_manager_host_load1", "1-minute load average.", Some(b.loadavg[0])),
-        ("phpfpm_manager_host_load5", "5-minute load average.", Some(b.loadavg[1])),
+        (
+            "phpfpm_manager_host_memory_limit_bytes",
+            "Hard memory limit of the manager's cgroup (memory.max), absent when unlimited.",
+            b.memory_limit.map(|v| v as f64),
+        ),
+        (
+            "phpfpm_manager_host_memory_high_bytes",
+            "Throttling threshold of the manager's cgroup (memory.high), absent when unlimited.",
+            b.memory_high.map(|v| v as f64),
+        ),
+        (
+            "phpfpm_manager_host_memory_current_bytes",
+            "Memory used by the manager's cgroup.",
+            b.memory_current.map(|v| v as f64),
+        ),
+        (
+            "phpfpm_manager_host_memory_total_bytes",
+            "MemTotal from /proc/meminfo.",
+            b.mem_total.map(|v| v as f64),
+        ),
+        (
+            "phpfpm_manager_host_memory_available_bytes",
+            "MemAvailable from /proc/meminfo.",
+            b.mem_available.map(|v| v as f64),
+        ),
+        (
+            "phpfpm_manager_host_cpu_quota_cores",
+            "CPU quota of the manager's cgroup in cores, absent when unlimited.",
+            b.cpu_quota_cores,
+        ),
+        (
+            "phpfpm_manager_host_cpus",
+            "CPUs the manager may run on (affinity).",
+            Some(f64::from(b.cpus)),
+        ),
+        (
+            "phpfpm_manager_host_load1",
+            "1-minute load average.",
+            Some(b.loadavg[0]),
+        ),
+        (
+            "phpfpm_manager_host_load5",
+            "5-minute load average.",
+            Some(b.loadavg[1]),
+        ),
     ];
     for (name, help, v) in items {
         if let Some(v) = v {
@@ -261,7 +300,7 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ("phpfpm_manager_pm_max_requests", "Configured pm.max_requests of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_requests))),
         ("phpfpm_manager_accept_queue", "Connections waiting in the kernel's accept queue of the pool's socket (sock_diag; works when every worker is busy and on unix sockets, unlike phpfpm_listen_queue).", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().map(|(n, _)| f64::from(*n))),
         ("phpfpm_manager_accept_queue_limit", "Backlog limit of the pool's listening socket, from the kernel.", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().and_then(|(_, l)| l.map(f64::from))),
-        ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then(|| s.interval.as_secs_f64())),
+        ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then_some(s.interval.as_secs_f64())),
         ("phpfpm_manager_circuit_open", "1 while the pool's circuit breaker is open (collections paused after repeated failures).", GAUGE, |s| Some(if s.circuit_open { 1.0 } else { 0.0 })),
         ("phpfpm_manager_worker_cpu_percent", "CPU used by the pool's workers, percent of one core, over the last interval.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.cpu_percent_total)),
         ("phpfpm_manager_master_cpu_percent", "CPU used by the pool's master process, percent of one core.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.master_cpu_percent)),
@@ -357,12 +396,24 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
             ("accept_queue", s.kernel.accept_queue.is_ok()),
             ("workers", s.kernel.workers.is_ok()),
         ] {
-            kernel_ok.push(&[("pool", pool), ("what", what)], if ok { 1.0 } else { 0.0 });
+            kernel_ok.push(
+                &[("pool", pool), ("what", what)],
+                if ok { 1.0 } else { 0.0 },
+            );
         }
         if let Ok(agg) = &s.kernel.workers {
-            for (fam, dist) in [(&mut pss, agg.pss), (&mut rss, agg.rss), (&mut uss, agg.uss)] {
+            for (fam, dist) in [
+                (&mut pss, agg.pss),
+                (&mut rss, agg.rss),
+                (&mut uss, agg.uss),
+            ] {
                 if let Some(d) = dist {
-                    for (stat, v) in [("sum", d.sum), ("p50", d.p50), ("p95", d.p95), ("max", d.max)] {
+                    for (stat, v) in [
+                        ("sum", d.sum),
+                        ("p50", d.p50),
+                        ("p95", d.p95),
+                        ("max", d.max),
+                    ] {
                         fam.push(&[("pool", pool), ("stat", stat)], v as f64);
                     }
                 }

@@ -160,7 +160,10 @@ impl AppState {
 
     /// The receiving end of the event channel (taken once, by the consumer).
     pub fn take_events(&self) -> Option<mpsc::Receiver<ManagerEvent>> {
-        self.events_rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.events_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The notifier that makes a pool's collector look at once.

@@ -169,10 +169,21 @@ pub(super) fn validate(
             "an idle pool is looked at less often: make idle_interval >= collect_interval",
         );
     }
-    let (bu, iu) = (raw.monitoring.busy_utilization, raw.monitoring.idle_utilization);
-    for (key, v) in [("monitoring.busy_utilization", bu), ("monitoring.idle_utilization", iu)] {
+    let (bu, iu) = (
+        raw.monitoring.busy_utilization,
+        raw.monitoring.idle_utilization,
+    );
+    for (key, v) in [
+        ("monitoring.busy_utilization", bu),
+        ("monitoring.idle_utilization", iu),
+    ] {
         if !(0.0..=1.0).contains(&v) {
-            c.problem(key, &v.to_string(), "must be between 0 and 1", "for example 0.8 and 0.3");
+            c.problem(
+                key,
+                &v.to_string(),
+                "must be between 0 and 1",
+                "for example 0.8 and 0.3",
+            );
         }
     }
     if iu > bu {

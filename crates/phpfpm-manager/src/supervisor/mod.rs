@@ -606,7 +606,10 @@ impl Supervisor {
         self.event(
             "pool_change",
             Severity::Info,
-            format!("pool settings applied by hand-over in {} ms", took.as_millis()),
+            format!(
+                "pool settings applied by hand-over in {} ms",
+                took.as_millis()
+            ),
             serde_json::json!({
                 "old_pid": old_pid,
                 "new_pid": current.as_ref().map(|m| m.pid),

@@ -14,5 +14,7 @@ mod collector;
 /// The daemon end to end: zero-config start, /metrics through promtool,
 /// health, API, graceful shutdown leaving no php-fpm behind.
 mod daemon;
+/// Deep collection through the daemon: accept queue, memory, interval, events.
+mod deep;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;

@@ -1,0 +1,214 @@
+//! Deep collection through the running daemon: the kernel's accept queue
+//! while php-fpm's status page says 0, worker memory against
+//! `smaps_rollup`, the adaptive interval, and saturation events.
+
+use std::time::{Duration, Instant};
+
+use phpfpm_manager::config::Endpoint;
+use phpfpm_manager::fastcgi::{self, Timeouts};
+
+use crate::support::{TestDaemon, TestDir, SLEEP_PHP};
+
+fn daemon(tag: &str, workers: u32, extra: &str) -> TestDaemon {
+    let dir = TestDir::new(tag);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/sleep.php"), SLEEP_PHP).unwrap();
+    let cfg = format!(
+        "monitoring:\n  collect_interval: 5s\n{extra}pools:\n  - name: a\n    pm: static\n    max_workers: {workers}\n    chdir: {}\n",
+        dir.join("www").display()
+    );
+    std::fs::write(dir.join("config.yaml"), cfg).unwrap();
+    let d = TestDaemon::start_in(dir, None, &[]);
+    d.wait_metrics(Duration::from_secs(15), |b| {
+        b.lines()
+            .any(|l| l.starts_with("phpfpm_up{pool=\"a\"") && l.ends_with(" 1"))
+    })
+    .unwrap_or_else(|| panic!("pool not up; log:\n{}", d.log()));
+    d
+}
+
+fn metric(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Starts `n` requests of `sleep.php?ms=..` on the pool socket in threads.
+fn hold(d: &TestDaemon, n: usize, ms: u64) -> Vec<std::thread::JoinHandle<()>> {
+    let sock = d.dir.join("var/phpfpm-manager/sockets/a.sock");
+    let script = d.dir.join("www/sleep.php").display().to_string();
+    (0..n)
+        .map(|_| {
+            let (sock, script) = (sock.clone(), script.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let t = Timeouts {
+                    connect: Duration::from_secs(1),
+                    total: Duration::from_secs(30),
+                };
+                let _ = rt.block_on(fastcgi::get(
+                    &Endpoint::Unix(sock),
+                    &script,
+                    &format!("ms={ms}"),
+                    t,
+                ));
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn accept_queue_is_seen_while_the_status_page_says_zero() {
+    let d = daemon("queue", 2, "");
+    // 2 workers busy for 4 s, 8 more connections waiting behind them.
+    let held = hold(&d, 10, 4000);
+    let started = Instant::now();
+    let body = d
+        .wait_metrics(Duration::from_secs(3), |b| {
+            metric(b, "phpfpm_manager_accept_queue{pool=\"a\"}")
+                .is_some_and(|q| (7.0..=9.0).contains(&q))
+        })
+        .unwrap_or_else(|| {
+            let (_, b) = d.get("/metrics").unwrap();
+            panic!(
+                "accept queue not 8±1 within 3s:\n{}",
+                b.lines()
+                    .filter(|l| l.contains("queue"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // php-fpm's own figure on a unix socket (fact 9).
+    assert_eq!(
+        metric(&body, "phpfpm_listen_queue{pool=\"a\""),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(metric(&body, "phpfpm_manager_accept_queue_limit{pool=\"a\"}").unwrap_or(0.0) >= 128.0);
+    // Saturation was recorded as an event, with the figures behind it.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let event = loop {
+        let (_, ev) = d
+            .get("/api/v1/events/recent?type=saturation_begin")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ev).unwrap();
+        if let Some(e) = v["events"].as_array().and_then(|a| a.first()).cloned() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no saturation event: {ev}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(event["pool"], "a");
+    assert_eq!(event["details"]["total"], 2);
+    for h in held {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn worker_memory_matches_smaps_rollup() {
+    let d = daemon(
+        "memory",
+        3,
+        "  memory_interval: 1s\n  busy_interval: 1s\n  idle_interval: 5s\n",
+    );
+    // Wait for a memory reading, then compare with what the test reads.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&d.pool_json("a")).unwrap();
+        let master = v["master"]["pid"].as_u64().unwrap();
+        let reported = v["kernel"]["worker_pss_sum_bytes"].as_u64();
+        let sampled = v["kernel"]["workers_sampled"].as_u64();
+        if let (Some(reported), Some(3)) = (reported, sampled) {
+            // The pool's workers, as its status page names them (the master
+            // also has the hidden status pool's workers as children).
+            let _ = master;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let ep = Endpoint::Unix(d.dir.join("var/phpfpm-manager/sockets/a.status.sock"));
+            let t = Timeouts {
+                connect: Duration::from_secs(1),
+                total: Duration::from_secs(2),
+            };
+            let reply = rt
+                .block_on(fastcgi::get(&ep, "/status", "json&full", t))
+                .unwrap();
+            let st = fpm_core::status::parse_status(&reply.stdout).unwrap();
+            let mine: u64 = st
+                .processes
+                .iter()
+                .map(|p| p.pid.to_string())
+                .map(|pid| {
+                    let text =
+                        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                        .unwrap()
+                        * 1024
+                })
+                .sum();
+            // Idle workers' memory barely moves between the two reads.
+            let diff = (reported as f64 - mine as f64).abs() / mine as f64;
+            assert!(
+                diff < 0.05,
+                "manager says {reported}, smaps_rollup says {mine}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no memory reading: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn interval_is_one_second_under_load_and_fifteen_when_idle() {
+    let d = daemon("interval", 2, "");
+    let interval = |d: &TestDaemon| {
+        let v: serde_json::Value = serde_json::from_str(&d.pool_json("a")).unwrap();
+        v["collect_interval_ms"].as_u64().unwrap_or(0)
+    };
+    let idle = Instant::now() + Duration::from_secs(10);
+    while interval(&d) != 15_000 {
+        assert!(
+            Instant::now() < idle,
+            "idle pool not at 15 s: {}",
+            d.pool_json("a")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both workers busy: within one probe the interval drops to 1 s.
+    let held = hold(&d, 4, 3000);
+    let busy = Instant::now() + Duration::from_secs(3);
+    while interval(&d) != 1_000 {
+        assert!(
+            Instant::now() < busy,
+            "busy pool not at 1 s: {}",
+            d.pool_json("a")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for h in held {
+        h.join().unwrap();
+    }
+    let back = Instant::now() + Duration::from_secs(5);
+    while interval(&d) != 15_000 {
+        assert!(
+            Instant::now() < back,
+            "pool did not go back to 15 s: {}",
+            d.pool_json("a")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, body) = d.get("/metrics").unwrap();
+    assert_eq!(
+        metric(&body, "phpfpm_manager_collect_interval_seconds{pool=\"a\"}"),
+        Some(15.0)
+    );
+}
