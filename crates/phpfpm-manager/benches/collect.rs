@@ -9,6 +9,11 @@
 //!    memory (goal: at most 20 MB) and CPU (goal: at most 1 % of one core),
 //!    read from `/proc/<pid>/status` and `/proc/<pid>/stat` of the manager
 //!    process only (php-fpm's own CPU is not the manager's).
+//! 3. Deep collection: one cycle over 8 pools x 32 workers (status, ping,
+//!    accept queue, /proc of every worker, with and without smaps_rollup):
+//!    wall and CPU time per cycle; then the daemon doing that every second
+//!    (goal: at most 2 % of one core, at most 25 MB resident).
+//! 4. One accept-queue read (sock_diag) against one status-page request.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
 
@@ -33,6 +38,158 @@ fn main() {
     );
     collection_vs_round_trip();
     footprint();
+    deep_cycle();
+    deep_footprint();
+}
+
+fn deep_cycle() {
+    use phpfpm_manager::collector::PoolCollector;
+    let pools: Vec<TestFpm> = ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"]
+        .into_iter()
+        .map(|name| {
+            TestFpm::start(FpmOpts {
+                name,
+                max_children: 32,
+                ..FpmOpts::default()
+            })
+        })
+        .collect();
+    let mut cfg = config::load(&LoadInput {
+        cwd: "/tmp".into(),
+        ..LoadInput::default()
+    })
+    .unwrap();
+    cfg.pools = pools.iter().map(|f| f.pool()).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut results = Vec::new();
+    for (label, memory_every) in [("stat only (CPU, state)", Duration::from_secs(3600)), ("with smaps_rollup (memory)", Duration::ZERO)] {
+        let mut c2 = cfg.clone();
+        c2.monitoring.memory_interval = memory_every;
+        let state = AppState::new(c2.clone());
+        let mut collectors: Vec<PoolCollector> = c2
+            .pools
+            .iter()
+            .map(|p| PoolCollector::new(p.clone(), state.clone(), &c2.monitoring))
+            .collect();
+        let mut wall = Vec::new();
+        let mut cpu = Vec::new();
+        rt.block_on(async {
+            for round in 0..25 {
+                let (c0, t0) = (self_cpu_secs(), Instant::now());
+                let futs = collectors.iter_mut().map(|c| c.collect());
+                futures_join_all(futs).await;
+                if round >= 5 {
+                    wall.push(t0.elapsed());
+                    cpu.push(Duration::from_secs_f64(self_cpu_secs() - c0));
+                }
+            }
+        });
+        let sampled: usize = state
+            .pools()
+            .values()
+            .filter_map(|s| s.kernel.workers.as_ref().ok().map(|a| a.workers))
+            .sum();
+        results.push((label, median(&mut wall), median(&mut cpu), sampled));
+    }
+    println!("\n## 3. one collection cycle, 8 pools x 32 workers (20 cycles after 5 warm-up)");
+    println!("| cycle | wall median | manager CPU median | workers sampled |");
+    println!("|---|---|---|---|");
+    for (label, w, c, n) in results {
+        println!("| {label} | {:.2} ms | {:.2} ms | {n} |", w.as_secs_f64() * 1e3, c.as_secs_f64() * 1e3);
+    }
+
+    // 4. The queue read against a status request, interleaved.
+    let f = &pools[0];
+    let mut reader = fpm_kernel::queue::QueueReader::new(Duration::from_secs(1)).unwrap();
+    let listener = fpm_kernel::queue::Listener::UnixPath(f.socket.clone());
+    let ep = phpfpm_manager::config::Endpoint::Unix(f.status_socket.clone());
+    let t = Timeouts {
+        connect: Duration::from_millis(250),
+        total: Duration::from_secs(2),
+    };
+    let (mut q, mut st) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for i in 0..440 {
+            let t0 = Instant::now();
+            reader.accept_queue(&listener).unwrap();
+            let a = t0.elapsed();
+            let t0 = Instant::now();
+            fastcgi::get(&ep, "/status", "json", t).await.unwrap();
+            let b = t0.elapsed();
+            if i >= 40 {
+                q.push(a);
+                st.push(b);
+            }
+        }
+    });
+    let (mq, ms) = (median(&mut q), median(&mut st));
+    println!("\n## 4. accept-queue read vs status request (400 rounds, interleaved)");
+    println!("| read | median |");
+    println!("|---|---|");
+    println!("| sock_diag accept queue | {:.1} µs |", us(mq));
+    println!("| status page `?json` via pm.status_listen | {:.1} µs |", us(ms));
+    println!("status / queue: {:.1}x", ms.as_secs_f64() / mq.as_secs_f64());
+}
+
+/// Polls a set of futures to completion concurrently (what the daemon's
+/// per-pool tasks do), without pulling in a futures crate for one call.
+async fn futures_join_all<F: std::future::Future<Output = Duration>>(futs: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut remaining: Vec<_> = set.iter_mut().collect();
+    std::future::poll_fn(|cx| {
+        remaining.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if remaining.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+fn self_cpu_secs() -> f64 {
+    cpu_ticks(std::process::id()) as f64 / 100.0
+}
+
+fn deep_footprint() {
+    let window = Duration::from_secs(30);
+    let mut config = String::from(
+        "monitoring:\n  collect_interval: 1s\n  busy_interval: 1s\n  idle_interval: 1s\npools:\n",
+    );
+    for i in 1..=8 {
+        config.push_str(&format!("  - {{name: q{i}, pm: static, max_workers: 32}}\n"));
+    }
+    let d = TestDaemon::start("deepfoot", Some(&config), &[("RUST_LOG", "warn")]);
+    let all_up = |b: &str| {
+        (1..=8).all(|i| {
+            b.lines()
+                .any(|l| l.starts_with(&format!("phpfpm_up{{pool=\"q{i}\"")) && l.ends_with(" 1"))
+        })
+    };
+    d.wait_metrics(Duration::from_secs(60), all_up).expect("8 pools up within 60s");
+    std::thread::sleep(Duration::from_secs(12));
+    let pid = d.child.id();
+    let cpu0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let mut rss = Vec::new();
+    while t0.elapsed() < window {
+        rss.push(rss_kib(pid));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
+    let secs = t0.elapsed().as_secs_f64();
+    println!("\n## 3b. daemon with 8 pools x 32 workers collected every 1 s (memory every 10 s), {secs:.0} s window");
+    println!("| measure | value | goal |");
+    println!("|---|---|---|");
+    println!("| resident memory (max VmRSS) | {:.1} MB | <= 25 MB |", rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0);
+    println!("| CPU | {:.2} % of one core | <= 2 % |", 100.0 * cpu / secs);
 }
 
 fn collection_vs_round_trip() {
