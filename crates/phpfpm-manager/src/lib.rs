@@ -9,6 +9,7 @@ pub mod config;
 pub mod fastcgi;
 pub mod http;
 pub mod metrics;
+pub mod opcache;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;
