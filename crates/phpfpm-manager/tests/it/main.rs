@@ -14,5 +14,7 @@ mod collector;
 /// The daemon end to end: zero-config start, /metrics through promtool,
 /// health, API, graceful shutdown leaving no php-fpm behind.
 mod daemon;
+/// The OPcache probe against real php-fpm, nginx in front for reachability.
+mod opcache;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;
