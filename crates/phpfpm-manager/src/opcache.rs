@@ -24,9 +24,10 @@
 //! Two routes, checked against php-fpm 8.2.36 (see `tests/it/opcache.rs`):
 //!
 //! * **The pool's `pm.status_listen` socket (preferred; every supervised pool
-//!   has one).** Contrary to what one might expect, php-fpm serves it with a
-//!   hidden pool `<pool>_status` (`pm = ondemand`, 2 children) that runs any
-//!   PHP file, not only the status page. Its requests never appear in the main
+//!   has one).** php-fpm serves it with a hidden pool `<pool>_status`
+//!   (`pm = ondemand`, 2 children; php-src `fpm_worker_pool_shared_status_alloc`)
+//!   that runs any PHP file, not only the status page (fact 8 says otherwise;
+//!   the tests show it). Its requests never appear in the main
 //!   pool's `accepted conn` or process list, and it answers while every main
 //!   worker is busy. The shared memory is the same (one master). Caveat: that
 //!   hidden pool copies only `user`, `group`, `listen.*` and the status path;
@@ -48,8 +49,28 @@
 //! the past so that `opcache.file_update_protection` (2 s) does not make
 //! every early run a miss.
 //!
-//! [`parse`] is pure; [`collect`] is the thin I/O around it; [`families`]
-//! renders `phpfpm_manager_opcache_*` series.
+//! # Life cycle
+//!
+//! One [`OpcacheProbe`] per supervised master, created when
+//! `monitoring.enable_opcache` is on; [`remove_stale`] once at start-up
+//! cleans files a crashed manager left. After a probe is dropped, OPcache
+//! still runs the deleted file from memory at its (unguessable) path until it
+//! next checks the file: `opcache.revalidate_freq` seconds, or until the
+//! master reloads when `opcache.validate_timestamps = 0`. What it would print
+//! is harmless, and each dropped probe stays one stale cached script until
+//! the next reload.
+//!
+//! # Reading the results
+//!
+//! [`parse`] is pure; [`collect`] is the thin I/O around it. A reply with
+//! figures means OPcache is on ([`OpcacheStats::enabled`] is then always
+//! true); everything else is an [`OpcacheError`] whose [`OpcacheError::kind`]
+//! is one of `disabled`, `not_installed`, `restricted` (`opcache.restrict_api`
+//! excludes the probe's directory), `http_status` (for example 404 when the
+//! pool user cannot read the probe, or the pool is chrooted and the main
+//! socket is used), `truncated`, `malformed`, `transport`. [`families`] and
+//! [`families_with_unavailable`] render the `phpfpm_manager_opcache_*`
+//! series.
 
 use std::fmt::Write as _;
 use std::os::fd::OwnedFd;
@@ -230,36 +251,7 @@ impl OpcacheProbe {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(dir_err(e)),
         }
-        // O_NOFOLLOW refuses a symlink as the last component; everything
-        // below works on this descriptor, so a later swap of the path does
-        // not redirect the file.
-        let dir_fd = rustix::fs::open(
-            dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
-                ProbeError::NotADirectory(dir.to_owned())
-            }
-            e => dir_err(e.into()),
-        })?;
-        let st = rustix::fs::fstat(&dir_fd).map_err(|e| dir_err(e.into()))?;
-        let euid = rustix::process::geteuid().as_raw();
-        if st.st_uid != euid {
-            return Err(ProbeError::NotOwned {
-                path: dir.to_owned(),
-                owner: st.st_uid,
-                euid,
-            });
-        }
-        let mode = st.st_mode & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(ProbeError::Writable {
-                path: dir.to_owned(),
-                mode,
-            });
-        }
+        let dir_fd = open_checked_dir(dir)?;
         // The pool user must traverse it, whatever the umask made of it.
         rustix::fs::fchmod(&dir_fd, Mode::from_raw_mode(0o755)).map_err(|e| dir_err(e.into()))?;
 
@@ -338,6 +330,90 @@ impl Drop for OpcacheProbe {
     fn drop(&mut self) {
         let _ = rustix::fs::unlinkat(&self.dir_fd, self.name.as_str(), AtFlags::empty());
     }
+}
+
+/// Opens the probe directory without following a symlink and checks that
+/// the manager owns it and nobody else can write to it. Everything after
+/// works on the returned descriptor, so a later swap of the path does not
+/// redirect a file.
+fn open_checked_dir(dir: &Path) -> Result<OwnedFd, ProbeError> {
+    let dir_err = |source: std::io::Error| ProbeError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            ProbeError::NotADirectory(dir.to_owned())
+        }
+        e => dir_err(e.into()),
+    })?;
+    let st = rustix::fs::fstat(&dir_fd).map_err(|e| dir_err(e.into()))?;
+    let euid = rustix::process::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(ProbeError::NotOwned {
+            path: dir.to_owned(),
+            owner: st.st_uid,
+            euid,
+        });
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ProbeError::Writable {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(dir_fd)
+}
+
+/// Whether `name` is one this module gives probe files.
+fn is_probe_name(name: &str) -> bool {
+    name.strip_prefix("probe-")
+        .and_then(|r| r.strip_suffix(".php"))
+        .is_some_and(|hex| {
+            hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// Removes probe files that an earlier manager left behind when it did not
+/// stop cleanly (a probe is removed on drop, which a crash skips). Call it
+/// once at start-up, before creating any probe: it would remove live ones
+/// too. Only names this module creates are touched; a missing directory is
+/// nothing to clean. Returns how many files were removed.
+pub fn remove_stale(dir: &Path) -> Result<usize, ProbeError> {
+    let dir_fd = match open_checked_dir(dir) {
+        Err(ProbeError::Dir { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(0)
+        }
+        other => other?,
+    };
+    let dir_err = |source: std::io::Error| ProbeError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut stale = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir_fd).map_err(|e| dir_err(e.into()))? {
+        let entry = entry.map_err(|e| dir_err(e.into()))?;
+        if let Ok(name) = entry.file_name().to_str() {
+            if is_probe_name(name) {
+                stale.push(name.to_owned());
+            }
+        }
+    }
+    let mut removed = 0;
+    for name in stale {
+        match rustix::fs::unlinkat(&dir_fd, name.as_str(), AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(dir_err(e.into())),
+        }
+    }
+    Ok(removed)
 }
 
 /// Runs the probe through `endpoint` and parses its reply.
@@ -480,7 +556,18 @@ pub fn parse(stdout: &[u8]) -> Result<OpcacheStats, OpcacheError> {
             })
         }
     };
-    let env: Envelope = serde_json::from_str(json.trim_end()).map_err(json_error)?;
+    // The first JSON value; output after it (a shutdown notice) is ignored.
+    let env: Envelope = match serde_json::Deserializer::from_str(json)
+        .into_iter::<Envelope>()
+        .next()
+    {
+        Some(res) => res.map_err(json_error)?,
+        None => {
+            return Err(OpcacheError::Truncated {
+                detail: "no json after the marker".into(),
+            })
+        }
+    };
     if env.version != 1 {
         return Err(OpcacheError::Malformed {
             detail: format!("unknown probe version {}", env.version),
@@ -947,10 +1034,13 @@ mod tests {
     }
 
     #[test]
-    fn output_before_the_json_is_tolerated() {
+    fn output_around_the_json_is_tolerated() {
         let a = parse(&fixture("junk-before.cgi")).unwrap();
         let b = parse(&fixture("php82-warm.cgi")).unwrap();
         assert_eq!(a, b);
+        let mut after = fixture("php82-warm.cgi");
+        after.extend_from_slice(b"PHP Deprecated: something at shutdown\n");
+        assert_eq!(parse(&after).unwrap(), b);
     }
 
     /// The warm reply with its `status` object edited; the envelope keeps
@@ -1121,6 +1211,45 @@ mod tests {
         drop(b);
         assert!(!pb.exists());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_probes_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("opcache");
+        assert_eq!(remove_stale(&dir).unwrap(), 0, "missing dir");
+        let a = OpcacheProbe::create(&dir).unwrap();
+        let b = OpcacheProbe::create(&dir).unwrap();
+        // What a crash leaves: the files without their probes.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        for other in [
+            "probe-1234.php",
+            "keep.php",
+            "probe-0123456789abcdef0123456789ABCDEF.php",
+        ] {
+            std::fs::write(dir.join(other), "x").unwrap();
+        }
+        assert_eq!(remove_stale(&dir).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "keep.php",
+                "probe-0123456789abcdef0123456789ABCDEF.php",
+                "probe-1234.php"
+            ]
+        );
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            remove_stale(&link),
+            Err(ProbeError::NotADirectory(_))
+        ));
     }
 
     #[test]

@@ -182,6 +182,47 @@ fn probe_requests_are_invisible_on_status_listen_and_counted_on_the_main_socket(
 }
 
 #[test]
+fn status_listen_answers_the_probe_while_every_worker_is_busy() {
+    let mut scripts = SCRIPTS.to_vec();
+    scripts.push(("sleep.php", crate::support::SLEEP_PHP));
+    let fpm = TestFpm::start(FpmOpts {
+        name: "opcbusy",
+        max_children: 2,
+        scripts,
+        ..FpmOpts::default()
+    });
+    let dir = TestDir::new("opcbusy-probe");
+    let probe = OpcacheProbe::create(&dir.join("opcache")).unwrap();
+    let main = Endpoint::Unix(fpm.socket.clone());
+    let status = Endpoint::Unix(fpm.status_socket.clone());
+    let sleep = fpm.www("sleep.php");
+    rt().block_on(async {
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let (ep, s) = (main.clone(), sleep.clone());
+                tokio::spawn(async move { fastcgi::get(&ep, &s, "ms=1500", t()).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let s = opcache::collect(&status, &probe, t()).await.unwrap();
+        let took = started.elapsed();
+        assert!(s.enabled);
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        // Through the main socket the probe waits for a worker instead.
+        let short = Timeouts {
+            connect: Duration::from_millis(200),
+            total: Duration::from_millis(400),
+        };
+        let e = opcache::collect(&main, &probe, short).await.unwrap_err();
+        assert_eq!(e.kind(), "transport", "{e}");
+        for b in busy {
+            b.await.unwrap().unwrap();
+        }
+    });
+}
+
+#[test]
 fn the_probe_is_not_reachable_through_the_document_root() {
     let fpm = pool_with_scripts("opcweb");
     // The hardest placement: the probe directory right beside the document
