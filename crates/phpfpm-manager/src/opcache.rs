@@ -12,8 +12,9 @@
 //! root, so no web server mapping `SCRIPT_FILENAME = $document_root$uri`
 //! can reach it (nginx normalises `..` out of URIs; the integration test asks
 //! through real nginx). The directory must be owned by the manager's user, is
-//! not a symlink, and must not be writable by group or others; it is then set
-//! to 0755 so the pool user can traverse it. The file is created with
+//! not a symlink, and must not be writable by group or others; one that
+//! `create` makes is set to 0755 so the pool user can traverse it, an existing
+//! one keeps its mode but must be searchable by others. The file is created with
 //! `O_CREAT|O_EXCL|O_NOFOLLOW` relative to the directory's open descriptor, mode
 //! 0644, and unlinked through that descriptor on drop. The script reads no
 //! request input (no `$_GET`, `$_POST`, `$_SERVER`, body): whoever reaches it
@@ -216,6 +217,8 @@ pub enum ProbeError {
     },
     #[error("opcache probe directory '{}' is writable by group or others (mode {mode:04o})", path.display())]
     Writable { path: PathBuf, mode: u32 },
+    #[error("opcache probe directory '{}' cannot be entered by the pool user (mode {mode:04o}); make it 0755 or remove it", path.display())]
+    NotTraversable { path: PathBuf, mode: u32 },
     #[error("cannot draw a random probe name: {0}")]
     Random(String),
     #[error("cannot create opcache probe '{}': {source}", path.display())]
@@ -246,14 +249,30 @@ impl OpcacheProbe {
             path: dir.to_owned(),
             source,
         };
-        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        let created = match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(dir_err(e)),
-        }
+        };
         let dir_fd = open_checked_dir(dir)?;
-        // The pool user must traverse it, whatever the umask made of it.
-        rustix::fs::fchmod(&dir_fd, Mode::from_raw_mode(0o755)).map_err(|e| dir_err(e.into()))?;
+        if created {
+            // The pool user must traverse it, whatever the umask made of it.
+            rustix::fs::fchmod(&dir_fd, Mode::from_raw_mode(0o755))
+                .map_err(|e| dir_err(e.into()))?;
+        } else {
+            // An existing directory keeps its mode: loosening one that was
+            // named by mistake (a home directory) is not this module's call.
+            let mode = rustix::fs::fstat(&dir_fd)
+                .map_err(|e| dir_err(e.into()))?
+                .st_mode
+                & 0o7777;
+            if mode & 0o001 == 0 {
+                return Err(ProbeError::NotTraversable {
+                    path: dir.to_owned(),
+                    mode,
+                });
+            }
+        }
 
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| ProbeError::Random(e.to_string()))?;
@@ -1272,6 +1291,17 @@ mod tests {
         let e = OpcacheProbe::create(&open).unwrap_err();
         assert!(matches!(e, ProbeError::Writable { mode: 0o777, .. }), "{e}");
         assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+
+        let closed = tmp.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = OpcacheProbe::create(&closed).unwrap_err();
+        assert!(
+            matches!(e, ProbeError::NotTraversable { mode: 0o700, .. }),
+            "{e}"
+        );
+        let mode = std::fs::metadata(&closed).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "an existing directory keeps its mode");
 
         let e = OpcacheProbe::create(Path::new("relative/opcache")).unwrap_err();
         assert!(matches!(e, ProbeError::NotAbsolute(_)), "{e}");
