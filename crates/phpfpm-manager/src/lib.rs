@@ -10,6 +10,7 @@ pub mod events;
 pub mod fastcgi;
 pub mod http;
 pub mod metrics;
+pub mod opcache;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;

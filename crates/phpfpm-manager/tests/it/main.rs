@@ -16,5 +16,7 @@ mod collector;
 mod daemon;
 /// Deep collection through the daemon: accept queue, memory, interval, events.
 mod deep;
+/// The OPcache probe against real php-fpm, nginx in front for reachability.
+mod opcache;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;

@@ -1,0 +1,4 @@
+Content-Type: application/json
+Cache-Control: no-store
+
+{"status":"ok"}

@@ -1,0 +1,3 @@
+Status: 500 Internal Server Error
+Content-type: text/html; charset=UTF-8
+
