@@ -66,7 +66,10 @@ fn deep_cycle() {
         .build()
         .unwrap();
     let mut results = Vec::new();
-    for (label, memory_every) in [("stat only (CPU, state)", Duration::from_secs(3600)), ("with smaps_rollup (memory)", Duration::ZERO)] {
+    for (label, memory_every) in [
+        ("stat only (CPU, state)", Duration::from_secs(3600)),
+        ("with smaps_rollup (memory)", Duration::ZERO),
+    ] {
         let mut c2 = cfg.clone();
         c2.monitoring.memory_interval = memory_every;
         let state = AppState::new(c2.clone());
@@ -99,7 +102,11 @@ fn deep_cycle() {
     println!("| cycle | wall median | manager CPU median | workers sampled |");
     println!("|---|---|---|---|");
     for (label, w, c, n) in results {
-        println!("| {label} | {:.2} ms | {:.2} ms | {n} |", w.as_secs_f64() * 1e3, c.as_secs_f64() * 1e3);
+        println!(
+            "| {label} | {:.2} ms | {:.2} ms | {n} |",
+            w.as_secs_f64() * 1e3,
+            c.as_secs_f64() * 1e3
+        );
     }
 
     // 4. The queue read against a status request, interleaved.
@@ -131,13 +138,21 @@ fn deep_cycle() {
     println!("| read | median |");
     println!("|---|---|");
     println!("| sock_diag accept queue | {:.1} µs |", us(mq));
-    println!("| status page `?json` via pm.status_listen | {:.1} µs |", us(ms));
-    println!("status / queue: {:.1}x", ms.as_secs_f64() / mq.as_secs_f64());
+    println!(
+        "| status page `?json` via pm.status_listen | {:.1} µs |",
+        us(ms)
+    );
+    println!(
+        "status / queue: {:.1}x",
+        ms.as_secs_f64() / mq.as_secs_f64()
+    );
 }
 
 /// Polls a set of futures to completion concurrently (what the daemon's
 /// per-pool tasks do), without pulling in a futures crate for one call.
-async fn futures_join_all<F: std::future::Future<Output = Duration>>(futs: impl Iterator<Item = F>) {
+async fn futures_join_all<F: std::future::Future<Output = Duration>>(
+    futs: impl Iterator<Item = F>,
+) {
     let mut set = Vec::new();
     for f in futs {
         set.push(Box::pin(f));
@@ -164,7 +179,9 @@ fn deep_footprint() {
         "monitoring:\n  collect_interval: 1s\n  busy_interval: 1s\n  idle_interval: 1s\npools:\n",
     );
     for i in 1..=8 {
-        config.push_str(&format!("  - {{name: q{i}, pm: static, max_workers: 32}}\n"));
+        config.push_str(&format!(
+            "  - {{name: q{i}, pm: static, max_workers: 32}}\n"
+        ));
     }
     let d = TestDaemon::start("deepfoot", Some(&config), &[("RUST_LOG", "warn")]);
     let all_up = |b: &str| {
@@ -173,7 +190,8 @@ fn deep_footprint() {
                 .any(|l| l.starts_with(&format!("phpfpm_up{{pool=\"q{i}\"")) && l.ends_with(" 1"))
         })
     };
-    d.wait_metrics(Duration::from_secs(60), all_up).expect("8 pools up within 60s");
+    d.wait_metrics(Duration::from_secs(60), all_up)
+        .expect("8 pools up within 60s");
     std::thread::sleep(Duration::from_secs(12));
     let pid = d.child.id();
     let cpu0 = cpu_ticks(pid);
@@ -188,7 +206,10 @@ fn deep_footprint() {
     println!("\n## 3b. daemon with 8 pools x 32 workers collected every 1 s (memory every 10 s), {secs:.0} s window");
     println!("| measure | value | goal |");
     println!("|---|---|---|");
-    println!("| resident memory (max VmRSS) | {:.1} MB | <= 25 MB |", rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0);
+    println!(
+        "| resident memory (max VmRSS) | {:.1} MB | <= 25 MB |",
+        rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0
+    );
     println!("| CPU | {:.2} % of one core | <= 2 % |", 100.0 * cpu / secs);
 }
 

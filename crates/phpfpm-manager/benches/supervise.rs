@@ -168,7 +168,10 @@ fn sigusr2(control_timeout_secs: u64) -> (Vec<Duration>, WrkResult) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut resend = Instant::now() + Duration::from_secs(3);
         loop {
-            assert!(Instant::now() < deadline, "SIGUSR2 reload {i} did not finish");
+            assert!(
+                Instant::now() < deadline,
+                "SIGUSR2 reload {i} did not finish"
+            );
             if let Some(pids) = worker_pids(&rt, &status, t) {
                 if pids.len() == n as usize && pids.is_disjoint(&before) {
                     break;
@@ -199,7 +202,9 @@ fn worker_pids(
     ep: &Endpoint,
     t: Timeouts,
 ) -> Option<std::collections::BTreeSet<u32>> {
-    let reply = rt.block_on(fastcgi::get(ep, "/status", "json&full", t)).ok()?;
+    let reply = rt
+        .block_on(fastcgi::get(ep, "/status", "json&full", t))
+        .ok()?;
     let st = fpm_core::status::parse_status(&reply.stdout).ok()?;
     Some(st.processes.iter().map(|p| p.pid).collect())
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Endpoint, Monitoring, Pool};
 use crate::events::ManagerEvent;
 use crate::fastcgi::{self, Timeouts};
+use crate::opcache::{OpcacheProbe, OpcacheStats};
 use crate::state::{AppState, ScrapeError};
 
 /// While a pool is down it is retried at least this often, so a pool that
@@ -84,6 +85,17 @@ pub struct PoolCollector {
     failures_in_row: u64,
     /// The pool's worker pids from the last status page.
     pool_pids: BTreeSet<u32>,
+    opcache: OpcacheMode,
+}
+
+/// How this pool's OPcache is read.
+enum OpcacheMode {
+    Off,
+    /// The pool's own settings switch OPcache off (the status listener,
+    /// which runs the probe, would not see that: it ignores php values).
+    DisabledByPool,
+    Probe(Box<OpcacheProbe>),
+    Failed(Arc<crate::opcache::OpcacheError>),
 }
 
 impl PoolCollector {
@@ -110,6 +122,7 @@ impl PoolCollector {
             was_up: false,
             failures_in_row: 0,
             pool_pids: BTreeSet::new(),
+            opcache: opcache_mode(&pool, mon, &state),
             pool,
             state,
         }
@@ -254,8 +267,12 @@ impl PoolCollector {
         if events.iter().any(PoolEvent::wants_collection) {
             interval = interval.min(self.policy.busy);
         }
+        let opcache = if ok { self.read_opcache().await } else { None };
         let circuit_open = self.circuit.is_open();
         self.state.update(&name, |s| {
+            if opcache.is_some() {
+                s.opcache = opcache;
+            }
             s.kernel.accept_queue = queue;
             s.kernel.workers = workers;
             s.interval = interval;
@@ -324,6 +341,62 @@ impl PoolCollector {
             (None, false) => {}
         }
         Ok(agg)
+    }
+}
+
+impl PoolCollector {
+    async fn read_opcache(
+        &self,
+    ) -> Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>> {
+        match &self.opcache {
+            OpcacheMode::Off => None,
+            OpcacheMode::DisabledByPool => {
+                Some(Err(Arc::new(crate::opcache::OpcacheError::Disabled {
+                    reason: "opcache.enable is off in the pool's php values".to_owned(),
+                })))
+            }
+            OpcacheMode::Failed(e) => Some(Err(e.clone())),
+            // Through the status listener: the probe's requests then never
+            // count in the pool's `accepted conn`, and it answers while every
+            // worker is busy.
+            OpcacheMode::Probe(probe) => Some(
+                crate::opcache::collect(&self.pool.status_endpoint, probe, timeouts(&self.pool))
+                    .await
+                    .map_err(Arc::new),
+            ),
+        }
+    }
+}
+
+fn opcache_mode(pool: &Pool, mon: &Monitoring, state: &AppState) -> OpcacheMode {
+    let Some(spec) = &pool.spec else {
+        // Observed pools run someone else's config and user; the probe
+        // would need to be readable by them. Supervised pools only.
+        return OpcacheMode::Off;
+    };
+    if !mon.enable_opcache {
+        return OpcacheMode::Off;
+    }
+    let values = spec
+        .php_values
+        .iter()
+        .chain(&spec.php_admin_values)
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    if crate::opcache::disabled_by_pool_ini(values) {
+        return OpcacheMode::DisabledByPool;
+    }
+    let dir = state.config().phpfpm.runtime_dir.join("opcache");
+    match OpcacheProbe::create(&dir) {
+        Ok(p) => OpcacheMode::Probe(Box::new(p)),
+        Err(e) => {
+            tracing::warn!(
+                pool = pool.name.as_str(),
+                "Cannot create the OPcache probe: {e}."
+            );
+            OpcacheMode::Failed(Arc::new(crate::opcache::OpcacheError::ProbeUnavailable(
+                e.to_string(),
+            )))
+        }
     }
 }
 

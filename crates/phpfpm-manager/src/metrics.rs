@@ -115,6 +115,21 @@ impl Metrics {
         let mut families = self.registry.gather();
         families.extend(pool_families(pools, per_process));
         families.extend(host_families(host));
+        let ok: Vec<(&str, &crate::opcache::OpcacheStats)> = pools
+            .iter()
+            .filter_map(|p| match &p.opcache {
+                Some(Ok(s)) => Some((p.name.as_str(), s)),
+                _ => None,
+            })
+            .collect();
+        let bad: Vec<(&str, &crate::opcache::OpcacheError)> = pools
+            .iter()
+            .filter_map(|p| match &p.opcache {
+                Some(Err(e)) => Some((p.name.as_str(), e.as_ref())),
+                _ => None,
+            })
+            .collect();
+        families.extend(crate::opcache::families_with_unavailable(&ok, &bad));
         families.push(build_info());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
@@ -522,6 +537,7 @@ mod tests {
             kernel: crate::state::KernelView::default(),
             interval: std::time::Duration::from_secs(5),
             circuit_open: false,
+            opcache: None,
         }
     }
 

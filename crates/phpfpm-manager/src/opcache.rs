@@ -179,6 +179,8 @@ pub enum OpcacheError {
     Malformed { detail: String },
     #[error(transparent)]
     Transport(#[from] FcgiError),
+    #[error("the probe script cannot be created: {0}")]
+    ProbeUnavailable(String),
 }
 
 impl OpcacheError {
@@ -191,6 +193,7 @@ impl OpcacheError {
             OpcacheError::Truncated { .. } => "truncated",
             OpcacheError::Malformed { .. } => "malformed",
             OpcacheError::Transport(_) => "transport",
+            OpcacheError::ProbeUnavailable(_) => "probe_unavailable",
         }
     }
 }

@@ -13,6 +13,7 @@ use fpm_kernel::workers::PoolAggregate;
 use tokio::sync::{mpsc, Notify};
 
 use crate::events::{EventSink, ManagerEvent, Recent};
+use crate::opcache::{OpcacheError, OpcacheStats};
 
 use fpm_core::fpm_conf::PoolSpec;
 use fpm_core::status::{Derived, PoolStatus};
@@ -49,6 +50,8 @@ pub struct PoolState {
     /// The interval the collector uses now (adaptive).
     pub interval: Duration,
     pub circuit_open: bool,
+    /// OPcache of the pool's master, when `monitoring.enable_opcache`.
+    pub opcache: Option<Result<OpcacheStats, Arc<OpcacheError>>>,
 }
 
 /// The pool as the kernel sees it: the listen backlog and the workers' CPU
@@ -117,6 +120,7 @@ impl PoolState {
             kernel: KernelView::default(),
             interval: Duration::ZERO,
             circuit_open: false,
+            opcache: None,
         }
     }
 }

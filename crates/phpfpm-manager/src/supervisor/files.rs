@@ -49,7 +49,9 @@ impl Layout {
     /// pool user must reach its sockets and scripts; nothing secret lives in
     /// them except pool files, which are written 0640.
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for sub in ["", "pools.d", "masters", "sockets", "pids", "logs", "www"] {
+        for sub in [
+            "", "pools.d", "masters", "sockets", "pids", "logs", "www", "opcache",
+        ] {
             let dir = self.root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| annotate(&dir, e))?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))

@@ -56,6 +56,10 @@ pub fn prepare_runtime(cfg: &Config) -> anyhow::Result<(Layout, FpmBinary)> {
     layout
         .create_dirs()
         .context("cannot create the runtime directory (phpfpm.runtime_dir)")?;
+    // Probe scripts left by a manager that was killed.
+    if let Err(e) = crate::opcache::remove_stale(&layout.root.join("opcache")) {
+        tracing::warn!("Cannot clean the OPcache probe directory: {e}.");
+    }
     write_atomic(
         &layout.global_conf(),
         fpm_conf::render_global(&cfg.phpfpm.global).as_bytes(),
@@ -630,11 +634,21 @@ impl Supervisor {
 
     fn open_sockets(&self, spec: &PoolSpec) -> anyhow::Result<Vec<PoolSocket>> {
         let access = self.access(spec);
+        // Only the manager talks to the status listener, and php-fpm's hidden
+        // status pool runs any script it is asked for without the pool's
+        // php_admin_values: keep that socket to the manager's own user.
+        let status_access = Access {
+            mode: 0o600,
+            ..Access::default()
+        };
         let mut out = Vec::new();
-        for ep in [&self.pool.endpoint, &self.pool.status_endpoint] {
+        for (ep, access) in [
+            (&self.pool.endpoint, &access),
+            (&self.pool.status_endpoint, &status_access),
+        ] {
             let s = match ep {
                 Endpoint::Unix(public) => {
-                    sockets::bind_unix(&sockets::private_path(public), public, &access)
+                    sockets::bind_unix(&sockets::private_path(public), public, access)
                 }
                 Endpoint::Tcp(addr) => sockets::bind_tcp(addr),
             }

@@ -212,3 +212,75 @@ fn interval_is_one_second_under_load_and_fifteen_when_idle() {
         Some(15.0)
     );
 }
+
+#[test]
+fn opcache_figures_follow_compiled_scripts_and_pass_promtool() {
+    let d = daemon(
+        "opcache",
+        2,
+        "  enable_opcache: true\n  idle_interval: 5s\n",
+    );
+    let cached = |d: &TestDaemon| -> Option<f64> {
+        let (_, b) = d.get("/metrics").ok()?;
+        metric(&b, "phpfpm_manager_opcache_cached_scripts{pool=\"a\"}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        if let Some(v) = cached(&d) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OPcache figures; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Five new scripts compiled by the pool's workers (same master).
+    let sock = d.dir.join("var/phpfpm-manager/sockets/a.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = Timeouts {
+        connect: Duration::from_secs(1),
+        total: Duration::from_secs(5),
+    };
+    for i in 0..5 {
+        let path = d.dir.join(&format!("www/s{i}.php"));
+        std::fs::write(&path, format!("<?php echo {i};\n")).unwrap();
+        // OPcache does not cache files younger than 2 s (file_update_protection).
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        rt.block_on(fastcgi::get(
+            &Endpoint::Unix(sock.clone()),
+            &path.display().to_string(),
+            "",
+            t,
+        ))
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cached(&d).unwrap_or(0.0) < before + 5.0 {
+        assert!(
+            Instant::now() < deadline,
+            "cached scripts stayed at {:?} (before {before})",
+            cached(&d)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, body) = d.get("/metrics").unwrap();
+    crate::support::promtool_check(&body).unwrap_or_else(|e| panic!("promtool: {e}"));
+    // The probe lives in the manager's own directory, not the pool's.
+    let probes: Vec<_> = std::fs::read_dir(d.dir.join("var/phpfpm-manager/opcache"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(probes.len(), 1);
+    assert!(!d.dir.join("www").join(probes[0].file_name()).exists());
+}
