@@ -295,7 +295,7 @@ fn collection_vs_round_trip() {
 
 fn footprint() {
     let window = Duration::from_secs(30);
-    let config = "monitoring:\n  collect_interval: 1s\n\
+    let config = "monitoring:\n  collect_interval: 1s\n  idle_interval: 1s\n\
                   pools:\n\
                   \x20 - {name: p1, pm: static, max_workers: 4}\n\
                   \x20 - {name: p2, pm: static, max_workers: 4}\n\

@@ -33,8 +33,10 @@ fn main() {
     let (usr2_0, load0) = sigusr2(0);
     let (usr2_10, load10) = sigusr2(10);
     println!("\n## 1-2. {CHANGES} pm.max_children changes under wrk -c8 through nginx");
-    println!("| method | apply median | apply max | requests | failed | p99 latency |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| method | changes done | apply median | apply max | requests | failed | p99 latency |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     row("manager hand-over (SIGHUP)", &took, &load);
     row("plain SIGUSR2, process_control_timeout=0", &usr2_0, &load0);
     row(
@@ -55,8 +57,18 @@ fn main() {
 fn row(name: &str, took: &[Duration], load: &WrkResult) {
     let mut t = took.to_vec();
     t.sort();
+    if t.is_empty() {
+        println!(
+            "| {name} | 0 | - | - | {} | {} | {:.1} ms |",
+            load.requests,
+            load.failures(),
+            load.p99_ms
+        );
+        return;
+    }
     println!(
-        "| {name} | {:.0} ms | {:.0} ms | {} | {} | {:.1} ms |",
+        "| {name} | {} | {:.0} ms | {:.0} ms | {} | {} | {:.1} ms |",
+        t.len(),
         ms(t[t.len() / 2]),
         ms(*t.last().unwrap()),
         load.requests,
@@ -165,13 +177,17 @@ fn sigusr2(control_timeout_secs: u64) -> (Vec<Duration>, WrkResult) {
         fpm.signal(Signal::SIGUSR2);
         // Serving again with the new size: n workers, all of them new (a
         // reload replaces every worker; start times have 1 s resolution).
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(12);
         let mut resend = Instant::now() + Duration::from_secs(3);
+        let mut done = true;
         loop {
-            assert!(
-                Instant::now() < deadline,
-                "SIGUSR2 reload {i} did not finish"
-            );
+            if Instant::now() > deadline {
+                // Seen here: after a few quick reloads the master stops
+                // acting on SIGUSR2 at all. Report it rather than hang.
+                println!("(process_control_timeout={control_timeout_secs}s: php-fpm ignored SIGUSR2 for reload {i} and its re-sends over 12 s; this series stops after {i} reloads)");
+                done = false;
+                break;
+            }
             if let Some(pids) = worker_pids(&rt, &status, t) {
                 if pids.len() == n as usize && pids.is_disjoint(&before) {
                     break;
@@ -185,6 +201,9 @@ fn sigusr2(control_timeout_secs: u64) -> (Vec<Duration>, WrkResult) {
                 resend = Instant::now() + Duration::from_secs(3);
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if !done {
+            break;
         }
         took.push(started.elapsed());
         std::thread::sleep(Duration::from_millis(800));
