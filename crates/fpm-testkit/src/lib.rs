@@ -285,19 +285,25 @@ impl TestFpm {
 
 impl Drop for TestFpm {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(pid, Signal::SIGQUIT);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        stop_master(&mut self.child);
+    }
+}
+
+/// Stops a php-fpm master started by a test in its own process group:
+/// SIGQUIT, up to 3 s, then SIGKILL to the whole group (workers included).
+pub fn stop_master(child: &mut Child) {
+    let pid = Pid::from_raw(child.id() as i32);
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(pid, Signal::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
             }
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = self.child.wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = child.wait();
     }
 }
 

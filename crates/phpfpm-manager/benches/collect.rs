@@ -174,7 +174,6 @@ fn self_cpu_secs() -> f64 {
 }
 
 fn deep_footprint() {
-    let window = Duration::from_secs(30);
     let mut config = String::from(
         "monitoring:\n  collect_interval: 1s\n  busy_interval: 1s\n  idle_interval: 1s\npools:\n",
     );
@@ -183,34 +182,13 @@ fn deep_footprint() {
             "  - {{name: q{i}, pm: static, max_workers: 32}}\n"
         ));
     }
-    let d = TestDaemon::start("deepfoot", Some(&config), &[("RUST_LOG", "warn")]);
-    let all_up = |b: &str| {
-        (1..=8).all(|i| {
-            b.lines()
-                .any(|l| l.starts_with(&format!("phpfpm_up{{pool=\"q{i}\"")) && l.ends_with(" 1"))
-        })
-    };
-    d.wait_metrics(Duration::from_secs(60), all_up)
-        .expect("8 pools up within 60s");
-    std::thread::sleep(Duration::from_secs(12));
-    let pid = d.child.id();
-    let cpu0 = cpu_ticks(pid);
-    let t0 = Instant::now();
-    let mut rss = Vec::new();
-    while t0.elapsed() < window {
-        rss.push(rss_kib(pid));
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
-    let secs = t0.elapsed().as_secs_f64();
+    // Past the first memory reading of every pool before measuring.
+    let (_d, rss_mb, cpu, secs) = measure_daemon("deepfoot", &config, 8, Duration::from_secs(12));
     println!("\n## 3b. daemon with 8 pools x 32 workers collected every 1 s (memory every 10 s), {secs:.0} s window");
     println!("| measure | value | goal |");
     println!("|---|---|---|");
-    println!(
-        "| resident memory (max VmRSS) | {:.1} MB | <= 25 MB |",
-        rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0
-    );
-    println!("| CPU | {:.2} % of one core | <= 2 % |", 100.0 * cpu / secs);
+    println!("| resident memory (max VmRSS) | {rss_mb:.1} MB | <= 25 MB |");
+    println!("| CPU | {cpu:.2} % of one core | <= 2 % |");
 }
 
 fn collection_vs_round_trip() {
@@ -294,26 +272,47 @@ fn collection_vs_round_trip() {
 }
 
 fn footprint() {
-    let window = Duration::from_secs(30);
     let config = "monitoring:\n  collect_interval: 1s\n  idle_interval: 1s\n\
                   pools:\n\
                   \x20 - {name: p1, pm: static, max_workers: 4}\n\
                   \x20 - {name: p2, pm: static, max_workers: 4}\n\
                   \x20 - {name: p3, pm: static, max_workers: 4}\n\
                   \x20 - {name: p4, pm: static, max_workers: 4}\n";
-    let d = TestDaemon::start("footprint", Some(config), &[("RUST_LOG", "warn")]);
+    let (d, rss_mb, cpu, secs) = measure_daemon("footprint", config, 4, Duration::from_secs(3));
+    println!("\n## 2. daemon footprint: 4 pools collected every 1 s, {secs:.0} s window");
+    println!("| measure | value | goal |");
+    println!("|---|---|---|");
+    println!("| resident memory (max VmRSS) | {rss_mb:.1} MB | <= 20 MB |");
+    println!("| CPU (utime+stime / wall) | {cpu:.2} % of one core | <= 1 % |");
+    println!(
+        "| collections done since start | {} | |",
+        collections_count(&d)
+    );
+}
+
+/// Runs the daemon with `config` (pools named p1..pN or q1..qN), waits
+/// until all are up and `settle` more, then measures the manager process
+/// alone over 30 s: max resident memory (MB) and CPU (% of one core).
+fn measure_daemon(
+    tag: &str,
+    config: &str,
+    pools: usize,
+    settle: Duration,
+) -> (TestDaemon, f64, f64, f64) {
+    let window = Duration::from_secs(30);
+    let d = TestDaemon::start(tag, Some(config), &[("RUST_LOG", "warn")]);
+    let prefix = if tag == "footprint" { "p" } else { "q" };
     let all_up = |b: &str| {
-        ["p1", "p2", "p3", "p4"].iter().all(|p| {
-            b.lines()
-                .any(|l| l.starts_with(&format!("phpfpm_up{{pool=\"{p}\"")) && l.ends_with(" 1"))
+        (1..=pools).all(|i| {
+            b.lines().any(|l| {
+                l.starts_with(&format!("phpfpm_up{{pool=\"{prefix}{i}\"")) && l.ends_with(" 1")
+            })
         })
     };
-    d.wait_metrics(Duration::from_secs(20), all_up)
-        .expect("4 pools up within 20s");
-    // Settle, then measure over the window.
-    std::thread::sleep(Duration::from_secs(3));
+    d.wait_metrics(Duration::from_secs(60), all_up)
+        .expect("all pools up within 60s");
+    std::thread::sleep(settle);
     let pid = d.child.id();
-    let clk = 100.0; // USER_HZ on Linux
     let cpu0 = cpu_ticks(pid);
     let t0 = Instant::now();
     let mut rss = Vec::new();
@@ -321,22 +320,10 @@ fn footprint() {
         rss.push(rss_kib(pid));
         std::thread::sleep(Duration::from_secs(1));
     }
-    let cpu = (cpu_ticks(pid) - cpu0) as f64 / clk;
+    let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0; // USER_HZ on Linux
     let secs = t0.elapsed().as_secs_f64();
-    let collections = collections_count(&d);
-    let max_rss = rss.iter().copied().max().unwrap_or(0);
-    println!("\n## 2. daemon footprint: 4 pools collected every 1 s, {secs:.0} s window");
-    println!("| measure | value | goal |");
-    println!("|---|---|---|");
-    println!(
-        "| resident memory (max VmRSS) | {:.1} MB | <= 20 MB |",
-        max_rss as f64 / 1024.0
-    );
-    println!(
-        "| CPU (utime+stime / wall) | {:.2} % of one core | <= 1 % |",
-        100.0 * cpu / secs
-    );
-    println!("| collections done since start | {collections} | |");
+    let max_rss = rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+    (d, max_rss, 100.0 * cpu / secs, secs)
 }
 
 fn collections_count(d: &TestDaemon) -> u64 {

@@ -15,7 +15,7 @@
 //! shrinks loses its per-process series at once and nothing is ever counted
 //! twice. The manager's own counters and histograms live in a `Registry`.
 
-use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -236,13 +236,14 @@ fn build_info() -> MetricFamily {
     f.done()
 }
 
-/// A metric family under construction.
-struct Family {
+/// A metric family under construction (gauge or counter samples). Shared
+/// by every module that renders series from state at scrape time.
+pub(crate) struct Family {
     family: MetricFamily,
 }
 
 impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+    pub(crate) fn new(name: &str, help: &str, kind: MetricType) -> Family {
         let mut family = MetricFamily::default();
         family.set_name(name.to_owned());
         family.set_help(help.to_owned());
@@ -250,7 +251,7 @@ impl Family {
         Family { family }
     }
 
-    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn push(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut m = Metric::default();
         m.set_label(
             labels
@@ -263,13 +264,19 @@ impl Family {
                 })
                 .collect(),
         );
-        let mut g = Gauge::default();
-        g.set_value(value);
-        m.set_gauge(g);
+        if self.family.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
         self.family.mut_metric().push(m);
     }
 
-    fn done(self) -> MetricFamily {
+    pub(crate) fn done(self) -> MetricFamily {
         self.family
     }
 }

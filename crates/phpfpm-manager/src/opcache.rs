@@ -80,12 +80,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{MetricFamily, MetricType};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use serde::Deserialize;
 
 use crate::config::Endpoint;
 use crate::fastcgi::{self, FcgiError, Timeouts};
+use crate::metrics::Family;
 
 /// The first bytes of every reply of the probe script; anything else is not
 /// the probe's answer (an error page, a prepended file's output).
@@ -746,46 +747,6 @@ fn short(s: &str) -> String {
     s.chars().take(120).collect()
 }
 
-/// A metric family under construction (gauge or counter samples).
-struct Family {
-    family: MetricFamily,
-}
-
-impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Family {
-        let mut family = MetricFamily::default();
-        family.set_name(name.to_owned());
-        family.set_help(help.to_owned());
-        family.set_field_type(kind);
-        Family { family }
-    }
-
-    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
-        let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name((*k).to_owned());
-                    l.set_value((*v).to_owned());
-                    l
-                })
-                .collect(),
-        );
-        if self.family.get_field_type() == MetricType::COUNTER {
-            let mut c = Counter::default();
-            c.set_value(value);
-            m.set_counter(c);
-        } else {
-            let mut g = Gauge::default();
-            g.set_value(value);
-            m.set_gauge(g);
-        }
-        self.family.mut_metric().push(m);
-    }
-}
-
 /// `phpfpm_manager_opcache_*` series for the pools whose probe succeeded.
 /// Pure. Same as [`families_with_unavailable`] with no failed pool.
 pub fn families(stats: &[(&str, &OpcacheStats)]) -> Vec<MetricFamily> {
@@ -866,10 +827,10 @@ pub fn families_with_unavailable(
         }
         unavail.push(&[("pool", *pool), ("reason", e.kind())], 1.0);
     }
-    let mut out = vec![enabled.family];
-    out.extend(fams.into_iter().map(|f| f.family));
-    out.push(restarts.family);
-    out.push(unavail.family);
+    let mut out = vec![enabled.done()];
+    out.extend(fams.into_iter().map(Family::done));
+    out.push(restarts.done());
+    out.push(unavail.done());
     out.retain(|f| !f.get_metric().is_empty());
     out
 }

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
 use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 use phpfpm_manager::opcache::{self, OpcacheError, OpcacheProbe};
@@ -394,17 +392,7 @@ impl RawFpm {
 
 impl Drop for RawFpm {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGQUIT);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = killpg(pid, Signal::SIGKILL);
-        let _ = self.child.wait();
+        crate::support::stop_master(&mut self.child);
     }
 }
 
