@@ -186,7 +186,7 @@ impl Policy {
         let spec = if text.trim().is_empty() {
             PolicySpec::default()
         } else {
-            serde_norway::from_str::<PolicySpec>(text)
+            serde_yaml_ng::from_str::<PolicySpec>(text)
                 .map_err(|error| PolicyError::Syntax(error.to_string()))?
         };
         Policy::new(spec)
