@@ -156,7 +156,10 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         })?;
     let needs_fpm = cfg.pools.iter().any(|p| p.spec.is_some());
     let runtime = if needs_fpm {
-        Some(supervisor::prepare_runtime(&cfg)?)
+        let (layout, binary) = supervisor::prepare_runtime(&cfg)?;
+        let v = binary.check_version().await.map_err(anyhow::Error::msg)?;
+        tracing::info!(binary = %binary.path.display(), "Using php-fpm {}.{}.{}.", v.0, v.1, v.2);
+        Some((layout, binary))
     } else {
         None
     };

@@ -81,9 +81,11 @@ async fn live() -> Json<serde_json::Value> {
 /// Ready when every pool answers its ping.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let pools = state.pools();
+    // A pool marked failed (crash loop, config refused) is not ready even
+    // if an old master still answers.
     let failing: Vec<&str> = pools
         .values()
-        .filter(|p| !p.ping_ok)
+        .filter(|p| !p.ping_ok || p.master.failed.is_some())
         .map(|p| p.name.as_str())
         .collect();
     if failing.is_empty() {

@@ -51,6 +51,45 @@ impl FpmBinary {
         cmd
     }
 
+    /// Runs `php-fpm -v` and checks that this is php-fpm (the fpm-fcgi SAPI)
+    /// at least 8.0, which `pm.status_listen` needs. Returns the version.
+    pub async fn check_version(&self) -> Result<(u32, u32, u32), String> {
+        let out = self
+            .command(Path::new("/"))
+            .arg("-v")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(Duration::from_secs(10), out).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(format!("cannot run {}: {e}", self.path.display())),
+            Err(_) => {
+                return Err(format!(
+                    "{} -v did not answer within 10s",
+                    self.path.display()
+                ))
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_version(&text).ok_or_else(|| {
+            format!(
+                "{} is not php-fpm: `-v` printed {:?}; set phpfpm.binary to a php-fpm binary (for example /usr/sbin/php-fpm8.2)",
+                self.path.display(),
+                text.lines().next().unwrap_or("")
+            )
+        }).and_then(|v| {
+            if v < (8, 0, 0) {
+                Err(format!(
+                    "{} is php-fpm {}.{}.{}; phpfpm-manager needs 8.0 or newer (pm.status_listen)",
+                    self.path.display(), v.0, v.1, v.2
+                ))
+            } else {
+                Ok(v)
+            }
+        })
+    }
+
     /// Runs `php-fpm -t -y <conf>`; on failure returns php-fpm's own message.
     pub async fn test_config(&self, conf: &Path, cwd: &Path) -> Result<(), String> {
         let out = self
@@ -364,6 +403,23 @@ fn group_has_members(pgid: u32) -> bool {
     })
 }
 
+/// `PHP 8.2.36 (fpm-fcgi) (built: ...)` gives (8, 2, 36); any other SAPI or
+/// text gives None.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let first = text.lines().next()?;
+    let rest = first.strip_prefix("PHP ")?;
+    if !first.contains("(fpm-fcgi)") {
+        return None;
+    }
+    let version = rest.split_whitespace().next()?;
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>());
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next().and_then(Result::ok).unwrap_or(0),
+    ))
+}
+
 /// Drops php-fpm's `[26-Nov-2026 10:23:37] ` prefix; the log has its own time.
 fn strip_fpm_date(line: &str) -> &str {
     match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
@@ -400,6 +456,21 @@ mod tests {
             "NOTICE: fpm is running, pid 5"
         );
         assert_eq!(strip_fpm_date("no prefix"), "no prefix");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_version("PHP 8.2.36 (fpm-fcgi) (built: Nov 18 2026)\nCopyright"),
+            Some((8, 2, 36))
+        );
+        assert_eq!(
+            parse_version("PHP 8.4.0-dev (fpm-fcgi) (built: x)"),
+            Some((8, 4, 0))
+        );
+        assert_eq!(parse_version("PHP 8.2.36 (cli) (built: x)"), None);
+        assert_eq!(parse_version(""), None);
+        assert_eq!(parse_version("hello"), None);
     }
 
     #[test]

@@ -215,3 +215,29 @@ fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
         text(&out)
     );
 }
+
+#[test]
+fn a_binary_that_is_not_php_fpm_is_refused_at_start() {
+    let dir = TestDir::new("cli-notfpm");
+    std::fs::write(
+        dir.join("c.yaml"),
+        "phpfpm:\n  binary: /bin/true\npools:\n  - name: www\n",
+    )
+    .unwrap();
+    let port = crate::support::free_port();
+    let out = Command::new(manager_bin())
+        .args(["run", "--config", "c.yaml"])
+        .current_dir(&dir.path)
+        .env(
+            "PHPFPM_MANAGER_SERVER__BIND_ADDRESS",
+            format!("127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("/bin/true is not php-fpm"),
+        "{}",
+        text(&out)
+    );
+}
