@@ -1,0 +1,2 @@
+//! History API routes.
+pub mod error;
