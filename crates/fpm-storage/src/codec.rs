@@ -174,7 +174,8 @@ mod tests {
         assert_eq!(decode(&[2, 0, 0]), Err(DecodeError::Truncated { index: 1 }));
         assert!(matches!(decode(&[0xff; 12]), Err(DecodeError::VarintTooLong { .. })));
         assert_eq!(decode(&[0, 9]), Err(DecodeError::Trailing { extra: 1 }));
-        assert!(matches!(decode(&[1, 0xfe, 0x03, 0]), Err(DecodeError::OutOfRange { .. })));
+        assert_eq!(decode(&[1, 0x01, 0]), Err(DecodeError::OutOfRange { index: 0, offset: -1 }));
+        assert_eq!(decode(&[1, 0xc0, 0xa9, 0x07, 0]), Err(DecodeError::OutOfRange { index: 0, offset: 60_000 }));
     }
 
     proptest! {
