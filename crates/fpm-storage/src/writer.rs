@@ -52,7 +52,7 @@ impl Default for WriterOptions {
             compact_interval: Duration::from_secs(10),
             prune_interval: Duration::from_secs(60),
             prune_batch_rows: 2000,
-            compact_batch_rows: 100_000,
+            compact_batch_rows: 20_000,
             vacuum_pages: 256,
             max_pending_samples: 2_000_000,
             max_batch_samples: 50_000,
@@ -176,6 +176,9 @@ pub struct Writer {
 }
 
 const MAX_PENDING_EVENTS: usize = 10_000;
+
+/// Series looked at per pruning step (see `prune`).
+const MAX_SERIES_VISITS_PER_PRUNE: usize = 300;
 
 /// Tables pruned by series and bucket, with their bucket width.
 const TIERS: [(&str, i64); 3] = [("raw_chunk", MINUTE_MS), ("rollup_1m", MINUTE_MS), ("rollup_1h", HOUR_MS)];
@@ -509,7 +512,11 @@ impl Writer {
             let tx = conn.transaction().map_err(e("starting pruning"))?;
             let mut deleted = 0usize;
             let mut done = false;
-            while deleted < budget {
+            // Visiting a series costs two index look-ups even when nothing expires; bound
+            // those too, so a step stays short with thousands of series.
+            let mut visits = 0usize;
+            while deleted < budget && visits < MAX_SERIES_VISITS_PER_PRUNE {
+                visits += 1;
                 if table == TIERS.len() {
                     let n = tx
                         .execute(
