@@ -128,7 +128,7 @@ impl Reader {
             };
             let labels: BTreeMap<String, String> = serde_json::from_str(&labels_json).unwrap_or_default();
             // Rows are aligned to their own bucket; points are aligned to the step.
-            let pts = rollup::points(&rows, step, kind)
+            let pts = rollup::points(&rows, from, to, step, kind)
                 .into_iter()
                 .filter(|p| p.t_ms + step > from && p.t_ms < to)
                 .collect();

@@ -101,12 +101,16 @@ pub fn group(rows: &[(TimestampMs, Agg)], width: i64) -> Vec<(TimestampMs, Agg)>
 /// Counters: the increase of a point includes the step from the previous bucket's last
 /// value to its first, so a rate never goes negative and no increase is lost at bucket
 /// edges; the first bucket only counts what lies inside it.
-pub fn points(rows: &[(TimestampMs, Agg)], step: i64, kind: MetricKind) -> Vec<Point> {
+///
+/// A counter's rate divides by the part of the bucket inside `[from, to)`, so the
+/// partial buckets at the edges of the range are not under-reported.
+pub fn points(rows: &[(TimestampMs, Agg)], from: TimestampMs, to: TimestampMs, step: i64, kind: MetricKind) -> Vec<Point> {
     let mut prev_last: Option<f64> = None;
     group(rows, step)
         .into_iter()
         .map(|(t, a)| {
-            let secs = step as f64 / 1000.0;
+            let covered = (to.min(t + step) - from.max(t)).clamp(1, step.max(1));
+            let secs = covered as f64 / 1000.0;
             let p = match kind {
                 MetricKind::Gauge => Point {
                     t_ms: t,
@@ -252,12 +256,12 @@ mod tests {
             .enumerate()
             .map(|(i, &v)| (i as i64 * 1000, Agg::single(v)))
             .collect();
-        let pts = points(&rows, 1000, MetricKind::Counter);
+        let pts = points(&rows, 0, 5000, 1000, MetricKind::Counter);
         assert!(pts.iter().all(|p| p.value >= 0.0), "{pts:?}");
         let total: f64 = pts.iter().filter_map(|p| p.increase).sum();
         assert_eq!(total, 10.0 + 10.0 + 3.0 + 5.0);
         // The same through one coarse bucket.
-        let one = points(&rows, 60_000, MetricKind::Counter);
+        let one = points(&rows, 0, 60_000, 60_000, MetricKind::Counter);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].increase, Some(28.0));
         assert_eq!(one[0].value, 28.0 / 60.0);
