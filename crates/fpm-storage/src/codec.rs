@@ -79,7 +79,11 @@ impl Cursor<'_> {
 
 fn as_exact_int(v: f64) -> Option<i64> {
     // -0.0 must keep its sign bit, so it goes the raw way.
-    if v.is_finite() && v.fract() == 0.0 && v.abs() <= MAX_EXACT && !(v == 0.0 && v.is_sign_negative()) {
+    if v.is_finite()
+        && v.fract() == 0.0
+        && v.abs() <= MAX_EXACT
+        && !(v == 0.0 && v.is_sign_negative())
+    {
         Some(v as i64)
     } else {
         None
@@ -140,7 +144,9 @@ pub fn decode(buf: &[u8]) -> Result<Vec<(i64, f64)>, DecodeError> {
         out.push((ts, v));
     }
     if c.pos != buf.len() {
-        return Err(DecodeError::Trailing { extra: buf.len() - c.pos });
+        return Err(DecodeError::Trailing {
+            extra: buf.len() - c.pos,
+        });
     }
     Ok(out)
 }
@@ -160,7 +166,14 @@ mod tests {
 
     #[test]
     fn special_values_round_trip_bit_exact() {
-        let samples = vec![(0, -0.0), (1, 0.5), (2, 1e300), (3, -9.0e15), (4, f64::NAN), (59_999, 3.0)];
+        let samples = vec![
+            (0, -0.0),
+            (1, 0.5),
+            (2, 1e300),
+            (3, -9.0e15),
+            (4, f64::NAN),
+            (59_999, 3.0),
+        ];
         let dec = decode(&encode(&samples)).unwrap();
         for (a, b) in samples.iter().zip(&dec) {
             assert_eq!(a.0, b.0);
@@ -172,10 +185,25 @@ mod tests {
     fn corrupt_chunks_are_errors_not_panics() {
         assert_eq!(decode(&[]), Err(DecodeError::Truncated { index: 0 }));
         assert_eq!(decode(&[2, 0, 0]), Err(DecodeError::Truncated { index: 1 }));
-        assert!(matches!(decode(&[0xff; 12]), Err(DecodeError::VarintTooLong { .. })));
+        assert!(matches!(
+            decode(&[0xff; 12]),
+            Err(DecodeError::VarintTooLong { .. })
+        ));
         assert_eq!(decode(&[0, 9]), Err(DecodeError::Trailing { extra: 1 }));
-        assert_eq!(decode(&[1, 0x01, 0]), Err(DecodeError::OutOfRange { index: 0, offset: -1 }));
-        assert_eq!(decode(&[1, 0xc0, 0xa9, 0x07, 0]), Err(DecodeError::OutOfRange { index: 0, offset: 60_000 }));
+        assert_eq!(
+            decode(&[1, 0x01, 0]),
+            Err(DecodeError::OutOfRange {
+                index: 0,
+                offset: -1
+            })
+        );
+        assert_eq!(
+            decode(&[1, 0xc0, 0xa9, 0x07, 0]),
+            Err(DecodeError::OutOfRange {
+                index: 0,
+                offset: 60_000
+            })
+        );
     }
 
     proptest! {

@@ -103,20 +103,37 @@ pub(crate) fn lock_path(path: &Path) -> PathBuf {
 
 pub(crate) fn take_process_lock(path: &Path) -> Result<ProcessLock, StorageError> {
     let lp = lock_path(path);
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lp).map_err(
-        |e| match e.raw_os_error() {
-            Some(c) if c == rustix::io::Errno::ROFS.raw_os_error() || c == rustix::io::Errno::ACCESS.raw_os_error() => {
-                StorageError::ReadOnly { path: path.to_owned(), reason: format!("cannot create lock file '{}': {e}", lp.display()) }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lp)
+        .map_err(|e| match e.raw_os_error() {
+            Some(c)
+                if c == rustix::io::Errno::ROFS.raw_os_error()
+                    || c == rustix::io::Errno::ACCESS.raw_os_error() =>
+            {
+                StorageError::ReadOnly {
+                    path: path.to_owned(),
+                    reason: format!("cannot create lock file '{}': {e}", lp.display()),
+                }
             }
-            _ => StorageError::Io { path: lp.clone(), source: e },
-        },
-    )?;
+            _ => StorageError::Io {
+                path: lp.clone(),
+                source: e,
+            },
+        })?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(ProcessLock { _file: file }),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            Err(StorageError::Locked { path: path.to_owned(), lock_path: lp })
-        }
-        Err(e) => Err(StorageError::Io { path: lp, source: e.into() }),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StorageError::Locked {
+            path: path.to_owned(),
+            lock_path: lp,
+        }),
+        Err(e) => Err(StorageError::Io {
+            path: lp,
+            source: e.into(),
+        }),
     }
 }
 
@@ -127,28 +144,46 @@ pub(crate) fn precheck_file(path: &Path) -> Result<(), StorageError> {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StorageError::Io { path: dir.to_owned(), source: e })?;
+                std::fs::create_dir_all(dir).map_err(|e| StorageError::Io {
+                    path: dir.to_owned(),
+                    source: e,
+                })?;
             }
             return Ok(());
         }
-        Err(e) => return Err(StorageError::Io { path: path.to_owned(), source: e }),
+        Err(e) => {
+            return Err(StorageError::Io {
+                path: path.to_owned(),
+                source: e,
+            })
+        }
     };
     if !meta.is_file() {
-        return Err(StorageError::NotSqlite { path: path.to_owned() });
+        return Err(StorageError::NotSqlite {
+            path: path.to_owned(),
+        });
     }
     if meta.permissions().mode() & 0o222 == 0 {
         return Err(StorageError::ReadOnly {
             path: path.to_owned(),
-            reason: format!("file mode {:o} has no write permission", meta.permissions().mode() & 0o7777),
+            reason: format!(
+                "file mode {:o} has no write permission",
+                meta.permissions().mode() & 0o7777
+            ),
         });
     }
     if meta.len() == 0 {
         return Ok(());
     }
     let mut header = [0u8; 16];
-    let mut f = File::open(path).map_err(|e| StorageError::Io { path: path.to_owned(), source: e })?;
+    let mut f = File::open(path).map_err(|e| StorageError::Io {
+        path: path.to_owned(),
+        source: e,
+    })?;
     if meta.len() < 16 || f.read_exact(&mut header).is_err() || &header != b"SQLite format 3\0" {
-        return Err(StorageError::NotSqlite { path: path.to_owned() });
+        return Err(StorageError::NotSqlite {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
@@ -156,7 +191,8 @@ pub(crate) fn precheck_file(path: &Path) -> Result<(), StorageError> {
 /// Pragmas every writing connection gets. In-memory databases have no WAL.
 fn configure(conn: &Connection, path: &Path, file_backed: bool) -> Result<(), StorageError> {
     let e = |c| move |err| StorageError::sqlite(path, c, err);
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(e("setting busy timeout"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(e("setting busy timeout"))?;
     if file_backed {
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -180,26 +216,41 @@ fn configure(conn: &Connection, path: &Path, file_backed: bool) -> Result<(), St
 /// Brings the schema up to date, refusing foreign databases and newer schemas.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
     let e = |c| move |err| StorageError::sqlite(path, c, err);
-    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(e("reading application id"))?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e("reading schema version"))?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(e("reading application id"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(e("reading schema version"))?;
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(e("reading schema"))?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
-        return Err(StorageError::ForeignDatabase { path: path.to_owned(), application_id: app_id });
+        return Err(StorageError::ForeignDatabase {
+            path: path.to_owned(),
+            application_id: app_id,
+        });
     }
     if version > SCHEMA_VERSION {
-        return Err(StorageError::NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION });
+        return Err(StorageError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
     if tables == 0 {
         // Must precede the first table: it decides how free pages are returned later.
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;").map_err(e("enabling incremental vacuum"))?;
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+            .map_err(e("enabling incremental vacuum"))?;
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn.transaction().map_err(e("starting migration"))?;
         tx.execute_batch(sql).map_err(e("running migration"))?;
-        tx.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {};", i + 1))
-            .map_err(e("recording schema version"))?;
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {};",
+            i + 1
+        ))
+        .map_err(e("recording schema version"))?;
         tx.commit().map_err(e("committing migration"))?;
         tracing::info!(path = %path.display(), version = i + 1, "Migrated the storage schema.");
     }
@@ -208,28 +259,41 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageE
 
 /// Opens the writer's connection to a file and migrates it.
 pub(crate) fn open_file_writer(path: &Path) -> Result<Connection, StorageError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| StorageError::sqlite(path, "opening", e))?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StorageError::sqlite(path, "opening", e))?;
     // Schema checks come before any pragma that could write to the file.
     migrate_checked(&mut conn, path)?;
     Ok(conn)
 }
 
 fn migrate_checked(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| StorageError::sqlite(path, "setting busy timeout", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| StorageError::sqlite(path, "setting busy timeout", e))?;
     // Read-only probe first: a foreign or newer file must not even get its journal mode changed.
-    let app_id: i64 =
-        conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| StorageError::sqlite(path, "reading application id", e))?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| StorageError::sqlite(path, "reading application id", e))?;
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(|e| StorageError::sqlite(path, "reading schema", e))?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
-        return Err(StorageError::ForeignDatabase { path: path.to_owned(), application_id: app_id });
+        return Err(StorageError::ForeignDatabase {
+            path: path.to_owned(),
+            application_id: app_id,
+        });
     }
-    let version: i64 =
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| StorageError::sqlite(path, "reading schema version", e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StorageError::sqlite(path, "reading schema version", e))?;
     if version > SCHEMA_VERSION {
-        return Err(StorageError::NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION });
+        return Err(StorageError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
     if tables == 0 {
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
@@ -242,15 +306,18 @@ fn migrate_checked(conn: &mut Connection, path: &Path) -> Result<(), StorageErro
 /// A read-only connection for queries; in WAL mode it never blocks the writer.
 pub(crate) fn open_file_reader(path: &Path) -> Result<Connection, StorageError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| StorageError::sqlite(path, "opening for reading", e))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| StorageError::sqlite(path, "setting busy timeout", e))?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StorageError::sqlite(path, "opening for reading", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| StorageError::sqlite(path, "setting busy timeout", e))?;
     Ok(conn)
 }
 
 /// The single shared connection of an in-memory database.
 pub(crate) fn open_memory() -> Result<Connection, StorageError> {
     let path = Path::new(":memory:");
-    let mut conn = Connection::open_in_memory().map_err(|e| StorageError::sqlite(path, "opening", e))?;
+    let mut conn =
+        Connection::open_in_memory().map_err(|e| StorageError::sqlite(path, "opening", e))?;
     configure(&conn, path, false)?;
     migrate(&mut conn, path)?;
     Ok(conn)

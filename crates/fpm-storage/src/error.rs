@@ -13,7 +13,11 @@ pub enum StorageError {
     #[error("database file '{path}' belongs to another application (SQLite application_id {application_id:#x}, tables present); it was left untouched: set storage.database_path to another file")]
     ForeignDatabase { path: PathBuf, application_id: i64 },
     #[error("database file '{path}' has schema version {found}, newer than the {supported} this phpfpm-manager knows; upgrade phpfpm-manager or set storage.database_path to another file")]
-    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("database file '{path}' cannot be written ({reason}); make it and its directory writable or set storage.database_path to another file")]
     ReadOnly { path: PathBuf, reason: String },
     #[error("database file '{path}' is in use by another process (lock '{lock_path}' is held); stop the other phpfpm-manager or set storage.database_path to another file")]
@@ -23,11 +27,23 @@ pub enum StorageError {
     #[error("disk full while writing database file '{path}'; free space on its filesystem (samples are kept in memory and written when space returns)")]
     DiskFull { path: PathBuf },
     #[error("cannot access '{path}': {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database file '{path}': {context}: {source}")]
-    Sqlite { path: PathBuf, context: &'static str, source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        context: &'static str,
+        source: rusqlite::Error,
+    },
     #[error("database file '{path}': stored chunk of series {series_id} at {bucket_ms} is damaged: {source}")]
-    Corrupt { path: PathBuf, series_id: i64, bucket_ms: i64, source: DecodeError },
+    Corrupt {
+        path: PathBuf,
+        series_id: i64,
+        bucket_ms: i64,
+        source: DecodeError,
+    },
     #[error("invalid retention: {0}")]
     Retention(#[from] RetentionError),
     #[error("the storage writer was already started for '{path}'")]
@@ -38,27 +54,41 @@ pub enum StorageError {
 
 impl StorageError {
     /// Classifies a SQLite error from an operation on `path` during `context`.
-    pub(crate) fn sqlite(path: &std::path::Path, context: &'static str, e: rusqlite::Error) -> StorageError {
+    pub(crate) fn sqlite(
+        path: &std::path::Path,
+        context: &'static str,
+        e: rusqlite::Error,
+    ) -> StorageError {
         use rusqlite::ErrorCode as C;
         let path = path.to_owned();
         match e.sqlite_error_code() {
             Some(C::NotADatabase) => StorageError::NotSqlite { path },
             Some(C::DiskFull) => StorageError::DiskFull { path },
             Some(C::ReadOnly) | Some(C::CannotOpen) | Some(C::PermissionDenied) => {
-                StorageError::ReadOnly { path, reason: e.to_string() }
+                StorageError::ReadOnly {
+                    path,
+                    reason: e.to_string(),
+                }
             }
-            Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => {
-                StorageError::Busy { path, waited_ms: crate::db::BUSY_TIMEOUT.as_millis() as u64 }
-            }
-            _ => StorageError::Sqlite { path, context, source: e },
+            Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => StorageError::Busy {
+                path,
+                waited_ms: crate::db::BUSY_TIMEOUT.as_millis() as u64,
+            },
+            _ => StorageError::Sqlite {
+                path,
+                context,
+                source: e,
+            },
         }
     }
 
     /// True for errors that may go away by themselves (full disk, a lock held for a while):
     /// the writer keeps its batch and retries.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StorageError::DiskFull { .. } | StorageError::Busy { .. } | StorageError::Io { .. })
-            || matches!(self, StorageError::Sqlite { source, .. }
+        matches!(
+            self,
+            StorageError::DiskFull { .. } | StorageError::Busy { .. } | StorageError::Io { .. }
+        ) || matches!(self, StorageError::Sqlite { source, .. }
                 if matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::SystemIoFailure)))
     }
 }

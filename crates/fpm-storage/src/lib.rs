@@ -24,11 +24,13 @@ use rusqlite::Connection;
 pub use db::SCHEMA_VERSION;
 pub use error::StorageError;
 pub use model::{
-    Event, EventFilter, EventKind, EventStats, MetricKind, Point, QueryResult, Retention, RetentionError, Sample,
-    SeriesPoints, Severity, StoredEvent, Tier, TimestampMs, UnknownName,
+    Event, EventFilter, EventKind, EventStats, MetricKind, Point, QueryResult, Retention,
+    RetentionError, Sample, SeriesPoints, Severity, StoredEvent, Tier, TimestampMs, UnknownName,
 };
 pub use reader::{QueryError, Reader};
-pub use writer::{MaintenanceReport, Writer, WriterHandle, WriterOptions, WriterStatus, WriterTask};
+pub use writer::{
+    MaintenanceReport, Writer, WriterHandle, WriterOptions, WriterStatus, WriterTask,
+};
 
 /// `storage.*` settings.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +74,10 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("path", &self.path).field("retention", &self.retention).finish()
+        f.debug_struct("Storage")
+            .field("path", &self.path)
+            .field("retention", &self.retention)
+            .finish()
     }
 }
 
@@ -135,8 +140,16 @@ impl Storage {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| StorageError::WriterTaken { path: self.path.clone() })?;
-        Ok(Writer::new(conn, self.path.clone(), self.retention, opts, self.lock.clone()))
+            .ok_or_else(|| StorageError::WriterTaken {
+                path: self.path.clone(),
+            })?;
+        Ok(Writer::new(
+            conn,
+            self.path.clone(),
+            self.retention,
+            opts,
+            self.lock.clone(),
+        ))
     }
 
     /// Starts the writer on tokio's blocking pool. The task ends, after committing
@@ -145,7 +158,13 @@ impl Storage {
     pub fn spawn_writer(
         &self,
         opts: WriterOptions,
-    ) -> Result<(WriterHandle, tokio::task::JoinHandle<Result<(), StorageError>>), StorageError> {
+    ) -> Result<
+        (
+            WriterHandle,
+            tokio::task::JoinHandle<Result<(), StorageError>>,
+        ),
+        StorageError,
+    > {
         let (handle, task) = self.writer(opts)?.into_task();
         Ok((handle, tokio::task::spawn_blocking(move || task.run())))
     }

@@ -58,7 +58,12 @@ impl Sample {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> Sample {
-        Sample { name: name.into(), labels, value, kind: MetricKind::Gauge }
+        Sample {
+            name: name.into(),
+            labels,
+            value,
+            kind: MetricKind::Gauge,
+        }
     }
 
     pub fn counter(
@@ -66,7 +71,12 @@ impl Sample {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> Sample {
-        Sample { name: name.into(), labels, value, kind: MetricKind::Counter }
+        Sample {
+            name: name.into(),
+            labels,
+            value,
+            kind: MetricKind::Counter,
+        }
     }
 }
 
@@ -98,12 +108,18 @@ impl Default for Retention {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RetentionError {
     #[error("storage.retention.{key} '{value}' is not a duration like '36h' or '7d': {reason}")]
-    Parse { key: &'static str, value: String, reason: String },
+    Parse {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("storage.retention.raw '{raw}' must be at least 2m so that every minute is rolled up before its raw samples expire")]
     RawTooShort { raw: String },
     #[error("storage.retention.minute '{minute}' must be at least storage.retention.raw '{raw}' plus 1h, because hourly rollups are recomputed from minute rows when late samples arrive")]
     MinuteTooShort { minute: String, raw: String },
-    #[error("storage.retention.hour '{hour}' must be at least storage.retention.minute '{minute}'")]
+    #[error(
+        "storage.retention.hour '{hour}' must be at least storage.retention.minute '{minute}'"
+    )]
     HourTooShort { hour: String, minute: String },
     #[error("storage.retention.{key} '{value}' is longer than 100 years")]
     TooLong { key: &'static str, value: String },
@@ -134,9 +150,12 @@ impl Retention {
     pub fn validate(&self) -> Result<(), RetentionError> {
         let h = |d: Duration| humantime::format_duration(d).to_string();
         const CENTURY: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
-        for (key, d) in
-            [("raw", self.raw), ("minute", self.minute), ("hour", self.hour), ("events", self.events)]
-        {
+        for (key, d) in [
+            ("raw", self.raw),
+            ("minute", self.minute),
+            ("hour", self.hour),
+            ("events", self.events),
+        ] {
             if d > CENTURY {
                 return Err(RetentionError::TooLong { key, value: h(d) });
             }
@@ -145,10 +164,16 @@ impl Retention {
             return Err(RetentionError::RawTooShort { raw: h(self.raw) });
         }
         if self.minute < self.raw + Duration::from_secs(3600) {
-            return Err(RetentionError::MinuteTooShort { minute: h(self.minute), raw: h(self.raw) });
+            return Err(RetentionError::MinuteTooShort {
+                minute: h(self.minute),
+                raw: h(self.raw),
+            });
         }
         if self.hour < self.minute {
-            return Err(RetentionError::HourTooShort { hour: h(self.hour), minute: h(self.minute) });
+            return Err(RetentionError::HourTooShort {
+                hour: h(self.hour),
+                minute: h(self.minute),
+            });
         }
         Ok(())
     }

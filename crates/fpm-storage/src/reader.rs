@@ -10,8 +10,8 @@ use rusqlite::{params, types::Value, Connection, Row};
 use crate::codec;
 use crate::error::StorageError;
 use crate::model::{
-    Event, EventFilter, EventKind, EventStats, MetricKind, QueryResult, Retention, SeriesPoints, Severity,
-    StoredEvent, Tier, TimestampMs,
+    Event, EventFilter, EventKind, EventStats, MetricKind, QueryResult, Retention, SeriesPoints,
+    Severity, StoredEvent, Tier, TimestampMs,
 };
 use crate::rollup::{self, bucket_start, Agg, RangeError, MINUTE_MS};
 
@@ -21,7 +21,11 @@ pub enum QueryError {
     #[error(transparent)]
     Range(#[from] RangeError),
     #[error("no metric '{metric}' stored for pool '{pool}'{}", known_hint(.known))]
-    NotFound { pool: String, metric: String, known: Vec<String> },
+    NotFound {
+        pool: String,
+        metric: String,
+        known: Vec<String>,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -57,10 +61,17 @@ pub(crate) fn agg_from_row(r: &Row<'_>) -> rusqlite::Result<Agg> {
 
 impl Reader {
     pub(crate) fn new(conn: Arc<Mutex<Connection>>, path: PathBuf, retention: Retention) -> Reader {
-        Reader { conn, path, retention }
+        Reader {
+            conn,
+            path,
+            retention,
+        }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R, StorageError>) -> Result<R, StorageError> {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
         // A panic elsewhere while holding the lock leaves the connection itself usable.
         let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&guard)
@@ -126,20 +137,36 @@ impl Reader {
                 Tier::Minute => self.rollup_rows("rollup_1m", id, from, to, MINUTE_MS)?,
                 Tier::Hour => self.rollup_rows("rollup_1h", id, from, to, rollup::HOUR_MS)?,
             };
-            let labels: BTreeMap<String, String> = serde_json::from_str(&labels_json).unwrap_or_default();
+            let labels: BTreeMap<String, String> =
+                serde_json::from_str(&labels_json).unwrap_or_default();
             // Rows are aligned to their own bucket; points are aligned to the step.
             let pts = rollup::points(&rows, from, to, step, kind)
                 .into_iter()
                 .filter(|p| p.t_ms + step > from && p.t_ms < to)
                 .collect();
-            out.push(SeriesPoints { labels, kind, points: pts });
+            out.push(SeriesPoints {
+                labels,
+                kind,
+                points: pts,
+            });
         }
-        Ok(QueryResult { tier, from_ms: from, to_ms: to, step_ms: step, series: out })
+        Ok(QueryResult {
+            tier,
+            from_ms: from,
+            to_ms: to,
+            step_ms: step,
+            series: out,
+        })
     }
 
     /// Raw samples of one series in `[from, to)`: compacted chunks plus the staged
     /// samples not compacted yet (staged values win, they were written later).
-    pub fn raw_samples(&self, series_id: i64, from: TimestampMs, to: TimestampMs) -> Result<Vec<(TimestampMs, f64)>, StorageError> {
+    pub fn raw_samples(
+        &self,
+        series_id: i64,
+        from: TimestampMs,
+        to: TimestampMs,
+    ) -> Result<Vec<(TimestampMs, f64)>, StorageError> {
         self.with(|c| {
             let mut all: Vec<(i64, f64)> = Vec::new();
             let mut st = c
@@ -170,8 +197,17 @@ impl Reader {
         })
     }
 
-    fn raw_rows(&self, id: i64, from: TimestampMs, to: TimestampMs) -> Result<Vec<(TimestampMs, Agg)>, StorageError> {
-        Ok(self.raw_samples(id, from, to)?.into_iter().map(|(t, v)| (t, Agg::single(v))).collect())
+    fn raw_rows(
+        &self,
+        id: i64,
+        from: TimestampMs,
+        to: TimestampMs,
+    ) -> Result<Vec<(TimestampMs, Agg)>, StorageError> {
+        Ok(self
+            .raw_samples(id, from, to)?
+            .into_iter()
+            .map(|(t, v)| (t, Agg::single(v)))
+            .collect())
     }
 
     /// Rollup rows of one series whose bucket starts in `[from rounded down, to)`.
@@ -188,9 +224,13 @@ impl Reader {
                 "SELECT count, sum, min, max, first, last, increase, bucket FROM {table}
                  WHERE series_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket"
             );
-            let mut st = c.prepare_cached(&sql).map_err(self.err("reading rollups"))?;
+            let mut st = c
+                .prepare_cached(&sql)
+                .map_err(self.err("reading rollups"))?;
             let rows = st
-                .query_map(params![id, bucket_start(from, width), to], |r| Ok((r.get::<_, i64>(7)?, agg_from_row(r)?)))
+                .query_map(params![id, bucket_start(from, width), to], |r| {
+                    Ok((r.get::<_, i64>(7)?, agg_from_row(r)?))
+                })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(self.err("reading rollups"))?;
             Ok(rows)
@@ -198,14 +238,25 @@ impl Reader {
     }
 
     /// Id of the series `name` with exactly these labels (sorted or not).
-    pub fn series_id(&self, name: &str, labels: &[(String, String)]) -> Result<Option<i64>, StorageError> {
-        let map: BTreeMap<&str, &str> = labels.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    pub fn series_id(
+        &self,
+        name: &str,
+        labels: &[(String, String)],
+    ) -> Result<Option<i64>, StorageError> {
+        let map: BTreeMap<&str, &str> = labels
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let json = serde_json::to_string(&map).unwrap_or_default();
         self.with(|c| {
             use rusqlite::OptionalExtension;
-            c.query_row("SELECT id FROM series WHERE name = ?1 AND labels = ?2", params![name, json], |r| r.get(0))
-                .optional()
-                .map_err(self.err("finding series"))
+            c.query_row(
+                "SELECT id FROM series WHERE name = ?1 AND labels = ?2",
+                params![name, json],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("finding series"))
         })
     }
 
@@ -225,8 +276,14 @@ impl Reader {
             conds.push(format!("pool = ?{}", args.len()));
         }
         for (col, vals) in [
-            ("kind", f.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
-            ("severity", f.severities.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+            (
+                "kind",
+                f.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ),
+            (
+                "severity",
+                f.severities.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ),
         ] {
             if vals.is_empty() {
                 continue;
@@ -238,7 +295,11 @@ impl Reader {
             }
             conds.push(format!("{col} IN ({})", ph.join(", ")));
         }
-        let w = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        let w = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
         (w, args)
     }
 
@@ -254,17 +315,26 @@ impl Reader {
         );
         self.with(|c| {
             let mut st = c.prepare_cached(&sql).map_err(self.err("reading events"))?;
-            let mut rows = st.query(rusqlite::params_from_iter(args)).map_err(self.err("reading events"))?;
+            let mut rows = st
+                .query(rusqlite::params_from_iter(args))
+                .map_err(self.err("reading events"))?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(self.err("reading events"))? {
-                let get = |i| -> Result<Value, StorageError> { r.get::<_, Value>(i).map_err(self.err("reading events")) };
+                let get = |i| -> Result<Value, StorageError> {
+                    r.get::<_, Value>(i).map_err(self.err("reading events"))
+                };
                 let text = |v: Value| match v {
                     Value::Text(s) => Some(s),
                     _ => None,
                 };
-                let (kind, severity) = (text(get(2)?).unwrap_or_default(), text(get(3)?).unwrap_or_default());
+                let (kind, severity) = (
+                    text(get(2)?).unwrap_or_default(),
+                    text(get(3)?).unwrap_or_default(),
+                );
                 // Rows of kinds a newer version wrote are skipped rather than failing the query.
-                let (Ok(kind), Ok(severity)) = (kind.parse::<EventKind>(), severity.parse::<Severity>()) else {
+                let (Ok(kind), Ok(severity)) =
+                    (kind.parse::<EventKind>(), severity.parse::<Severity>())
+                else {
                     tracing::debug!(kind, severity, "Skipping an event of unknown kind.");
                     continue;
                 };
@@ -301,12 +371,21 @@ impl Reader {
     /// Counts of events matching the filter (its limit is ignored).
     pub fn event_stats(&self, f: &EventFilter) -> Result<EventStats, StorageError> {
         let (w, args) = Self::where_clause(f);
-        let sql = format!("SELECT kind, severity, pool, count(*) FROM events {w} GROUP BY kind, severity, pool");
+        let sql = format!(
+            "SELECT kind, severity, pool, count(*) FROM events {w} GROUP BY kind, severity, pool"
+        );
         self.with(|c| {
-            let mut st = c.prepare_cached(&sql).map_err(self.err("counting events"))?;
+            let mut st = c
+                .prepare_cached(&sql)
+                .map_err(self.err("counting events"))?;
             let rows = st
                 .query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(self.err("counting events"))?;
@@ -316,7 +395,9 @@ impl Reader {
                 s.total += n;
                 *s.by_kind.entry(kind).or_default() += n;
                 *s.by_severity.entry(sev).or_default() += n;
-                *s.by_pool.entry(pool.unwrap_or_else(|| "-".to_owned())).or_default() += n;
+                *s.by_pool
+                    .entry(pool.unwrap_or_else(|| "-".to_owned()))
+                    .or_default() += n;
             }
             Ok(s)
         })
@@ -325,7 +406,9 @@ impl Reader {
     /// `PRAGMA integrity_check`: "ok" for a sound file.
     pub fn integrity_check(&self) -> Result<String, StorageError> {
         self.with(|c| {
-            let mut st = c.prepare("PRAGMA integrity_check").map_err(self.err("checking integrity"))?;
+            let mut st = c
+                .prepare("PRAGMA integrity_check")
+                .map_err(self.err("checking integrity"))?;
             let lines = st
                 .query_map([], |r| r.get::<_, String>(0))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -336,10 +419,20 @@ impl Reader {
 
     /// Counts rows of a table (tests and benchmarks).
     pub fn count_rows(&self, table: &str) -> Result<i64, StorageError> {
-        let allowed = ["series", "raw_recent", "raw_chunk", "rollup_1m", "rollup_1h", "events"];
+        let allowed = [
+            "series",
+            "raw_recent",
+            "raw_chunk",
+            "rollup_1m",
+            "rollup_1h",
+            "events",
+        ];
         let Some(t) = allowed.iter().find(|t| **t == table) else {
             return Ok(0);
         };
-        self.with(|c| c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0)).map_err(self.err("counting rows")))
+        self.with(|c| {
+            c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .map_err(self.err("counting rows"))
+        })
     }
 }

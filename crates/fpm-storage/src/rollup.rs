@@ -45,7 +45,15 @@ pub struct Agg {
 
 impl Agg {
     pub fn single(v: f64) -> Agg {
-        Agg { count: 1, sum: v, min: v, max: v, first: v, last: v, increase: 0.0 }
+        Agg {
+            count: 1,
+            sum: v,
+            min: v,
+            max: v,
+            first: v,
+            last: v,
+            increase: 0.0,
+        }
     }
 
     /// Aggregates values given in time order; `None` for no values.
@@ -104,7 +112,13 @@ pub fn group(rows: &[(TimestampMs, Agg)], width: i64) -> Vec<(TimestampMs, Agg)>
 ///
 /// A counter's rate divides by the part of the bucket inside `[from, to)`, so the
 /// partial buckets at the edges of the range are not under-reported.
-pub fn points(rows: &[(TimestampMs, Agg)], from: TimestampMs, to: TimestampMs, step: i64, kind: MetricKind) -> Vec<Point> {
+pub fn points(
+    rows: &[(TimestampMs, Agg)],
+    from: TimestampMs,
+    to: TimestampMs,
+    step: i64,
+    kind: MetricKind,
+) -> Vec<Point> {
     let mut prev_last: Option<f64> = None;
     group(rows, step)
         .into_iter()
@@ -146,7 +160,11 @@ pub enum RangeError {
     #[error("step must be at least 1s (got {step_ms} ms)")]
     StepTooSmall { step_ms: i64 },
     #[error("the range at this step gives {points} points, more than the limit of {max}; use a step of at least {min_step_s}s")]
-    TooManyPoints { points: i64, max: i64, min_step_s: i64 },
+    TooManyPoints {
+        points: i64,
+        max: i64,
+        min_step_s: i64,
+    },
 }
 
 /// Checks a query range and returns the number of steps it spans.
@@ -155,7 +173,10 @@ pub fn check_range(from: TimestampMs, to: TimestampMs, step: i64) -> Result<i64,
         return Err(RangeError::StepTooSmall { step_ms: step });
     }
     if from >= to {
-        return Err(RangeError::Empty { from_ms: from, to_ms: to });
+        return Err(RangeError::Empty {
+            from_ms: from,
+            to_ms: to,
+        });
     }
     let span = to.saturating_sub(from);
     let points = span / step + i64::from(span % step != 0);
@@ -212,11 +233,17 @@ pub fn choose_tier(now: TimestampMs, from: TimestampMs, step: i64, r: &Retention
         Tier::Hour => from >= c.hour,
     };
     let coarse_to_fine = [Tier::Hour, Tier::Minute, Tier::Raw];
-    if let Some(t) = coarse_to_fine.into_iter().find(|&t| t.resolution_ms() <= step && covers(t)) {
+    if let Some(t) = coarse_to_fine
+        .into_iter()
+        .find(|&t| t.resolution_ms() <= step && covers(t))
+    {
         return t;
     }
     // The step is finer than every tier that still holds `from`: the finest one that does.
-    [Tier::Raw, Tier::Minute].into_iter().find(|&t| covers(t)).unwrap_or(Tier::Hour)
+    [Tier::Raw, Tier::Minute]
+        .into_iter()
+        .find(|&t| covers(t))
+        .unwrap_or(Tier::Hour)
 }
 
 /// Why a sample was not stored.
@@ -307,8 +334,17 @@ mod tests {
 
     #[test]
     fn range_checks_name_the_problem() {
-        assert_eq!(check_range(10, 10, 1000), Err(RangeError::Empty { from_ms: 10, to_ms: 10 }));
-        assert_eq!(check_range(0, 1, 999), Err(RangeError::StepTooSmall { step_ms: 999 }));
+        assert_eq!(
+            check_range(10, 10, 1000),
+            Err(RangeError::Empty {
+                from_ms: 10,
+                to_ms: 10
+            })
+        );
+        assert_eq!(
+            check_range(0, 1, 999),
+            Err(RangeError::StepTooSmall { step_ms: 999 })
+        );
         assert_eq!(check_range(0, 86_400_000, 60_000), Ok(1440));
         let e = check_range(0, 7 * 86_400_000, 1000).unwrap_err();
         assert!(e.to_string().contains("use a step of at least 55s"), "{e}");
@@ -317,11 +353,17 @@ mod tests {
 
     #[test]
     fn admission_rejects_old_future_and_non_finite() {
-        let r = Retention { raw: Duration::from_secs(3600), ..Retention::default() };
+        let r = Retention {
+            raw: Duration::from_secs(3600),
+            ..Retention::default()
+        };
         let now = 10 * HOUR_MS;
         assert_eq!(admit(now, f64::NAN, now, &r), Err(Reject::NotFinite));
         assert_eq!(admit(now - HOUR_MS, 1.0, now, &r), Err(Reject::TooOld));
-        assert_eq!(admit(now + MAX_FUTURE_MS + 1, 1.0, now, &r), Err(Reject::TooNew));
+        assert_eq!(
+            admit(now + MAX_FUTURE_MS + 1, 1.0, now, &r),
+            Err(Reject::TooNew)
+        );
         assert_eq!(admit(now - HOUR_MS + 2 * MINUTE_MS, 1.0, now, &r), Ok(()));
     }
 

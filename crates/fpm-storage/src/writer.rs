@@ -115,7 +115,11 @@ impl Stats {
             write_errors: l(&self.write_errors),
             pending: l(&self.pending),
             failing: self.failing.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().map(|g| g.clone()).unwrap_or_default(),
+            last_error: self
+                .last_error
+                .lock()
+                .map(|g| g.clone())
+                .unwrap_or_default(),
             committed_until_ms: self.committed_until_ms.load(Ordering::Relaxed),
         }
     }
@@ -181,7 +185,11 @@ const MAX_PENDING_EVENTS: usize = 10_000;
 const MAX_SERIES_VISITS_PER_PRUNE: usize = 300;
 
 /// Tables pruned by series and bucket, with their bucket width.
-const TIERS: [(&str, i64); 3] = [("raw_chunk", MINUTE_MS), ("rollup_1m", MINUTE_MS), ("rollup_1h", HOUR_MS)];
+const TIERS: [(&str, i64); 3] = [
+    ("raw_chunk", MINUTE_MS),
+    ("rollup_1m", MINUTE_MS),
+    ("rollup_1h", HOUR_MS),
+];
 
 fn series_key(name: &str, labels: &[(String, String)]) -> String {
     let mut k = String::with_capacity(name.len() + 32);
@@ -248,8 +256,11 @@ impl Writer {
                 Some(&i) => i,
                 None => {
                     let i = self.series.len() as u32;
-                    let map: BTreeMap<&str, &str> =
-                        s.labels.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                    let map: BTreeMap<&str, &str> = s
+                        .labels
+                        .iter()
+                        .map(|(a, b)| (a.as_str(), b.as_str()))
+                        .collect();
                     self.series.push(SeriesInfo {
                         name: s.name.into_owned(),
                         labels_json: serde_json::to_string(&map).unwrap_or_default(),
@@ -266,9 +277,13 @@ impl Writer {
         if self.pending.len() > self.opts.max_pending_samples {
             let excess = self.pending.len() - self.opts.max_pending_samples;
             self.pending.drain(..excess);
-            self.stats.overflow_dropped.fetch_add(excess as u64, Ordering::Relaxed);
+            self.stats
+                .overflow_dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
         }
-        self.stats.pending.store(self.pending.len() as u64, Ordering::Relaxed);
+        self.stats
+            .pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
     }
 
     /// Queues an event for the next flush.
@@ -361,10 +376,16 @@ impl Writer {
         }
         let n = self.pending.len();
         if let Some(max_ts) = self.pending.iter().map(|p| p.1).max() {
-            self.stats.committed_until_ms.fetch_max(max_ts, Ordering::Relaxed);
+            self.stats
+                .committed_until_ms
+                .fetch_max(max_ts, Ordering::Relaxed);
         }
-        self.stats.samples_written.fetch_add(n as u64, Ordering::Relaxed);
-        self.stats.events_written.fetch_add(self.pending_events.len() as u64, Ordering::Relaxed);
+        self.stats
+            .samples_written
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .events_written
+            .fetch_add(self.pending_events.len() as u64, Ordering::Relaxed);
         self.pending.clear();
         self.pending_events.clear();
         self.stats.pending.store(0, Ordering::Relaxed);
@@ -568,7 +589,11 @@ impl Writer {
             Ok((deleted, done))
         })?;
         self.prune_cursor = if done { None } else { Some((table, after_id)) };
-        Ok(MaintenanceReport { compacted_samples: 0, pruned_rows: deleted, more: !done })
+        Ok(MaintenanceReport {
+            compacted_samples: 0,
+            pruned_rows: deleted,
+            more: !done,
+        })
     }
 
     /// Flushes, then runs whatever maintenance is due at `now` (one bounded step each).
@@ -579,13 +604,21 @@ impl Writer {
             let r = self.compact(now)?;
             report.compacted_samples = r.compacted_samples;
             report.more |= r.more;
-            self.next_compact_ms = if r.more { now } else { now + crate::model::duration_ms(self.opts.compact_interval) };
+            self.next_compact_ms = if r.more {
+                now
+            } else {
+                now + crate::model::duration_ms(self.opts.compact_interval)
+            };
         }
         if now >= self.next_prune_ms {
             let r = self.prune(now)?;
             report.pruned_rows = r.pruned_rows;
             report.more |= r.more;
-            self.next_prune_ms = if r.more { now } else { now + crate::model::duration_ms(self.opts.prune_interval) };
+            self.next_prune_ms = if r.more {
+                now
+            } else {
+                now + crate::model::duration_ms(self.opts.prune_interval)
+            };
         }
         Ok(report)
     }
@@ -611,7 +644,10 @@ impl Writer {
     /// Turns the core into a channel-fed task and the handle producers use.
     pub fn into_task(self) -> (WriterHandle, WriterTask) {
         let (tx, rx) = std::sync::mpsc::sync_channel(self.opts.channel_capacity.max(1));
-        let handle = WriterHandle { tx, stats: self.stats.clone() };
+        let handle = WriterHandle {
+            tx,
+            stats: self.stats.clone(),
+        };
         (handle, WriterTask { writer: self, rx })
     }
 
@@ -682,7 +718,11 @@ impl WriterTask {
     /// Blocks until the channel closes. Errors while running are retried and visible in
     /// the status; the result reports only a final flush that could not be committed.
     pub fn run(mut self) -> Result<(), StorageError> {
-        let flush_every = self.writer.opts.flush_interval.max(Duration::from_millis(10));
+        let flush_every = self
+            .writer
+            .opts
+            .flush_interval
+            .max(Duration::from_millis(10));
         let mut next_flush = Instant::now() + flush_every;
         tracing::debug!(path = %self.writer.path().display(), "Storage writer started.");
         loop {
@@ -693,7 +733,9 @@ impl WriterTask {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if Instant::now() >= next_flush || self.writer.pending_samples() >= self.writer.opts.max_batch_samples {
+            if Instant::now() >= next_flush
+                || self.writer.pending_samples() >= self.writer.opts.max_batch_samples
+            {
                 // Errors are recorded in the status and retried on the next tick.
                 let _ = self.writer.tick(wall_clock_ms());
                 next_flush = Instant::now() + flush_every;

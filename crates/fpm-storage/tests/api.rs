@@ -1,5 +1,7 @@
 //! The history API through the real router and a real (in-memory) database: shapes of
 //! the answers, filters, and the one error format for bad input.
+// Helpers outside #[test] functions are test code too; a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -11,7 +13,10 @@ use support::{counter, gauge, MIN};
 use tower::ServiceExt;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// Ten minutes of history ending now: a gauge and a counter for pool `www`, and events.
@@ -23,16 +28,38 @@ fn fixture() -> (Storage, Reader, i64) {
     let start = now - 10 * MIN;
     for i in 0..600 {
         let t = start + i * 1000;
-        w.ingest(now, t, vec![gauge("phpfpm_active_processes", "www", (i % 5) as f64), counter("phpfpm_accepted_connections", "www", (i * 2) as f64)]);
+        w.ingest(
+            now,
+            t,
+            vec![
+                gauge("phpfpm_active_processes", "www", (i % 5) as f64),
+                counter("phpfpm_accepted_connections", "www", (i * 2) as f64),
+            ],
+        );
     }
-    let mut e = Event::new(now - 5 * MIN, EventKind::Reload, Severity::Info, "reloaded www");
+    let mut e = Event::new(
+        now - 5 * MIN,
+        EventKind::Reload,
+        Severity::Info,
+        "reloaded www",
+    );
     e.pool = Some("www".into());
     w.add_event(e);
-    let mut e = Event::new(now - 4 * MIN, EventKind::Crash, Severity::Error, "master died");
+    let mut e = Event::new(
+        now - 4 * MIN,
+        EventKind::Crash,
+        Severity::Error,
+        "master died",
+    );
     e.pool = Some("api".into());
     e.details = serde_json::json!({"exit_code": 255});
     w.add_event(e);
-    let mut e = Event::new(now - 3 * MIN, EventKind::ApiAction, Severity::Warning, "scale www to 9");
+    let mut e = Event::new(
+        now - 3 * MIN,
+        EventKind::ApiAction,
+        Severity::Warning,
+        "scale www to 9",
+    );
     e.pool = Some("www".into());
     e.actor = Some("deploy-bot".into());
     w.add_event(e);
@@ -46,32 +73,53 @@ async fn get(reader: &Reader, uri: &str) -> (StatusCode, Value) {
         .await
         .unwrap();
     let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn assert_error(v: &Value, code: &str, mentions: &str) {
     assert_eq!(v["error"]["code"], code, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(mentions), "message {msg:?} should mention {mentions:?}");
+    assert!(
+        msg.contains(mentions),
+        "message {msg:?} should mention {mentions:?}"
+    );
 }
 
 #[tokio::test]
 async fn metrics_of_a_pool_pick_the_tier_by_step() {
     let (_s, reader, now) = fixture();
     let from = (now - 10 * MIN) / 1000;
-    let (st, v) = get(&reader, &format!("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from={from}&step=60s")).await;
+    let (st, v) = get(
+        &reader,
+        &format!("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from={from}&step=60s"),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["tier"], "minute");
     assert_eq!(v["step_seconds"], 60.0);
     let pts = v["series"][0]["points"].as_array().unwrap();
     assert!((9..=11).contains(&pts.len()), "{} points", pts.len());
-    let full = pts.iter().find(|p| p["count"] == 60).expect("a full minute");
+    let full = pts
+        .iter()
+        .find(|p| p["count"] == 60)
+        .expect("a full minute");
     assert_eq!(full["value"], 2.0, "average of 0..4 repeated");
-    assert_eq!((full["min"].as_f64(), full["max"].as_f64()), (Some(0.0), Some(4.0)));
+    assert_eq!(
+        (full["min"].as_f64(), full["max"].as_f64()),
+        (Some(0.0), Some(4.0))
+    );
     assert_eq!(v["series"][0]["labels"]["pool"], "www");
 
-    let (st, v) = get(&reader, &format!("/api/v1/pools/www/metrics?metric=phpfpm_accepted_connections&from={from}&step=10")).await;
+    let (st, v) = get(
+        &reader,
+        &format!(
+            "/api/v1/pools/www/metrics?metric=phpfpm_accepted_connections&from={from}&step=10"
+        ),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["tier"], "raw");
     let pts = v["series"][0]["points"].as_array().unwrap();
@@ -86,7 +134,11 @@ async fn metrics_of_a_pool_pick_the_tier_by_step() {
 
     // RFC 3339 works too.
     let from_rfc = fpm_storage::api::params::format_time(now - 10 * MIN);
-    let (st, _) = get(&reader, &format!("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from={from_rfc}")).await;
+    let (st, _) = get(
+        &reader,
+        &format!("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from={from_rfc}"),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
 }
 
@@ -94,15 +146,60 @@ async fn metrics_of_a_pool_pick_the_tier_by_step() {
 async fn bad_metric_queries_are_400_or_404_with_the_reason() {
     let (_s, reader, _) = fixture();
     let cases = [
-        ("/api/v1/pools/www/metrics", StatusCode::BAD_REQUEST, "invalid_parameter", "'metric' is required"),
-        ("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=yesterday", StatusCode::BAD_REQUEST, "invalid_parameter", "'from'"),
-        ("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&to=1764151200000", StatusCode::BAD_REQUEST, "invalid_parameter", "milliseconds"),
-        ("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&step=fast", StatusCode::BAD_REQUEST, "invalid_parameter", "'step'"),
-        ("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=100&to=50", StatusCode::BAD_REQUEST, "invalid_parameter", "before 'to'"),
-        ("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=0&step=1s", StatusCode::BAD_REQUEST, "invalid_parameter", "limit of 11000"),
-        ("/api/v1/pools/www/metrics?metric=phpfpm_active_processes&stpe=1s", StatusCode::BAD_REQUEST, "invalid_parameter", "unknown parameter 'stpe'"),
-        ("/api/v1/pools/www/metrics?metric=nope", StatusCode::NOT_FOUND, "not_found", "phpfpm_accepted_connections"),
-        ("/api/v1/pools/ghost/metrics?metric=phpfpm_active_processes", StatusCode::NOT_FOUND, "not_found", "'ghost'"),
+        (
+            "/api/v1/pools/www/metrics",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "'metric' is required",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=yesterday",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "'from'",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&to=1764151200000",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "milliseconds",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&step=fast",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "'step'",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=100&to=50",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "before 'to'",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=0&step=1s",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "limit of 11000",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&stpe=1s",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "unknown parameter 'stpe'",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=nope",
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "phpfpm_accepted_connections",
+        ),
+        (
+            "/api/v1/pools/ghost/metrics?metric=phpfpm_active_processes",
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "'ghost'",
+        ),
     ];
     for (uri, status, code, mentions) in cases {
         let (st, v) = get(&reader, uri).await;
@@ -151,7 +248,11 @@ async fn annotations_are_in_grafana_format() {
         assert!(t > now - 11 * MIN && t <= now);
         assert_eq!(a["timeEnd"], a["time"]);
         assert!(a["title"].is_string() && a["text"].is_string());
-        assert!(a["tags"].as_array().unwrap().iter().any(|t| t == "pool:www"));
+        assert!(a["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "pool:www"));
     }
 }
 

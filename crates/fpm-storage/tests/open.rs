@@ -1,6 +1,8 @@
 //! Opening the database: new files, reopening, and every kind of file we must refuse
 //! (not SQLite, another application's, a newer schema, read-only, in use) without
 //! touching it.
+// Helpers outside #[test] functions are test code too; a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -10,7 +12,10 @@ use fpm_storage::{Storage, StorageConfig, StorageError, SCHEMA_VERSION};
 use support::TempDir;
 
 fn cfg(path: &std::path::Path) -> StorageConfig {
-    StorageConfig { path: Some(path.to_owned()), ..StorageConfig::default() }
+    StorageConfig {
+        path: Some(path.to_owned()),
+        ..StorageConfig::default()
+    }
 }
 
 #[test]
@@ -21,8 +26,12 @@ fn creates_missing_directories_and_reopens_with_wal() {
     let s = Storage::open(&cfg(&path)).unwrap();
     assert!(s.is_file_backed());
     let c = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     let vacuum: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     assert_eq!(version, SCHEMA_VERSION);
@@ -39,11 +48,17 @@ fn refuses_a_file_that_is_not_sqlite_and_leaves_it_alone() {
     let e = Storage::open(&cfg(&path)).unwrap_err();
     assert!(matches!(e, StorageError::NotSqlite { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains(&path.display().to_string()) && msg.contains("storage.database_path"), "{msg}");
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("storage.database_path"),
+        "{msg}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), content);
     // A short non-SQLite file too.
     std::fs::write(&path, b"x").unwrap();
-    assert!(matches!(Storage::open(&cfg(&path)).unwrap_err(), StorageError::NotSqlite { .. }));
+    assert!(matches!(
+        Storage::open(&cfg(&path)).unwrap_err(),
+        StorageError::NotSqlite { .. }
+    ));
     assert_eq!(std::fs::read(&path).unwrap(), b"x");
 }
 
@@ -54,13 +69,16 @@ fn refuses_a_newer_schema_unchanged() {
     drop(Storage::open(&cfg(&path)).unwrap());
     {
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 7)).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 7))
+            .unwrap();
         c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     }
     let before = std::fs::read(&path).unwrap();
     let e = Storage::open(&cfg(&path)).unwrap_err();
     match &e {
-        StorageError::NewerSchema { found, supported, .. } => {
+        StorageError::NewerSchema {
+            found, supported, ..
+        } => {
             assert_eq!(*found, SCHEMA_VERSION + 7);
             assert_eq!(*supported, SCHEMA_VERSION);
         }
@@ -110,10 +128,17 @@ fn refuses_a_file_on_a_read_only_filesystem() {
         .arg(&mnt)
         .status()
         .expect("running mount");
-    assert!(mount.success(), "mounting a tmpfs needs root (the tests run as root here and in CI)");
+    assert!(
+        mount.success(),
+        "mounting a tmpfs needs root (the tests run as root here and in CI)"
+    );
     let path = mnt.join("data.db");
     drop(Storage::open(&cfg(&path)).unwrap());
-    let remount = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&mnt).status().unwrap();
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
     let result = Storage::open(&cfg(&path));
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     assert!(remount.success());
@@ -145,7 +170,11 @@ fn refuses_a_file_locked_by_another_process() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     assert_eq!(line.trim(), "ready");
     let e = Storage::open(&cfg(&path)).unwrap_err();
     child.kill().unwrap();
@@ -159,7 +188,10 @@ fn refuses_a_file_locked_by_another_process() {
 fn second_writer_is_refused() {
     let s = Storage::open(&StorageConfig::default()).unwrap();
     let _w = s.writer(Default::default()).unwrap();
-    assert!(matches!(s.writer(Default::default()), Err(StorageError::WriterTaken { .. })));
+    assert!(matches!(
+        s.writer(Default::default()),
+        Err(StorageError::WriterTaken { .. })
+    ));
 }
 
 #[test]

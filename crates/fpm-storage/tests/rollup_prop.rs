@@ -1,6 +1,8 @@
 //! Property: whatever the order of writes (gaps, late samples, duplicates), wherever
 //! compaction happens and however often the storage is closed and reopened between
 //! writes, the stored chunks and rollups equal a direct computation over the raw samples.
+// Helpers outside #[test] functions are test code too; a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -25,15 +27,22 @@ struct Write {
 }
 
 fn write() -> impl Strategy<Value = Write> {
-    (0..2usize, 0..3 * 3600i64, -40..400i64, prop::bool::weighted(0.1), prop::bool::weighted(0.03)).prop_map(
-        |(series, offset_s, quarters, compact_after, restart_after)| Write {
-            series,
-            offset_s,
-            quarters,
-            compact_after,
-            restart_after,
-        },
+    (
+        0..2usize,
+        0..3 * 3600i64,
+        -40..400i64,
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.03),
     )
+        .prop_map(
+            |(series, offset_s, quarters, compact_after, restart_after)| Write {
+                series,
+                offset_s,
+                quarters,
+                compact_after,
+                restart_after,
+            },
+        )
 }
 
 /// The aggregate written out longhand, independent of the crate's merge code.
@@ -41,7 +50,11 @@ fn direct_agg(vs: &[f64]) -> Agg {
     let mut increase = 0.0;
     for pair in vs.windows(2) {
         // A drop is a counter reset: the new value is all increase.
-        increase += if pair[1] >= pair[0] { pair[1] - pair[0] } else { pair[1].max(0.0) };
+        increase += if pair[1] >= pair[0] {
+            pair[1] - pair[0]
+        } else {
+            pair[1].max(0.0)
+        };
     }
     Agg {
         count: vs.len() as u64,
@@ -56,7 +69,10 @@ fn direct_agg(vs: &[f64]) -> Agg {
 
 fn run(writes: &[Write], gaps: &[(i64, i64)]) -> Result<(), TestCaseError> {
     let dir = TempDir::new("prop");
-    let cfg = StorageConfig { path: Some(dir.join("data.db")), ..StorageConfig::default() };
+    let cfg = StorageConfig {
+        path: Some(dir.join("data.db")),
+        ..StorageConfig::default()
+    };
     let mut storage = Storage::open(&cfg).unwrap();
     let mut w = storage.writer(WriterOptions::default()).unwrap();
     let mut now = T0;
@@ -65,7 +81,10 @@ fn run(writes: &[Write], gaps: &[(i64, i64)]) -> Result<(), TestCaseError> {
     for wr in writes {
         let ts = T0 + wr.offset_s * 1000;
         // Gaps: whole stretches with no samples at all.
-        if gaps.iter().any(|&(a, b)| wr.offset_s >= a && wr.offset_s < a + b) {
+        if gaps
+            .iter()
+            .any(|&(a, b)| wr.offset_s >= a && wr.offset_s < a + b)
+        {
             continue;
         }
         let v = wr.quarters as f64 / 4.0;
@@ -100,7 +119,10 @@ fn run(writes: &[Write], gaps: &[(i64, i64)]) -> Result<(), TestCaseError> {
             for &(t, v) in &direct {
                 buckets.entry(bucket_start(t, width)).or_default().push(v);
             }
-            let expected: Vec<(i64, Agg)> = buckets.into_iter().map(|(b, vs)| (b, direct_agg(&vs))).collect();
+            let expected: Vec<(i64, Agg)> = buckets
+                .into_iter()
+                .map(|(b, vs)| (b, direct_agg(&vs)))
+                .collect();
             let got = reader.rollup_rows(table, id, 0, i64::MAX, width).unwrap();
             prop_assert_eq!(&got, &expected, "{} of series {}", table, s);
         }
@@ -126,7 +148,13 @@ proptest! {
 /// case at once (duplicates across a compaction and a restart, a sample late by an hour).
 #[test]
 fn late_duplicate_across_restart_and_compaction() {
-    let mk = |series, offset_s, quarters, compact_after, restart_after| Write { series, offset_s, quarters, compact_after, restart_after };
+    let mk = |series, offset_s, quarters, compact_after, restart_after| Write {
+        series,
+        offset_s,
+        quarters,
+        compact_after,
+        restart_after,
+    };
     let writes = vec![
         mk(0, 10, 4, false, false),
         mk(0, 70, 8, true, false),

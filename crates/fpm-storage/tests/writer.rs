@@ -1,29 +1,46 @@
 //! The writer and reader end to end on real SQLite: the task loop, the channel's drop
 //! counter, counter rates across resets, tier choice, and retention with time passed in.
+// Helpers outside #[test] functions are test code too; a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::time::Duration;
 
 use fpm_storage::{
-    Event, EventFilter, EventKind, QueryError, Retention, Severity, Storage, StorageConfig, Tier, WriterOptions,
+    Event, EventFilter, EventKind, QueryError, Retention, Severity, Storage, StorageConfig, Tier,
+    WriterOptions,
 };
 use support::{counter, gauge, TempDir, HOUR, MIN, T0};
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 async fn write_and_read_back(cfg: StorageConfig) {
     let storage = Storage::open(&cfg).unwrap();
     let reader = storage.reader().unwrap();
-    let opts = WriterOptions { flush_interval: Duration::from_millis(20), ..WriterOptions::default() };
+    let opts = WriterOptions {
+        flush_interval: Duration::from_millis(20),
+        ..WriterOptions::default()
+    };
     let (handle, join) = storage.spawn_writer(opts).unwrap();
     let now = now_ms();
     for i in 0..50 {
-        assert!(handle.record(now - 5000 + i * 100, vec![gauge("phpfpm_active_processes", "www", i as f64)]));
+        assert!(handle.record(
+            now - 5000 + i * 100,
+            vec![gauge("phpfpm_active_processes", "www", i as f64)]
+        ));
     }
-    let mut ev = Event::new(now, EventKind::ApiAction, Severity::Info, "scaled www to 8 workers");
+    let mut ev = Event::new(
+        now,
+        EventKind::ApiAction,
+        Severity::Info,
+        "scaled www to 8 workers",
+    );
     ev.pool = Some("www".into());
     ev.actor = Some("ops-key".into());
     ev.correlation_id = Some("req-1".into());
@@ -32,7 +49,14 @@ async fn write_and_read_back(cfg: StorageConfig) {
     // A reader on its own connection sees committed data while the writer runs.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match reader.query_series("www", "phpfpm_active_processes", now - 10_000, now + 1000, 1000, now) {
+        match reader.query_series(
+            "www",
+            "phpfpm_active_processes",
+            now - 10_000,
+            now + 1000,
+            1000,
+            now,
+        ) {
             Ok(r) if r.series[0].points.iter().map(|p| p.count).sum::<u64>() == 50 => {
                 assert_eq!(r.tier, Tier::Raw);
                 break;
@@ -41,7 +65,10 @@ async fn write_and_read_back(cfg: StorageConfig) {
             Ok(_) | Err(QueryError::NotFound { .. }) => {}
             Err(e) => panic!("{e}"),
         }
-        assert!(std::time::Instant::now() < deadline, "samples not visible in time");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "samples not visible in time"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = handle.status();
@@ -56,7 +83,11 @@ async fn write_and_read_back(cfg: StorageConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_database_round_trip() {
     let dir = TempDir::new("rt");
-    write_and_read_back(StorageConfig { path: Some(dir.join("data.db")), ..Default::default() }).await;
+    write_and_read_back(StorageConfig {
+        path: Some(dir.join("data.db")),
+        ..Default::default()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,11 +98,21 @@ async fn in_memory_database_is_one_shared_database() {
 #[test]
 fn a_full_channel_drops_and_counts_instead_of_blocking() {
     let storage = Storage::open(&StorageConfig::default()).unwrap();
-    let w = storage.writer(WriterOptions { channel_capacity: 2, ..Default::default() }).unwrap();
+    let w = storage
+        .writer(WriterOptions {
+            channel_capacity: 2,
+            ..Default::default()
+        })
+        .unwrap();
     let (handle, task) = w.into_task();
     let t = std::time::Instant::now();
-    let accepted: Vec<bool> = (0..5).map(|i| handle.record(i, vec![gauge("m", "www", 1.0), gauge("n", "www", 1.0)])).collect();
-    assert!(t.elapsed() < Duration::from_secs(1), "record must never wait");
+    let accepted: Vec<bool> = (0..5)
+        .map(|i| handle.record(i, vec![gauge("m", "www", 1.0), gauge("n", "www", 1.0)]))
+        .collect();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "record must never wait"
+    );
     assert_eq!(accepted, vec![true, true, false, false, false]);
     assert_eq!(handle.status().channel_dropped, 6);
     assert!(!handle.event(Event::new(0, EventKind::Reload, Severity::Info, "x")));
@@ -85,7 +126,14 @@ fn rejected_samples_are_counted() {
     let storage = Storage::open(&StorageConfig::default()).unwrap();
     let mut w = storage.writer(WriterOptions::default()).unwrap();
     let now = T0;
-    w.ingest(now, now, vec![gauge("m", "www", f64::NAN), gauge("m", "www", f64::INFINITY)]);
+    w.ingest(
+        now,
+        now,
+        vec![
+            gauge("m", "www", f64::NAN),
+            gauge("m", "www", f64::INFINITY),
+        ],
+    );
     w.ingest(now, now - 25 * HOUR, vec![gauge("m", "www", 1.0)]);
     w.ingest(now, now + HOUR, vec![gauge("m", "www", 1.0)]);
     w.ingest(now, now, vec![gauge("m", "www", 1.0)]);
@@ -123,16 +171,34 @@ fn counter_rates_never_go_negative_across_reloads_in_any_tier() {
     w.maintain_fully(end + MIN).unwrap();
     let now = end + MIN;
     for (step, tier) in [(5000, Tier::Raw), (MIN, Tier::Minute), (HOUR, Tier::Hour)] {
-        let r = reader.query_series("www", "phpfpm_accepted_connections", start, end, step, now).unwrap();
+        let r = reader
+            .query_series("www", "phpfpm_accepted_connections", start, end, step, now)
+            .unwrap();
         assert_eq!(r.tier, tier);
         let pts = &r.series[0].points;
-        assert!(pts.iter().all(|p| p.value >= 0.0), "negative rate in {tier:?}");
+        assert!(
+            pts.iter().all(|p| p.value >= 0.0),
+            "negative rate in {tier:?}"
+        );
         let total: f64 = pts.iter().filter_map(|p| p.increase).sum();
         assert_eq!(total, expected_total, "total increase in {tier:?}");
     }
     // A 5 s step should show a steady 7/5 per second rate except at reload points.
-    let r = reader.query_series("www", "phpfpm_accepted_connections", start + MIN, start + 2 * MIN, 5000, now).unwrap();
-    assert!(r.series[0].points.iter().skip(1).all(|p| (p.value - 1.4).abs() < 1e-9));
+    let r = reader
+        .query_series(
+            "www",
+            "phpfpm_accepted_connections",
+            start + MIN,
+            start + 2 * MIN,
+            5000,
+            now,
+        )
+        .unwrap();
+    assert!(r.series[0]
+        .points
+        .iter()
+        .skip(1)
+        .all(|p| (p.value - 1.4).abs() < 1e-9));
 }
 
 #[test]
@@ -142,12 +208,32 @@ fn query_limits_and_unknown_metrics_are_errors() {
     let mut w = storage.writer(WriterOptions::default()).unwrap();
     w.ingest(T0, T0, vec![gauge("phpfpm_idle_processes", "www", 3.0)]);
     w.flush().unwrap();
-    let e = reader.query_series("www", "phpfpm_idle_processes", T0 - 7 * 24 * HOUR, T0, 1000, T0).unwrap_err();
+    let e = reader
+        .query_series(
+            "www",
+            "phpfpm_idle_processes",
+            T0 - 7 * 24 * HOUR,
+            T0,
+            1000,
+            T0,
+        )
+        .unwrap_err();
     assert!(matches!(e, QueryError::Range(_)), "{e}");
-    let e = reader.query_series("www", "nope", T0 - HOUR, T0, 1000, T0).unwrap_err();
-    assert!(e.to_string().contains("stored metrics: phpfpm_idle_processes"), "{e}");
-    let e = reader.query_series("other", "nope", T0 - HOUR, T0, 1000, T0).unwrap_err();
-    assert!(e.to_string().contains("the pool has no stored metrics"), "{e}");
+    let e = reader
+        .query_series("www", "nope", T0 - HOUR, T0, 1000, T0)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("stored metrics: phpfpm_idle_processes"),
+        "{e}"
+    );
+    let e = reader
+        .query_series("other", "nope", T0 - HOUR, T0, 1000, T0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the pool has no stored metrics"),
+        "{e}"
+    );
 }
 
 fn file_len(path: &std::path::Path) -> u64 {
@@ -166,9 +252,16 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
         hour: Duration::from_secs(6 * 3600),
         events: Duration::from_secs(2 * 3600),
     };
-    let storage = Storage::open(&StorageConfig { path: Some(path.clone()), retention }).unwrap();
+    let storage = Storage::open(&StorageConfig {
+        path: Some(path.clone()),
+        retention,
+    })
+    .unwrap();
     let reader = storage.reader().unwrap();
-    let opts = WriterOptions { prune_batch_rows: 500, ..WriterOptions::default() };
+    let opts = WriterOptions {
+        prune_batch_rows: 500,
+        ..WriterOptions::default()
+    };
     let mut w = storage.writer(opts).unwrap();
     let pools = ["a", "b", "c", "d"];
     let names: [&'static str; 5] = ["m0", "m1", "m2", "m3", "m4"];
@@ -180,11 +273,20 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
             // Every 10 s, 20 series; an event every 10 minutes.
             let batch = pools
                 .iter()
-                .flat_map(|p| names.iter().map(move |n| gauge(n, p, ((step * 7 + hour) % 23) as f64 + 0.5)))
+                .flat_map(|p| {
+                    names
+                        .iter()
+                        .map(move |n| gauge(n, p, ((step * 7 + hour) % 23) as f64 + 0.5))
+                })
                 .collect();
             w.ingest(t, t, batch);
             if step % 60 == 0 {
-                w.add_event(Event::new(t, EventKind::ScaleDecision, Severity::Info, "kept size"));
+                w.add_event(Event::new(
+                    t,
+                    EventKind::ScaleDecision,
+                    Severity::Info,
+                    "kept size",
+                ));
             }
             t += 10_000;
             if step % 6 == 0 {
@@ -196,18 +298,48 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
         sizes.push(file_len(&path));
         // After each simulated hour: nothing older than each tier's cut-off remains,
         // allowing for the bucket that straddles it.
-        let sid = reader.series_id("m0", &support::labels("a")).unwrap().unwrap();
-        let oldest_raw = reader.raw_samples(sid, 0, i64::MAX).unwrap().first().map(|s| s.0).unwrap();
-        let oldest_min = reader.rollup_rows("rollup_1m", sid, 0, i64::MAX, MIN).unwrap()[0].0;
-        let oldest_hour = reader.rollup_rows("rollup_1h", sid, 0, i64::MAX, HOUR).unwrap()[0].0;
-        assert!(oldest_raw >= t - HOUR - 2 * MIN, "hour {hour}: raw sample at {} is too old", t - oldest_raw);
-        assert!(oldest_min >= t - 3 * HOUR - 2 * MIN, "hour {hour}: minute row too old");
-        assert!(oldest_hour >= t - 6 * HOUR - HOUR - MIN, "hour {hour}: hour row too old");
+        let sid = reader
+            .series_id("m0", &support::labels("a"))
+            .unwrap()
+            .unwrap();
+        let oldest_raw = reader
+            .raw_samples(sid, 0, i64::MAX)
+            .unwrap()
+            .first()
+            .map(|s| s.0)
+            .unwrap();
+        let oldest_min = reader
+            .rollup_rows("rollup_1m", sid, 0, i64::MAX, MIN)
+            .unwrap()[0]
+            .0;
+        let oldest_hour = reader
+            .rollup_rows("rollup_1h", sid, 0, i64::MAX, HOUR)
+            .unwrap()[0]
+            .0;
+        assert!(
+            oldest_raw >= t - HOUR - 2 * MIN,
+            "hour {hour}: raw sample at {} is too old",
+            t - oldest_raw
+        );
+        assert!(
+            oldest_min >= t - 3 * HOUR - 2 * MIN,
+            "hour {hour}: minute row too old"
+        );
+        assert!(
+            oldest_hour >= t - 6 * HOUR - HOUR - MIN,
+            "hour {hour}: hour row too old"
+        );
         if hour >= 2 {
-            assert!(oldest_raw <= t - HOUR + 2 * MIN, "hour {hour}: raw pruned too early");
+            assert!(
+                oldest_raw <= t - HOUR + 2 * MIN,
+                "hour {hour}: raw pruned too early"
+            );
         }
         let evs = reader.events(&EventFilter::default()).unwrap();
-        assert!(evs.iter().all(|e| e.event.ts_ms >= t - 2 * HOUR - 2 * MIN), "hour {hour}: old event kept");
+        assert!(
+            evs.iter().all(|e| e.event.ts_ms >= t - 2 * HOUR - 2 * MIN),
+            "hour {hour}: old event kept"
+        );
     }
     // After the longest retention (6 h) plus a margin the file must not grow any more:
     // freed pages are reused or returned by incremental vacuum.
@@ -218,6 +350,9 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
         plateau.iter().all(|&s| s <= first + first / 10),
         "file keeps growing after retention applies: {sizes:?}"
     );
-    assert!(sizes[7] > sizes[0], "the file grew while filling up: {sizes:?}");
+    assert!(
+        sizes[7] > sizes[0],
+        "the file grew while filling up: {sizes:?}"
+    );
     assert_eq!(reader.integrity_check().unwrap(), "ok");
 }

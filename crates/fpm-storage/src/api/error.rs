@@ -21,7 +21,11 @@ pub struct ApiError {
 impl ApiError {
     /// Any status with a stable code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 `invalid_parameter`: a query parameter or body field is malformed.
@@ -36,7 +40,11 @@ impl ApiError {
 
     /// 503 `storage_unavailable`: the history database cannot answer now.
     pub fn storage_unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            message,
+        )
     }
 
     /// 500 `internal_error`: a bug; the details go to the log only.
@@ -64,7 +72,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -79,7 +93,9 @@ impl IntoResponse for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> ApiError {
         tracing::error!(error = %e, "History query failed.");
-        ApiError::storage_unavailable("the history database could not answer; see the manager's log")
+        ApiError::storage_unavailable(
+            "the history database could not answer; see the manager's log",
+        )
     }
 }
 
@@ -101,7 +117,9 @@ mod tests {
     async fn renders_the_documented_shape() {
         let resp = ApiError::invalid_parameter("parameter 'from': bad").into_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "invalid_parameter");
         assert_eq!(v["error"]["message"], "parameter 'from': bad");

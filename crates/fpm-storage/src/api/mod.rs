@@ -47,7 +47,11 @@ async fn blocking<T: Send + 'static>(
 type Pairs = Query<Vec<(String, String)>>;
 
 /// `from`/`to` with defaults: `to` = now, `from` = `to` - `default_range`.
-fn range(p: &std::collections::BTreeMap<String, String>, now: TimestampMs, default_range: i64) -> Result<(TimestampMs, TimestampMs), ApiError> {
+fn range(
+    p: &std::collections::BTreeMap<String, String>,
+    now: TimestampMs,
+    default_range: i64,
+) -> Result<(TimestampMs, TimestampMs), ApiError> {
     let to = match p.get("to") {
         Some(v) => params::parse_time("to", v, now).map_err(ApiError::invalid_parameter)?,
         None => now,
@@ -66,14 +70,23 @@ fn range(p: &std::collections::BTreeMap<String, String>, now: TimestampMs, defau
     Ok((from, to))
 }
 
-async fn pool_metrics(State(reader): State<Reader>, Path(pool): Path<String>, Query(q): Pairs) -> Result<Json<Value>, ApiError> {
+async fn pool_metrics(
+    State(reader): State<Reader>,
+    Path(pool): Path<String>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
-    let p = params::collect(q, &["metric", "from", "to", "step"]).map_err(ApiError::invalid_parameter)?;
+    let p = params::collect(q, &["metric", "from", "to", "step"])
+        .map_err(ApiError::invalid_parameter)?;
     let metric = p
         .get("metric")
         .filter(|m| !m.is_empty())
         .cloned()
-        .ok_or_else(|| ApiError::invalid_parameter("parameter 'metric' is required (for example metric=phpfpm_active_processes)"))?;
+        .ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "parameter 'metric' is required (for example metric=phpfpm_active_processes)",
+            )
+        })?;
     let (from, to) = range(&p, now, DEFAULT_METRIC_RANGE_MS)?;
     let step = match p.get("step") {
         Some(s) => params::parse_step(s).map_err(ApiError::invalid_parameter)?,
@@ -97,9 +110,16 @@ async fn pool_metrics(State(reader): State<Reader>, Path(pool): Path<String>, Qu
     Ok(Json(result))
 }
 
-fn event_filter(q: Vec<(String, String)>, now: TimestampMs, with_limit: bool) -> Result<EventFilter, ApiError> {
-    let allowed: &[&str] =
-        if with_limit { &["from", "to", "pool", "type", "severity", "limit"] } else { &["from", "to", "pool", "type", "severity"] };
+fn event_filter(
+    q: Vec<(String, String)>,
+    now: TimestampMs,
+    with_limit: bool,
+) -> Result<EventFilter, ApiError> {
+    let allowed: &[&str] = if with_limit {
+        &["from", "to", "pool", "type", "severity", "limit"]
+    } else {
+        &["from", "to", "pool", "type", "severity"]
+    };
     let p = params::collect(q, allowed).map_err(ApiError::invalid_parameter)?;
     let (from, to) = range(&p, now, DEFAULT_EVENT_RANGE_MS)?;
     Ok(EventFilter {
@@ -143,7 +163,10 @@ async fn events(State(reader): State<Reader>, Query(q): Pairs) -> Result<Json<Va
 
 /// Grafana annotations: a flat array of `{time, timeEnd, title, text, tags}` (times in
 /// ms), which both the JSON API and the Infinity data sources read.
-async fn annotations(State(reader): State<Reader>, Query(q): Pairs) -> Result<Json<Value>, ApiError> {
+async fn annotations(
+    State(reader): State<Reader>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
     let f = event_filter(q, now_ms(), true)?;
     let out = blocking(move || {
         let evs = reader.events(&f)?;
@@ -173,7 +196,10 @@ async fn annotations(State(reader): State<Reader>, Query(q): Pairs) -> Result<Js
     Ok(Json(out))
 }
 
-async fn event_stats(State(reader): State<Reader>, Query(q): Pairs) -> Result<Json<Value>, ApiError> {
+async fn event_stats(
+    State(reader): State<Reader>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
     let f = event_filter(q, now_ms(), false)?;
     let out = blocking(move || {
         let s = reader.event_stats(&f)?;

@@ -20,7 +20,10 @@ pub fn collect(
     let mut out = BTreeMap::new();
     for (k, v) in pairs {
         if !allowed.contains(&k.as_str()) {
-            return Err(format!("unknown parameter '{k}' (expected one of: {})", allowed.join(", ")));
+            return Err(format!(
+                "unknown parameter '{k}' (expected one of: {})",
+                allowed.join(", ")
+            ));
         }
         if out.insert(k.clone(), v).is_some() {
             return Err(format!("parameter '{k}' is given more than once"));
@@ -38,7 +41,9 @@ pub fn parse_time(name: &str, value: &str, now: TimestampMs) -> Result<Timestamp
     }
     if let Ok(secs) = v.parse::<f64>() {
         if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("parameter '{name}' value '{value}' must be a non-negative unix time in seconds"));
+            return Err(format!(
+                "parameter '{name}' value '{value}' must be a non-negative unix time in seconds"
+            ));
         }
         // Year 5138 in seconds: almost certainly milliseconds by mistake.
         if secs >= 1e11 {
@@ -72,10 +77,14 @@ pub fn parse_step(value: &str) -> Result<i64, String> {
         Ok(_) => -1,
         Err(_) => humantime::parse_duration(v)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .map_err(|e| format!("parameter 'step' value '{value}' is not a duration like 60s or 5m: {e}"))?,
+            .map_err(|e| {
+                format!("parameter 'step' value '{value}' is not a duration like 60s or 5m: {e}")
+            })?,
     };
     if ms < 1000 {
-        return Err(format!("parameter 'step' value '{value}' must be at least 1s"));
+        return Err(format!(
+            "parameter 'step' value '{value}' must be at least 1s"
+        ));
     }
     Ok(ms)
 }
@@ -84,7 +93,9 @@ pub fn parse_step(value: &str) -> Result<i64, String> {
 pub fn parse_limit(value: &str) -> Result<u32, String> {
     match value.trim().parse::<u32>() {
         Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        _ => Err(format!("parameter 'limit' value '{value}' must be a whole number from 1 to {MAX_LIMIT}")),
+        _ => Err(format!(
+            "parameter 'limit' value '{value}' must be a whole number from 1 to {MAX_LIMIT}"
+        )),
     }
 }
 
@@ -97,7 +108,10 @@ where
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<T>().map_err(|e| format!("parameter '{name}': {e}")))
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|e| format!("parameter '{name}': {e}"))
+        })
         .collect()
 }
 
@@ -112,7 +126,10 @@ mod tests {
     fn times_accept_rfc3339_with_offsets_and_unix_seconds() {
         assert_eq!(parse_time("from", "2025-11-26T10:00:00Z", 0), Ok(NOW));
         assert_eq!(parse_time("from", "2025-11-26T11:00:00+01:00", 0), Ok(NOW));
-        assert_eq!(parse_time("from", "2025-11-26T10:00:00.250Z", 0), Ok(NOW + 250));
+        assert_eq!(
+            parse_time("from", "2025-11-26T10:00:00.250Z", 0),
+            Ok(NOW + 250)
+        );
         assert_eq!(parse_time("from", "1764151200", 0), Ok(NOW));
         assert_eq!(parse_time("from", "1764151200.5", 0), Ok(NOW + 500));
         assert_eq!(parse_time("to", "now", NOW), Ok(NOW));
@@ -121,11 +138,23 @@ mod tests {
 
     #[test]
     fn bad_times_name_the_parameter_and_value() {
-        for bad in ["yesterday", "2025-13-01T00:00:00Z", "-5", "NaN", "", "1764151200000"] {
+        for bad in [
+            "yesterday",
+            "2025-13-01T00:00:00Z",
+            "-5",
+            "NaN",
+            "",
+            "1764151200000",
+        ] {
             let e = parse_time("from", bad, NOW).unwrap_err();
-            assert!(e.contains("'from'") && e.contains(&format!("'{bad}'")), "{e}");
+            assert!(
+                e.contains("'from'") && e.contains(&format!("'{bad}'")),
+                "{e}"
+            );
         }
-        assert!(parse_time("to", "1764151200000", NOW).unwrap_err().contains("milliseconds"));
+        assert!(parse_time("to", "1764151200000", NOW)
+            .unwrap_err()
+            .contains("milliseconds"));
     }
 
     #[test]
@@ -144,11 +173,20 @@ mod tests {
 
     #[test]
     fn lists_and_unknown_parameters() {
-        assert_eq!(parse_list::<EventKind>("type", "reload, crash"), Ok(vec![EventKind::Reload, EventKind::Crash]));
-        assert!(parse_list::<EventKind>("type", "reboot").unwrap_err().contains("unknown event type 'reboot'"));
+        assert_eq!(
+            parse_list::<EventKind>("type", "reload, crash"),
+            Ok(vec![EventKind::Reload, EventKind::Crash])
+        );
+        assert!(parse_list::<EventKind>("type", "reboot")
+            .unwrap_err()
+            .contains("unknown event type 'reboot'"));
         let e = collect(vec![("form".into(), "1".into())], &["from", "to"]).unwrap_err();
         assert!(e.contains("unknown parameter 'form'"), "{e}");
-        let e = collect(vec![("to".into(), "1".into()), ("to".into(), "2".into())], &["from", "to"]).unwrap_err();
+        let e = collect(
+            vec![("to".into(), "1".into()), ("to".into(), "2".into())],
+            &["from", "to"],
+        )
+        .unwrap_err();
         assert!(e.contains("more than once"), "{e}");
     }
 }

@@ -23,11 +23,17 @@ fn wall_ms() -> i64 {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(path), Some(run)) = (args.get(1), args.get(2)) else {
-        let _ = writeln!(std::io::stderr(), "usage: fpm-storage-stress DB_PATH RUN_LABEL [MAX_SECONDS]");
+        let _ = writeln!(
+            std::io::stderr(),
+            "usage: fpm-storage-stress DB_PATH RUN_LABEL [MAX_SECONDS]"
+        );
         return ExitCode::from(2);
     };
     let max = Duration::from_secs(args.get(3).and_then(|s| s.parse().ok()).unwrap_or(60));
-    let cfg = StorageConfig { path: Some(path.into()), ..StorageConfig::default() };
+    let cfg = StorageConfig {
+        path: Some(path.into()),
+        ..StorageConfig::default()
+    };
     let storage = match Storage::open(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -35,7 +41,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let opts = WriterOptions { compact_interval: Duration::from_millis(200), ..WriterOptions::default() };
+    let opts = WriterOptions {
+        compact_interval: Duration::from_millis(200),
+        ..WriterOptions::default()
+    };
     let writer = match storage.writer(opts) {
         Ok(w) => w,
         Err(e) => {
@@ -45,8 +54,9 @@ fn main() -> ExitCode {
     };
     let (handle, task) = writer.into_task();
     let thread = std::thread::spawn(move || task.run());
-    let series: Vec<(String, String)> =
-        (0..8).flat_map(|p| (0..40).map(move |m| (format!("pool{p}"), format!("stress_metric_{m}")))).collect();
+    let series: Vec<(String, String)> = (0..8)
+        .flat_map(|p| (0..40).map(move |m| (format!("pool{p}"), format!("stress_metric_{m}"))))
+        .collect();
     let start_sim = wall_ms() - 20 * 3_600_000;
     let started = Instant::now();
     let _ = writeln!(std::io::stdout(), "ready");
@@ -57,7 +67,11 @@ fn main() -> ExitCode {
         let batch: Vec<Sample> = series
             .iter()
             .map(|(pool, name)| {
-                Sample::gauge(name.clone(), vec![("pool".into(), pool.clone()), ("run".into(), run.clone())], sent as f64)
+                Sample::gauge(
+                    name.clone(),
+                    vec![("pool".into(), pool.clone()), ("run".into(), run.clone())],
+                    sent as f64,
+                )
             })
             .collect();
         if handle.record(start_sim + k * 1000, batch) {

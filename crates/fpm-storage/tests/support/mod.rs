@@ -1,5 +1,5 @@
 //! Shared helpers of the integration tests: temporary directories and sample builders.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
