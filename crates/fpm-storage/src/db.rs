@@ -213,15 +213,13 @@ fn configure(conn: &Connection, path: &Path, file_backed: bool) -> Result<(), St
     Ok(())
 }
 
-/// Brings the schema up to date, refusing foreign databases and newer schemas.
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
+/// Refuses foreign databases and newer schemas using reads only, so a file we refuse is
+/// not even given a journal mode. Returns the schema version and the number of tables.
+fn inspect(conn: &Connection, path: &Path) -> Result<(i64, i64), StorageError> {
     let e = |c| move |err| StorageError::sqlite(path, c, err);
     let app_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(e("reading application id"))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(e("reading schema version"))?;
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(e("reading schema"))?;
@@ -231,6 +229,9 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageE
             application_id: app_id,
         });
     }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(e("reading schema version"))?;
     if version > SCHEMA_VERSION {
         return Err(StorageError::NewerSchema {
             path: path.to_owned(),
@@ -238,11 +239,22 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StorageE
             supported: SCHEMA_VERSION,
         });
     }
+    Ok((version, tables))
+}
+
+/// On a new database, chooses incremental auto-vacuum. It must come before anything
+/// initialises the file (even switching to WAL does), or it would need a full VACUUM.
+fn choose_vacuum_mode(conn: &Connection, path: &Path, tables: i64) -> Result<(), StorageError> {
     if tables == 0 {
-        // Must precede the first table: it decides how free pages are returned later.
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
-            .map_err(e("enabling incremental vacuum"))?;
+            .map_err(|e| StorageError::sqlite(path, "enabling incremental vacuum", e))?;
     }
+    Ok(())
+}
+
+/// Runs the migrations after `version`, each in its own transaction.
+fn migrate(conn: &mut Connection, path: &Path, version: i64) -> Result<(), StorageError> {
+    let e = |c| move |err| StorageError::sqlite(path, c, err);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn.transaction().map_err(e("starting migration"))?;
         tx.execute_batch(sql).map_err(e("running migration"))?;
@@ -264,43 +276,13 @@ pub(crate) fn open_file_writer(path: &Path) -> Result<Connection, StorageError> 
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StorageError::sqlite(path, "opening", e))?;
-    // Schema checks come before any pragma that could write to the file.
-    migrate_checked(&mut conn, path)?;
-    Ok(conn)
-}
-
-fn migrate_checked(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| StorageError::sqlite(path, "setting busy timeout", e))?;
-    // Read-only probe first: a foreign or newer file must not even get its journal mode changed.
-    let app_id: i64 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| StorageError::sqlite(path, "reading application id", e))?;
-    let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| StorageError::sqlite(path, "reading schema", e))?;
-    if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
-        return Err(StorageError::ForeignDatabase {
-            path: path.to_owned(),
-            application_id: app_id,
-        });
-    }
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| StorageError::sqlite(path, "reading schema version", e))?;
-    if version > SCHEMA_VERSION {
-        return Err(StorageError::NewerSchema {
-            path: path.to_owned(),
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if tables == 0 {
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
-            .map_err(|e| StorageError::sqlite(path, "enabling incremental vacuum", e))?;
-    }
-    configure(conn, path, true)?;
-    migrate(conn, path)
+    let (version, tables) = inspect(&conn, path)?;
+    choose_vacuum_mode(&conn, path, tables)?;
+    configure(&conn, path, true)?;
+    migrate(&mut conn, path, version)?;
+    Ok(conn)
 }
 
 /// A read-only connection for queries; in WAL mode it never blocks the writer.
@@ -318,7 +300,9 @@ pub(crate) fn open_memory() -> Result<Connection, StorageError> {
     let path = Path::new(":memory:");
     let mut conn =
         Connection::open_in_memory().map_err(|e| StorageError::sqlite(path, "opening", e))?;
+    let (version, tables) = inspect(&conn, path)?;
+    choose_vacuum_mode(&conn, path, tables)?;
     configure(&conn, path, false)?;
-    migrate(&mut conn, path)?;
+    migrate(&mut conn, path, version)?;
     Ok(conn)
 }

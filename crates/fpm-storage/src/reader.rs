@@ -132,17 +132,16 @@ impl Reader {
         }
         let mut out = Vec::with_capacity(series.len());
         for (id, labels_json, kind) in series {
-            let rows = match tier {
-                Tier::Raw => self.raw_rows(id, from, to)?,
-                Tier::Minute => self.rollup_rows("rollup_1m", id, from, to, MINUTE_MS)?,
-                Tier::Hour => self.rollup_rows("rollup_1h", id, from, to, rollup::HOUR_MS)?,
-            };
+            // One step more before the range, so the first point of a counter knows the
+            // value before it and counts the increase across its start.
+            let first_bucket = bucket_start(from, step);
+            let rows = self.tier_rows(tier, id, first_bucket.saturating_sub(step), to)?;
             let labels: BTreeMap<String, String> =
                 serde_json::from_str(&labels_json).unwrap_or_default();
             // Rows are aligned to their own bucket; points are aligned to the step.
-            let pts = rollup::points(&rows, from, to, step, kind)
+            let pts = rollup::points(&rows, first_bucket, to, step, kind)
                 .into_iter()
-                .filter(|p| p.t_ms + step > from && p.t_ms < to)
+                .filter(|p| p.t_ms >= first_bucket && p.t_ms < to)
                 .collect();
             out.push(SeriesPoints {
                 labels,
@@ -197,42 +196,55 @@ impl Reader {
         })
     }
 
-    fn raw_rows(
+    /// Rows of one series in `[from, to)` from one tier, as time-ordered aggregates: raw
+    /// samples each as their own aggregate; rollup rows whose bucket starts in
+    /// `[from rounded down to the bucket, to)`, followed by the staged samples of the minutes
+    /// not compacted yet, so the newest minute shows up before its rollup exists.
+    pub fn tier_rows(
         &self,
+        tier: Tier,
         id: i64,
         from: TimestampMs,
         to: TimestampMs,
     ) -> Result<Vec<(TimestampMs, Agg)>, StorageError> {
-        Ok(self
-            .raw_samples(id, from, to)?
-            .into_iter()
-            .map(|(t, v)| (t, Agg::single(v)))
-            .collect())
-    }
-
-    /// Rollup rows of one series whose bucket starts in `[from rounded down, to)`.
-    pub fn rollup_rows(
-        &self,
-        table: &'static str,
-        id: i64,
-        from: TimestampMs,
-        to: TimestampMs,
-        width: i64,
-    ) -> Result<Vec<(TimestampMs, Agg)>, StorageError> {
+        let table = match tier {
+            Tier::Raw => {
+                return Ok(self
+                    .raw_samples(id, from, to)?
+                    .into_iter()
+                    .map(|(t, v)| (t, Agg::single(v)))
+                    .collect());
+            }
+            Tier::Minute => "rollup_1m",
+            Tier::Hour => "rollup_1h",
+        };
         self.with(|c| {
             let sql = format!(
                 "SELECT count, sum, min, max, first, last, increase, bucket FROM {table}
                  WHERE series_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket"
             );
-            let mut st = c
-                .prepare_cached(&sql)
-                .map_err(self.err("reading rollups"))?;
-            let rows = st
-                .query_map(params![id, bucket_start(from, width), to], |r| {
+            let mut st = c.prepare_cached(&sql).map_err(self.err("reading rollups"))?;
+            let mut rows = st
+                .query_map(params![id, bucket_start(from, tier.resolution_ms()), to], |r| {
                     Ok((r.get::<_, i64>(7)?, agg_from_row(r)?))
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(self.err("reading rollups"))?;
+            // Everything from the minute after the newest compacted one is only staged.
+            let compacted_until: Option<i64> = c
+                .query_row("SELECT max(bucket) FROM rollup_1m WHERE series_id = ?1", [id], |r| r.get(0))
+                .map_err(self.err("reading rollups"))?;
+            let tail_from = compacted_until.map_or(from, |b| from.max(b + MINUTE_MS));
+            let mut st = c
+                .prepare_cached(
+                    "SELECT ts, value FROM raw_recent WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY rowid",
+                )
+                .map_err(self.err("reading staged samples"))?;
+            let staged = st
+                .query_map(params![id, tail_from, to], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<(i64, f64)>, _>>())
+                .map_err(self.err("reading staged samples"))?;
+            rows.extend(rollup::dedupe_last_wins(staged).into_iter().map(|(t, v)| (t, Agg::single(v))));
             Ok(rows)
         })
     }

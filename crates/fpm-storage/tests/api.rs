@@ -123,13 +123,15 @@ async fn metrics_of_a_pool_pick_the_tier_by_step() {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["tier"], "raw");
     let pts = v["series"][0]["points"].as_array().unwrap();
-    // Counter: +2 per second, read as a rate; the partial buckets at both edges of the
-    // range are divided by the part of them inside it, so they stay close to 2 too.
+    // Counter: +2 per second, read as a rate. The buckets at the edges of the data are
+    // partial (fewer samples than the step holds), so they may read lower, never higher
+    // and never negative.
     let inner = &pts[1..pts.len() - 1];
+    assert!(inner.len() >= 55, "{} points", pts.len());
     assert!(inner.iter().all(|p| p["value"] == 2.0), "{pts:?}");
     for edge in [&pts[0], &pts[pts.len() - 1]] {
         let r = edge["value"].as_f64().unwrap();
-        assert!(r > 1.0 && r <= 2.5, "edge rate {r}");
+        assert!((0.0..=2.0).contains(&r), "edge rate {r}");
     }
 
     // RFC 3339 works too.

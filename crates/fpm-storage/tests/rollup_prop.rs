@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use fpm_storage::rollup::{bucket_start, dedupe_last_wins, Agg};
-use fpm_storage::{Storage, StorageConfig, WriterOptions};
+use fpm_storage::{Storage, StorageConfig, Tier, WriterOptions};
 use proptest::prelude::*;
 use support::{gauge, TempDir, HOUR, MIN, T0};
 
@@ -114,7 +114,7 @@ fn run(writes: &[Write], gaps: &[(i64, i64)]) -> Result<(), TestCaseError> {
         };
         let stored = reader.raw_samples(id, 0, i64::MAX).unwrap();
         prop_assert_eq!(&stored, &direct, "raw samples of series {}", s);
-        for (table, width) in [("rollup_1m", MIN), ("rollup_1h", HOUR)] {
+        for (tier, width) in [(Tier::Minute, MIN), (Tier::Hour, HOUR)] {
             let mut buckets: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
             for &(t, v) in &direct {
                 buckets.entry(bucket_start(t, width)).or_default().push(v);
@@ -123,8 +123,8 @@ fn run(writes: &[Write], gaps: &[(i64, i64)]) -> Result<(), TestCaseError> {
                 .into_iter()
                 .map(|(b, vs)| (b, direct_agg(&vs)))
                 .collect();
-            let got = reader.rollup_rows(table, id, 0, i64::MAX, width).unwrap();
-            prop_assert_eq!(&got, &expected, "{} of series {}", table, s);
+            let got = reader.tier_rows(tier, id, 0, i64::MAX).unwrap();
+            prop_assert_eq!(&got, &expected, "{:?} of series {}", tier, s);
         }
     }
     // Nothing left behind in staging once every minute is complete.

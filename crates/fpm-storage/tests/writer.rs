@@ -236,6 +236,51 @@ fn query_limits_and_unknown_metrics_are_errors() {
     );
 }
 
+#[test]
+fn the_newest_minute_shows_in_rollup_tiers_before_it_is_compacted() {
+    let storage = Storage::open(&StorageConfig::default()).unwrap();
+    let reader = storage.reader().unwrap();
+    let mut w = storage.writer(WriterOptions::default()).unwrap();
+    // Three full minutes, compacted; then 20 s of the current minute, only staged.
+    let start = T0;
+    for i in 0..200 {
+        let t = start + i * 1000;
+        w.ingest(
+            t,
+            t,
+            vec![gauge(
+                "phpfpm_active_processes",
+                "www",
+                1.0 + (i / 60) as f64,
+            )],
+        );
+        if i == 180 {
+            w.flush().unwrap();
+            w.compact(t).unwrap();
+        }
+    }
+    w.flush().unwrap();
+    let now = start + 200_000;
+    for tier_step in [MIN, HOUR] {
+        let r = reader
+            .query_series("www", "phpfpm_active_processes", start, now, tier_step, now)
+            .unwrap();
+        let count: u64 = r.series[0].points.iter().map(|p| p.count).sum();
+        assert_eq!(
+            count, 200,
+            "step {tier_step}: every sample counted exactly once"
+        );
+    }
+    let r = reader
+        .query_series("www", "phpfpm_active_processes", start, now, MIN, now)
+        .unwrap();
+    let last = r.series[0].points.last().unwrap();
+    assert_eq!(
+        (last.t_ms, last.count, last.value),
+        (start + 3 * MIN, 20, 4.0)
+    );
+}
+
 fn file_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -308,14 +353,8 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
             .first()
             .map(|s| s.0)
             .unwrap();
-        let oldest_min = reader
-            .rollup_rows("rollup_1m", sid, 0, i64::MAX, MIN)
-            .unwrap()[0]
-            .0;
-        let oldest_hour = reader
-            .rollup_rows("rollup_1h", sid, 0, i64::MAX, HOUR)
-            .unwrap()[0]
-            .0;
+        let oldest_min = reader.tier_rows(Tier::Minute, sid, 0, i64::MAX).unwrap()[0].0;
+        let oldest_hour = reader.tier_rows(Tier::Hour, sid, 0, i64::MAX).unwrap()[0].0;
         assert!(
             oldest_raw >= t - HOUR - 2 * MIN,
             "hour {hour}: raw sample at {} is too old",
