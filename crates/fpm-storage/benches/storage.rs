@@ -60,10 +60,12 @@ fn make_series(per_pool: usize) -> Vec<Series> {
     let mut out = Vec::new();
     for p in 0..POOLS {
         for (m, name) in NAMES.iter().enumerate().take(per_pool) {
+            // The kind follows the overall index, so a scaled-down run keeps the same mix.
+            let kind = ((p * per_pool + m) % 10) as u8;
             out.push(Series {
                 name,
                 pool: format!("pool{p}"),
-                kind: (m % 10) as u8,
+                kind,
                 value: 0.0,
             });
         }

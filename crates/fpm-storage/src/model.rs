@@ -391,3 +391,56 @@ pub struct QueryResult {
     pub step_ms: i64,
     pub series: Vec<SeriesPoints>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_parses_human_durations() {
+        let r = Retention::parse("36h", "7d", "1y").unwrap();
+        assert_eq!(r.raw, Duration::from_secs(36 * 3600));
+        assert_eq!(r.minute, Duration::from_secs(7 * 86_400));
+        assert!(r.hour >= Duration::from_secs(365 * 86_400));
+        assert_eq!(
+            Retention::parse("24h", "7d", "365d").unwrap(),
+            Retention::default()
+        );
+    }
+
+    #[test]
+    fn retention_errors_name_the_key_and_value() {
+        let e = Retention::parse("36 hours please", "7d", "365d").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("storage.retention.raw '36 hours please'"),
+            "{e}"
+        );
+        let e = Retention::parse("1m", "7d", "365d").unwrap_err();
+        assert!(matches!(e, RetentionError::RawTooShort { .. }), "{e}");
+        let e = Retention::parse("24h", "24h", "365d").unwrap_err();
+        assert!(
+            e.to_string().contains("storage.retention.minute '1day'"),
+            "{e}"
+        );
+        let e = Retention::parse("24h", "7d", "1d").unwrap_err();
+        assert!(matches!(e, RetentionError::HourTooShort { .. }), "{e}");
+        let e = Retention::parse("24h", "7d", "200y").unwrap_err();
+        assert!(
+            matches!(e, RetentionError::TooLong { key: "hour", .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kind_and_severity_names_round_trip() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(*k));
+        }
+        for s in Severity::ALL {
+            assert_eq!(s.as_str().parse::<Severity>(), Ok(*s));
+        }
+        let e = "fatal".parse::<Severity>().unwrap_err();
+        assert!(e.to_string().contains("unknown severity 'fatal'"), "{e}");
+    }
+}
