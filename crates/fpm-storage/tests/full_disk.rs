@@ -8,38 +8,11 @@
 mod support;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fpm_storage::{Sample, Storage, StorageConfig, WriterOptions};
-use support::TempDir;
-
-/// Unmounts on drop, also when an assertion fails.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Mount {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("running mount")
-            .success();
-        assert!(
-            ok,
-            "mounting a tmpfs failed: this test needs root (as here and in CI)"
-        );
-        Mount(at.to_owned())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
+use support::{Mount, TempDir};
 
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()

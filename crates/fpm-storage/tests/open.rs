@@ -121,28 +121,11 @@ fn refuses_a_read_only_file() {
 #[test]
 fn refuses_a_file_on_a_read_only_filesystem() {
     let dir = TempDir::new("rofs");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mount = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("running mount");
-    assert!(
-        mount.success(),
-        "mounting a tmpfs needs root (the tests run as root here and in CI)"
-    );
-    let path = mnt.join("data.db");
+    let mnt = support::Mount::tmpfs(&dir.join("mnt"), "4m");
+    let path = dir.join("mnt/data.db");
     drop(Storage::open(&cfg(&path)).unwrap());
-    let remount = std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    let result = Storage::open(&cfg(&path));
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
-    assert!(remount.success());
-    let e = result.unwrap_err();
+    mnt.remount_read_only();
+    let e = Storage::open(&cfg(&path)).unwrap_err();
     assert!(matches!(e, StorageError::ReadOnly { .. }), "{e:?}");
 }
 

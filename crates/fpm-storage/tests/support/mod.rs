@@ -53,3 +53,41 @@ pub fn counter(name: &'static str, pool: &str, v: f64) -> Sample {
 pub const T0: i64 = 1_767_225_600_000;
 pub const MIN: i64 = 60_000;
 pub const HOUR: i64 = 3_600_000;
+
+/// A tmpfs mounted for one test; unmounted on drop, also when an assertion fails.
+/// Needs root (the tests run as root here and in CI); failing to mount fails the test.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn tmpfs(at: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("running mount")
+            .success();
+        assert!(
+            ok,
+            "mounting a tmpfs at {} failed: this test needs root",
+            at.display()
+        );
+        Mount(at.to_owned())
+    }
+
+    pub fn remount_read_only(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .expect("running mount")
+            .success();
+        assert!(ok, "remounting {} read-only failed", self.0.display());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
