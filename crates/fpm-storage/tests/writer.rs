@@ -395,3 +395,48 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
     );
     assert_eq!(reader.integrity_check().unwrap(), "ok");
 }
+
+/// WAL: a reader in the middle of a long read transaction does not block the writer's
+/// flushes, compactions or pruning, and keeps seeing its own snapshot.
+#[test]
+fn a_long_read_transaction_never_blocks_the_writer() {
+    let dir = TempDir::new("readers");
+    let path = dir.join("data.db");
+    let storage = Storage::open(&StorageConfig {
+        path: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut w = storage.writer(WriterOptions::default()).unwrap();
+    w.ingest(T0, T0, vec![gauge("m", "www", 1.0)]);
+    w.flush().unwrap();
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader
+        .query_row("SELECT count(*) FROM raw_recent", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 1);
+    let t = std::time::Instant::now();
+    for i in 1..200 {
+        let ts = T0 + i * 1000;
+        w.ingest(ts, ts, vec![gauge("m", "www", i as f64)]);
+        w.tick(ts).unwrap();
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "writer was held up: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(w.status().samples_written, 200);
+    let still: i64 = reader
+        .query_row("SELECT count(*) FROM raw_recent", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(still, 1, "the reader keeps its snapshot");
+    reader.execute_batch("COMMIT").unwrap();
+    let fresh = storage.reader().unwrap();
+    let id = fresh
+        .series_id("m", &support::labels("www"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.raw_samples(id, 0, i64::MAX).unwrap().len(), 200);
+}
