@@ -270,7 +270,7 @@ fn generate(
 
 /// Feeds batches through our writer: ingest, one flush per batch, compaction of the
 /// completed minutes once per simulated minute (as the running writer would).
-fn feed_ours(w: &mut Writer, batches: Vec<Vec<(i64, Vec<Sample>)>>) {
+fn feed_ours(w: &mut Writer, batches: Vec<Vec<(i64, Vec<Sample>)>>, longest: &mut Longest) {
     let mut last_compact: Option<i64> = None;
     for batch in batches {
         let mut now = 0;
@@ -280,10 +280,25 @@ fn feed_ours(w: &mut Writer, batches: Vec<Vec<(i64, Vec<Sample>)>>) {
         }
         w.flush().unwrap();
         if last_compact.is_none_or(|l| now - l >= 60_000) {
-            while w.compact(now).unwrap().more {}
+            loop {
+                let t = Instant::now();
+                let more = w.compact(now).unwrap().more;
+                longest.compact = longest.compact.max(t.elapsed());
+                if !more {
+                    break;
+                }
+            }
             last_compact = Some(now);
         }
     }
+}
+
+/// The longest single maintenance step seen: the writer flushes between steps, so this
+/// is the longest a flush can be delayed by maintenance.
+#[derive(Default)]
+struct Longest {
+    compact: std::time::Duration,
+    prune: std::time::Duration,
 }
 
 fn main() {
@@ -321,8 +336,9 @@ fn main() {
 
         let p = dir.join(format!("ours-insert-{rep}.db"));
         let (_s, mut w) = open_ours(&p);
+        let mut longest = Longest::default();
         let t = Instant::now();
-        feed_ours(&mut w, batches);
+        feed_ours(&mut w, batches, &mut longest);
         // The last minute too, so the file holds chunks and rollups for everything.
         while w.compact(T0 + seconds * 1000 + 60_000).unwrap().more {}
         let el = t.elapsed();
@@ -379,7 +395,8 @@ fn main() {
     let naive_batches = batches.clone();
     let p = dir.join("ours-query.db");
     let (storage, mut w) = open_ours(&p);
-    feed_ours(&mut w, batches);
+    let mut longest = Longest::default();
+    feed_ours(&mut w, batches, &mut longest);
     w.maintain_fully(T0 + DAY_MS + 60_000).unwrap();
     let reader = storage.reader().unwrap();
     let mut naive = Naive::open(&dir.join("naive-query.db"));
@@ -426,6 +443,7 @@ fn main() {
     println!("size: {days} simulated days of {POOLS} pools x {per_pool} series at 1 s, default retention (raw 24h, 1m 7d, 1h 365d)");
     let p = dir.join("ours-days.db");
     let (_storage, mut w) = open_ours(&p);
+    let mut longest = Longest::default();
     let mut rng = Rng(7);
     let mut series = make_series(per_pool);
     let t = Instant::now();
@@ -435,10 +453,17 @@ fn main() {
         for hour in 0..24 {
             let start = T0 + day * DAY_MS + hour * 3_600_000;
             let batches = generate(&mut series, &mut rng, start, 3600, 10);
-            feed_ours(&mut w, batches);
+            feed_ours(&mut w, batches, &mut longest);
             // Retention as the running writer does it: bounded steps until done.
             let now = start + 3_600_000;
-            while w.prune(now).unwrap().more {}
+            loop {
+                let t = Instant::now();
+                let more = w.prune(now).unwrap().more;
+                longest.prune = longest.prune.max(t.elapsed());
+                if !more {
+                    break;
+                }
+            }
         }
         w.checkpoint().unwrap();
         let size = file_size(&p);
@@ -468,6 +493,11 @@ fn main() {
             (last - d7) / d7 * 100.0
         );
     }
+    println!(
+        "  longest single maintenance step (a flush waits at most this long): compaction {:.1} ms, pruning {:.1} ms",
+        longest.compact.as_secs_f64() * 1000.0,
+        longest.prune.as_secs_f64() * 1000.0
+    );
     if std::env::var_os("FPM_BENCH_KEEP").is_some() {
         println!("  (files kept in {})", dir.display());
     } else {
