@@ -8,6 +8,7 @@
 //! is in [`rollup`], pure and with the time passed in.
 
 pub mod api;
+mod checkpoint;
 pub mod codec;
 mod db;
 mod error;

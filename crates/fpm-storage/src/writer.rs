@@ -177,6 +177,8 @@ pub struct Writer {
     /// Where the current pruning pass resumes: (table index, series id).
     prune_cursor: Option<(usize, i64)>,
     _lock: Option<Arc<crate::db::ProcessLock>>,
+    /// Declared last: dropped after the fields above, stopping the checkpoint thread.
+    _checkpointer: Option<crate::checkpoint::Checkpointer>,
 }
 
 const MAX_PENDING_EVENTS: usize = 10_000;
@@ -205,12 +207,23 @@ fn series_key(name: &str, labels: &[(String, String)]) -> String {
 
 impl Writer {
     pub(crate) fn new(
-        conn: Conn,
+        mut conn: Conn,
         path: PathBuf,
         retention: Retention,
         opts: WriterOptions,
         lock: Option<Arc<crate::db::ProcessLock>>,
     ) -> Writer {
+        let checkpointer = match &conn {
+            Conn::Owned(_) => {
+                let cp = crate::checkpoint::Checkpointer::start(&path);
+                if cp.is_some() {
+                    // Checkpoints happen beside the writer instead of inside its commits.
+                    let _ = conn.with(|c| c.execute_batch("PRAGMA wal_autocheckpoint = 0"));
+                }
+                cp
+            }
+            Conn::Shared(_) => None,
+        };
         Writer {
             conn,
             path,
@@ -224,6 +237,7 @@ impl Writer {
             next_compact_ms: i64::MIN,
             next_prune_ms: i64::MIN,
             prune_cursor: None,
+            _checkpointer: checkpointer,
             _lock: lock,
         }
     }

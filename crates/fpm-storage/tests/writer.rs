@@ -440,3 +440,39 @@ fn a_long_read_transaction_never_blocks_the_writer() {
         .unwrap();
     assert_eq!(fresh.raw_samples(id, 0, i64::MAX).unwrap().len(), 200);
 }
+
+/// The writer does not checkpoint inside its commits; a background connection copies the
+/// WAL into the database file about every second. Seen from outside: shortly after a
+/// flush, the database file alone (without its WAL) holds the data.
+#[test]
+fn the_wal_is_checkpointed_in_the_background() {
+    let dir = TempDir::new("checkpoint");
+    let path = dir.join("data.db");
+    let storage = Storage::open(&StorageConfig {
+        path: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut w = storage.writer(WriterOptions::default()).unwrap();
+    for i in 0..100 {
+        let ts = T0 + i * 1000;
+        w.ingest(ts, ts, vec![gauge("m", "www", i as f64)]);
+    }
+    w.flush().unwrap();
+    let copy = dir.join("copy.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        std::fs::copy(&path, &copy).unwrap();
+        let n: i64 = rusqlite::Connection::open(&copy)
+            .and_then(|c| c.query_row("SELECT count(*) FROM raw_recent", [], |r| r.get(0)))
+            .unwrap_or(0);
+        if n == 100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not checkpointed ({n} rows in the file)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
