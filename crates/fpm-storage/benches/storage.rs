@@ -148,6 +148,12 @@ fn chunk_payload(path: &Path) -> i64 {
         .unwrap()
 }
 
+fn wal_size(path: &Path) -> u64 {
+    let mut s = PathBuf::from(path).into_os_string();
+    s.push("-wal");
+    std::fs::metadata(&s).map(|m| m.len()).unwrap_or(0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -465,14 +471,18 @@ fn main() {
                 }
             }
         }
+        // The WAL as the running writer leaves it (bounded by the checkpoints), then the
+        // file after a full checkpoint.
+        let wal = wal_size(&p);
         w.checkpoint().unwrap();
         let size = file_size(&p);
         sizes.push(size);
         let rows = table_rows(&p);
         println!(
-            "  end of day {:>2}: {:>8.1} MiB   rows: {}   [{:.0} s elapsed]",
+            "  end of day {:>2}: {:>8.1} MiB (WAL before checkpoint {:.1} MiB)   rows: {}   [{:.0} s elapsed]",
             day + 1,
             size as f64 / 1_048_576.0,
+            wal as f64 / 1_048_576.0,
             rows,
             t.elapsed().as_secs_f64()
         );

@@ -10,6 +10,9 @@ pub const HOUR_MS: i64 = 3_600_000;
 /// Most points one query may return (per series).
 pub const MAX_POINTS: i64 = 11_000;
 
+/// Longest step a query may use; also keeps every `t + step` far from overflow.
+pub const MAX_STEP_MS: i64 = 366 * 24 * HOUR_MS;
+
 /// Samples further in the future than this are rejected (a clock gone wrong).
 pub const MAX_FUTURE_MS: i64 = 10 * MINUTE_MS;
 
@@ -123,7 +126,7 @@ pub fn points(
     group(rows, step)
         .into_iter()
         .map(|(t, a)| {
-            let covered = (to.min(t + step) - from.max(t)).clamp(1, step.max(1));
+            let covered = (to.min(t.saturating_add(step)) - from.max(t)).clamp(1, step.max(1));
             let secs = covered as f64 / 1000.0;
             let p = match kind {
                 MetricKind::Gauge => Point {
@@ -159,6 +162,8 @@ pub enum RangeError {
     Empty { from_ms: i64, to_ms: i64 },
     #[error("step must be at least 1s (got {step_ms} ms)")]
     StepTooSmall { step_ms: i64 },
+    #[error("step must be at most 366 days (got {step_ms} ms)")]
+    StepTooLarge { step_ms: i64 },
     #[error("the range at this step gives {points} points, more than the limit of {max}; use a step of at least {min_step_s}s")]
     TooManyPoints {
         points: i64,
@@ -171,6 +176,9 @@ pub enum RangeError {
 pub fn check_range(from: TimestampMs, to: TimestampMs, step: i64) -> Result<i64, RangeError> {
     if step < 1000 {
         return Err(RangeError::StepTooSmall { step_ms: step });
+    }
+    if step > MAX_STEP_MS {
+        return Err(RangeError::StepTooLarge { step_ms: step });
     }
     if from >= to {
         return Err(RangeError::Empty {
@@ -260,7 +268,7 @@ pub enum Reject {
 pub fn admit(ts: TimestampMs, value: f64, now: TimestampMs, r: &Retention) -> Result<(), Reject> {
     if !value.is_finite() {
         Err(Reject::NotFinite)
-    } else if ts < cutoffs(now, r).raw + MINUTE_MS {
+    } else if ts < cutoffs(now, r).raw.saturating_add(MINUTE_MS) {
         // One minute of margin, so a sample never lands in a chunk being pruned.
         Err(Reject::TooOld)
     } else if ts > now.saturating_add(MAX_FUTURE_MS) {

@@ -217,8 +217,13 @@ impl Writer {
             Conn::Owned(_) => {
                 let cp = crate::checkpoint::Checkpointer::start(&path);
                 if cp.is_some() {
-                    // Checkpoints happen beside the writer instead of inside its commits.
-                    let _ = conn.with(|c| c.execute_batch("PRAGMA wal_autocheckpoint = 0"));
+                    // Checkpoints normally happen beside the writer instead of inside its
+                    // commits. The writer keeps a high automatic threshold as a backstop:
+                    // under a write load that never pauses, a checkpoint from another
+                    // connection can never finish before the next write, and only a
+                    // checkpoint by the writer itself lets the WAL start over. Most pages
+                    // are already copied by then, so the backstop is cheap.
+                    let _ = conn.with(|c| c.execute_batch("PRAGMA wal_autocheckpoint = 4000"));
                 }
                 cp
             }
@@ -572,7 +577,7 @@ impl Writer {
                     _ => c.hour,
                 };
                 // A bucket goes once all of it is older than the cut-off.
-                let below = cutoff - width + 1;
+                let below = cutoff.saturating_sub(width - 1);
                 let next: Option<i64> = tx
                     .query_row("SELECT min(id) FROM series WHERE id > ?1", [after_id], |r| r.get(0))
                     .map_err(e("listing series"))?;
@@ -646,12 +651,23 @@ impl Writer {
         Ok(())
     }
 
-    /// Checkpoints the WAL into the main file (benchmarks measure the file after it).
+    /// Copies the whole WAL into the main file and truncates it (benchmarks measure the
+    /// file after it). Retries while the background checkpoint holds the lock.
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         let path = self.path.clone();
-        self.conn.with(|c| {
-            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-                .map_err(|e| StorageError::sqlite(&path, "checkpointing", e))
+        for _ in 0..100 {
+            let busy: i64 = self.conn.with(|c| {
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                    .map_err(|e| StorageError::sqlite(&path, "checkpointing", e))
+            })?;
+            if busy == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(StorageError::Busy {
+            path,
+            waited_ms: 2000,
         })
     }
 

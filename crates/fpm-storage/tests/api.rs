@@ -185,6 +185,18 @@ async fn bad_metric_queries_are_400_or_404_with_the_reason() {
             "limit of 11000",
         ),
         (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&step=1000000000y",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "at most 366 days",
+        ),
+        (
+            "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&from=0001-01-01T00:00:00Z&step=1h",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "limit of 11000",
+        ),
+        (
             "/api/v1/pools/www/metrics?metric=phpfpm_active_processes&stpe=1s",
             StatusCode::BAD_REQUEST,
             "invalid_parameter",
