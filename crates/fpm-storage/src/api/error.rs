@@ -1,0 +1,128 @@
+//! The one error format of the whole `/api/v1`: an HTTP status and
+//! `{"error":{"code":"<stable_snake_case_code>","message":"<human text>"}}`.
+//! Codes are a contract (clients switch on them); messages are for people and may change.
+//! Internal details (SQLite errors, file paths) are logged, not sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::error::StorageError;
+use crate::reader::QueryError;
+
+/// An API failure, ready to be returned from any handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// Any status with a stable code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 `invalid_parameter`: a query parameter or body field is malformed.
+    pub fn invalid_parameter(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 503 `storage_unavailable`: the history database cannot answer now.
+    pub fn storage_unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            message,
+        )
+    }
+
+    /// 500 `internal_error`: a bug; the details go to the log only.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The JSON body this error is sent as.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "code": self.code, "message": self.message } })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> ApiError {
+        tracing::error!(error = %e, "History query failed.");
+        ApiError::storage_unavailable(
+            "the history database could not answer; see the manager's log",
+        )
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            QueryError::Range(r) => ApiError::invalid_parameter(r.to_string()),
+            e @ QueryError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            QueryError::Storage(s) => s.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_the_documented_shape() {
+        let resp = ApiError::invalid_parameter("parameter 'from': bad").into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_parameter");
+        assert_eq!(v["error"]["message"], "parameter 'from': bad");
+        assert_eq!(v.as_object().unwrap().len(), 1);
+    }
+}
