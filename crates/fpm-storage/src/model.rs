@@ -256,6 +256,15 @@ string_enum!(
         MaxChildrenReached => "max_children_reached",
         ManagerStart => "manager_start",
         ManagerStop => "manager_stop",
+        /// The collector's own observations and the supervisor's actions.
+        SlowRequests => "slow_requests",
+        MasterRestart => "master_restart",
+        RespawnStorm => "respawn_storm",
+        ScrapeFailing => "scrape_failing",
+        ScrapeRecovered => "scrape_recovered",
+        CrashLoop => "crash_loop",
+        ChangeRefused => "change_refused",
+        PoolChange => "pool_change",
     }
 );
 

@@ -698,6 +698,12 @@ pub struct WriterHandle {
     stats: Arc<Stats>,
 }
 
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle").finish_non_exhaustive()
+    }
+}
+
 impl WriterHandle {
     /// Hands samples taken at `ts_ms` to the writer. Never blocks: if the channel is full
     /// they are dropped and counted (`status().channel_dropped`); returns whether accepted.

@@ -172,8 +172,38 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         )?;
     }
 
+    // History: opened before anything runs, so a bad database file stops the
+    // start with a message naming it (it is never overwritten or deleted).
+    if let Some(dir) = cfg.storage.database_path.as_ref().and_then(|p| p.parent()) {
+        std::fs::create_dir_all(dir).ok();
+    }
+    let storage = fpm_storage::Storage::open(&fpm_storage::StorageConfig {
+        path: cfg.storage.database_path.clone(),
+        retention: fpm_storage::Retention {
+            raw: cfg.storage.retention_raw,
+            minute: cfg.storage.retention_minute,
+            hour: cfg.storage.retention_hour,
+            ..fpm_storage::Retention::default()
+        },
+    })
+    .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+    let reader = storage
+        .reader()
+        .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+    let (writer, writer_task) = storage
+        .spawn_writer(fpm_storage::WriterOptions::default())
+        .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+
     let state = AppState::new(cfg);
+    *state.storage.write().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let cfg = state.config();
+    state.events.emit(crate::events::ManagerEvent::new(
+        None,
+        "manager_start",
+        crate::events::Severity::Info,
+        format!("manager {} started", env!("CARGO_PKG_VERSION")),
+        serde_json::json!({"pid": std::process::id(), "pools": cfg.pools.len()}),
+    ));
     tracing::info!(
         address = %cfg.server.bind_address,
         pools = cfg.pools.len(),
@@ -224,7 +254,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let server = {
-        let app = http::router(state.clone());
+        let app = http::router(state.clone()).merge(fpm_storage::api::router(reader));
         let token = cancel.clone();
         let detach = detach.clone();
         tokio::spawn(async move {
@@ -304,6 +334,35 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}."),
         Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
     }
+    // Step 4: storage drains what it received and commits.
+    state.events.emit(crate::events::ManagerEvent::new(
+        None,
+        "manager_stop",
+        crate::events::Severity::Info,
+        if detaching {
+            "manager exited, php-fpm left running".to_owned()
+        } else {
+            "manager stopped".to_owned()
+        },
+        serde_json::json!({"pid": std::process::id()}),
+    ));
+    // Let the event consumer hand the last events to the writer.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(
+        state
+            .storage
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
+    match tokio::time::timeout(Duration::from_secs(5), writer_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("Storage writer ended with an error: {e}."),
+        Ok(Err(e)) => tracing::warn!("Storage writer task failed: {e}."),
+        Err(_) => tracing::warn!(
+            "Storage writer did not finish within 5s; the last second of samples may be missing."
+        ),
+    }
     if std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string())
     {
         let _ = std::fs::remove_file(&pid_file);
@@ -333,7 +392,57 @@ fn consume_event(state: &AppState, ev: crate::events::ManagerEvent) {
             tracing::error!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
         }
     }
+    if let Some(w) = state
+        .storage
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        w.event(to_stored(&ev));
+    }
     state.recent_events.push(ev);
+}
+
+/// The storage form of an event. A kind the events table does not know is
+/// stored as `config_change` with the original kind in the details.
+fn to_stored(ev: &crate::events::ManagerEvent) -> fpm_storage::Event {
+    use crate::events::Severity;
+    let kind = match ev.kind {
+        "master_crash" => Some(fpm_storage::EventKind::Crash),
+        k => k.parse::<fpm_storage::EventKind>().ok(),
+    };
+    let mut details = ev.details.clone();
+    let kind = kind.unwrap_or_else(|| {
+        if let Some(map) = details.as_object_mut() {
+            map.insert("event".to_owned(), serde_json::Value::from(ev.kind));
+        }
+        fpm_storage::EventKind::ConfigChange
+    });
+    fpm_storage::Event {
+        ts_ms: ev
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        kind,
+        severity: match ev.severity {
+            Severity::Info => fpm_storage::Severity::Info,
+            Severity::Warning => fpm_storage::Severity::Warning,
+            Severity::Error => fpm_storage::Severity::Error,
+        },
+        pool: ev.pool.clone(),
+        correlation_id: None,
+        actor: Some(
+            if ev.pool.is_some() {
+                "collector"
+            } else {
+                "manager"
+            }
+            .to_owned(),
+        ),
+        message: ev.message.clone(),
+        details,
+    }
 }
 
 /// SIGHUP: re-read the config. An invalid config changes nothing; a valid one

@@ -283,6 +283,13 @@ impl PoolCollector {
                 .events
                 .emit(ManagerEvent::from_pool(name.as_str(), ev));
         }
+        let samples = self
+            .state
+            .pools()
+            .get(&name)
+            .map(history_samples)
+            .unwrap_or_default();
+        self.state.store(now_ms as i64, samples);
         interval
     }
 
@@ -398,6 +405,82 @@ fn opcache_mode(pool: &Pool, mon: &Monitoring, state: &AppState) -> OpcacheMode 
             )))
         }
     }
+}
+
+/// What is kept in history for a pool after each look: the figures people
+/// ask "what happened at 03:12?" about. Named like the `/metrics` series.
+pub fn history_samples(s: &crate::state::PoolState) -> Vec<fpm_storage::Sample> {
+    use fpm_storage::Sample;
+    let labels = || vec![("pool".to_owned(), s.name.to_string())];
+    let mut out = vec![Sample::gauge(
+        "phpfpm_up",
+        labels(),
+        if s.up { 1.0 } else { 0.0 },
+    )];
+    if let (true, Some(st)) = (s.up, &s.status) {
+        out.extend([
+            Sample::counter(
+                "phpfpm_accepted_connections",
+                labels(),
+                st.accepted_conn as f64,
+            ),
+            Sample::counter(
+                "phpfpm_max_children_reached",
+                labels(),
+                st.max_children_reached as f64,
+            ),
+            Sample::counter("phpfpm_slow_requests", labels(), st.slow_requests as f64),
+            Sample::gauge("phpfpm_listen_queue", labels(), st.listen_queue as f64),
+            Sample::gauge("phpfpm_active_processes", labels(), s.derived.active as f64),
+            Sample::gauge("phpfpm_idle_processes", labels(), s.derived.idle as f64),
+            Sample::gauge("phpfpm_total_processes", labels(), s.derived.total as f64),
+        ]);
+    }
+    if let Ok((q, _)) = s.kernel.accept_queue {
+        out.push(Sample::gauge(
+            "phpfpm_manager_accept_queue",
+            labels(),
+            f64::from(q),
+        ));
+    }
+    if let Ok(agg) = &s.kernel.workers {
+        if let Some(cpu) = agg.cpu_percent_total {
+            out.push(Sample::gauge(
+                "phpfpm_manager_worker_cpu_percent",
+                labels(),
+                cpu,
+            ));
+        }
+        if let Some(p) = agg.pss {
+            out.push(Sample::gauge(
+                "phpfpm_manager_worker_pss_bytes",
+                labels(),
+                p.sum as f64,
+            ));
+            out.push(Sample::gauge(
+                "phpfpm_manager_worker_pss_p95_bytes",
+                labels(),
+                p.p95 as f64,
+            ));
+        }
+        if let Some(t) = agg.total_pss {
+            out.push(Sample::gauge(
+                "phpfpm_manager_pool_pss_bytes",
+                labels(),
+                t as f64,
+            ));
+        }
+    }
+    if let Some(Ok(oc)) = &s.opcache {
+        if let Some(rate) = oc.hit_rate {
+            out.push(Sample::gauge(
+                "phpfpm_manager_opcache_hit_rate",
+                labels(),
+                rate,
+            ));
+        }
+    }
+    out
 }
 
 /// Where the kernel's accept queue of an endpoint is read.

@@ -69,7 +69,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         let host = state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let pools = state.pools();
         let list: Vec<&PoolState> = pools.values().collect();
-        state.metrics.render(&list, per_process, host.as_ref())
+        let storage = state.storage_status();
+        state
+            .metrics
+            .render(&list, per_process, host.as_ref(), storage.as_ref())
     };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }

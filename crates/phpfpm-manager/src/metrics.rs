@@ -111,10 +111,12 @@ impl Metrics {
         pools: &[&PoolState],
         per_process: bool,
         host: Option<&Result<Budget, String>>,
+        storage: Option<&fpm_storage::WriterStatus>,
     ) -> String {
         let mut families = self.registry.gather();
         families.extend(pool_families(pools, per_process));
         families.extend(host_families(host));
+        families.extend(storage_families(storage));
         let ok: Vec<(&str, &crate::opcache::OpcacheStats)> = pools
             .iter()
             .filter_map(|p| match &p.opcache {
@@ -144,6 +146,69 @@ impl Metrics {
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The storage writer's figures: what was written, dropped and failed.
+pub fn storage_families(st: Option<&fpm_storage::WriterStatus>) -> Vec<MetricFamily> {
+    let Some(st) = st else { return Vec::new() };
+    use MetricType::{COUNTER, GAUGE};
+    let mut out = Vec::new();
+    for (name, help, kind, v) in [
+        (
+            "phpfpm_manager_storage_samples_written_total",
+            "Samples committed to the history database.",
+            COUNTER,
+            st.samples_written as f64,
+        ),
+        (
+            "phpfpm_manager_storage_events_written_total",
+            "Events committed to the history database.",
+            COUNTER,
+            st.events_written as f64,
+        ),
+        (
+            "phpfpm_manager_storage_write_errors_total",
+            "Failed flushes or maintenance steps (disk full, I/O errors).",
+            COUNTER,
+            st.write_errors as f64,
+        ),
+        (
+            "phpfpm_manager_storage_events_dropped_total",
+            "Events dropped because the writer's queue was full.",
+            COUNTER,
+            st.events_dropped as f64,
+        ),
+        (
+            "phpfpm_manager_storage_failing",
+            "1 while the last write to the history database failed.",
+            GAUGE,
+            if st.failing { 1.0 } else { 0.0 },
+        ),
+        (
+            "phpfpm_manager_storage_pending_samples",
+            "Samples received and not yet committed.",
+            GAUGE,
+            st.pending as f64,
+        ),
+    ] {
+        let mut f = Family::new(name, help, kind);
+        f.push(&[], v);
+        out.push(f.done());
+    }
+    let mut dropped = Family::new(
+        "phpfpm_manager_storage_samples_dropped_total",
+        "Samples not stored, by reason: channel full, backlog overflow while the database could not be written, rejected (not finite, too old, in the future).",
+        COUNTER,
+    );
+    for (reason, v) in [
+        ("channel_full", st.channel_dropped),
+        ("overflow", st.overflow_dropped),
+        ("rejected", st.rejected),
+    ] {
+        dropped.push(&[("reason", reason)], v as f64);
+    }
+    out.push(dropped.done());
+    out
+}
 
 /// The host's memory and CPU budget (cgroup v2/v1, else /proc/meminfo).
 pub fn host_families(host: Option<&Result<Budget, String>>) -> Vec<MetricFamily> {
@@ -551,7 +616,7 @@ mod tests {
     #[test]
     fn exporter_names_and_labels_are_exact() {
         let s = state(true);
-        let text = Metrics::new().render(&[&s], false, None);
+        let text = Metrics::new().render(&[&s], false, None, None);
         for line in [
             r#"phpfpm_up{pool="www",scrape_uri="unix:///run/www.sock;/status"} 1"#,
             r#"phpfpm_accepted_connections{pool="www",scrape_uri="unix:///run/www.sock;/status"} 3"#,
@@ -573,7 +638,7 @@ mod tests {
     #[test]
     fn per_process_series_use_slots() {
         let s = state(true);
-        let text = Metrics::new().render(&[&s], true, None);
+        let text = Metrics::new().render(&[&s], true, None, None);
         assert!(text.contains(
             r#"phpfpm_process_state{child="1",pool="www",scrape_uri="unix:///run/www.sock;/status",state="Running"} 1"#
         ) || text.contains(
@@ -585,7 +650,7 @@ mod tests {
     #[test]
     fn a_down_pool_keeps_its_series() {
         let s = state(false);
-        let text = Metrics::new().render(&[&s], false, None);
+        let text = Metrics::new().render(&[&s], false, None, None);
         assert!(
             text.contains(r#"phpfpm_up{pool="www",scrape_uri="unix:///run/www.sock;/status"} 0"#)
         );

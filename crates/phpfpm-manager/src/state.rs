@@ -138,6 +138,9 @@ pub struct AppState {
     /// The host's memory and CPU budget (cgroup or /proc), when read.
     pub host: RwLock<Option<Result<Budget, String>>>,
     kicks: Mutex<BTreeMap<PoolName, Arc<Notify>>>,
+    /// The storage writer, while storage runs (taken at shutdown so that the
+    /// writer drains and commits).
+    pub storage: RwLock<Option<fpm_storage::WriterHandle>>,
 }
 
 impl AppState {
@@ -159,6 +162,7 @@ impl AppState {
             recent_events: Recent::default(),
             host: RwLock::new(None),
             kicks: Mutex::new(BTreeMap::new()),
+            storage: RwLock::new(None),
         })
     }
 
@@ -220,5 +224,28 @@ impl AppState {
         let mut guard: RwLockWriteGuard<'_, _> =
             self.pools.write().unwrap_or_else(|e| e.into_inner());
         guard.get_mut(pool).map(f)
+    }
+}
+
+impl AppState {
+    /// Hands samples to the storage writer, if storage runs. Never blocks.
+    pub fn store(&self, ts_ms: i64, samples: Vec<fpm_storage::Sample>) {
+        if let Some(w) = self
+            .storage
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            w.record(ts_ms, samples);
+        }
+    }
+
+    /// Storage writer figures for /metrics and the API.
+    pub fn storage_status(&self) -> Option<fpm_storage::WriterStatus> {
+        self.storage
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|w| w.status())
     }
 }

@@ -244,6 +244,22 @@ pub(super) fn validate(
         day,
         3650 * day,
     );
+    if retention_minute < retention_raw {
+        c.problem(
+            "storage.retention.minute",
+            &raw.storage.retention.minute,
+            "is shorter than storage.retention.raw",
+            "keep 1-minute rollups at least as long as raw samples",
+        );
+    }
+    if retention_hour < retention_minute {
+        c.problem(
+            "storage.retention.hour",
+            &raw.storage.retention.hour,
+            "is shorter than storage.retention.minute",
+            "keep 1-hour rollups at least as long as 1-minute rollups",
+        );
+    }
 
     c.one_of(
         "telemetry.log_level",

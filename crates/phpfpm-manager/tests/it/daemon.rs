@@ -167,3 +167,61 @@ fn a_pool_that_fails_php_fpm_t_is_reported_and_others_run() {
     let (code, _) = d.get("/health/ready").unwrap();
     assert_eq!(code, 503);
 }
+
+#[test]
+fn history_and_events_are_stored_and_served() {
+    let config = "monitoring:\n  collect_interval: 1s\n  idle_interval: 1s\n\
+                  pools:\n  - name: app\n    pm: static\n    max_workers: 2\n";
+    let mut d = TestDaemon::start("history", Some(config), &[]);
+    d.wait_metrics(Duration::from_secs(10), |b| {
+        b.lines().any(|l| {
+            l.starts_with("phpfpm_manager_storage_samples_written_total") && !l.ends_with(" 0")
+        })
+    })
+    .unwrap_or_else(|| panic!("nothing stored; log:\n{}", d.log()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (code, body) = d
+            .get("/api/v1/pools/app/metrics?metric=phpfpm_total_processes&step=1s")
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let points = v["series"][0]["points"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0);
+        if points >= 2 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no history: {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(body["metric"], "phpfpm_total_processes");
+    let (code, err) = d
+        .get("/api/v1/pools/app/metrics?metric=x&from=yesterday")
+        .unwrap();
+    assert_eq!(code, 400, "{err}");
+    assert!(err.contains("invalid_parameter"), "{err}");
+    let (code, ev) = d.get("/api/v1/events?type=manager_start").unwrap();
+    assert_eq!(code, 200, "{ev}");
+    assert!(ev.contains("manager_start"), "{ev}");
+    // The file is where the config says, and it survives a clean stop.
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
+    assert!(d.dir.join("var/phpfpm-manager/data.db").is_file());
+}
+
+#[test]
+fn a_database_file_that_is_not_sqlite_stops_the_start_and_is_kept() {
+    let dir = crate::support::TestDir::new("badb");
+    std::fs::create_dir_all(dir.join("var/phpfpm-manager")).unwrap();
+    let db = dir.join("var/phpfpm-manager/data.db");
+    std::fs::write(&db, "this is not a database, it is my notes\n").unwrap();
+    let mut d = TestDaemon::start_in(dir, None, &[]);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(1), "{}", d.log());
+    assert!(d.log().contains("data.db"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_to_string(&db).unwrap(),
+        "this is not a database, it is my notes\n"
+    );
+}
