@@ -85,6 +85,7 @@ pub struct PoolCollector {
     failures_in_row: u64,
     /// The pool's worker pids from the last status page.
     pool_pids: BTreeSet<u32>,
+    last_views: Vec<crate::state::WorkerView>,
     opcache: OpcacheMode,
 }
 
@@ -122,6 +123,7 @@ impl PoolCollector {
             was_up: false,
             failures_in_row: 0,
             pool_pids: BTreeSet::new(),
+            last_views: Vec::new(),
             opcache: opcache_mode(&pool, mon, &state),
             pool,
             state,
@@ -230,10 +232,13 @@ impl PoolCollector {
             .get(&name)
             .and_then(|s| s.master.pid)
             .or_else(|| first_worker.and_then(parent_of));
-        let workers = match (&self.proc_ctx, master) {
-            (Err(e), _) => Err(e.clone()),
-            (Ok(_), None) => Err("master pid unknown".to_owned()),
-            (Ok(ctx), Some(master)) => self.sample_workers(*ctx, master).await,
+        let (workers, per_worker) = match (&self.proc_ctx, master) {
+            (Err(e), _) => (Err(e.clone()), Vec::new()),
+            (Ok(_), None) => (Err("master pid unknown".to_owned()), Vec::new()),
+            (Ok(ctx), Some(master)) => match self.sample_workers(*ctx, master).await {
+                Ok((agg, views)) => (Ok(agg), views),
+                Err(e) => (Err(e), Vec::new()),
+            },
         };
 
         let (busy, total) = self
@@ -275,6 +280,7 @@ impl PoolCollector {
             }
             s.kernel.accept_queue = queue;
             s.kernel.workers = workers;
+            s.kernel.per_worker = per_worker;
             s.interval = interval;
             s.circuit_open = circuit_open;
         });
@@ -299,7 +305,7 @@ impl PoolCollector {
         &mut self,
         ctx: SampleContext,
         master: u32,
-    ) -> Result<PoolAggregate, String> {
+    ) -> Result<(PoolAggregate, Vec<crate::state::WorkerView>), String> {
         let with_memory = self
             .last_memory
             .as_ref()
@@ -335,6 +341,33 @@ impl PoolCollector {
         };
         self.prev_cpu = Some((readings, now));
         let mut agg = aggregate(&sample, &rates);
+        let prev_memory: std::collections::HashMap<u32, (u64, u64, u64)> = self
+            .last_views
+            .iter()
+            .filter_map(|w| Some((w.pid, (w.rss_bytes?, w.pss_bytes?, w.uss_bytes?))))
+            .collect();
+        let views: Vec<crate::state::WorkerView> = sample
+            .workers
+            .iter()
+            .map(|w| {
+                let mem = w.memory.as_ref().ok().map(|m| (m.rss, m.pss, m.uss));
+                // Memory is read less often than CPU: keep the last reading.
+                let mem = mem.or_else(|| prev_memory.get(&w.key.pid).copied());
+                crate::state::WorkerView {
+                    pid: w.key.pid,
+                    proc_state: w.state,
+                    age_secs: w.age.map(|a| a.as_secs()),
+                    cpu_percent: rates
+                        .iter()
+                        .find(|(k, _)| *k == w.key)
+                        .and_then(|(_, r)| *r),
+                    rss_bytes: mem.map(|m| m.0).or(Some(w.stat_rss_bytes)),
+                    pss_bytes: mem.map(|m| m.1),
+                    uss_bytes: mem.map(|m| m.2),
+                }
+            })
+            .collect();
+        self.last_views = views.clone();
         match (&self.last_memory, with_memory) {
             (_, true) => self.last_memory = Some((now, agg.clone())),
             // Memory is read less often: carry the last figures forward.
@@ -347,7 +380,7 @@ impl PoolCollector {
             }
             (None, false) => {}
         }
-        Ok(agg)
+        Ok((agg, views))
     }
 }
 

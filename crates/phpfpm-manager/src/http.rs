@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/api/v1/status", get(status))
             .route("/api/v1/pools", get(pools))
             .route("/api/v1/pools/{pool}", get(pool))
+            .route("/api/v1/pools/{pool}/workers", get(workers))
             .route("/api/v1/events/recent", get(recent_events));
     }
     app.fallback(|| async { ApiError::not_found("no such route") })
@@ -264,9 +265,38 @@ impl PoolDto {
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let host = match state
+        .host
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        Some(Ok(b)) => json!({
+            "memory_limit_bytes": b.memory_limit,
+            "memory_high_bytes": b.memory_high,
+            "memory_current_bytes": b.memory_current,
+            "memory_total_bytes": b.mem_total,
+            "memory_available_bytes": b.mem_available,
+            "cpu_quota_cores": b.cpu_quota_cores,
+            "cpus": b.cpus,
+            "loadavg": b.loadavg,
+        }),
+        Some(Err(e)) => json!({ "error": e }),
+        None => serde_json::Value::Null,
+    };
+    let storage = state.storage_status().map(|s| {
+        json!({
+            "samples_written": s.samples_written,
+            "events_written": s.events_written,
+            "failing": s.failing,
+            "last_error": s.last_error,
+        })
+    });
     let pools = state.pools();
     let up = pools.values().filter(|p| p.up).count();
     Json(json!({
+        "host": host,
+        "storage": storage,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "mode": if state.config().zero_config { "zero-config" } else { "config" },
@@ -336,4 +366,49 @@ async fn recent_events(
         })
         .collect();
     Json(json!({ "events": events }))
+}
+
+/// `GET /api/v1/pools/{pool}/workers`: each worker from php-fpm's status page
+/// (state, requests, current request) joined with `/proc` (CPU, memory,
+/// age) by pid. Slots are the order of the status page.
+async fn workers(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pools = state.pools();
+    let s = pools
+        .values()
+        .find(|p| p.name.as_str() == name)
+        .ok_or_else(|| ApiError::not_found(format!("no pool named {name:?}")))?;
+    let procs = s
+        .status
+        .as_ref()
+        .map(|st| st.processes.as_slice())
+        .unwrap_or(&[]);
+    let list: Vec<serde_json::Value> = procs
+        .iter()
+        .enumerate()
+        .map(|(slot, p)| {
+            let k = s.kernel.per_worker.iter().find(|w| w.pid == p.pid);
+            json!({
+                "slot": slot,
+                "pid": p.pid,
+                "state": p.state.as_str(),
+                "requests": p.requests,
+                "request_duration_us": p.request_duration_us,
+                "request_method": p.request_method,
+                "request_uri": p.request_uri,
+                "script": p.script,
+                "last_request_cpu": p.last_request_cpu,
+                "last_request_memory": p.last_request_memory,
+                "age_seconds": k.and_then(|k| k.age_secs).unwrap_or(p.start_since),
+                "proc_state": k.map(|k| k.proc_state.to_string()),
+                "cpu_percent": k.and_then(|k| k.cpu_percent),
+                "rss_bytes": k.and_then(|k| k.rss_bytes),
+                "pss_bytes": k.and_then(|k| k.pss_bytes),
+                "uss_bytes": k.and_then(|k| k.uss_bytes),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "pool": s.name.as_str(), "workers": list })))
 }

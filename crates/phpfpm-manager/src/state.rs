@@ -61,6 +61,21 @@ pub struct KernelView {
     /// (waiting, limit) of the pool's listening socket.
     pub accept_queue: Result<(u32, Option<u32>), String>,
     pub workers: Result<PoolAggregate, String>,
+    /// Each worker as `/proc` showed it at the last look.
+    pub per_worker: Vec<WorkerView>,
+}
+
+/// One worker from `/proc` (memory as of the last memory reading).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    pub pid: u32,
+    /// `stat` state letter: R running, S sleeping, D disk wait, Z zombie.
+    pub proc_state: char,
+    pub age_secs: Option<u64>,
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub pss_bytes: Option<u64>,
+    pub uss_bytes: Option<u64>,
 }
 
 impl Default for KernelView {
@@ -68,6 +83,7 @@ impl Default for KernelView {
         KernelView {
             accept_queue: Err("not read yet".to_owned()),
             workers: Err("not read yet".to_owned()),
+            per_worker: Vec::new(),
         }
     }
 }

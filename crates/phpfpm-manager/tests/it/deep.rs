@@ -284,3 +284,43 @@ fn opcache_figures_follow_compiled_scripts_and_pass_promtool() {
     assert_eq!(probes.len(), 1);
     assert!(!d.dir.join("www").join(probes[0].file_name()).exists());
 }
+
+#[test]
+fn workers_endpoint_joins_status_and_proc() {
+    let d = daemon("workers", 3, "  memory_interval: 1s\n  idle_interval: 5s\n");
+    for h in hold(&d, 1, 300) {
+        h.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = d.get("/api/v1/pools/a/workers").unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let workers = v["workers"].as_array().cloned().unwrap_or_default();
+        let served = workers
+            .iter()
+            .filter(|w| {
+                w["requests"] == 1
+                    && w["script"]
+                        .as_str()
+                        .is_some_and(|s| s.ends_with("sleep.php"))
+            })
+            .count();
+        let with_memory = workers
+            .iter()
+            .filter(|w| w["pss_bytes"].as_u64().is_some_and(|b| b > 0))
+            .count();
+        if workers.len() == 3 && served == 1 && with_memory == 3 {
+            for w in &workers {
+                let pid = w["pid"].as_u64().unwrap();
+                assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+                assert!(w["rss_bytes"].as_u64().unwrap() >= w["pss_bytes"].as_u64().unwrap());
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers not joined: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _) = d.get("/api/v1/pools/nope/workers").unwrap();
+    assert_eq!(code, 404);
+}
