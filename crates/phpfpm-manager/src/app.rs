@@ -197,6 +197,9 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let state = AppState::new(cfg);
     *state.storage.write().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let cfg = state.config();
+    if let Some(ep) = &cfg.telemetry.otlp_endpoint {
+        tracing::warn!("telemetry.otlp_endpoint is set ({ep}), but OpenTelemetry export is not available in this version; traces are not sent.");
+    }
     state.events.emit(crate::events::ManagerEvent::new(
         None,
         "manager_start",

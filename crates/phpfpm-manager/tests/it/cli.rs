@@ -98,16 +98,16 @@ fn version_prints_the_version() {
     );
 }
 
-#[test]
-fn a_missing_php_fpm_binary_is_a_runtime_failure_with_a_clear_message() {
-    let dir = TestDir::new("cli-nobin");
+/// `run` with `phpfpm.binary` set to `binary`, on a free port.
+fn run_with_binary(tag: &str, binary: &str) -> Output {
+    let dir = TestDir::new(tag);
     std::fs::write(
         dir.join("c.yaml"),
-        "phpfpm:\n  binary: /nonexistent/php-fpm\npools:\n  - name: www\n",
+        format!("phpfpm:\n  binary: {binary}\npools:\n  - name: www\n"),
     )
     .unwrap();
     let port = crate::support::free_port();
-    let out = Command::new(manager_bin())
+    Command::new(manager_bin())
         .args(["run", "--config", "c.yaml"])
         .current_dir(&dir.path)
         .env(
@@ -115,7 +115,12 @@ fn a_missing_php_fpm_binary_is_a_runtime_failure_with_a_clear_message() {
             format!("127.0.0.1:{port}"),
         )
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_missing_php_fpm_binary_is_a_runtime_failure_with_a_clear_message() {
+    let out = run_with_binary("cli-nobin", "/nonexistent/php-fpm");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("/nonexistent/php-fpm does not exist or is not executable"),
@@ -218,22 +223,7 @@ fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
 
 #[test]
 fn a_binary_that_is_not_php_fpm_is_refused_at_start() {
-    let dir = TestDir::new("cli-notfpm");
-    std::fs::write(
-        dir.join("c.yaml"),
-        "phpfpm:\n  binary: /bin/true\npools:\n  - name: www\n",
-    )
-    .unwrap();
-    let port = crate::support::free_port();
-    let out = Command::new(manager_bin())
-        .args(["run", "--config", "c.yaml"])
-        .current_dir(&dir.path)
-        .env(
-            "PHPFPM_MANAGER_SERVER__BIND_ADDRESS",
-            format!("127.0.0.1:{port}"),
-        )
-        .output()
-        .unwrap();
+    let out = run_with_binary("cli-notfpm", "/bin/true");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("/bin/true is not php-fpm"),
