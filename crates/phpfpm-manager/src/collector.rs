@@ -29,6 +29,9 @@ use crate::fastcgi::{self, Timeouts};
 use crate::opcache::{OpcacheProbe, OpcacheStats};
 use crate::state::{AppState, ScrapeError};
 
+/// How often a pool that answers its status page is also pinged.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
 /// While a pool is down it is retried at least this often, so a pool that
 /// is starting (or recovering) shows up within a second.
 const DOWN_RETRY: Duration = Duration::from_secs(1);
@@ -86,6 +89,7 @@ pub struct PoolCollector {
     /// The pool's worker pids from the last status page.
     pool_pids: BTreeSet<u32>,
     last_views: Vec<crate::state::WorkerView>,
+    last_ping: Option<(Instant, bool)>,
     opcache: OpcacheMode,
 }
 
@@ -124,6 +128,7 @@ impl PoolCollector {
             failures_in_row: 0,
             pool_pids: BTreeSet::new(),
             last_views: Vec::new(),
+            last_ping: None,
             opcache: opcache_mode(&pool, mon, &state),
             pool,
             state,
@@ -164,7 +169,20 @@ impl PoolCollector {
         }
         let started = Instant::now();
         let status = fetch_status(&self.pool, &self.probe).await;
-        let ping_ok = ping(&self.pool).await;
+        // The ping goes to the same listener as the status page, so a status
+        // page that answered says as much; ping again only when it did not,
+        // or every PING_EVERY (it is what readiness reports).
+        let ping_due = status.is_err()
+            || self
+                .last_ping
+                .is_none_or(|(at, ok)| !ok || at.elapsed() >= PING_EVERY);
+        let ping_ok = if ping_due {
+            let ok = ping(&self.pool).await;
+            self.last_ping = Some((Instant::now(), ok));
+            ok
+        } else {
+            true
+        };
         let ok = status.is_ok();
         let error = status.as_ref().err().cloned();
         let figures_base = status.as_ref().ok().map(|st| {
