@@ -184,7 +184,7 @@ fn deep_footprint() {
     }
     // Past the first memory reading of every pool before measuring.
     let (_d, rss_mb, cpu, secs) = measure_daemon("deepfoot", &config, 8, Duration::from_secs(12));
-    println!("\n## 3b. daemon with 8 pools x 32 workers collected every 1 s (memory every 10 s), {secs:.0} s window");
+    println!("\n## 3b. daemon with 8 pools x 32 workers collected every 1 s (memory every 30 s, the default), {secs:.0} s window");
     println!("| measure | value | goal |");
     println!("|---|---|---|");
     println!("| resident memory (max VmRSS) | {rss_mb:.1} MB | <= 25 MB |");

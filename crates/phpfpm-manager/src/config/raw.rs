@@ -278,7 +278,7 @@ impl Default for RawMonitoring {
             busy_utilization: 0.8,
             idle_utilization: 0.3,
             queue_probe_interval: "250ms".into(),
-            memory_interval: "10s".into(),
+            memory_interval: "30s".into(),
             circuit_failures: 3,
             circuit_cooldown: "10s".into(),
             enable_opcache: false,
