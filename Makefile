@@ -18,7 +18,7 @@ run: deps-run
 	$(CARGO) run --release --bin phpfpm-manager -- run
 
 test: deps-test
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -192,19 +192,31 @@ fn smaps_rollup_permission_denied_is_unavailable() {
     let exe = dir.join("test-binary");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let output = Command::new(&exe)
-        .args([
-            "--exact",
-            "smaps_rollup_permission_denied_is_unavailable",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, std::process::id().to_string())
-        .current_dir("/")
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // Another test thread may fork while the copy's write descriptor is still
+    // open in this process; the forked child then holds it until it execs,
+    // and executing the copy fails with ETXTBSY. Retry for a short while.
+    let mut attempts = 0;
+    let output = loop {
+        let res = Command::new(&exe)
+            .args([
+                "--exact",
+                "smaps_rollup_permission_denied_is_unavailable",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, std::process::id().to_string())
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output();
+        match res {
+            Err(e) if e.raw_os_error() == Some(26) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     std::fs::remove_dir_all(&dir).unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
