@@ -94,7 +94,7 @@ impl Pools {
             }
             _ => None,
         };
-        let collector = self.start_collector(pool, cfg, state);
+        let collector = self.start_collector(pool, state);
         self.runs.insert(
             pool.name.clone(),
             PoolRun {
@@ -105,14 +105,9 @@ impl Pools {
         );
     }
 
-    fn start_collector(
-        &mut self,
-        pool: &Pool,
-        cfg: &Config,
-        state: &Arc<AppState>,
-    ) -> CancellationToken {
+    /// The collector reads its settings from the state's current config.
+    fn start_collector(&mut self, pool: &Pool, state: &Arc<AppState>) -> CancellationToken {
         let token = self.cancel.child_token();
-        let _ = cfg;
         self.collectors.spawn(collector::run_pool(
             pool.clone(),
             state.clone(),
@@ -533,7 +528,7 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
         let handle = run.supervisor.as_ref().map(|(h, _)| h.clone());
         let spec_changed = run.pool.spec != pool.spec;
         run.collector.cancel();
-        let collector = pools.start_collector(pool, &new, state);
+        let collector = pools.start_collector(pool, state);
         if let Some(run) = pools.runs.get_mut(&pool.name) {
             run.collector = collector;
             run.pool = pool.clone();
