@@ -141,6 +141,14 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     if opts.replace {
         replace_running_manager(&cfg).await?;
     }
+    let needs_fpm = cfg.pools.iter().any(|p| p.spec.is_some());
+    // One manager per runtime directory: a second one would adopt and
+    // supervise the first one's masters. Held until this process exits.
+    let _runtime_lock = if needs_fpm {
+        Some(lock_runtime_dir(&cfg)?)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(cfg.server.bind_address)
         .await
         .with_context(|| {
@@ -149,7 +157,6 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
                 cfg.server.bind_address
             )
         })?;
-    let needs_fpm = cfg.pools.iter().any(|p| p.spec.is_some());
     let runtime = if needs_fpm {
         let (layout, binary) = supervisor::prepare_runtime(&cfg)?;
         let v = binary.check_version().await.map_err(anyhow::Error::msg)?;
@@ -547,6 +554,33 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 }
             });
         }
+    }
+}
+
+/// Takes an exclusive lock on `<runtime_dir>/manager.lock`, or says which
+/// manager holds it.
+fn lock_runtime_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
+    let dir = &cfg.phpfpm.runtime_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
+    let path = dir.join("manager.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let pid = std::fs::read_to_string(dir.join("manager.pid")).unwrap_or_default();
+            anyhow::bail!(
+                "another phpfpm-manager (pid {}) runs on {}; stop it, or start this one with --replace to take over",
+                pid.trim(),
+                dir.display()
+            )
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
     }
 }
 

@@ -225,3 +225,35 @@ fn a_database_file_that_is_not_sqlite_stops_the_start_and_is_kept() {
         "this is not a database, it is my notes\n"
     );
 }
+
+#[test]
+fn a_second_manager_on_the_same_runtime_dir_is_refused() {
+    let config = "pools:\n  - name: one\n    pm: static\n    max_workers: 1\n";
+    let d = TestDaemon::start("twice", Some(config), &[]);
+    d.wait_metrics(Duration::from_secs(10), |b| {
+        b.lines()
+            .any(|l| l.starts_with("phpfpm_up{pool=\"one\"") && l.ends_with(" 1"))
+    })
+    .unwrap_or_else(|| panic!("pool not up; log:\n{}", d.log()));
+    let pid_before = serde_json::from_str::<serde_json::Value>(&d.pool_json("one")).unwrap()
+        ["master"]["pid"]
+        .clone();
+    let port = crate::support::free_port();
+    let out = std::process::Command::new(crate::support::manager_bin())
+        .args(["run", "--config", "config.yaml"])
+        .current_dir(&d.dir.path)
+        .env(
+            "PHPFPM_MANAGER_SERVER__BIND_ADDRESS",
+            format!("127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("another phpfpm-manager"), "{text}");
+    assert!(text.contains("--replace"), "{text}");
+    // The first manager and its master are untouched.
+    let v: serde_json::Value = serde_json::from_str(&d.pool_json("one")).unwrap();
+    assert_eq!(v["master"]["pid"], pid_before);
+    assert_eq!(v["up"], true);
+}
