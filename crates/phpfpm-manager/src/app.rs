@@ -185,7 +185,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             raw: cfg.storage.retention_raw,
             minute: cfg.storage.retention_minute,
             hour: cfg.storage.retention_hour,
-            ..fpm_storage::Retention::default()
+            events: cfg.storage.retention_events,
         },
     })
     .map_err(|e| anyhow::anyhow!("storage: {e}"))?;

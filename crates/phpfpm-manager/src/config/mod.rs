@@ -184,6 +184,7 @@ pub struct Storage {
     pub retention_raw: Duration,
     pub retention_minute: Duration,
     pub retention_hour: Duration,
+    pub retention_events: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -311,6 +311,8 @@ pub struct RawRetention {
     pub raw: String,
     pub minute: String,
     pub hour: String,
+    /// How long events (scale decisions, crashes, changes, ...) are kept.
+    pub events: String,
 }
 
 impl Default for RawRetention {
@@ -319,6 +321,7 @@ impl Default for RawRetention {
             raw: "24h".into(),
             minute: "7d".into(),
             hour: "365d".into(),
+            events: "365d".into(),
         }
     }
 }

@@ -244,6 +244,12 @@ pub(super) fn validate(
         day,
         3650 * day,
     );
+    let retention_events = c.duration(
+        "storage.retention.events",
+        &raw.storage.retention.events,
+        day,
+        3650 * day,
+    );
     if retention_minute < retention_raw {
         c.problem(
             "storage.retention.minute",
@@ -368,6 +374,7 @@ pub(super) fn validate(
             retention_raw,
             retention_minute,
             retention_hour,
+            retention_events,
         },
         telemetry: Telemetry {
             log_level: raw.telemetry.log_level.clone(),
