@@ -199,6 +199,9 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let state = AppState::new(cfg);
     *state.storage.write().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let cfg = state.config();
+    for pool in cfg.pools.iter().filter(|p| p.scaling.enabled) {
+        tracing::warn!(pool = pool.name.as_str(), "scaling.enabled is set, but this version only advises (GET /api/v1/pools/{}/scale); the pool keeps its configured size.", pool.name);
+    }
     if let Some(ep) = &cfg.telemetry.otlp_endpoint {
         tracing::warn!("telemetry.otlp_endpoint is set ({ep}), but OpenTelemetry export is not available in this version; traces are not sent.");
     }

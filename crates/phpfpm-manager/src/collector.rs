@@ -90,6 +90,9 @@ pub struct PoolCollector {
     pool_pids: BTreeSet<u32>,
     last_views: Vec<crate::state::WorkerView>,
     last_ping: Option<(Instant, bool)>,
+    advisor: Option<crate::advisor::Advisor>,
+    /// Origin of the advisor's monotonic clock.
+    born: Instant,
     opcache: OpcacheMode,
 }
 
@@ -129,6 +132,17 @@ impl PoolCollector {
             pool_pids: BTreeSet::new(),
             last_views: Vec::new(),
             last_ping: None,
+            advisor: match crate::advisor::Advisor::new(&pool) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(
+                        pool = pool.name.as_str(),
+                        "No autoscaler advice for this pool: {e}."
+                    );
+                    None
+                }
+            },
+            born: Instant::now(),
             opcache: opcache_mode(&pool, mon, &state),
             pool,
             state,
@@ -307,6 +321,9 @@ impl PoolCollector {
                 .events
                 .emit(ManagerEvent::from_pool(name.as_str(), ev));
         }
+        if ok {
+            self.advise(&name);
+        }
         let samples = self
             .state
             .pools()
@@ -403,6 +420,45 @@ impl PoolCollector {
 }
 
 impl PoolCollector {
+    /// Feeds the look just recorded to the advisor and stores its advice.
+    fn advise(&mut self, name: &fpm_core::PoolName) {
+        let Some(advisor) = self.advisor.as_mut() else {
+            return;
+        };
+        let budget = self
+            .state
+            .host
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|b| b.as_ref().ok())
+            .and_then(|b| b.memory_limit);
+        let now_ms = self.born.elapsed().as_millis() as u64 + 1;
+        let advice = {
+            let pools = self.state.pools();
+            let Some(s) = pools.get(name) else { return };
+            let Some(status) = &s.status else { return };
+            let queue = s.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0);
+            let shared = s
+                .kernel
+                .workers
+                .as_ref()
+                .ok()
+                .and_then(|a| a.master_memory.map(|m| m.pss))
+                .unwrap_or(0);
+            advisor.observe(&crate::advisor::Look {
+                now_ms,
+                status,
+                derived: s.derived,
+                queue,
+                workers: &s.kernel.per_worker,
+                memory_budget: budget,
+                shared_memory: shared,
+            })
+        };
+        self.state.update(name, |s| s.advice = Some(advice));
+    }
+
     async fn read_opcache(
         &self,
     ) -> Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>> {

@@ -57,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/api/v1/pools", get(pools))
             .route("/api/v1/pools/{pool}", get(pool))
             .route("/api/v1/pools/{pool}/workers", get(workers))
+            .route("/api/v1/pools/{pool}/scale", get(scale))
+            .route("/api/v1/autoscaling", get(autoscaling))
             .route("/api/v1/events/recent", get(recent_events));
     }
     app.fallback(|| async { ApiError::not_found("no such route") })
@@ -411,4 +413,45 @@ async fn workers(
         })
         .collect();
     Ok(Json(json!({ "pool": s.name.as_str(), "workers": list })))
+}
+
+fn advice_json(s: &PoolState) -> serde_json::Value {
+    match &s.advice {
+        None => json!({ "pool": s.name.as_str(), "mode": "advise", "advice": null }),
+        Some(a) => json!({
+            "pool": s.name.as_str(),
+            // Decisions are not applied in this version.
+            "mode": "advise",
+            "phase": a.phase,
+            "confidence": a.confidence,
+            "current_workers": a.current_workers,
+            "recommended_workers": a.recommended_workers,
+            "action": a.action,
+            "reason": a.reason,
+            "arrival_rate_per_s": a.arrival_rate,
+            "mean_service_s": a.mean_service_s,
+            "memory_ceiling_workers": a.memory_ceiling,
+        }),
+    }
+}
+
+/// `GET /api/v1/pools/{pool}/scale`: the current size and the autoscaler's
+/// advice, with the figures behind it.
+async fn scale(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pools = state.pools();
+    pools
+        .values()
+        .find(|p| p.name.as_str() == name)
+        .map(|p| Json(advice_json(p)))
+        .ok_or_else(|| ApiError::not_found(format!("no pool named {name:?}")))
+}
+
+/// `GET /api/v1/autoscaling`: the advice for every pool.
+async fn autoscaling(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let pools = state.pools();
+    let list: Vec<serde_json::Value> = pools.values().map(advice_json).collect();
+    Json(json!({ "mode": "advise", "pools": list }))
 }

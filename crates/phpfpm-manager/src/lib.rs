@@ -3,6 +3,7 @@
 //! `main.rs` is a thin CLI over [`app::run`]; integration tests and benchmarks
 //! use the same modules.
 
+pub mod advisor;
 pub mod app;
 pub mod collector;
 pub mod config;

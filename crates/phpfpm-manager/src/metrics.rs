@@ -385,6 +385,8 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ("phpfpm_manager_pm_min_spare_servers", "Configured pm.min_spare_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.min_spare_servers))),
         ("phpfpm_manager_pm_max_spare_servers", "Configured pm.max_spare_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_spare_servers))),
         ("phpfpm_manager_pm_max_requests", "Configured pm.max_requests of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_requests))),
+        ("phpfpm_manager_autoscaler_recommended_workers", "Workers the autoscaler's model recommends for the pool now (advice; not applied in this version).", GAUGE, |s| s.advice.as_ref().map(|a| f64::from(a.recommended_workers))),
+        ("phpfpm_manager_autoscaler_confidence", "Confidence of the autoscaler's model of the pool, 0 to 1 (learning until it is high enough).", GAUGE, |s| s.advice.as_ref().map(|a| a.confidence)),
         ("phpfpm_manager_accept_queue", "Connections waiting in the kernel's accept queue of the pool's socket (sock_diag; works when every worker is busy and on unix sockets, unlike phpfpm_listen_queue).", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().map(|(n, _)| f64::from(*n))),
         ("phpfpm_manager_accept_queue_limit", "Backlog limit of the pool's listening socket, from the kernel.", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().and_then(|(_, l)| l.map(f64::from))),
         ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then_some(s.interval.as_secs_f64())),
@@ -610,6 +612,7 @@ mod tests {
             interval: std::time::Duration::from_secs(5),
             circuit_open: false,
             opcache: None,
+            advice: None,
         }
     }
 

@@ -52,6 +52,8 @@ pub struct PoolState {
     pub circuit_open: bool,
     /// OPcache of the pool's master, when `monitoring.enable_opcache`.
     pub opcache: Option<Result<OpcacheStats, Arc<OpcacheError>>>,
+    /// The autoscaler's current advice for the pool.
+    pub advice: Option<crate::advisor::Advice>,
 }
 
 /// The pool as the kernel sees it: the listen backlog and the workers' CPU
@@ -137,6 +139,7 @@ impl PoolState {
             interval: Duration::ZERO,
             circuit_open: false,
             opcache: None,
+            advice: None,
         }
     }
 }

@@ -324,3 +324,90 @@ fn workers_endpoint_joins_status_and_proc() {
     let (code, _) = d.get("/api/v1/pools/nope/workers").unwrap();
     assert_eq!(code, 404);
 }
+
+#[test]
+fn the_advisor_recommends_more_workers_for_an_observed_pool_that_queues() {
+    // A pool the manager only observes: 2 static workers, allowed up to 32
+    // (while learning, the policy may go to 25 % of that: 8).
+    let fpm = crate::support::TestFpm::start(crate::support::FpmOpts {
+        name: "obs",
+        max_children: 2,
+        ..crate::support::FpmOpts::default()
+    });
+    let cfg = format!(
+        "monitoring:\n  busy_interval: 1s\npools:\n  - name: obs\n    supervise: false\n    fastcgi_endpoint: unix:{}\n    status_endpoint: unix:{}\n    max_workers: 32\n",
+        fpm.socket.display(),
+        fpm.status_socket.display()
+    );
+    let d = TestDaemon::start("advise", Some(&cfg), &[]);
+    d.wait_metrics(Duration::from_secs(10), |b| {
+        b.lines()
+            .any(|l| l.starts_with("phpfpm_up{pool=\"obs\"") && l.ends_with(" 1"))
+    })
+    .unwrap_or_else(|| panic!("observed pool not up; log:\n{}", d.log()));
+    let advice = |d: &TestDaemon| -> serde_json::Value {
+        let (_, b) = d.get("/api/v1/pools/obs/scale").unwrap();
+        serde_json::from_str(&b).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while advice(&d)["recommended_workers"].is_null() {
+        assert!(Instant::now() < deadline, "no advice: {}", advice(&d));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let idle = advice(&d);
+    assert_eq!(idle["mode"], "advise");
+    assert_eq!(idle["current_workers"], 2, "{idle}");
+    assert!(
+        idle["recommended_workers"].as_u64().unwrap() <= 32,
+        "{idle}"
+    );
+    // 2 busy and 8 waiting, 2 s each: once the first requests finish the
+    // service time is known, and every worker busy with a queue worth seconds
+    // of waiting is the emergency rule, which recommends more workers even
+    // while the model is still learning.
+    let sock = fpm.socket.clone();
+    let script = fpm.www("sleep.php");
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            let (sock, script) = (sock.clone(), script.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let t = Timeouts {
+                    connect: Duration::from_secs(1),
+                    total: Duration::from_secs(30),
+                };
+                let _ = rt.block_on(fastcgi::get(&Endpoint::Unix(sock), &script, "ms=2000", t));
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(9);
+    let busy = loop {
+        let a = advice(&d);
+        if a["recommended_workers"].as_u64().unwrap_or(0) > 2 {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-up advice under saturation: {a}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(busy["action"], "resize", "{busy}");
+    assert!(
+        busy["recommended_workers"].as_u64().unwrap() <= 32,
+        "{busy}"
+    );
+    let (_, m) = d.get("/metrics").unwrap();
+    assert!(
+        m.contains("phpfpm_manager_autoscaler_recommended_workers{pool=\"obs\"}"),
+        "{m}"
+    );
+    let (_, all) = d.get("/api/v1/autoscaling").unwrap();
+    assert!(all.contains("\"pool\":\"obs\""), "{all}");
+    for h in held {
+        h.join().unwrap();
+    }
+}
