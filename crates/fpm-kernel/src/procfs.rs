@@ -69,6 +69,8 @@ pub struct ProcStat {
     pub state: char,
     /// Field 4: parent process id.
     pub ppid: u32,
+    /// Field 5: process group id.
+    pub pgrp: u32,
     /// Field 14: user-mode CPU time in clock ticks.
     pub utime: u64,
     /// Field 15: kernel-mode CPU time in clock ticks.
@@ -89,6 +91,13 @@ impl ProcStat {
     pub fn cpu_ticks(&self) -> u64 {
         self.utime.saturating_add(self.stime)
     }
+}
+
+/// Reads and parses `/proc/<pid>/stat`; `None` when the process is gone or
+/// the line cannot be read.
+pub fn read_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text).ok()
 }
 
 /// Parses one `/proc/<pid>/stat` line.
@@ -131,6 +140,7 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
         comm,
         state,
         ppid: number(FILE, "ppid", field(4))?,
+        pgrp: number(FILE, "pgrp", field(5))?,
         utime: number(FILE, "utime", field(14))?,
         stime: number(FILE, "stime", field(15))?,
         num_threads: number(FILE, "num_threads", field(20))?,

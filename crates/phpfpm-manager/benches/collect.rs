@@ -230,14 +230,17 @@ fn collection_vs_round_trip() {
             let started = Instant::now();
             let status = fetch_status(&pool, &probe).await;
             assert!(status.is_ok(), "{status:?}");
-            assert!(record(
-                &pool,
-                &state,
-                &probe,
-                status,
-                true,
-                tokio::time::Instant::from_std(started)
-            ));
+            assert!(
+                record(
+                    &pool,
+                    &state,
+                    &probe,
+                    status,
+                    true,
+                    tokio::time::Instant::from_std(started)
+                )
+                .up
+            );
             let b = started.elapsed();
             // The first rounds warm caches and php-fpm's workers.
             if i >= 40 {
@@ -335,11 +338,7 @@ fn collections_count(d: &TestDaemon) -> u64 {
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the command: state is [0], utime [11], stime [12].
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    fpm_kernel::procfs::read_stat(pid).unwrap().cpu_ticks()
 }
 
 fn rss_kib(pid: u32) -> u64 {

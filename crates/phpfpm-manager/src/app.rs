@@ -165,7 +165,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     } else {
         None
     };
-    let pid_file = cfg.phpfpm.runtime_dir.join("manager.pid");
+    let pid_file = Layout::new(&cfg.phpfpm.runtime_dir).manager_pid();
     if runtime.is_some() {
         write_atomic(
             &pid_file,
@@ -427,11 +427,7 @@ fn to_stored(ev: &crate::events::ManagerEvent) -> fpm_storage::Event {
         fpm_storage::EventKind::ConfigChange
     });
     fpm_storage::Event {
-        ts_ms: ev
-            .at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
+        ts_ms: ev.ts_ms(),
         kind,
         severity: match ev.severity {
             Severity::Info => fpm_storage::Severity::Info,
@@ -576,7 +572,7 @@ fn lock_runtime_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            let pid = std::fs::read_to_string(dir.join("manager.pid")).unwrap_or_default();
+            let pid = std::fs::read_to_string(Layout::new(dir).manager_pid()).unwrap_or_default();
             anyhow::bail!(
                 "another phpfpm-manager (pid {}) runs on {}; stop it, or start this one with --replace to take over",
                 pid.trim(),
@@ -590,7 +586,7 @@ fn lock_runtime_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
 /// `run --replace`: asks the manager recorded in the runtime directory to
 /// exit without stopping php-fpm (SIGUSR1), and waits for it.
 async fn replace_running_manager(cfg: &Config) -> anyhow::Result<()> {
-    let pid_file = cfg.phpfpm.runtime_dir.join("manager.pid");
+    let pid_file = Layout::new(&cfg.phpfpm.runtime_dir).manager_pid();
     let Ok(text) = std::fs::read_to_string(&pid_file) else {
         tracing::info!(
             "No running manager recorded in {}; starting normally.",

@@ -84,8 +84,6 @@ pub struct PoolCollector {
     proc_ctx: Result<SampleContext, String>,
     prev_cpu: Option<(Vec<CpuReading>, Instant)>,
     last_memory: Option<(Instant, PoolAggregate)>,
-    was_up: bool,
-    failures_in_row: u64,
     /// The pool's worker pids from the last status page.
     pool_pids: BTreeSet<u32>,
     last_views: Vec<crate::state::WorkerView>,
@@ -127,8 +125,6 @@ impl PoolCollector {
             proc_ctx: SampleContext::from_host(Path::new("/proc")).map_err(|e| e.to_string()),
             prev_cpu: None,
             last_memory: None,
-            was_up: false,
-            failures_in_row: 0,
             pool_pids: BTreeSet::new(),
             last_views: Vec::new(),
             last_ping: None,
@@ -197,30 +193,20 @@ impl PoolCollector {
         } else {
             true
         };
-        let ok = status.is_ok();
-        let error = status.as_ref().err().cloned();
-        let figures_base = status.as_ref().ok().map(|st| {
+        let counters = status.as_ref().ok().map(|st| {
             (
                 st.start_time,
                 st.accepted_conn,
                 st.max_children_reached,
                 st.slow_requests,
-                st.processes
-                    .iter()
-                    .map(|p| p.pid)
-                    .collect::<BTreeSet<u32>>(),
             )
         });
-        let first_worker = status
-            .as_ref()
-            .ok()
-            .and_then(|st| st.processes.first().map(|p| p.pid));
         if let Ok(st) = &status {
             // The master's children include the workers of the hidden status
             // pool (pm.status_listen); the status page names the pool's own.
             self.pool_pids = st.processes.iter().map(|p| p.pid).collect();
         }
-        record(
+        let recorded = record(
             &self.pool,
             &self.state,
             &self.probe,
@@ -228,32 +214,10 @@ impl PoolCollector {
             ping_ok,
             started,
         );
-
-        let mut events = Vec::new();
+        let ok = recorded.up;
+        let mut events: Vec<PoolEvent> = recorded.event.into_iter().collect();
         if let Some(ev) = self.circuit.record(ok, now_ms) {
             events.push(ev);
-        }
-        match (ok, &error) {
-            (true, _) => {
-                if !self.was_up && self.failures_in_row > 0 {
-                    events.push(PoolEvent::ScrapeRecovered {
-                        after_failures: self.failures_in_row,
-                    });
-                }
-                self.was_up = true;
-                self.failures_in_row = 0;
-            }
-            (false, Some(err)) => {
-                self.failures_in_row += 1;
-                if self.was_up || self.failures_in_row == WARN_AFTER_FAILURES {
-                    events.push(PoolEvent::ScrapeFailing {
-                        kind: err.kind.to_owned(),
-                        message: err.message.clone(),
-                    });
-                }
-                self.was_up = false;
-            }
-            (false, None) => {}
         }
 
         // The kernel's view: the listen backlog, then the workers.
@@ -263,7 +227,7 @@ impl PoolCollector {
             .pools()
             .get(&name)
             .and_then(|s| s.master.pid)
-            .or_else(|| first_worker.and_then(parent_of));
+            .or_else(|| self.pool_pids.first().copied().and_then(parent_of));
         let (workers, per_worker) = match (&self.proc_ctx, master) {
             (Err(e), _) => (Err(e.clone()), Vec::new()),
             (Ok(_), None) => (Err("master pid unknown".to_owned()), Vec::new()),
@@ -279,7 +243,7 @@ impl PoolCollector {
             .get(&name)
             .map(|s| (s.derived.active, s.derived.total))
             .unwrap_or((0, 0));
-        if let Some((start_time, accepted, reached, slow, pids)) = figures_base {
+        if let Some((start_time, accepted, reached, slow)) = counters {
             let max_children = self.pool.spec.as_ref().map(|s| u64::from(s.max_children));
             events.extend(self.watcher.observe(Figures {
                 at_ms: now_ms,
@@ -291,7 +255,7 @@ impl PoolCollector {
                 total,
                 max_children,
                 queue: queue.as_ref().ok().map(|(n, _)| *n),
-                worker_pids: pids,
+                worker_pids: self.pool_pids.clone(),
             }));
         }
         let waiting = queue.as_ref().map(|(n, _)| *n).unwrap_or(0);
@@ -603,20 +567,11 @@ fn listener_of(ep: &Endpoint) -> Result<Listener, String> {
 
 /// The parent of a worker: its master.
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    fpm_kernel::procfs::read_stat(pid).map(|st| st.ppid)
 }
 
 fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::events::unix_ms(SystemTime::now()) as u64
 }
 
 /// A random token added to the status request's query string, so the worker
@@ -664,7 +619,7 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) ->
     // need a worker, and the ping must not show up as load in the status.
     let status = fetch_status(pool, probe).await;
     let ping_ok = ping(pool).await;
-    record(pool, state, probe, status, ping_ok, started)
+    record(pool, state, probe, status, ping_ok, started).up
 }
 
 fn timeouts(pool: &Pool) -> Timeouts {
@@ -710,7 +665,7 @@ pub fn record(
     status: Result<PoolStatus, ScrapeError>,
     ping_ok: bool,
     started: Instant,
-) -> bool {
+) -> Recorded {
     let elapsed = started.elapsed();
     let name = pool.name.as_str();
     state
@@ -722,9 +677,10 @@ pub fn record(
     match status {
         Ok(st) => {
             let derived = st.derived(Some(probe.as_str()));
-            let was_down = state
+            let recovered = state
                 .update(&pool.name, |s| {
-                    let was_down = !s.up && s.scrape_failures > 0;
+                    let recovered =
+                        (!s.up && s.scrape_failures > 0).then_some(s.consecutive_failures);
                     s.up = true;
                     s.consecutive_failures = 0;
                     s.ping_ok = ping_ok;
@@ -732,13 +688,17 @@ pub fn record(
                     s.derived = derived;
                     s.status = Some(st);
                     s.last_success = Some(SystemTime::now());
-                    was_down
+                    recovered
                 })
-                .unwrap_or(false);
-            if was_down {
+                .flatten();
+            if recovered.is_some() {
                 tracing::info!(pool = name, "Pool answers its status page.");
             }
-            true
+            Recorded {
+                up: true,
+                event: recovered
+                    .map(|after_failures| PoolEvent::ScrapeRecovered { after_failures }),
+            }
         }
         Err(err) => {
             state
@@ -759,7 +719,8 @@ pub fn record(
                     first
                 })
                 .unwrap_or(false);
-            // Log the transition, not every failed tick of a long outage.
+            // Log (and report) the transition, not every failed tick of a
+            // long outage.
             if first {
                 tracing::warn!(
                     pool = name,
@@ -775,9 +736,23 @@ pub fn record(
                     err.message
                 );
             }
-            false
+            Recorded {
+                up: false,
+                event: first.then(|| PoolEvent::ScrapeFailing {
+                    kind: err.kind.to_owned(),
+                    message: err.message,
+                }),
+            }
         }
     }
+}
+
+/// What [`record`] did: whether the status page was read, and the event
+/// when the pool just started failing or answers again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub up: bool,
+    pub event: Option<PoolEvent>,
 }
 
 /// php-fpm explains some failures on stderr ("Primary script unknown").

@@ -65,6 +65,11 @@ impl ManagerEvent {
         }
     }
 
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub fn ts_ms(&self) -> i64 {
+        unix_ms(self.at)
+    }
+
     /// The event for something the collector saw.
     pub fn from_pool(pool: &str, ev: &PoolEvent) -> ManagerEvent {
         let (severity, message, details) = match ev {
@@ -145,6 +150,13 @@ impl ManagerEvent {
         };
         ManagerEvent::new(Some(pool), ev.kind(), severity, message, details)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The producers' end.

@@ -1,6 +1,7 @@
 //! The HTTP surfaces: `/metrics`, `/health/*` and the read-only part of the
-//! REST API under `/api/v1`. Every error answers with one JSON shape:
-//! `{"error": {"code": "<stable_code>", "message": "<text>"}}`.
+//! REST API under `/api/v1`. Every error answers with one JSON shape,
+//! `{"error": {"code": "<stable_code>", "message": "<text>"}}`, built by the
+//! same `ApiError` the history API uses.
 
 use std::sync::Arc;
 
@@ -12,33 +13,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
+use fpm_storage::api::error::ApiError;
+
 use crate::metrics::CONTENT_TYPE;
 use crate::state::{AppState, PoolState};
-
-/// An API error with a stable machine code.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
-    }
-}
 
 /// Builds the router over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -353,12 +331,8 @@ async fn recent_events(
         .filter(|e| q.kind.as_deref().is_none_or(|k| e.kind == k))
         .take(limit)
         .map(|e| {
-            let ts =
-                e.at.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
             json!({
-                "ts_ms": ts,
+                "ts_ms": e.ts_ms(),
                 "pool": e.pool,
                 "type": e.kind,
                 "severity": e.severity.as_str(),

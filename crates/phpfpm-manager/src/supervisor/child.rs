@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fpm_core::PoolName;
+use fpm_kernel::procfs::read_stat;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -367,10 +368,7 @@ pub fn kill_orphaned_workers(master_pid: u32) {
 
 /// Start time of `pid` in clock ticks since boot, if it exists.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    // After the command: state is field 3, starttime field 22.
-    after.split_whitespace().nth(19)?.parse().ok()
+    read_stat(pid).map(|st| st.starttime)
 }
 
 /// Is `pid` a php-fpm master started with `conf`? php-fpm rewrites its title
@@ -390,16 +388,12 @@ fn group_has_members(pgid: u32) -> bool {
         return false;
     };
     entries.flatten().any(|e| {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            return false;
-        };
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        e.file_name()
+            .to_string_lossy()
+            .parse::<u32>()
             .ok()
-            .and_then(|s| {
-                let after = s.rsplit_once(')')?.1.to_owned();
-                after.split_whitespace().nth(2)?.parse::<u32>().ok()
-            })
-            == Some(pgid)
+            .and_then(read_stat)
+            .is_some_and(|st| st.pgrp == pgid)
     })
 }
 

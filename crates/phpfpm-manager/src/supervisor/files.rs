@@ -37,8 +37,23 @@ impl Layout {
         self.root.join("masters").join(format!("{pool}.conf"))
     }
 
-    pub fn pid_file(&self, pool: &PoolName) -> PathBuf {
-        self.root.join("pids").join(format!("{pool}.pid"))
+    /// php-fpm's own pid file for one generation of a pool's master: two
+    /// masters run side by side during a hand-over.
+    pub fn pid_file(&self, pool: &PoolName, generation: u64) -> PathBuf {
+        self.root
+            .join("pids")
+            .join(format!("{pool}.{generation}.pid"))
+    }
+
+    /// The manager's record of the master running a pool (pid, start time,
+    /// generation), read by the next manager to adopt it.
+    pub fn master_record(&self, pool: &PoolName) -> PathBuf {
+        self.root.join("pids").join(format!("{pool}.master"))
+    }
+
+    /// The running manager's pid.
+    pub fn manager_pid(&self) -> PathBuf {
+        self.root.join("manager.pid")
     }
 
     pub fn www(&self) -> PathBuf {

@@ -690,11 +690,7 @@ impl Supervisor {
         let pool_path = self.layout.pool_conf(name);
         let master_path = self.layout.master_conf(name);
         let global = self.layout.global_conf();
-        let pid = self
-            .layout
-            .root
-            .join("pids")
-            .join(format!("{name}.{generation}.pid"));
+        let pid = self.layout.pid_file(name, generation);
         let check_pool = pool_path.with_file_name(format!(".{name}.conf.check"));
         let check_master = master_path.with_file_name(format!(".{name}.conf.check"));
         // 0640: the pool file can hold env[...] secrets.
@@ -740,10 +736,7 @@ impl Supervisor {
     }
 
     fn record_path(&self) -> PathBuf {
-        self.layout
-            .root
-            .join("pids")
-            .join(format!("{}.master", self.pool.name))
+        self.layout.master_record(&self.pool.name)
     }
 
     /// Remembers which master runs this pool, for the next manager.

@@ -26,8 +26,6 @@ pub struct PoolSocket {
     /// What the pool's `listen` (or `pm.status_listen`) says, and the key in
     /// `FPM_SOCKETS`: the private path for unix sockets.
     pub fpm_address: String,
-    /// The path clients connect to (unix).
-    pub public: PathBuf,
     pub fd: OwnedFd,
 }
 
@@ -64,7 +62,6 @@ pub fn bind_unix(private: &Path, public: &Path, access: &Access) -> std::io::Res
     }
     Ok(PoolSocket {
         fpm_address: private.to_string_lossy().into_owned(),
-        public: public.to_owned(),
         fd: OwnedFd::from(listener),
     })
 }
@@ -105,7 +102,6 @@ pub fn bind_tcp(addr: &str) -> std::io::Result<PoolSocket> {
         .map_err(|e| std::io::Error::new(std::io::Error::from(e).kind(), format!("{addr}: {e}")))?;
     Ok(PoolSocket {
         fpm_address: addr.to_owned(),
-        public: PathBuf::new(),
         fd: OwnedFd::from(listener),
     })
 }
@@ -164,7 +160,6 @@ pub fn recover_from_master(
     let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
     Ok(PoolSocket {
         fpm_address: fpm_address.to_owned(),
-        public: public.to_owned(),
         fd,
     })
 }

@@ -61,10 +61,8 @@ fn reads_a_real_pool_through_status_listen() {
     assert_eq!(s.derived.idle, 3);
     // Every worker pid in the status page is a child of the master.
     for p in &st.processes {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
-        let after = stat.rsplit_once(')').unwrap().1;
-        let ppid: u32 = after.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert_eq!(ppid, fpm.pid());
+        let stat = fpm_kernel::procfs::read_stat(p.pid).unwrap();
+        assert_eq!(stat.ppid, fpm.pid());
     }
 }
 

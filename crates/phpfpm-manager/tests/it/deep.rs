@@ -33,13 +33,26 @@ fn metric(body: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// Starts `n` requests of `sleep.php?ms=..` on the pool socket in threads.
+/// Starts `n` requests of `sleep.php?ms=..` on pool `a`'s socket in threads.
 fn hold(d: &TestDaemon, n: usize, ms: u64) -> Vec<std::thread::JoinHandle<()>> {
-    let sock = d.dir.join("var/phpfpm-manager/sockets/a.sock");
-    let script = d.dir.join("www/sleep.php").display().to_string();
+    hold_on(
+        &d.dir.join("var/phpfpm-manager/sockets/a.sock"),
+        &d.dir.join("www/sleep.php").display().to_string(),
+        n,
+        ms,
+    )
+}
+
+/// Starts `n` requests of `script?ms=..` on a unix socket, one thread each.
+fn hold_on(
+    sock: &std::path::Path,
+    script: &str,
+    n: usize,
+    ms: u64,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..n)
         .map(|_| {
-            let (sock, script) = (sock.clone(), script.clone());
+            let (sock, script) = (sock.to_owned(), script.to_owned());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -120,13 +133,11 @@ fn worker_memory_matches_smaps_rollup() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v: serde_json::Value = serde_json::from_str(&d.pool_json("a")).unwrap();
-        let master = v["master"]["pid"].as_u64().unwrap();
         let reported = v["kernel"]["worker_pss_sum_bytes"].as_u64();
         let sampled = v["kernel"]["workers_sampled"].as_u64();
         if let (Some(reported), Some(3)) = (reported, sampled) {
             // The pool's workers, as its status page names them (the master
             // also has the hidden status pool's workers as children).
-            let _ = master;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -365,24 +376,7 @@ fn the_advisor_recommends_more_workers_for_an_observed_pool_that_queues() {
     // service time is known, and every worker busy with a queue worth seconds
     // of waiting is the emergency rule, which recommends more workers even
     // while the model is still learning.
-    let sock = fpm.socket.clone();
-    let script = fpm.www("sleep.php");
-    let held: Vec<_> = (0..10)
-        .map(|_| {
-            let (sock, script) = (sock.clone(), script.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let t = Timeouts {
-                    connect: Duration::from_secs(1),
-                    total: Duration::from_secs(30),
-                };
-                let _ = rt.block_on(fastcgi::get(&Endpoint::Unix(sock), &script, "ms=2000", t));
-            })
-        })
-        .collect();
+    let held = hold_on(&fpm.socket, &fpm.www("sleep.php"), 10, 2000);
     let deadline = Instant::now() + Duration::from_secs(9);
     let busy = loop {
         let a = advice(&d);

@@ -205,14 +205,10 @@ fn a_killed_master_is_serving_again_within_two_seconds() {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-            .filter_map(|p| {
-                let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-                let rest = s.rsplit_once(')')?.1.to_owned();
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                (f.get(2) == Some(&pid.to_string().as_str()) && f.first() != Some(&"Z"))
-                    .then(|| format!("{p} {}", f[0]))
-            })
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter_map(fpm_kernel::procfs::read_stat)
+            .filter(|st| st.pgrp == pid as u32 && st.state != 'Z')
+            .map(|st| format!("{} {}", st.pid, st.state))
             .collect()
     };
     let gone = wait_for(Duration::from_secs(1), || members().is_empty());
