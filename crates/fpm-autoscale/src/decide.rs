@@ -43,6 +43,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::erlang::servers_for_wait;
 use crate::learn::Estimates;
 use crate::observe::Observation;
@@ -53,8 +55,16 @@ use crate::policy::Policy;
 /// suspended machine) and would distort the average.
 const MAX_RATE_GAP_MS: u64 = 60_000;
 
+/// An observation this much older than the previous one is not a stale
+/// look but a clock that stepped back (the daemon passes wall-clock time,
+/// and a restored state may come from before an NTP correction): the
+/// stored times are moved back with it instead of ignoring every look
+/// until the clock catches up.
+const CLOCK_STEP_MS: u64 = MAX_RATE_GAP_MS;
+
 /// Where the scaler is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Gathering baselines; only emergencies change the pool.
     Learning,
@@ -63,7 +73,8 @@ pub enum Phase {
 }
 
 /// Operator control over a pool's scaler.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// The policy decides.
     Auto,
@@ -82,7 +93,12 @@ pub enum Mode {
 }
 
 /// What the scaler remembers between observations.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialisable so that the daemon can store it (with the size it applied)
+/// and restore it after a restart instead of learning the pool again. The
+/// stored times are the caller's `now_ms` clock: a state restored under a
+/// different clock is handled as a clock step (see [`decide`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScalerState {
     /// Size the scaler last set (or was created with).
     workers: u32,
@@ -176,10 +192,33 @@ impl ScalerState {
     pub fn estimates(&self) -> &Estimates {
         &self.estimates
     }
+
+    /// Moves every stored time back by `back_ms`, keeping the intervals
+    /// between them (cooldowns, windows, pins) as they were.
+    fn shift_back(&mut self, back_ms: u64) {
+        let shift = |t: u64| t.saturating_sub(back_ms);
+        self.started_ms = shift(self.started_ms);
+        // No rate sample across the step: the gap is unknown.
+        self.last_ms = None;
+        self.last_change_ms = self.last_change_ms.map(shift);
+        self.last_up_ms = self.last_up_ms.map(shift);
+        self.steady_since_ms = self.steady_since_ms.map(shift);
+        for (at, _) in &mut self.recommendations {
+            *at = shift(*at);
+        }
+        if let Mode::Pinned {
+            until_ms: Some(until),
+            ..
+        } = &mut self.mode
+        {
+            *until = shift(*until);
+        }
+        self.estimates.shift_back(back_ms);
+    }
 }
 
 /// The figures a decision was made from, for events and metrics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// Learning or steady.
     pub phase: Phase,
@@ -191,6 +230,16 @@ pub struct Figures {
     pub arrival_rate: Option<f64>,
     /// Arrival rate over the last interval, queue growth included.
     pub recent_rate: Option<f64>,
+    /// Arrival rate over the short window (the last few looks), exact
+    /// from the counter: what the emergency rule and a surge see.
+    pub short_rate: Option<f64>,
+    /// Arrival rate over the long window, exact from the counter: what
+    /// the pool is sized for.
+    pub long_rate: Option<f64>,
+    /// CPU the pool's workers used over the last interval, in cores.
+    pub cpu_cores_used: Option<f64>,
+    /// CPU available to the pool (host or cgroup), in cores.
+    pub cpu_cores_limit: Option<f64>,
     /// Rate the model plans for: mean plus variability headroom.
     pub planned_rate: Option<f64>,
     /// Mean service time, seconds.
@@ -219,7 +268,8 @@ pub struct Figures {
 }
 
 /// Why the scaler holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HoldReason {
     /// The observation is not newer than the previous one.
     NotNewer,
@@ -250,10 +300,43 @@ pub enum HoldReason {
     NotWorthIt,
     /// A scale-down so soon after a scale-up could start an oscillation.
     AfterScaleUp,
+    /// The model needs more workers but the pool already uses all the CPU
+    /// it may use: more workers would only share the same cores and make
+    /// every request slower, so none are added.
+    CpuBound {
+        /// CPU the pool's workers used over the last interval, in
+        /// thousandths of a core.
+        used_millicores: u32,
+        /// CPU available to the pool (host cores or cgroup quota), in
+        /// thousandths of a core.
+        limit_millicores: u32,
+    },
+}
+
+impl HoldReason {
+    /// Stable snake_case name of the rule, for events and metric labels.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            HoldReason::NotNewer => "not_newer",
+            HoldReason::Paused(_) => "paused",
+            HoldReason::Pinned => "pinned",
+            HoldReason::ChangeInFlight => "change_in_flight",
+            HoldReason::CapBelowMin { .. } => "cap_below_min",
+            HoldReason::Learning => "learning",
+            HoldReason::Cooldown => "cooldown",
+            HoldReason::NoServiceTime => "no_service_time",
+            HoldReason::WithinTolerance => "within_tolerance",
+            HoldReason::Stabilising => "stabilising",
+            HoldReason::NotWorthIt => "not_worth_it",
+            HoldReason::AfterScaleUp => "after_scale_up",
+            HoldReason::CpuBound { .. } => "cpu_bound",
+        }
+    }
 }
 
 /// Why the scaler resizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ResizeReason {
     /// Every worker busy and the queue growing beyond the emergency wait.
     Emergency,
@@ -267,12 +350,26 @@ pub enum ResizeReason {
     Pinned,
 }
 
+impl ResizeReason {
+    /// Stable snake_case name of the rule, for events and metric labels.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            ResizeReason::Emergency => "emergency",
+            ResizeReason::ScaleUp => "scale_up",
+            ResizeReason::ScaleDown => "scale_down",
+            ResizeReason::OutOfBounds => "out_of_bounds",
+            ResizeReason::Pinned => "pinned",
+        }
+    }
+}
+
 /// What to do with the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Keep the current size.
     Hold(HoldReason),
-    /// Apply `workers` (`pm = static`, `pm.max_children = workers`).
+    /// Apply `workers` as the pool's cap (`pm.max_children`).
     Resize {
         /// New size.
         workers: u32,
@@ -289,12 +386,23 @@ pub enum Action {
 }
 
 /// A decision with the figures that produced it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// What to do.
     pub action: Action,
     /// The numbers behind it.
     pub figures: Figures,
+}
+
+impl Action {
+    /// Stable snake_case name of the rule behind this action (the hold or
+    /// resize reason's [`HoldReason::rule`] / [`ResizeReason::rule`]).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Action::Hold(reason) => reason.rule(),
+            Action::Resize { reason, .. } | Action::Advise { reason, .. } => reason.rule(),
+        }
+    }
 }
 
 impl Decision {
@@ -327,6 +435,15 @@ impl fmt::Display for HoldReason {
             HoldReason::AfterScaleUp => {
                 write!(f, "too soon after a scale-up to scale down again")
             }
+            HoldReason::CpuBound {
+                used_millicores,
+                limit_millicores,
+            } => write!(
+                f,
+                "CPU-bound: the pool uses {:.2} of {:.2} cores; more workers would not serve more",
+                f64::from(*used_millicores) / 1000.0,
+                f64::from(*limit_millicores) / 1000.0
+            ),
         }
     }
 }
@@ -351,6 +468,13 @@ pub fn decide(
     state: &ScalerState,
     obs: &Observation<'_>,
 ) -> (Decision, ScalerState) {
+    if let Some(last) = state.last_ms {
+        if obs.now_ms.saturating_add(CLOCK_STEP_MS) < last {
+            let mut rebased = state.clone();
+            rebased.shift_back(last - obs.now_ms);
+            return decide(policy, &rebased, obs);
+        }
+    }
     if state.last_ms.is_some_and(|last| obs.now_ms <= last) {
         let figures = figures(policy, state, obs, None, false);
         let decision = Decision {
@@ -491,6 +615,10 @@ fn figures(
         current_workers: state.workers,
         arrival_rate: estimates.arrival_rate(),
         recent_rate,
+        short_rate: recent_rate,
+        long_rate: estimates.arrival_rate(),
+        cpu_cores_used: obs.cpu_cores_used.filter(|c| c.is_finite() && *c >= 0.0),
+        cpu_cores_limit: obs.cpu_cores_limit.filter(|c| c.is_finite() && *c > 0.0),
         planned_rate,
         mean_service_s,
         service_scv,

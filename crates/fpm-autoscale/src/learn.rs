@@ -6,11 +6,13 @@
 //! allocation beyond a small bounded ring of memory samples) so the scaler
 //! state stays cheap to clone.
 
+use serde::{Deserialize, Serialize};
+
 /// How many recent per-worker PSS samples are kept for the p95.
 const PSS_RING: usize = 256;
 
 /// Running estimates; part of [`crate::ScalerState`].
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Estimates {
     /// Time-decayed mean arrival rate (requests per second).
     rate: Option<f64>,
@@ -111,6 +113,10 @@ impl Estimates {
             Some(old) => old + 0.2 * (per_busy - old),
         });
     }
+
+    /// Moves stored times back after a clock step (nothing is stored by
+    /// time yet; kept so every timed field is rebased in one place).
+    pub(crate) fn shift_back(&mut self, _back_ms: u64) {}
 
     /// Mean arrival rate, requests per second.
     pub fn arrival_rate(&self) -> Option<f64> {

@@ -4,8 +4,11 @@
 //! Architecture invariant: nothing here performs I/O, reads a clock or
 //! spawns tasks. The daemon collects an [`Observation`] per pool, calls
 //! [`decide`] with the pool's [`Policy`] and last [`ScalerState`], stores
-//! the returned state and applies [`Action::Resize`] (a reload with
-//! `pm = static`, `pm.max_children = workers`). The simulator in [`sim`]
+//! the returned state (it serialises, so it survives a restart) and
+//! applies [`Action::Resize`]: the pool runs `pm = ondemand` and `workers`
+//! is its cap `pm.max_children`, moved by a hand-over to a new master.
+//! [`Observation::total`] is then the applied cap, so the emergency rule
+//! reads "cap reached with a growing queue". The simulator in [`sim`]
 //! drives the very same `decide` against a modelled pool.
 //!
 //! Wiring, per pool and per collection:
@@ -42,8 +45,8 @@
 //!     state = next; // store it: the scaler has no other memory
 //!     match decision.action {
 //!         Action::Resize { workers, reason } => {
-//!             // Write `pm = static`, `pm.max_children = workers`, hand over,
-//!             // and record an event with `reason` and `decision.figures`.
+//!             // Hand over to a master with `pm.max_children = workers` and
+//!             // record an event labelled `reason.rule()` with the figures.
 //!             let _ = (workers, reason);
 //!         }
 //!         Action::Advise { .. } | Action::Hold(_) => {}

@@ -8,9 +8,13 @@
 /// One collection of one pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation<'a> {
-    /// Time of the collection in milliseconds on a monotonic clock chosen by
-    /// the caller. An observation that is not newer than the previous one
-    /// is ignored (the decision is a hold, the state is unchanged).
+    /// Time of the collection in milliseconds on a clock chosen by the
+    /// caller; the daemon passes wall-clock epoch milliseconds so that a
+    /// stored [`crate::ScalerState`] stays meaningful after a restart. An
+    /// observation that is not newer than the previous one is ignored (the
+    /// decision is a hold, the state is unchanged), unless it is more than
+    /// a minute older: then the clock stepped back and the state's times
+    /// are moved back with it.
     pub now_ms: u64,
     /// Connections accepted by workers since the previous observation; use
     /// [`accepted_delta`] on the status page's cumulative `accepted conn`.
