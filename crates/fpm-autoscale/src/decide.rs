@@ -11,7 +11,9 @@
 //! 4. a pin (manual override) sets the size, clamped to the caps;
 //!    pause holds; a change in flight holds;
 //! 5. a size outside `[min, cap]` is corrected at once (the budget shrank);
-//! 6. the emergency rule: every worker busy, the queue growing, and the
+//! 6. the emergency rule: every worker busy (with `pm = ondemand`, the
+//!    cap reached), the queue growing (longer than at the last look, or
+//!    the short window's arrivals beyond what the workers serve), and the
 //!    queue alone worth more than `emergency_wait_ms` (or the wait target
 //!    if that is larger): scale up at once to the cap, only the cooldown
 //!    applies;
@@ -226,7 +228,7 @@ pub struct Figures {
     pub confidence: f64,
     /// Size before this decision.
     pub current_workers: u32,
-    /// Mean arrival rate (requests per second).
+    /// Mean arrival rate (requests per second): the long window's rate.
     pub arrival_rate: Option<f64>,
     /// Arrival rate over the last interval, queue growth included.
     pub recent_rate: Option<f64>,
@@ -514,6 +516,9 @@ fn update_estimates(policy: &Policy, next: &mut ScalerState, obs: &Observation<'
     }
 
     let usable_gap = dt_ms.is_some_and(|ms| ms <= MAX_RATE_GAP_MS);
+    if !usable_gap {
+        next.estimates.clear_window();
+    }
     let dt_s = dt_s.filter(|_| usable_gap)?;
     // Queued requests are not in `accepted` yet: arrivals are what the
     // workers took plus what the queue grew by. A shrinking queue lowers the
@@ -523,7 +528,19 @@ fn update_estimates(policy: &Policy, next: &mut ScalerState, obs: &Observation<'
     let arrivals = (obs.accepted as f64 + queue_growth).max(0.0);
     next.estimates
         .add_arrivals(arrivals, dt_s, spec.rate_time_constant_s);
+    next.estimates.add_window_sample(
+        obs.now_ms,
+        dt_ms.unwrap_or(0),
+        arrivals,
+        seconds_to_ms(spec.short_window_s),
+        seconds_to_ms(spec.long_window_s),
+    );
     Some(arrivals / dt_s)
+}
+
+/// Whole milliseconds of a validated (positive, finite) duration.
+fn seconds_to_ms(seconds: f64) -> u64 {
+    (seconds * 1000.0).round().clamp(1.0, u64::MAX as f64) as u64
 }
 
 fn update_phase(policy: &Policy, next: &mut ScalerState, now_ms: u64) {
@@ -549,7 +566,14 @@ fn is_emergency(
     obs: &Observation<'_>,
 ) -> bool {
     let all_busy = obs.total > 0 && obs.busy >= obs.total;
-    let growing = obs.queue_len > previous.last_queue;
+    // Growing: longer than at the previous look, or still queued while the
+    // short window's arrivals are more than every worker can serve (the
+    // queue then grows between looks even when a look catches it shorter).
+    let overloaded = match (next.estimates.short_rate(), next.estimates.mean_service_s()) {
+        (Some(rate), Some(service)) => rate * service > f64::from(obs.total),
+        _ => false,
+    };
+    let growing = obs.queue_len > previous.last_queue || (obs.queue_len > 0 && overloaded);
     // Without a service time yet (no request finished), a queue of at
     // least one request per worker counts as beyond the target.
     let beyond_target = match next.estimates.mean_service_s() {
@@ -577,14 +601,20 @@ fn figures(
     let estimates = &state.estimates;
     let mean_service_s = estimates.mean_service_s();
     let service_scv = estimates.service_scv();
-    // Plan for the rate a window from now on a rising trend (the average
-    // lags a ramp by its time constant, and the next non-emergency change
-    // is a window away), at most double the average; a falling trend is
-    // left to the stabilisation window.
-    let horizon_s = spec.rate_time_constant_s + spec.stabilisation_window_s;
+    // Plan for the long window's rate a window from now on a rising trend
+    // (the window lags a ramp by half its length, and the next
+    // non-emergency change is a stabilisation window away), at most double
+    // the rate; a falling trend is left to the stabilisation window. Never
+    // plan below the short window's rate: a surge is sized within a few
+    // looks instead of after the long window has filled. Downs are not
+    // hurried by this: they wait for a whole window of recommendations.
+    let horizon_s = spec.long_window_s / 2.0 + spec.stabilisation_window_s;
+    let long_rate = estimates.long_rate();
+    let short_rate = estimates.short_rate();
     let planned_rate = estimates.arrival_rate().map(|rate| {
         let rise = (estimates.rate_trend().max(0.0) * horizon_s).min(rate);
-        rate + rise + spec.variability_z * estimates.excess_rate_sd()
+        let long = rate + rise + spec.variability_z * estimates.excess_rate_sd();
+        short_rate.map_or(long, |short| long.max(short))
     });
     let offered_load = match (planned_rate, mean_service_s) {
         (Some(rate), Some(service)) => Some(rate * service),
@@ -615,8 +645,8 @@ fn figures(
         current_workers: state.workers,
         arrival_rate: estimates.arrival_rate(),
         recent_rate,
-        short_rate: recent_rate,
-        long_rate: estimates.arrival_rate(),
+        short_rate,
+        long_rate,
         cpu_cores_used: obs.cpu_cores_used.filter(|c| c.is_finite() && *c >= 0.0),
         cpu_cores_limit: obs.cpu_cores_limit.filter(|c| c.is_finite() && *c > 0.0),
         planned_rate,

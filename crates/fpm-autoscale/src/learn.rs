@@ -1,15 +1,36 @@
 //! Running estimates of a pool's behaviour: arrival rate and its
 //! variability, service time distribution, per-worker memory and CPU.
 //!
-//! Everything is a time-decayed average so that the estimates follow a
-//! drifting workload, and everything is a plain value (no clock, no
-//! allocation beyond a small bounded ring of memory samples) so the scaler
-//! state stays cheap to clone.
+//! The arrival rate is read exactly from the accepted-connections counter
+//! over two sliding windows of looks: a short one (a surge, the emergency
+//! rule) and a long one (sizing). An exponential average with a time
+//! constant of a minute reads only 39 % of a step after 30 s and keeps most
+//! of a 20 s surge for a minute afterwards, which is too slow to act on.
+//! The exponential averages remain for what needs smoothing: the trend,
+//! the variability beyond Poisson noise and the service time.
+//!
+//! Everything is a plain value (no clock, bounded rings of samples) so the
+//! scaler state stays cheap to clone and serialises for a restart.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
 /// How many recent per-worker PSS samples are kept for the p95.
 const PSS_RING: usize = 256;
+
+/// Most counter samples kept for the rate windows: a minute of looks at
+/// the collector's fastest pace (4 a second) fits.
+const RATE_RING: usize = 512;
+
+/// One look's share of the counter: arrivals over the interval that ended
+/// at `end_ms` and lasted `dt_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RateSample {
+    end_ms: u64,
+    dt_ms: u64,
+    arrivals: f64,
+}
 
 /// Running estimates; part of [`crate::ScalerState`].
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -37,6 +58,14 @@ pub struct Estimates {
     pss_observations: u64,
     /// Time-decayed CPU cores used per busy worker.
     cpu_per_busy: Option<f64>,
+    /// Counter samples of the last long window, oldest first.
+    #[serde(default)]
+    window: VecDeque<RateSample>,
+    /// Length of the long and short windows, ms (from the policy).
+    #[serde(default)]
+    long_window_ms: u64,
+    #[serde(default)]
+    short_window_ms: u64,
 }
 
 impl Estimates {
@@ -67,6 +96,73 @@ impl Estimates {
                 self.rate = Some(new_mean);
             }
         }
+    }
+
+    /// Adds a look's arrivals to the rate windows: `arrivals` over the
+    /// `dt_ms` that ended at `end_ms`. Samples older than the long window
+    /// are dropped.
+    pub(crate) fn add_window_sample(
+        &mut self,
+        end_ms: u64,
+        dt_ms: u64,
+        arrivals: f64,
+        short_window_ms: u64,
+        long_window_ms: u64,
+    ) {
+        if dt_ms == 0 || !arrivals.is_finite() || arrivals < 0.0 {
+            return;
+        }
+        self.short_window_ms = short_window_ms;
+        self.long_window_ms = long_window_ms;
+        self.window.push_back(RateSample {
+            end_ms,
+            dt_ms,
+            arrivals,
+        });
+        // Keep what the long window needs: every sample whose interval
+        // still reaches into it, and never more than the ring holds.
+        let horizon = end_ms.saturating_sub(long_window_ms);
+        while self.window.len() > RATE_RING
+            || self
+                .window
+                .get(1)
+                .is_some_and(|second| second.end_ms.saturating_sub(second.dt_ms) <= horizon)
+        {
+            self.window.pop_front();
+        }
+    }
+
+    /// Forgets the rate windows: the samples before a gap do not describe
+    /// the load after it.
+    pub(crate) fn clear_window(&mut self) {
+        self.window.clear();
+    }
+
+    /// Exact rate over the most recent looks spanning at least `window_ms`
+    /// (all looks if fewer): arrivals divided by the time they cover.
+    fn window_rate(&self, window_ms: u64) -> Option<f64> {
+        let (mut arrivals, mut span_ms) = (0.0, 0u64);
+        for sample in self.window.iter().rev() {
+            if span_ms >= window_ms.max(1) {
+                break;
+            }
+            arrivals += sample.arrivals;
+            span_ms += sample.dt_ms;
+        }
+        // u64 -> f64 is exact for any realistic span.
+        (span_ms > 0).then(|| arrivals / (span_ms as f64 / 1000.0))
+    }
+
+    /// Arrival rate over the short window (requests per second): follows
+    /// a surge within a few looks.
+    pub fn short_rate(&self) -> Option<f64> {
+        self.window_rate(self.short_window_ms)
+    }
+
+    /// Arrival rate over the long window (requests per second): what the
+    /// pool is sized for.
+    pub fn long_rate(&self) -> Option<f64> {
+        self.window_rate(self.long_window_ms)
     }
 
     /// Adds finished service times, decaying the old ones by `dt_s`.
@@ -114,12 +210,23 @@ impl Estimates {
         });
     }
 
-    /// Moves stored times back after a clock step (nothing is stored by
-    /// time yet; kept so every timed field is rebased in one place).
-    pub(crate) fn shift_back(&mut self, _back_ms: u64) {}
+    /// Moves stored times back after a clock step.
+    pub(crate) fn shift_back(&mut self, back_ms: u64) {
+        for sample in &mut self.window {
+            sample.end_ms = sample.end_ms.saturating_sub(back_ms);
+        }
+    }
 
-    /// Mean arrival rate, requests per second.
+    /// Mean arrival rate, requests per second: the long window's exact
+    /// rate (the exponential average before any window sample, as in a
+    /// state stored by an older version).
     pub fn arrival_rate(&self) -> Option<f64> {
+        self.long_rate().or(self.rate)
+    }
+
+    /// The exponentially averaged arrival rate (time constant
+    /// `rate_time_constant_s`), which the trend and variability use.
+    pub fn smoothed_rate(&self) -> Option<f64> {
         self.rate
     }
 

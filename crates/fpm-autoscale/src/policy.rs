@@ -53,8 +53,16 @@ pub struct PolicySpec {
     /// Cost of one change in seconds of the whole pool's capacity (the
     /// reload stall plus the cold OPcache); a scale-down must save more.
     pub change_cost_s: f64,
-    /// Time constant of the arrival-rate average.
+    /// Time constant of the smoothed arrival rate, which gives the trend
+    /// and the variability beyond Poisson noise (not the rate itself).
     pub rate_time_constant_s: f64,
+    /// The short window: the arrival rate over the last looks spanning
+    /// this long, exact from the accepted-connections counter. The pool is
+    /// never sized below it, so a surge is followed within a few looks.
+    pub short_window_s: f64,
+    /// The long window: the rate the pool is sized for (plus variability
+    /// headroom and the trend).
+    pub long_window_s: f64,
     /// Time constant of the service-time average.
     pub service_time_constant_s: f64,
     /// Learning phase thresholds.
@@ -102,6 +110,8 @@ impl Default for PolicySpec {
             tolerance: 0.1,
             change_cost_s: 5.0,
             rate_time_constant_s: 60.0,
+            short_window_s: 10.0,
+            long_window_s: 60.0,
             service_time_constant_s: 300.0,
             learning: LearningSpec::default(),
             memory_reserve_mb: 256.0,
@@ -284,6 +294,8 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
         spec.rate_time_constant_s,
         "for example 60",
     );
+    positive("short_window_s", spec.short_window_s, "for example 10");
+    positive("long_window_s", spec.long_window_s, "for example 60");
     positive(
         "service_time_constant_s",
         spec.service_time_constant_s,
@@ -355,6 +367,16 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
             "tolerance",
             spec.tolerance.to_string(),
             "must be below 1 or the pool never changes; for example 0.1",
+        );
+    }
+    if spec.short_window_s > spec.long_window_s {
+        push(
+            "short_window_s",
+            spec.short_window_s.to_string(),
+            &format!(
+                "is longer than long_window_s '{}'; lower it",
+                spec.long_window_s
+            ),
         );
     }
     if spec.cooldown_s > spec.stabilisation_window_s {
