@@ -17,6 +17,10 @@
 //!    queue alone worth more than `emergency_wait_ms` (or the wait target
 //!    if that is larger): scale up at once to the cap, only the cooldown
 //!    applies;
+//!    A CPU-bound pool (its workers use at least `cpu_bound_fraction` of
+//!    the CPU available) gets no worker from this rule or the next ones:
+//!    more workers would share the same cores and slow every request;
+//!    the hold says so with the figures;
 //! 7. while learning nothing else happens (no scale-down, no model-based
 //!    scale-up), and emergencies are capped at the learning cap;
 //! 8. otherwise, at most one change per stabilisation window: up as soon
@@ -267,6 +271,9 @@ pub struct Figures {
     pub queue_wait_s: f64,
     /// The emergency condition held in this observation.
     pub emergency: bool,
+    /// The pool's workers use the CPU available to them (at least
+    /// `cpu_bound_fraction` of `cpu_cores_limit`): no worker is added.
+    pub cpu_bound: bool,
 }
 
 /// Why the scaler holds.
@@ -661,7 +668,34 @@ fn figures(
         p95_pss_bytes,
         queue_wait_s: queue_wait_s(state, obs),
         emergency,
+        cpu_bound: is_cpu_bound(policy, obs),
     }
+}
+
+/// The pool's workers use (nearly) all the CPU it may use. Unknown or
+/// nonsensical readings never count as CPU-bound.
+fn is_cpu_bound(policy: &Policy, obs: &Observation<'_>) -> bool {
+    match (obs.cpu_cores_used, obs.cpu_cores_limit) {
+        (Some(used), Some(limit))
+            if used.is_finite() && limit.is_finite() && used >= 0.0 && limit > 0.0 =>
+        {
+            used >= policy.spec().cpu_bound_fraction * limit
+        }
+        _ => false,
+    }
+}
+
+/// The hold that replaces a scale-up of a CPU-bound pool.
+fn cpu_bound_hold(figures: &Figures) -> Action {
+    let millicores = |cores: Option<f64>| {
+        let m = (cores.unwrap_or(0.0) * 1000.0).round();
+        // Clamped into u32's range first, so the cast is exact.
+        m.clamp(0.0, f64::from(u32::MAX)) as u32
+    };
+    Action::Hold(HoldReason::CpuBound {
+        used_millicores: millicores(figures.cpu_cores_used),
+        limit_millicores: millicores(figures.cpu_cores_limit),
+    })
 }
 
 /// Workers the model needs for `offered` erlangs, without and with
@@ -772,6 +806,15 @@ fn choose(
         Phase::Learning => upper.min(policy.learning_cap()),
         Phase::Steady => upper,
     };
+
+    // A pool that wants more workers while its workers already use the
+    // CPU it may use is CPU-bound: say so instead of adding workers (or
+    // holding silently because the CPU ceiling caps the size).
+    let wants_more = figures.emergency
+        || (next.phase == Phase::Steady && figures.needed_workers.is_some_and(|n| n > current));
+    if figures.cpu_bound && wants_more {
+        return cpu_bound_hold(figures);
+    }
 
     // In an emergency the pool goes to its cap at once: the rate of the
     // last interval underestimates a fresh surge, a second change would

@@ -72,6 +72,11 @@ pub struct PolicySpec {
     /// Busy workers allowed per available CPU core's worth of demand
     /// (1.0 = never plan more CPU demand than the limit).
     pub cpu_overcommit: f64,
+    /// The pool counts as CPU-bound when its workers use at least this
+    /// share of the CPU available to it (`Observation::cpu_cores_limit`):
+    /// more workers would then only share the same cores, so the policy
+    /// adds none (fraction in (0, 1]).
+    pub cpu_bound_fraction: f64,
     /// Share of a common memory budget, relative to other pools.
     pub weight: f64,
     /// Higher priority pools are served first when a budget is short.
@@ -116,6 +121,7 @@ impl Default for PolicySpec {
             learning: LearningSpec::default(),
             memory_reserve_mb: 256.0,
             cpu_overcommit: 1.0,
+            cpu_bound_fraction: 0.9,
             weight: 1.0,
             priority: 0,
             advise_only: false,
@@ -367,6 +373,16 @@ fn validate(spec: &PolicySpec, problems: &mut Vec<PolicyProblem>) {
             "tolerance",
             spec.tolerance.to_string(),
             "must be below 1 or the pool never changes; for example 0.1",
+        );
+    }
+    if !(spec.cpu_bound_fraction.is_finite()
+        && spec.cpu_bound_fraction > 0.0
+        && spec.cpu_bound_fraction <= 1.0)
+    {
+        push(
+            "cpu_bound_fraction",
+            spec.cpu_bound_fraction.to_string(),
+            "must be above 0 and at most 1; for example 0.9",
         );
     }
     if spec.short_window_s > spec.long_window_s {

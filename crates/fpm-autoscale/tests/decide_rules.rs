@@ -444,3 +444,78 @@ fn policy_with_min_above_max_is_rejected_with_every_problem() {
         "{text}"
     );
 }
+
+#[test]
+fn a_cpu_bound_pool_gets_no_more_workers() {
+    let policy = quick_policy("");
+    let state = run_calm(&policy, ScalerState::new(0, 6), 0, 120_000);
+    assert_eq!(state.phase(), Phase::Steady);
+    // Saturated with a growing queue: an emergency by the queue alone.
+    let mut obs = Obs::calm(121_000, 1, state.workers());
+    obs.busy = obs.total;
+    obs.idle = 0;
+    obs.queue_len = 60;
+    obs.cpu_limit = Some(2.0);
+
+    // The workers leave CPU to spare: more workers help.
+    obs.cpu_used = Some(1.2);
+    let (decision, _) = decide(&policy, &state, &obs.view());
+    assert!(decision.figures.emergency);
+    assert!(!decision.figures.cpu_bound);
+    assert_eq!(decision.action.rule(), "emergency");
+
+    // The workers use both cores: more workers would only share them.
+    obs.cpu_used = Some(1.95);
+    let (decision, next) = decide(&policy, &state, &obs.view());
+    assert!(decision.figures.emergency && decision.figures.cpu_bound);
+    assert_eq!(
+        decision.action,
+        Action::Hold(HoldReason::CpuBound {
+            used_millicores: 1950,
+            limit_millicores: 2000
+        })
+    );
+    assert_eq!(decision.action.rule(), "cpu_bound");
+    assert_eq!(decision.figures.cpu_cores_used, Some(1.95));
+    assert_eq!(decision.figures.cpu_cores_limit, Some(2.0));
+    assert_eq!(next.workers(), state.workers());
+    assert_eq!(next.changes(), state.changes());
+
+    // The model's scale-up is held the same way: three times the load.
+    let mut busy = Obs::calm(121_000, 1, state.workers());
+    busy.accepted = 400;
+    busy.service = vec![0.05; 400];
+    busy.busy = busy.total;
+    busy.idle = 0;
+    busy.cpu_limit = Some(2.0);
+    busy.cpu_used = Some(2.0);
+    let (decision, _) = decide(&policy, &state, &busy.view());
+    assert!(
+        decision.figures.needed_workers.expect("needed") > state.workers(),
+        "{:?}",
+        decision.figures
+    );
+    assert_eq!(decision.action.rule(), "cpu_bound");
+    busy.cpu_used = Some(1.0);
+    let (decision, _) = decide(&policy, &state, &busy.view());
+    // Not CPU-bound: the usual rules (a change a minute ago is still
+    // within its stabilisation window).
+    assert!(
+        matches!(decision.action.rule(), "scale_up" | "stabilising"),
+        "{:?}",
+        decision.action
+    );
+
+    // Unknown or nonsensical CPU figures never block a scale-up.
+    for (used, limit) in [
+        (None, Some(2.0)),
+        (Some(1.9), None),
+        (Some(f64::NAN), Some(2.0)),
+    ] {
+        obs.cpu_used = used;
+        obs.cpu_limit = limit;
+        let (decision, _) = decide(&policy, &state, &obs.view());
+        assert!(!decision.figures.cpu_bound, "{used:?} {limit:?}");
+        assert_eq!(decision.action.rule(), "emergency");
+    }
+}

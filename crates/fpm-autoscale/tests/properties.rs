@@ -153,6 +153,17 @@ fn check_sequence(
         prop_assert_eq!(format!("{decision:?}"), format!("{again:?}"));
         prop_assert_eq!(format!("{next:?}"), format!("{next_again:?}"));
 
+        if decision.figures.cpu_bound {
+            // A CPU-bound pool is never grown by the policy itself.
+            let grown = matches!(
+                decision.action,
+                Action::Resize {
+                    reason: ResizeReason::Emergency | ResizeReason::ScaleUp,
+                    ..
+                }
+            );
+            prop_assert!(!grown, "{:?} while CPU-bound", decision.action);
+        }
         if let Action::Resize { workers, reason } = decision.action {
             prop_assert!(workers >= spec.min_workers, "{workers} below min");
             prop_assert!(workers <= spec.max_workers, "{workers} above max");
