@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use fpm_testkit::{FpmOpts, TestDaemon, TestFpm};
-use phpfpm_manager::collector::{fetch_status, record, ProbeMarker};
+use phpfpm_manager::collect::{fetch_status, record, ProbeMarker};
 use phpfpm_manager::config::{self, LoadInput};
 use phpfpm_manager::fastcgi::{self, Timeouts};
 use phpfpm_manager::state::AppState;
@@ -43,7 +43,7 @@ fn main() {
 }
 
 fn deep_cycle() {
-    use phpfpm_manager::collector::PoolCollector;
+    use phpfpm_manager::collect::PoolCollector;
     let pools: Vec<TestFpm> = ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"]
         .into_iter()
         .map(|name| {

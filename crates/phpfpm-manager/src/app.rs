@@ -25,11 +25,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Pool};
+use crate::events::{ManagerEvent, What};
+use crate::pool::{Board, PoolActor, PoolHandle};
 use crate::state::AppState;
 use crate::supervisor::child::FpmBinary;
 use crate::supervisor::files::{write_atomic, Layout};
-use crate::supervisor::{self, Supervisor, SupervisorHandle};
-use crate::{collector, http};
+use crate::supervisor::{self, Supervisor};
+use crate::{collect, http};
 
 /// How the manager was started, beyond the configuration itself.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +60,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 /// Everything running for one pool.
 struct PoolRun {
     pool: Pool,
-    supervisor: Option<(SupervisorHandle, CancellationToken)>,
+    actor: PoolHandle,
+    /// Stops the pool actor and the supervisor (its master).
+    stop: CancellationToken,
     collector: CancellationToken,
 }
 
@@ -66,7 +70,9 @@ struct PoolRun {
 struct Pools {
     runs: BTreeMap<PoolName, PoolRun>,
     runtime: Option<(Layout, FpmBinary)>,
+    board: Arc<Board>,
     supervisors: JoinSet<()>,
+    actors: JoinSet<()>,
     collectors: JoinSet<()>,
     cancel: CancellationToken,
     detach: CancellationToken,
@@ -74,10 +80,15 @@ struct Pools {
 }
 
 impl Pools {
+    /// Starts a pool: its actor (which decides the spec the master starts
+    /// with, from the config and what an earlier manager remembered), its
+    /// supervisor for a supervised pool, and its collector.
     fn start(&mut self, pool: &Pool, cfg: &Config, state: &Arc<AppState>) {
-        let supervisor = match (&pool.spec, &self.runtime) {
+        let stop = self.cancel.child_token();
+        let layout = self.runtime.as_ref().map(|(l, _)| l.clone());
+        let remember_at = layout.as_ref().map(|l| l.scale_state(&pool.name));
+        let (supervisor, handle) = match (&pool.spec, &self.runtime) {
             (Some(_), Some((layout, binary))) => {
-                let token = self.cancel.child_token();
                 let (sup, handle) = Supervisor::new(
                     pool.clone(),
                     layout.clone(),
@@ -85,21 +96,41 @@ impl Pools {
                     cfg,
                     state.clone(),
                 );
-                self.supervisors.spawn(sup.run(
-                    token.clone(),
-                    self.detach.clone(),
-                    self.hurry.clone(),
-                ));
-                Some((handle, token))
+                (Some(sup), Some(handle))
             }
-            _ => None,
+            _ => (None, None),
         };
+        let (mut actor, actor_handle) = PoolActor::new(
+            pool.clone(),
+            state.clone(),
+            handle,
+            self.board.clone(),
+            remember_at,
+        );
+        if let Some(sup) = supervisor {
+            let first = actor.desired();
+            self.supervisors.spawn(sup.run(
+                first,
+                stop.clone(),
+                self.detach.clone(),
+                self.hurry.clone(),
+            ));
+        }
+        // The actor outlives a detach only as long as the process does; it
+        // stops with the pool or at shutdown.
+        self.actors.spawn(actor.run(stop.clone()));
+        state
+            .handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pool.name.clone(), actor_handle.clone());
         let collector = self.start_collector(pool, state);
         self.runs.insert(
             pool.name.clone(),
             PoolRun {
                 pool: pool.clone(),
-                supervisor,
+                actor: actor_handle,
+                stop,
                 collector,
             },
         );
@@ -108,7 +139,7 @@ impl Pools {
     /// The collector reads its settings from the state's current config.
     fn start_collector(&mut self, pool: &Pool, state: &Arc<AppState>) -> CancellationToken {
         let token = self.cancel.child_token();
-        self.collectors.spawn(collector::run_pool(
+        self.collectors.spawn(collect::run_pool(
             pool.clone(),
             state.clone(),
             token.clone(),
@@ -116,13 +147,17 @@ impl Pools {
         token
     }
 
-    fn stop(&mut self, name: &PoolName) {
+    fn stop(&mut self, name: &PoolName, state: &AppState) {
         if let Some(run) = self.runs.remove(name) {
             run.collector.cancel();
-            if let Some((_, token)) = run.supervisor {
-                token.cancel();
-            }
+            run.stop.cancel();
         }
+        state
+            .handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.board.remove(name);
     }
 }
 
@@ -199,18 +234,25 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let state = AppState::new(cfg);
     *state.storage.write().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let cfg = state.config();
-    for pool in cfg.pools.iter().filter(|p| p.scaling.enabled) {
-        tracing::warn!(pool = pool.name.as_str(), "scaling.enabled is set, but this version only advises (GET /api/v1/pools/{}/scale); the pool keeps its configured size.", pool.name);
-    }
     if let Some(ep) = &cfg.telemetry.otlp_endpoint {
         tracing::warn!("telemetry.otlp_endpoint is set ({ep}), but OpenTelemetry export is not available in this version; traces are not sent.");
     }
-    state.events.emit(crate::events::ManagerEvent::new(
+    if cfg.monitoring.enable_system_metrics {
+        // The budget is read before the pools start: an autoscaled pool's
+        // first cap is planned from it.
+        let budget = tokio::task::spawn_blocking(fpm_kernel::budget::read_budget)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        *state.host.write().unwrap_or_else(|e| e.into_inner()) = Some(budget);
+    }
+    state.events.emit(ManagerEvent::new(
         None,
-        "manager_start",
-        crate::events::Severity::Info,
-        format!("manager {} started", env!("CARGO_PKG_VERSION")),
-        serde_json::json!({"pid": std::process::id(), "pools": cfg.pools.len()}),
+        "manager",
+        What::ManagerStart {
+            pid: std::process::id(),
+            pools: cfg.pools.len(),
+        },
     ));
     tracing::info!(
         address = %cfg.server.bind_address,
@@ -222,7 +264,9 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut pools = Pools {
         runs: BTreeMap::new(),
         runtime,
+        board: Arc::new(Board::default()),
         supervisors: JoinSet::new(),
+        actors: JoinSet::new(),
         collectors: JoinSet::new(),
         cancel: cancel.clone(),
         detach: detach.clone(),
@@ -266,14 +310,17 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         let token = cancel.clone();
         let detach = detach.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        _ = detach.cancelled() => {}
-                    }
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = detach.cancelled() => {}
+                }
+            })
+            .await
         })
     };
 
@@ -286,6 +333,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             _ = sighup.recv() => reload(&opts, &state, &mut pools).await,
             // Reap finished tasks so the sets do not grow with reloads.
             Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}
+            Some(_) = pools.actors.join_next(), if !pools.actors.is_empty() => {}
         }
     };
     if detaching {
@@ -343,16 +391,22 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
     }
     // Step 4: storage drains what it received and commits.
-    state.events.emit(crate::events::ManagerEvent::new(
+    // Pool actors write down what they learned as they stop.
+    let mut actors = std::mem::take(&mut pools.actors);
+    for run in pools.runs.values() {
+        run.stop.cancel();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while actors.join_next().await.is_some() {}
+    })
+    .await;
+    state.events.emit(ManagerEvent::new(
         None,
-        "manager_stop",
-        crate::events::Severity::Info,
-        if detaching {
-            "manager exited, php-fpm left running".to_owned()
-        } else {
-            "manager stopped".to_owned()
+        "manager",
+        What::ManagerStop {
+            pid: std::process::id(),
+            detached: detaching,
         },
-        serde_json::json!({"pid": std::process::id()}),
     ));
     // Let the event consumer hand the last events to the writer.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -381,23 +435,21 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 
 /// Logs an event (capitalised sentence, severity as level), counts it, and
 /// keeps it for `GET /api/v1/events`.
-fn consume_event(state: &AppState, ev: crate::events::ManagerEvent) {
+fn consume_event(state: &AppState, ev: ManagerEvent) {
     use crate::events::Severity;
     let pool = ev.pool.as_deref().unwrap_or("-");
-    state
-        .metrics
-        .events
-        .with_label_values(&[pool, ev.kind])
-        .inc();
-    match ev.severity {
+    let kind = ev.kind();
+    state.metrics.events.with_label_values(&[pool, kind]).inc();
+    let (message, details) = (ev.message(), ev.details());
+    match ev.severity() {
         Severity::Info => {
-            tracing::info!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
+            tracing::info!(pool, kind, actor = ev.actor, details = %details, "Event: {message}.")
         }
         Severity::Warning => {
-            tracing::warn!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
+            tracing::warn!(pool, kind, actor = ev.actor, details = %details, "Event: {message}.")
         }
         Severity::Error => {
-            tracing::error!(pool, kind = ev.kind, details = %ev.details, "Event: {}.", ev.message)
+            tracing::error!(pool, kind, actor = ev.actor, details = %details, "Event: {message}.")
         }
     }
     if let Some(w) = state
@@ -406,47 +458,9 @@ fn consume_event(state: &AppState, ev: crate::events::ManagerEvent) {
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
     {
-        w.event(to_stored(&ev));
+        w.event(ev.to_stored());
     }
     state.recent_events.push(ev);
-}
-
-/// The storage form of an event. A kind the events table does not know is
-/// stored as `config_change` with the original kind in the details.
-fn to_stored(ev: &crate::events::ManagerEvent) -> fpm_storage::Event {
-    use crate::events::Severity;
-    let kind = match ev.kind {
-        "master_crash" => Some(fpm_storage::EventKind::Crash),
-        k => k.parse::<fpm_storage::EventKind>().ok(),
-    };
-    let mut details = ev.details.clone();
-    let kind = kind.unwrap_or_else(|| {
-        if let Some(map) = details.as_object_mut() {
-            map.insert("event".to_owned(), serde_json::Value::from(ev.kind));
-        }
-        fpm_storage::EventKind::ConfigChange
-    });
-    fpm_storage::Event {
-        ts_ms: ev.ts_ms(),
-        kind,
-        severity: match ev.severity {
-            Severity::Info => fpm_storage::Severity::Info,
-            Severity::Warning => fpm_storage::Severity::Warning,
-            Severity::Error => fpm_storage::Severity::Error,
-        },
-        pool: ev.pool.clone(),
-        correlation_id: None,
-        actor: Some(
-            if ev.pool.is_some() {
-                "collector"
-            } else {
-                "manager"
-            }
-            .to_owned(),
-        ),
-        message: ev.message.clone(),
-        details,
-    }
 }
 
 /// SIGHUP: re-read the config. An invalid config changes nothing; a valid one
@@ -465,6 +479,14 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 "The new configuration is invalid ({} problems); nothing was changed.",
                 e.problems.len()
             );
+            state.events.emit(ManagerEvent::new(
+                None,
+                "config",
+                What::ConfigReload {
+                    accepted: false,
+                    problems: e.problems.iter().map(ToString::to_string).collect(),
+                },
+            ));
             return;
         }
     };
@@ -486,12 +508,28 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 tracing::error!(
                     "Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed."
                 );
+                state.events.emit(ManagerEvent::new(
+                    None,
+                    "config",
+                    What::ConfigReload {
+                        accepted: false,
+                        problems: vec![format!("cannot run php-fpm: {e:#}")],
+                    },
+                ));
                 return;
             }
         }
     }
     let monitoring_changed = old.monitoring != new.monitoring;
     state.set_config(new.clone());
+    state.events.emit(ManagerEvent::new(
+        None,
+        "config",
+        What::ConfigReload {
+            accepted: true,
+            problems: Vec::new(),
+        },
+    ));
     let wanted: BTreeMap<&PoolName, &Pool> = new.pools.iter().map(|p| (&p.name, p)).collect();
     let running: Vec<PoolName> = pools.runs.keys().cloned().collect();
     for name in running {
@@ -500,7 +538,7 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 pool = name.as_str(),
                 "Pool removed from the configuration; stopping it."
             );
-            pools.stop(&name);
+            pools.stop(&name, state);
             state.remove_pool(&name);
         }
     }
@@ -525,34 +563,29 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 pool = pool.name.as_str(),
                 "Pool address or mode changed; restarting it."
             );
-            pools.stop(&pool.name);
+            pools.stop(&pool.name, state);
             state.remove_pool(&pool.name);
             state.add_pool(pool);
             pools.start(pool, &new, state);
             continue;
         }
-        let handle = run.supervisor.as_ref().map(|(h, _)| h.clone());
-        let spec_changed = run.pool.spec != pool.spec;
-        run.collector.cancel();
-        let collector = pools.start_collector(pool, state);
+        // Same identity: the actor keeps what it learned and the applied
+        // cap, and hands the supervisor the new desired spec (nothing
+        // happens when it renders the same).
+        let actor = run.actor.clone();
+        let restart_collector = monitoring_changed || run.pool.status_path != pool.status_path;
+        if restart_collector {
+            run.collector.cancel();
+            let collector = pools.start_collector(pool, state);
+            if let Some(run) = pools.runs.get_mut(&pool.name) {
+                run.collector = collector;
+            }
+        }
         if let Some(run) = pools.runs.get_mut(&pool.name) {
-            run.collector = collector;
             run.pool = pool.clone();
         }
-        if let (true, Some(handle), Some(spec)) = (spec_changed, handle, pool.spec.clone()) {
-            let name = pool.name.clone();
-            tokio::spawn(async move {
-                match handle.apply(spec).await {
-                    Ok(r) if r.unchanged => {}
-                    Ok(r) => tracing::info!(
-                        pool = name.as_str(),
-                        took_ms = r.took.as_millis() as u64,
-                        "Pool change applied."
-                    ),
-                    Err(e) => tracing::error!(pool = name.as_str(), "Pool change refused: {e}."),
-                }
-            });
-        }
+        let pool = pool.clone();
+        tokio::spawn(async move { actor.apply_config(pool).await });
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use fpm_core::watch::PoolEvent;
+use fpm_storage::EventKind;
 use prometheus::IntCounter;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -34,34 +35,87 @@ impl Severity {
     }
 }
 
-/// One event.
+/// One event: when, which pool, and what happened.
 #[derive(Debug, Clone)]
 pub struct ManagerEvent {
     pub at: SystemTime,
     pub pool: Option<String>,
-    /// Stable snake_case kind (`saturation_begin`, `master_crash`, ...).
-    pub kind: &'static str,
-    pub severity: Severity,
-    pub message: String,
-    /// The figures behind it. Never holds secrets (env values, API keys).
-    pub details: serde_json::Value,
+    /// Who caused it: `collector`, `supervisor`, `autoscaler`, `manager`,
+    /// or an operator (`api`, `config`).
+    pub actor: &'static str,
+    pub what: What,
+}
+
+/// Everything that can happen, with the figures behind it. The stored kind,
+/// the severity and the message are derived from the variant, so a new
+/// variant without a stored kind does not compile.
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    /// Something the collector saw (saturation, a master restart, ...).
+    Pool(PoolEvent),
+    /// A supervised master exited unexpectedly.
+    MasterCrash {
+        pid: Option<u32>,
+        status: String,
+        restart_in_ms: u64,
+        /// Too many exits in the crash-loop window: retried slowly.
+        crash_loop: bool,
+    },
+    /// A change was refused; the pool keeps running as it was.
+    ChangeRefused {
+        /// `php-fpm -t`, `start` or `sockets`.
+        stage: &'static str,
+        message: String,
+    },
+    /// New pool settings were applied by a hand-over.
+    PoolChange {
+        old_pid: Option<u32>,
+        new_pid: u32,
+        generation: u64,
+        took_ms: u64,
+        pm: &'static str,
+        max_children: u32,
+        /// Why the change was asked for (config, autoscaler rule, operator).
+        reason: String,
+    },
+    /// A master left running by an earlier manager was taken over.
+    Adoption {
+        pid: u32,
+        generation: u64,
+        sockets_recovered: bool,
+    },
+    /// The autoscaler decided (to change, or to hold with a new reason).
+    ScaleDecision(Box<serde_json::Value>),
+    /// An operator's scaling control (pin, unpin, pause, resume).
+    ScalingControl {
+        action: &'static str,
+        workers: Option<u32>,
+        until_ms: Option<i64>,
+        reason: Option<String>,
+    },
+    /// The configuration was reloaded (SIGHUP) or the reload was refused.
+    ConfigReload {
+        accepted: bool,
+        problems: Vec<String>,
+    },
+    ManagerStart {
+        pid: u32,
+        pools: usize,
+    },
+    ManagerStop {
+        pid: u32,
+        /// Left php-fpm running for the next manager (`--replace`).
+        detached: bool,
+    },
 }
 
 impl ManagerEvent {
-    pub fn new(
-        pool: Option<&str>,
-        kind: &'static str,
-        severity: Severity,
-        message: String,
-        details: serde_json::Value,
-    ) -> ManagerEvent {
+    pub fn new(pool: Option<&str>, actor: &'static str, what: What) -> ManagerEvent {
         ManagerEvent {
             at: SystemTime::now(),
             pool: pool.map(str::to_owned),
-            kind,
-            severity,
-            message,
-            details,
+            actor,
+            what,
         }
     }
 
@@ -72,83 +126,281 @@ impl ManagerEvent {
 
     /// The event for something the collector saw.
     pub fn from_pool(pool: &str, ev: &PoolEvent) -> ManagerEvent {
-        let (severity, message, details) = match ev {
-            PoolEvent::SaturationBegan { busy, total, queue } => (
-                Severity::Warning,
-                format!(
-                    "pool saturated: {busy} of {total} workers busy, {queue} connections waiting"
-                ),
-                json!({"busy": busy, "total": total, "queue": queue}),
+        ManagerEvent::new(Some(pool), "collector", What::Pool(ev.clone()))
+    }
+
+    /// The stable snake_case kind, as stored and served.
+    pub fn kind(&self) -> &'static str {
+        self.stored_kind().as_str()
+    }
+
+    /// The events table's kind. Total: every variant names one.
+    pub fn stored_kind(&self) -> EventKind {
+        match &self.what {
+            What::Pool(ev) => match ev {
+                PoolEvent::SaturationBegan { .. } => EventKind::SaturationBegin,
+                PoolEvent::SaturationEnded { .. } => EventKind::SaturationEnd,
+                PoolEvent::MaxChildrenReached { .. } => EventKind::MaxChildrenReached,
+                PoolEvent::SlowRequests { .. } => EventKind::SlowRequests,
+                PoolEvent::MasterRestarted { .. } => EventKind::MasterRestart,
+                PoolEvent::RespawnStorm { .. } => EventKind::RespawnStorm,
+                PoolEvent::ScrapeFailing { .. } => EventKind::ScrapeFailing,
+                PoolEvent::ScrapeRecovered { .. } => EventKind::ScrapeRecovered,
+                PoolEvent::CircuitOpened { .. } => EventKind::CircuitOpen,
+                PoolEvent::CircuitClosed => EventKind::CircuitClose,
+            },
+            What::MasterCrash {
+                crash_loop: false, ..
+            } => EventKind::Crash,
+            What::MasterCrash {
+                crash_loop: true, ..
+            } => EventKind::CrashLoop,
+            What::ChangeRefused { .. } => EventKind::ChangeRefused,
+            What::PoolChange { .. } => EventKind::PoolChange,
+            What::Adoption { .. } => EventKind::Adoption,
+            What::ScaleDecision(_) => EventKind::ScaleDecision,
+            What::ScalingControl { .. } => EventKind::ApiAction,
+            What::ConfigReload { .. } => EventKind::ConfigChange,
+            What::ManagerStart { .. } => EventKind::ManagerStart,
+            What::ManagerStop { .. } => EventKind::ManagerStop,
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match &self.what {
+            What::Pool(ev) => match ev {
+                PoolEvent::SaturationBegan { .. }
+                | PoolEvent::MaxChildrenReached { .. }
+                | PoolEvent::SlowRequests { .. }
+                | PoolEvent::RespawnStorm { .. }
+                | PoolEvent::ScrapeFailing { .. } => Severity::Warning,
+                PoolEvent::CircuitOpened { .. } => Severity::Error,
+                PoolEvent::SaturationEnded { .. }
+                | PoolEvent::MasterRestarted { .. }
+                | PoolEvent::ScrapeRecovered { .. }
+                | PoolEvent::CircuitClosed => Severity::Info,
+            },
+            What::MasterCrash { crash_loop, .. } => {
+                if *crash_loop {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                }
+            }
+            What::ChangeRefused { .. } => Severity::Error,
+            What::ConfigReload { accepted, .. } => {
+                if *accepted {
+                    Severity::Info
+                } else {
+                    Severity::Error
+                }
+            }
+            What::PoolChange { .. }
+            | What::Adoption { .. }
+            | What::ScaleDecision(_)
+            | What::ScalingControl { .. }
+            | What::ManagerStart { .. }
+            | What::ManagerStop { .. } => Severity::Info,
+        }
+    }
+
+    /// One sentence, lowercase, no final period.
+    pub fn message(&self) -> String {
+        match &self.what {
+            What::Pool(ev) => pool_message(ev),
+            What::MasterCrash { status, .. } => {
+                format!("php-fpm master exited unexpectedly ({status})")
+            }
+            What::ChangeRefused { stage, message } => {
+                format!("pool change refused at {stage}: {message}")
+            }
+            What::PoolChange {
+                took_ms,
+                pm,
+                max_children,
+                reason,
+                ..
+            } => format!(
+                "pool settings applied by hand-over in {took_ms} ms (pm {pm}, max_children {max_children}): {reason}"
             ),
-            PoolEvent::SaturationEnded {
-                busy,
-                total,
-                lasted_ms,
-            } => (
-                Severity::Info,
-                format!(
-                    "saturation ended after {:.1}s ({busy} of {total} busy)",
-                    *lasted_ms as f64 / 1000.0
-                ),
-                json!({"busy": busy, "total": total, "lasted_ms": lasted_ms}),
-            ),
-            PoolEvent::MaxChildrenReached { times } => (
-                Severity::Warning,
-                format!("pm.max_children reached {times} more time(s)"),
-                json!({"times": times}),
-            ),
-            PoolEvent::SlowRequests { count } => (
-                Severity::Warning,
-                format!("{count} new slow request(s)"),
-                json!({"count": count}),
-            ),
-            PoolEvent::MasterRestarted {
-                old_start,
-                new_start,
-            } => (
-                Severity::Info,
-                "the pool's master (re)started; its counters restart from 0".to_owned(),
-                json!({"old_start_time": old_start, "new_start_time": new_start}),
-            ),
-            PoolEvent::RespawnStorm {
-                new_workers,
-                window_ms,
-            } => (
-                Severity::Warning,
-                format!(
-                    "{new_workers} workers replaced within {}s",
-                    window_ms / 1000
-                ),
-                json!({"new_workers": new_workers, "window_ms": window_ms}),
-            ),
-            PoolEvent::ScrapeFailing { kind, message } => (
-                Severity::Warning,
-                format!("status collection failing: {message}"),
-                json!({"error_kind": kind}),
-            ),
-            PoolEvent::ScrapeRecovered { after_failures } => (
-                Severity::Info,
-                format!("status collection works again after {after_failures} failure(s)"),
-                json!({"after_failures": after_failures}),
-            ),
-            PoolEvent::CircuitOpened {
-                failures,
-                retry_in_ms,
-            } => (
-                Severity::Error,
-                format!(
-                    "circuit opened after {failures} failures; next probe in {}s",
-                    retry_in_ms / 1000
-                ),
-                json!({"failures": failures, "retry_in_ms": retry_in_ms}),
-            ),
-            PoolEvent::CircuitClosed => (
-                Severity::Info,
-                "circuit closed: the pool answers again".to_owned(),
-                json!({}),
-            ),
-        };
-        ManagerEvent::new(Some(pool), ev.kind(), severity, message, details)
+            What::Adoption { pid, .. } => format!("adopted the running php-fpm master {pid}"),
+            What::ScaleDecision(d) => d
+                .get("summary")
+                .and_then(|s| s.as_str())
+                .unwrap_or("autoscaler decision")
+                .to_owned(),
+            What::ScalingControl {
+                action, workers, ..
+            } => match workers {
+                Some(n) => format!("scaling {action} to {n} workers"),
+                None => format!("scaling {action}"),
+            },
+            What::ConfigReload { accepted, problems } => {
+                if *accepted {
+                    "configuration reloaded".to_owned()
+                } else {
+                    format!(
+                        "configuration reload refused ({} problem(s)); nothing was changed",
+                        problems.len()
+                    )
+                }
+            }
+            What::ManagerStart { .. } => {
+                format!("manager {} started", env!("CARGO_PKG_VERSION"))
+            }
+            What::ManagerStop { detached, .. } => {
+                if *detached {
+                    "manager exited, php-fpm left running".to_owned()
+                } else {
+                    "manager stopped".to_owned()
+                }
+            }
+        }
+    }
+
+    /// The figures behind it. Never holds secrets (env values, API keys).
+    pub fn details(&self) -> serde_json::Value {
+        match &self.what {
+            What::Pool(ev) => pool_details(ev),
+            What::MasterCrash {
+                pid,
+                status,
+                restart_in_ms,
+                crash_loop,
+            } => {
+                json!({"pid": pid, "status": status, "restart_in_ms": restart_in_ms, "crash_loop": crash_loop})
+            }
+            What::ChangeRefused { stage, message } => {
+                json!({"stage": stage, "message": message})
+            }
+            What::PoolChange {
+                old_pid,
+                new_pid,
+                generation,
+                took_ms,
+                pm,
+                max_children,
+                reason,
+            } => json!({
+                "old_pid": old_pid, "new_pid": new_pid, "generation": generation,
+                "took_ms": took_ms, "pm": pm, "max_children": max_children, "reason": reason,
+            }),
+            What::Adoption {
+                pid,
+                generation,
+                sockets_recovered,
+            } => {
+                json!({"pid": pid, "generation": generation, "sockets_recovered": sockets_recovered})
+            }
+            What::ScaleDecision(d) => (**d).clone(),
+            What::ScalingControl {
+                action,
+                workers,
+                until_ms,
+                reason,
+            } => {
+                json!({"action": action, "workers": workers, "until_ms": until_ms, "reason": reason})
+            }
+            What::ConfigReload { accepted, problems } => {
+                json!({"accepted": accepted, "problems": problems})
+            }
+            What::ManagerStart { pid, pools } => json!({"pid": pid, "pools": pools}),
+            What::ManagerStop { pid, detached } => json!({"pid": pid, "detached": detached}),
+        }
+    }
+
+    /// The events table's form.
+    pub fn to_stored(&self) -> fpm_storage::Event {
+        fpm_storage::Event {
+            ts_ms: self.ts_ms(),
+            kind: self.stored_kind(),
+            severity: match self.severity() {
+                Severity::Info => fpm_storage::Severity::Info,
+                Severity::Warning => fpm_storage::Severity::Warning,
+                Severity::Error => fpm_storage::Severity::Error,
+            },
+            pool: self.pool.clone(),
+            correlation_id: None,
+            actor: Some(self.actor.to_owned()),
+            message: self.message(),
+            details: self.details(),
+        }
+    }
+}
+
+fn pool_message(ev: &PoolEvent) -> String {
+    match ev {
+        PoolEvent::SaturationBegan { busy, total, queue } => {
+            format!("pool saturated: {busy} of {total} workers busy, {queue} connections waiting")
+        }
+        PoolEvent::SaturationEnded {
+            busy,
+            total,
+            lasted_ms,
+        } => format!(
+            "saturation ended after {:.1}s ({busy} of {total} busy)",
+            *lasted_ms as f64 / 1000.0
+        ),
+        PoolEvent::MaxChildrenReached { times } => {
+            format!("pm.max_children reached {times} more time(s)")
+        }
+        PoolEvent::SlowRequests { count } => format!("{count} new slow request(s)"),
+        PoolEvent::MasterRestarted { .. } => {
+            "the pool's master (re)started; its counters restart from 0".to_owned()
+        }
+        PoolEvent::RespawnStorm {
+            new_workers,
+            window_ms,
+        } => format!(
+            "{new_workers} workers replaced within {}s",
+            window_ms / 1000
+        ),
+        PoolEvent::ScrapeFailing { message, .. } => {
+            format!("status collection failing: {message}")
+        }
+        PoolEvent::ScrapeRecovered { after_failures } => {
+            format!("status collection works again after {after_failures} failure(s)")
+        }
+        PoolEvent::CircuitOpened {
+            failures,
+            retry_in_ms,
+        } => format!(
+            "circuit opened after {failures} failures; next probe in {}s",
+            retry_in_ms / 1000
+        ),
+        PoolEvent::CircuitClosed => "circuit closed: the pool answers again".to_owned(),
+    }
+}
+
+fn pool_details(ev: &PoolEvent) -> serde_json::Value {
+    match ev {
+        PoolEvent::SaturationBegan { busy, total, queue } => {
+            json!({"busy": busy, "total": total, "queue": queue})
+        }
+        PoolEvent::SaturationEnded {
+            busy,
+            total,
+            lasted_ms,
+        } => json!({"busy": busy, "total": total, "lasted_ms": lasted_ms}),
+        PoolEvent::MaxChildrenReached { times } => json!({"times": times}),
+        PoolEvent::SlowRequests { count } => json!({"count": count}),
+        PoolEvent::MasterRestarted {
+            old_start,
+            new_start,
+        } => json!({"old_start_time": old_start, "new_start_time": new_start}),
+        PoolEvent::RespawnStorm {
+            new_workers,
+            window_ms,
+        } => json!({"new_workers": new_workers, "window_ms": window_ms}),
+        PoolEvent::ScrapeFailing { kind, .. } => json!({"error_kind": kind}),
+        PoolEvent::ScrapeRecovered { after_failures } => {
+            json!({"after_failures": after_failures})
+        }
+        PoolEvent::CircuitOpened {
+            failures,
+            retry_in_ms,
+        } => json!({"failures": failures, "retry_in_ms": retry_in_ms}),
+        PoolEvent::CircuitClosed => json!({}),
     }
 }
 
@@ -235,7 +487,7 @@ mod tests {
         let snap = r.snapshot();
         assert_eq!(snap.len(), RECENT_CAPACITY);
         assert_eq!(
-            snap.last().unwrap().details["count"],
+            snap.last().unwrap().details()["count"],
             (RECENT_CAPACITY + 9) as u64
         );
     }

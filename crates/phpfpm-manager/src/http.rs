@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
+use std::net::SocketAddr;
 
 use fpm_storage::api::error::ApiError;
 
@@ -36,6 +38,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/api/v1/pools/{pool}", get(pool))
             .route("/api/v1/pools/{pool}/workers", get(workers))
             .route("/api/v1/pools/{pool}/scale", get(scale))
+            .route(
+                "/api/v1/pools/{pool}/scaling",
+                get(scale).post(scaling_control),
+            )
             .route("/api/v1/autoscaling", get(autoscaling))
             .route("/api/v1/events/recent", get(recent_events));
     }
@@ -232,7 +238,7 @@ impl PoolDto {
             },
             collect_interval_ms: s.interval.as_millis() as u64,
             circuit_open: s.circuit_open,
-            pm: s.spec.as_ref().map(|p| PmDto {
+            pm: s.running_spec().map(|p| PmDto {
                 pm: p.pm.as_str(),
                 max_children: p.max_children,
                 start_servers: p.start_servers,
@@ -328,16 +334,17 @@ async fn recent_events(
                 .as_deref()
                 .is_none_or(|p| e.pool.as_deref() == Some(p))
         })
-        .filter(|e| q.kind.as_deref().is_none_or(|k| e.kind == k))
+        .filter(|e| q.kind.as_deref().is_none_or(|k| e.kind() == k))
         .take(limit)
         .map(|e| {
             json!({
                 "ts_ms": e.ts_ms(),
                 "pool": e.pool,
-                "type": e.kind,
-                "severity": e.severity.as_str(),
-                "message": e.message,
-                "details": e.details,
+                "type": e.kind(),
+                "severity": e.severity().as_str(),
+                "actor": e.actor,
+                "message": e.message(),
+                "details": e.details(),
             })
         })
         .collect();
@@ -390,23 +397,47 @@ async fn workers(
 }
 
 fn advice_json(s: &PoolState) -> serde_json::Value {
-    match &s.advice {
-        None => json!({ "pool": s.name.as_str(), "mode": "advise", "advice": null }),
-        Some(a) => json!({
-            "pool": s.name.as_str(),
-            // Decisions are not applied in this version.
-            "mode": "advise",
-            "phase": a.phase,
-            "confidence": a.confidence,
-            "current_workers": a.current_workers,
-            "recommended_workers": a.recommended_workers,
-            "action": a.action,
-            "reason": a.reason,
-            "arrival_rate_per_s": a.arrival_rate,
-            "mean_service_s": a.mean_service_s,
-            "memory_ceiling_workers": a.memory_ceiling,
-        }),
-    }
+    let Some(a) = &s.control.scaling else {
+        return json!({ "pool": s.name.as_str(), "mode": "advise", "advice": null });
+    };
+    let (pinned_workers, pinned_until_ms, override_reason) = match &a.override_ {
+        crate::scale::Override::Pinned {
+            workers,
+            until_ms,
+            reason,
+        } => (Some(*workers), *until_ms, reason.clone()),
+        crate::scale::Override::Paused { reason } => (None, None, reason.clone()),
+        crate::scale::Override::Auto => (None, None, None),
+    };
+    json!({
+        "pool": s.name.as_str(),
+        "mode": a.mode,
+        "override": a.override_.name(),
+        "pinned_workers": pinned_workers,
+        "pinned_until_ms": pinned_until_ms,
+        "override_reason": override_reason,
+        "phase": a.phase,
+        "confidence": a.confidence,
+        "current_workers": a.applied_workers,
+        "applied_workers": a.applied_workers,
+        "recommended_workers": a.recommended_workers,
+        "planned_workers": a.planned_cap,
+        "rule": a.rule,
+        "reason": a.reason,
+        "model_rule": a.model_rule,
+        "cpu_bound": a.cpu_bound,
+        "arrival_rate_per_s": a.long_rate,
+        "short_rate_per_s": a.short_rate,
+        "mean_service_s": a.mean_service_s,
+        "offered_load": a.offered_load,
+        "worker_pss_p95_bytes": a.p95_pss_bytes,
+        "memory_budget_bytes": a.memory_budget_bytes,
+        "memory_ceiling_workers": a.memory_ceiling,
+        "cpu_ceiling_workers": a.cpu_ceiling,
+        "changes": a.changes,
+        "last_change_ms": a.last_change.map(crate::events::unix_ms),
+        "last_error": a.last_error,
+    })
 }
 
 /// `GET /api/v1/pools/{pool}/scale`: the current size and the autoscaler's
@@ -427,5 +458,132 @@ async fn scale(
 async fn autoscaling(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let pools = state.pools();
     let list: Vec<serde_json::Value> = pools.values().map(advice_json).collect();
-    Json(json!({ "mode": "advise", "pools": list }))
+    Json(json!({ "pools": list }))
+}
+
+/// Body of `POST /api/v1/pools/{pool}/scaling`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScalingRequest {
+    /// `pin`, `unpin`, `pause` or `resume`.
+    action: String,
+    /// With `pin`: the pool's exact size.
+    workers: Option<u32>,
+    /// With `pin`: when it ends, RFC 3339 (`2026-12-24T08:00:00Z`) or a
+    /// duration from now (`30m`).
+    until: Option<String>,
+    /// Why, for the event (never a secret: it is stored and shown).
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/pools/{pool}/scaling`: pin, unpin, pause or resume a pool's
+/// autoscaler. Answered for loopback clients only until the API has
+/// authentication.
+async fn scaling_control(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    body: Result<Json<ScalingRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::pool::{ControlAction, ControlError};
+    if !peer.ip().is_loopback() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "scaling controls are served to loopback clients only",
+        ));
+    }
+    let Json(req) = body.map_err(|e| ApiError::invalid_parameter(e.body_text()))?;
+    let handle = {
+        let handles = state.handles.read().unwrap_or_else(|e| e.into_inner());
+        handles
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, h)| h.clone())
+    }
+    .ok_or_else(|| ApiError::not_found(format!("no pool named {name:?}")))?;
+    if let Some(r) = &req.reason {
+        if r.len() > 500 || r.chars().any(char::is_control) {
+            return Err(ApiError::invalid_parameter(
+                "reason: at most 500 characters, no control characters",
+            ));
+        }
+    }
+    let only_pin =
+        |what: &str| ApiError::invalid_parameter(format!("{what} goes with action \"pin\" only"));
+    let action = match req.action.as_str() {
+        "pin" => {
+            let workers = req.workers.ok_or_else(|| {
+                ApiError::invalid_parameter("workers: required with action \"pin\"")
+            })?;
+            let until = req.until.as_deref().map(parse_until).transpose()?;
+            ControlAction::Pin {
+                workers,
+                until,
+                reason: req.reason,
+            }
+        }
+        other => {
+            if req.workers.is_some() {
+                return Err(only_pin("workers"));
+            }
+            if req.until.is_some() {
+                return Err(only_pin("until"));
+            }
+            match other {
+                "unpin" => ControlAction::Unpin,
+                "pause" => ControlAction::Pause { reason: req.reason },
+                "resume" => ControlAction::Resume,
+                _ => {
+                    return Err(ApiError::invalid_parameter(format!(
+                        "action: {other:?} is not one of pin, unpin, pause, resume"
+                    )))
+                }
+            }
+        }
+    };
+    match handle.control(action, "api").await {
+        Ok(outcome) => {
+            let view = state
+                .pools()
+                .get(&handle.name)
+                .map(advice_json)
+                .unwrap_or_default();
+            Ok(Json(json!({
+                "pool": handle.name.as_str(),
+                "override": outcome.override_.name(),
+                "applied_workers": outcome.applied_workers,
+                "scaling": view,
+            })))
+        }
+        Err(e) => Err(match &e {
+            ControlError::Observed(_)
+            | ControlError::OutOfRange { .. }
+            | ControlError::NotAutoscaled(_)
+            | ControlError::UntilInPast => ApiError::invalid_parameter(e.to_string()),
+            ControlError::Apply(crate::supervisor::ApplyError::Refused(_)) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "change_refused",
+                e.to_string(),
+            ),
+            ControlError::Apply(_) | ControlError::Gone => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+            }
+        }),
+    }
+}
+
+/// `until` as RFC 3339 or as a duration from now.
+fn parse_until(text: &str) -> Result<std::time::SystemTime, ApiError> {
+    let t = text.trim();
+    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+        return Ok(at);
+    }
+    humantime::parse_duration(t)
+        .map(|d| std::time::SystemTime::now() + d)
+        .map_err(|_| {
+            ApiError::invalid_parameter(format!(
+                "until: {t:?} is neither an RFC 3339 time (2026-12-24T08:00:00Z) nor a duration (30m)"
+            ))
+        })
 }

@@ -3,15 +3,17 @@
 //! `main.rs` is a thin CLI over [`app::run`]; integration tests and benchmarks
 //! use the same modules.
 
-pub mod advisor;
 pub mod app;
-pub mod collector;
+pub mod collect;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod fastcgi;
 pub mod http;
 pub mod metrics;
 pub mod opcache;
+pub mod pool;
+pub mod scale;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;

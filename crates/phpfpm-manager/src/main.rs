@@ -45,8 +45,47 @@ enum Command {
     /// a deterministic simulation and print p50/p95/p99 wait, worker- and
     /// memory-seconds and changes per policy.
     Simulate(SimulateArgs),
+    /// Pin, unpin, pause or resume a pool's autoscaler in the running
+    /// manager (through its API on server.bind_address).
+    Scaling(ScalingArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args, Debug)]
+struct ScalingArgs {
+    /// The pool.
+    pool: String,
+    #[command(subcommand)]
+    action: ScalingAction,
+    /// The manager's address (default: the config's server.bind_address).
+    #[arg(long, global = true)]
+    address: Option<String>,
+    /// YAML configuration file (to find the address).
+    #[arg(long, short, global = true, env = "PHPFPM_MANAGER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ScalingAction {
+    /// Hold the pool at exactly N workers.
+    Pin {
+        workers: u32,
+        /// When the pin ends: RFC 3339 time or a duration from now (30m).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End a pin: the autoscaler decides again.
+    Unpin,
+    /// Keep the current size; the autoscaler still learns and advises.
+    Pause {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End a pause.
+    Resume,
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,6 +156,7 @@ fn main() -> ExitCode {
         Command::ExampleConfig { output } => example_config(output),
         Command::Import(args) => import(args),
         Command::Simulate(args) => simulate(args),
+        Command::Scaling(args) => scaling(args),
         Command::Validate(args) => match load(&args) {
             Ok(cfg) => {
                 print!("{}", cfg.summary());
@@ -256,4 +296,49 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn scaling(args: ScalingArgs) -> ExitCode {
+    let address = match args.address {
+        Some(a) => a,
+        None => {
+            let cfg = match load(&ConfigArgs {
+                config: args.config.clone(),
+                runtime_dir: None,
+            }) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            cfg.server.bind_address.to_string()
+        }
+    };
+    let body = match &args.action {
+        ScalingAction::Pin {
+            workers,
+            until,
+            reason,
+        } => {
+            serde_json::json!({"action": "pin", "workers": workers, "until": until, "reason": reason})
+        }
+        ScalingAction::Unpin => serde_json::json!({"action": "unpin"}),
+        ScalingAction::Pause { reason } => serde_json::json!({"action": "pause", "reason": reason}),
+        ScalingAction::Resume => serde_json::json!({"action": "resume"}),
+    };
+    match phpfpm_manager::control::scaling(&address, &args.pool, &body) {
+        Ok(answer) => {
+            println!(
+                "pool {}: {} (pm.max_children {})",
+                args.pool,
+                answer["override"].as_str().unwrap_or("?"),
+                answer["applied_workers"]
+                    .as_u64()
+                    .map_or("unknown".to_owned(), |n| n.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("phpfpm-manager: {}", e.message());
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub master_restarts: IntCounterVec,
     pub events: IntCounterVec,
     pub events_dropped: IntCounter,
+    pub scale_changes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -84,8 +85,17 @@ impl Metrics {
             "Events dropped because the event channel was full.",
         )
         .expect("static counter options are valid");
+        let scale_changes = IntCounterVec::new(
+            Opts::new(
+                "phpfpm_manager_autoscaler_changes_total",
+                "Caps the autoscaler applied to a pool, by the rule that decided them.",
+            ),
+            &["pool", "rule"],
+        )
+        .expect("static counter options are valid");
         for c in [
-            Box::new(scrape_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scale_changes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scrape_duration.clone()),
             Box::new(scrape_errors.clone()),
             Box::new(master_restarts.clone()),
             Box::new(events.clone()),
@@ -102,6 +112,7 @@ impl Metrics {
             master_restarts,
             events,
             events_dropped,
+            scale_changes,
         }
     }
 
@@ -380,13 +391,20 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ("phpfpm_manager_last_success_timestamp_seconds", "Unix time of the last successful collection of the pool.", GAUGE, |s| s.last_success.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())),
         ("phpfpm_manager_master_up", "Whether the manager's php-fpm master for this pool is running (supervised pools).", GAUGE, |s| s.master.supervised.then_some(if s.master.running { 1.0 } else { 0.0 })),
         ("phpfpm_manager_pool_failed", "1 when the manager cannot run this pool (for example its config fails php-fpm -t).", GAUGE, |s| s.master.supervised.then_some(if s.master.failed.is_some() { 1.0 } else { 0.0 })),
-        ("phpfpm_manager_pm_max_children", "Configured pm.max_children of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_children))),
-        ("phpfpm_manager_pm_start_servers", "Configured pm.start_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.start_servers))),
-        ("phpfpm_manager_pm_min_spare_servers", "Configured pm.min_spare_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.min_spare_servers))),
-        ("phpfpm_manager_pm_max_spare_servers", "Configured pm.max_spare_servers of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_spare_servers))),
-        ("phpfpm_manager_pm_max_requests", "Configured pm.max_requests of a supervised pool.", GAUGE, |s| s.spec.as_ref().map(|p| f64::from(p.max_requests))),
-        ("phpfpm_manager_autoscaler_recommended_workers", "Workers the autoscaler's model recommends for the pool now (advice; not applied in this version).", GAUGE, |s| s.advice.as_ref().map(|a| f64::from(a.recommended_workers))),
-        ("phpfpm_manager_autoscaler_confidence", "Confidence of the autoscaler's model of the pool, 0 to 1 (learning until it is high enough).", GAUGE, |s| s.advice.as_ref().map(|a| a.confidence)),
+        ("phpfpm_manager_pm_max_children", "pm.max_children the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.max_children))),
+        ("phpfpm_manager_pm_start_servers", "pm.start_servers the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.start_servers))),
+        ("phpfpm_manager_pm_min_spare_servers", "pm.min_spare_servers the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.min_spare_servers))),
+        ("phpfpm_manager_pm_max_spare_servers", "pm.max_spare_servers the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.max_spare_servers))),
+        ("phpfpm_manager_pm_max_requests", "pm.max_requests the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.max_requests))),
+        ("phpfpm_manager_autoscaler_recommended_workers", "Workers the autoscaler's model says the pool's traffic needs now, with headroom.", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.recommended_workers.map(f64::from))),
+        ("phpfpm_manager_autoscaler_applied_workers", "pm.max_children the pool's master runs with (the cap the autoscaler or a pin set).", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.applied_workers.map(f64::from))),
+        ("phpfpm_manager_autoscaler_planned_workers", "The cap the pool's share of the memory budget gives it now.", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.planned_cap.map(f64::from))),
+        ("phpfpm_manager_autoscaler_confidence", "Confidence of the autoscaler's model of the pool, 0 to 1 (learning until it is high enough).", GAUGE, |s| s.control.scaling.as_ref().map(|a| a.confidence)),
+        ("phpfpm_manager_autoscaler_learning", "1 while the autoscaler is still learning the pool.", GAUGE, |s| s.control.scaling.as_ref().map(|a| if a.phase == "learning" { 1.0 } else { 0.0 })),
+        ("phpfpm_manager_autoscaler_pinned", "1 while an operator pins the pool's size.", GAUGE, |s| s.control.scaling.as_ref().map(|a| if a.override_.name() == "pinned" { 1.0 } else { 0.0 })),
+        ("phpfpm_manager_autoscaler_paused", "1 while an operator pauses the pool's autoscaler.", GAUGE, |s| s.control.scaling.as_ref().map(|a| if a.override_.name() == "paused" { 1.0 } else { 0.0 })),
+        ("phpfpm_manager_autoscaler_last_change_timestamp_seconds", "Unix time of the autoscaler's last change of the pool's cap.", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.last_change).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())),
+        ("phpfpm_manager_memory_budget_bytes", "Memory for all autoscaled pools' workers (scaling.memory_budget).", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.memory_budget_bytes.map(|b| b as f64))),
         ("phpfpm_manager_accept_queue", "Connections waiting in the kernel's accept queue of the pool's socket (sock_diag; works when every worker is busy and on unix sockets, unlike phpfpm_listen_queue).", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().map(|(n, _)| f64::from(*n))),
         ("phpfpm_manager_accept_queue_limit", "Backlog limit of the pool's listening socket, from the kernel.", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().and_then(|(_, l)| l.map(f64::from))),
         ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then_some(s.interval.as_secs_f64())),
@@ -512,7 +530,7 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
             .status
             .as_ref()
             .map(|st| st.process_manager.as_str())
-            .or_else(|| s.spec.as_ref().map(|p| p.pm.as_str()))
+            .or_else(|| s.running_spec().map(|p| p.pm.as_str()))
             .unwrap_or("unknown");
         let supervised = if s.master.supervised { "true" } else { "false" };
         pm_info.push(
@@ -598,21 +616,24 @@ mod tests {
         PoolState {
             name: PoolName::new("www").unwrap(),
             scrape_uri: "unix:///run/www.sock;/status".into(),
-            spec: None,
-            up,
-            ping_ok: up,
-            scrape_failures: if up { 0 } else { 3 },
-            consecutive_failures: 0,
-            last_error: None,
-            derived: st.derived(Some("json&full")),
-            status: Some(st),
-            last_success: None,
             master: MasterState::default(),
-            kernel: crate::state::KernelView::default(),
-            interval: std::time::Duration::from_secs(5),
-            circuit_open: false,
-            opcache: None,
-            advice: None,
+            control: std::sync::Arc::new(crate::state::Control::default()),
+            look: std::sync::Arc::new(crate::state::Look {
+                seq: 1,
+                at: None,
+                up,
+                ping_ok: up,
+                scrape_failures: if up { 0 } else { 3 },
+                consecutive_failures: 0,
+                last_error: None,
+                derived: st.derived(Some("json&full")),
+                status: up.then_some(st),
+                last_success: None,
+                kernel: crate::state::KernelView::default(),
+                interval: std::time::Duration::from_secs(5),
+                circuit_open: false,
+                opcache: None,
+            }),
         }
     }
 
@@ -651,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn a_down_pool_keeps_its_series() {
+    fn a_down_pool_exports_only_up_and_failures() {
         let s = state(false);
         let text = Metrics::new().render(&[&s], false, None, None);
         assert!(
@@ -660,6 +681,9 @@ mod tests {
         assert!(text.contains(
             r#"phpfpm_scrape_failures{pool="www",scrape_uri="unix:///run/www.sock;/status"} 3"#
         ));
-        assert!(text.contains("phpfpm_accepted_connections{"));
+        // While down, only `up` and the failure counters are exported: no
+        // frozen figures that look current.
+        assert!(!text.contains("phpfpm_accepted_connections{"), "{text}");
+        assert!(!text.contains("phpfpm_active_processes{"), "{text}");
     }
 }

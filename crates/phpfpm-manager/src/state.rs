@@ -1,35 +1,65 @@
-//! The shared, latest-known state of every pool: written by the collector and
-//! the supervisors, read by `/metrics`, health checks and the API.
+//! The latest known state of every pool, read by `/metrics`, health checks,
+//! the API and the autoscaler.
+//!
+//! A pool's state has three parts, each with exactly one writer:
+//! - [`Look`]: what the collector saw in one look, published whole as an
+//!   immutable `Arc` (never patched field by field, never read back by the
+//!   collector), so a reader sees one look or the next, never a mix;
+//! - [`MasterState`]: the supervisor's view of the pool's php-fpm master;
+//! - [`Control`]: the pool actor's desired spec and the autoscaler's view.
 //!
 //! A plain `std::sync::RwLock` is enough: every critical section is a few
-//! field copies and none is held across an `.await`.
+//! pointer or field copies and none is held across an `.await`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
-
-use fpm_kernel::budget::Budget;
-use fpm_kernel::workers::PoolAggregate;
-use tokio::sync::{mpsc, Notify};
-
-use crate::events::{EventSink, ManagerEvent, Recent};
-use crate::opcache::{OpcacheError, OpcacheStats};
 
 use fpm_core::fpm_conf::PoolSpec;
 use fpm_core::status::{Derived, PoolStatus};
 use fpm_core::PoolName;
+use fpm_kernel::budget::Budget;
+use fpm_kernel::workers::PoolAggregate;
+use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, Pool};
+use crate::events::{EventSink, ManagerEvent, Recent};
 use crate::metrics::Metrics;
+use crate::opcache::{OpcacheError, OpcacheStats};
 
-/// What is known about one pool.
+/// What is known about one pool: its three parts, read as one value.
+///
+/// Dereferences to the latest [`Look`], so surfaces read `s.up` or
+/// `s.kernel` directly; the master and control parts are named.
 #[derive(Debug, Clone)]
 pub struct PoolState {
     pub name: PoolName,
     pub scrape_uri: String,
-    /// The pm settings the manager runs this pool with (supervised pools).
-    pub spec: Option<PoolSpec>,
-    /// The last status request succeeded.
+    /// Written by the supervisor only.
+    pub master: MasterState,
+    /// Written by the pool actor only.
+    pub control: Arc<Control>,
+    /// Written by the collector only, replaced whole after each look.
+    pub look: Arc<Look>,
+}
+
+impl Deref for PoolState {
+    type Target = Look;
+
+    fn deref(&self) -> &Look {
+        &self.look
+    }
+}
+
+/// One look at a pool by the collector: immutable once published.
+#[derive(Debug, Clone, Default)]
+pub struct Look {
+    /// Increases by one with every look at this pool (0: not looked at yet).
+    pub seq: u64,
+    /// When the look started.
+    pub at: Option<SystemTime>,
+    /// The status request succeeded.
     pub up: bool,
     /// The last ping succeeded.
     pub ping_ok: bool,
@@ -39,12 +69,11 @@ pub struct PoolState {
     pub consecutive_failures: u64,
     /// The most recent failure, kept until the next success.
     pub last_error: Option<ScrapeError>,
-    /// The last good status page; kept while the pool is down so its series
-    /// stay visible with `phpfpm_up 0`.
+    /// The status page of this look; `None` while the pool is down, so no
+    /// stale figures are exported with `phpfpm_up 0`.
     pub status: Option<PoolStatus>,
     pub derived: Derived,
     pub last_success: Option<SystemTime>,
-    pub master: MasterState,
     /// What the kernel says about the pool.
     pub kernel: KernelView,
     /// The interval the collector uses now (adaptive).
@@ -52,8 +81,6 @@ pub struct PoolState {
     pub circuit_open: bool,
     /// OPcache of the pool's master, when `monitoring.enable_opcache`.
     pub opcache: Option<Result<OpcacheStats, Arc<OpcacheError>>>,
-    /// The autoscaler's current advice for the pool.
-    pub advice: Option<crate::advisor::Advice>,
 }
 
 /// The pool as the kernel sees it: the listen backlog and the workers' CPU
@@ -115,6 +142,18 @@ pub struct MasterState {
     pub generation: u64,
     /// Taken over from an earlier manager run rather than started.
     pub adopted: bool,
+    /// The settings the running master was started with (supervised pools).
+    pub applied: Option<PoolSpec>,
+}
+
+/// The pool actor's part: what the pool should run and why.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// The spec the pool should run (config, operator override and the
+    /// autoscaler's cap combined); `None` for observed pools.
+    pub spec: Option<PoolSpec>,
+    /// The autoscaler's view of the pool, once it has looked at it.
+    pub scaling: Option<crate::scale::ScalingView>,
 }
 
 impl PoolState {
@@ -122,25 +161,26 @@ impl PoolState {
         PoolState {
             name: pool.name.clone(),
             scrape_uri: pool.scrape_uri(),
-            spec: pool.spec.clone(),
-            up: false,
-            ping_ok: false,
-            scrape_failures: 0,
-            consecutive_failures: 0,
-            last_error: None,
-            status: None,
-            derived: Derived::default(),
-            last_success: None,
             master: MasterState {
                 supervised: pool.spec.is_some(),
                 ..MasterState::default()
             },
-            kernel: KernelView::default(),
-            interval: Duration::ZERO,
-            circuit_open: false,
-            opcache: None,
-            advice: None,
+            control: Arc::new(Control {
+                spec: pool.spec.clone(),
+                scaling: None,
+            }),
+            look: Arc::new(Look::default()),
         }
+    }
+
+    /// The spec the pool should run, if supervised.
+    pub fn spec(&self) -> Option<&PoolSpec> {
+        self.control.spec.as_ref()
+    }
+
+    /// The spec the running master has, else the one it should have.
+    pub fn running_spec(&self) -> Option<&PoolSpec> {
+        self.master.applied.as_ref().or(self.control.spec.as_ref())
     }
 }
 
@@ -157,6 +197,10 @@ pub struct AppState {
     /// The host's memory and CPU budget (cgroup or /proc), when read.
     pub host: RwLock<Option<Result<Budget, String>>>,
     kicks: Mutex<BTreeMap<PoolName, Arc<Notify>>>,
+    /// Per pool, woken after every published look (its actor waits on it).
+    looks: Mutex<BTreeMap<PoolName, Arc<Notify>>>,
+    /// The pool actors, for the API's controls (kept by `app`).
+    pub handles: RwLock<BTreeMap<PoolName, crate::pool::PoolHandle>>,
     /// The storage writer, while storage runs (taken at shutdown so that the
     /// writer drains and commits).
     pub storage: RwLock<Option<fpm_storage::WriterHandle>>,
@@ -181,6 +225,8 @@ impl AppState {
             recent_events: Recent::default(),
             host: RwLock::new(None),
             kicks: Mutex::new(BTreeMap::new()),
+            looks: Mutex::new(BTreeMap::new()),
+            handles: RwLock::new(BTreeMap::new()),
             storage: RwLock::new(None),
         })
     }
@@ -196,6 +242,16 @@ impl AppState {
     /// The notifier that makes a pool's collector look at once.
     pub fn kick_handle(&self, pool: &PoolName) -> Arc<Notify> {
         self.kicks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pool.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The notifier woken after each look at `pool` is published.
+    pub fn look_handle(&self, pool: &PoolName) -> Arc<Notify> {
+        self.looks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(pool.clone())
@@ -238,11 +294,38 @@ impl AppState {
         self.pools.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies `f` to one pool's state, if the pool exists.
-    pub fn update<R>(&self, pool: &PoolName, f: impl FnOnce(&mut PoolState) -> R) -> Option<R> {
-        let mut guard: RwLockWriteGuard<'_, _> =
-            self.pools.write().unwrap_or_else(|e| e.into_inner());
-        guard.get_mut(pool).map(f)
+    /// One pool's state, cloned (cheap: the look and control are shared).
+    pub fn pool(&self, pool: &PoolName) -> Option<PoolState> {
+        self.pools().get(pool).cloned()
+    }
+
+    /// The collector's write: replaces the pool's look whole.
+    pub fn publish_look(&self, pool: &PoolName, look: Look) {
+        {
+            let mut guard = self.pools.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = guard.get_mut(pool) {
+                s.look = Arc::new(look);
+            }
+        }
+        self.look_handle(pool).notify_one();
+    }
+
+    /// The supervisor's write: changes the master part only.
+    pub fn update_master<R>(
+        &self,
+        pool: &PoolName,
+        f: impl FnOnce(&mut MasterState) -> R,
+    ) -> Option<R> {
+        let mut guard = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        guard.get_mut(pool).map(|s| f(&mut s.master))
+    }
+
+    /// The pool actor's write: replaces the control part whole.
+    pub fn publish_control(&self, pool: &PoolName, control: Control) {
+        let mut guard = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = guard.get_mut(pool) {
+            s.control = Arc::new(control);
+        }
     }
 }
 

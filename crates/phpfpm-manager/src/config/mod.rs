@@ -106,6 +106,21 @@ pub struct Config {
     pub monitoring: Monitoring,
     pub storage: Storage,
     pub telemetry: Telemetry,
+    pub scaling: ScalingGlobal,
+}
+
+/// The memory budget shared by autoscaled pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBudget {
+    /// The cgroup's or host's memory, minus the reserve.
+    Auto { reserve_bytes: u64 },
+    /// A fixed number of bytes for all autoscaled pools' workers.
+    Fixed(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingGlobal {
+    pub memory_budget: MemoryBudget,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +136,7 @@ pub struct PhpFpm {
     pub restart_backoff_max: Duration,
     pub crash_loop_exits: u32,
     pub crash_loop_window: Duration,
+    pub warm_handover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +178,11 @@ pub struct Scaling {
     pub min_workers: u32,
     pub max_workers: u32,
     pub target_utilization: f64,
+    pub weight: f64,
+    pub priority: i32,
+    /// An operator's pin from the config: (workers, until).
+    pub pin: Option<(u32, Option<std::time::SystemTime>)>,
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,30 @@ pub struct RawConfig {
     pub monitoring: RawMonitoring,
     pub storage: RawStorage,
     pub telemetry: RawTelemetry,
+    pub scaling: RawScalingGlobal,
+}
+
+/// What the autoscaler shares between pools.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawScalingGlobal {
+    /// Memory all autoscaled pools' workers may use together: `auto` (the
+    /// cgroup's or host's memory, minus `memory_reserve`) or a size such as
+    /// `4GiB`, `960MiB` or a number of bytes. Caps are planned so that every
+    /// pool at its cap stays within it.
+    pub memory_budget: String,
+    /// Memory kept free for everything else (masters, OPcache, the system)
+    /// when `memory_budget` is `auto`.
+    pub memory_reserve: String,
+}
+
+impl Default for RawScalingGlobal {
+    fn default() -> Self {
+        RawScalingGlobal {
+            memory_budget: "auto".into(),
+            memory_reserve: "256MiB".into(),
+        }
+    }
 }
 
 /// How php-fpm itself is run.
@@ -39,6 +63,10 @@ pub struct RawPhpFpm {
     pub stop_timeout: String,
     /// php-fpm's own log level: alert, error, warning, notice, debug.
     pub log_level: String,
+    /// Give every supervised pool an `opcache.file_cache` in the runtime
+    /// directory, so a new master (hand-over, restart) starts from the
+    /// scripts the previous one compiled instead of a cold OPcache.
+    pub warm_handover: bool,
     /// Delay before restarting a master that exited unexpectedly; doubles
     /// on each further exit up to `restart_backoff_max`.
     pub restart_backoff_initial: String,
@@ -58,6 +86,7 @@ impl Default for RawPhpFpm {
             process_control_timeout: "10s".into(),
             stop_timeout: "10s".into(),
             log_level: "notice".into(),
+            warm_handover: true,
             restart_backoff_initial: "100ms".into(),
             restart_backoff_max: "30s".into(),
             crash_loop_exits: 5,
@@ -206,12 +235,26 @@ impl Default for RawPool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct RawScaling {
+    /// The autoscaler sets this pool's cap (supervised pools: `pm =
+    /// ondemand`, `pm.max_children` moved within min/max and the memory
+    /// budget). Observed pools are only advised on.
     pub enabled: bool,
     pub min_workers: u32,
     /// Defaults to the pool's max_workers.
     pub max_workers: Option<u32>,
-    /// Fraction of busy workers the autoscaler aims for, in (0, 1].
+    /// Busy share of the cap the model plans for, in (0, 1]: the cap is the
+    /// workers the traffic needs divided by this (0.7 leaves 43 % headroom).
     pub target_utilization: f64,
+    /// Share of the memory budget relative to other pools of equal priority.
+    pub weight: f64,
+    /// Pools of higher priority get their share of the budget first.
+    pub priority: i32,
+    /// Hold the pool at exactly this many workers (an operator's pin).
+    pub pin: Option<u32>,
+    /// When the pin ends by itself (RFC 3339, e.g. 2026-12-24T08:00:00Z).
+    pub pin_until: Option<String>,
+    /// Keep the current size; the autoscaler still learns and advises.
+    pub paused: bool,
 }
 
 impl Default for RawScaling {
@@ -221,6 +264,11 @@ impl Default for RawScaling {
             min_workers: 1,
             max_workers: None,
             target_utilization: 0.7,
+            weight: 1.0,
+            priority: 0,
+            pin: None,
+            pin_until: None,
+            paused: false,
         }
     }
 }

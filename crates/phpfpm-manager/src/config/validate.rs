@@ -11,17 +11,24 @@ use fpm_core::PoolName;
 
 use super::raw::{RawConfig, RawPool};
 use super::{
-    Config, Endpoint, LogFormat, Monitoring, PhpFpm, Pool, Problem, Scaling, Server, Storage,
-    Telemetry,
+    Config, Endpoint, LogFormat, MemoryBudget, Monitoring, PhpFpm, Pool, Problem, Scaling,
+    ScalingGlobal, Server, Storage, Telemetry,
 };
+
+/// Less memory than any php-fpm worker takes (a bare php-fpm 8.2 worker
+/// has a PSS of several MiB; a real application's, tens).
+const SMALLEST_WORKER_BYTES: u64 = 16 << 20;
 
 /// The pool zero-config mode supervises.
 pub(super) fn demo_pool() -> RawPool {
-    RawPool {
+    let mut pool = RawPool {
         name: "demo".into(),
         max_workers: 4,
         ..RawPool::default()
-    }
+    };
+    // The demo shows the product at work: its size follows the load.
+    pool.scaling.enabled = true;
+    pool
 }
 
 pub(super) fn validate(
@@ -330,6 +337,36 @@ pub(super) fn validate(
         }
     }
 
+    let memory_budget = match raw.scaling.memory_budget.trim() {
+        "auto" | "" => MemoryBudget::Auto {
+            reserve_bytes: c
+                .size("scaling.memory_reserve", &raw.scaling.memory_reserve)
+                .unwrap_or(0),
+        },
+        text => match c.size("scaling.memory_budget", text) {
+            Some(0) => {
+                c.problem(
+                    "scaling.memory_budget",
+                    text,
+                    "a budget of 0 leaves no room for any worker",
+                    "write `auto` or a size such as 2GiB",
+                );
+                MemoryBudget::Auto { reserve_bytes: 0 }
+            }
+            Some(n) if n < SMALLEST_WORKER_BYTES => {
+                c.problem(
+                    "scaling.memory_budget",
+                    text,
+                    "is smaller than one php-fpm worker (a worker needs at least 16MiB)",
+                    "give the pools' workers at least a few hundred MiB, or write `auto`",
+                );
+                MemoryBudget::Auto { reserve_bytes: 0 }
+            }
+            Some(n) => MemoryBudget::Fixed(n),
+            None => MemoryBudget::Auto { reserve_bytes: 0 },
+        },
+    };
+
     Config {
         zero_config,
         phpfpm: PhpFpm {
@@ -345,6 +382,7 @@ pub(super) fn validate(
             restart_backoff_max: backoff_max,
             crash_loop_exits: raw.phpfpm.crash_loop_exits,
             crash_loop_window,
+            warm_handover: raw.phpfpm.warm_handover,
         },
         server: Server {
             bind_address,
@@ -352,6 +390,7 @@ pub(super) fn validate(
             max_body_bytes: raw.server.api.max_body_bytes,
         },
         pools,
+        scaling: ScalingGlobal { memory_budget },
         monitoring: Monitoring {
             collect_interval,
             interval: fpm_core::watch::IntervalPolicy {
@@ -404,6 +443,23 @@ impl Checker<'_> {
                 "not an allowed value",
                 &format!("use one of: {}", allowed.join(", ")),
             );
+        }
+    }
+
+    /// A size in bytes: a number, or a number with a unit (K, M, G, T with
+    /// an optional `iB`/`B`; all binary: 1M = 1MiB = 1048576 bytes).
+    fn size(&mut self, key: &str, value: &str) -> Option<u64> {
+        match parse_size(value) {
+            Some(n) => Some(n),
+            None => {
+                self.problem(
+                    key,
+                    value,
+                    "not a size",
+                    "write a number of bytes or a number with a unit, for example 512MiB or 4GiB",
+                );
+                None
+            }
         }
     }
 
@@ -583,6 +639,59 @@ impl Checker<'_> {
                 "a common choice is 0.7",
             );
         }
+        let weight = rp.scaling.weight;
+        if !(weight.is_finite() && weight > 0.0 && weight <= 1000.0) {
+            self.problem(
+                &k("scaling.weight"),
+                &weight.to_string(),
+                "must be above 0 and at most 1000",
+                "1 gives every pool the same share",
+            );
+        }
+        let pin = rp.scaling.pin;
+        if let Some(n) = pin {
+            if n < rp.scaling.min_workers.max(1) || n > scaling_max {
+                self.problem(
+                    &k("scaling.pin"),
+                    &n.to_string(),
+                    &format!(
+                        "is outside scaling.min_workers..max_workers ({}..{scaling_max})",
+                        rp.scaling.min_workers.max(1)
+                    ),
+                    "pin within the pool's limits, or change the limits",
+                );
+            }
+            if !rp.supervise {
+                self.problem(
+                    &k("scaling.pin"),
+                    &n.to_string(),
+                    "an observed pool cannot be pinned: the manager does not run it",
+                    "remove the pin, or let the manager supervise the pool",
+                );
+            }
+        }
+        let pin_until = rp.scaling.pin_until.as_deref().and_then(|t| {
+            match humantime::parse_rfc3339_weak(t.trim()) {
+                Ok(at) => Some(at),
+                Err(e) => {
+                    self.problem(
+                        &k("scaling.pin_until"),
+                        t,
+                        &format!("not a time ({e})"),
+                        "write an RFC 3339 time such as 2026-12-24T08:00:00Z",
+                    );
+                    None
+                }
+            }
+        });
+        if pin_until.is_some() && pin.is_none() {
+            self.problems.push(Problem::new(
+                &k("scaling.pin_until"),
+                rp.scaling.pin_until.clone(),
+                "has no scaling.pin to end",
+                "add scaling.pin, or remove pin_until",
+            ));
+        }
         let connect_timeout = self.duration(
             &k("timeouts.connect"),
             &rp.timeouts.connect,
@@ -684,6 +793,10 @@ impl Checker<'_> {
                 min_workers: rp.scaling.min_workers,
                 max_workers: scaling_max,
                 target_utilization: tu,
+                weight: rp.scaling.weight,
+                priority: rp.scaling.priority,
+                pin: pin.map(|n| (n, pin_until)),
+                paused: rp.scaling.paused,
             },
             connect_timeout,
             request_timeout,
@@ -917,4 +1030,46 @@ pub(crate) fn short(d: Duration) -> String {
 /// Removes `.` components without touching the filesystem.
 fn normalize(p: &Path) -> PathBuf {
     p.components().filter(|c| *c != Component::CurDir).collect()
+}
+
+/// Parses `512MiB`, `4G`, `1.5GiB`, `1048576`: binary units, case-insensitive.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|ch: char| !(ch.is_ascii_digit() || ch == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let factor: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = value * factor as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("960MiB"), Some(960 << 20));
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_size("512 mb"), Some(512 << 20));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("-1G"), None);
+    }
 }

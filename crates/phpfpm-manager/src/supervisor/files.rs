@@ -52,6 +52,18 @@ impl Layout {
     }
 
     /// The running manager's pid.
+    /// `opcache.file_cache` of a pool: compiled scripts a new master of the
+    /// pool starts from, so a hand-over does not start cold (fact 18).
+    pub fn opcache_file_cache(&self, pool: &PoolName) -> PathBuf {
+        self.root.join("opcache-cache").join(pool.as_str())
+    }
+
+    /// The autoscaler's remembered state of a pool (applied size, learned
+    /// figures, operator override), kept across manager restarts.
+    pub fn scale_state(&self, pool: &PoolName) -> PathBuf {
+        self.root.join("scale").join(format!("{pool}.json"))
+    }
+
     pub fn manager_pid(&self) -> PathBuf {
         self.root.join("manager.pid")
     }

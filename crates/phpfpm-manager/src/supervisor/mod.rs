@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Endpoint, Pool};
-use crate::events::{ManagerEvent, Severity};
+use crate::events::{ManagerEvent, What};
 use crate::state::AppState;
 use backoff::Backoff;
 use child::{FpmBinary, Master, StopOutcome};
@@ -84,8 +84,28 @@ pub enum Command {
     /// Change the pool's settings through a hand-over.
     Apply {
         spec: Box<PoolSpec>,
-        reply: oneshot::Sender<Result<ApplyReport, String>>,
+        /// Why, for the `pool_change` event (config, autoscaler rule, pin).
+        reason: String,
+        reply: oneshot::Sender<Result<ApplyReport, ApplyError>>,
     },
+}
+
+/// Why a change was not applied. In every case the running master (if any)
+/// keeps serving with its old settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// `php-fpm -t` (or rendering) refused the new config.
+    #[error("refused by php-fpm -t: {0}")]
+    Refused(String),
+    /// The new master did not become ready.
+    #[error("the new master failed to start: {0}")]
+    StartFailed(String),
+    /// The listening sockets could not be opened.
+    #[error("cannot open the pool's sockets: {0}")]
+    Sockets(String),
+    /// The supervisor is not running (the pool is being stopped).
+    #[error("the pool's supervisor is gone")]
+    Gone,
 }
 
 /// What an apply did.
@@ -109,17 +129,17 @@ pub struct SupervisorHandle {
 
 impl SupervisorHandle {
     /// Applies `spec` to the pool (zero-drop hand-over) and reports.
-    pub async fn apply(&self, spec: PoolSpec) -> Result<ApplyReport, String> {
+    pub async fn apply(&self, spec: PoolSpec, reason: &str) -> Result<ApplyReport, ApplyError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Apply {
                 spec: Box::new(spec),
+                reason: reason.to_owned(),
                 reply,
             })
             .await
-            .map_err(|_| format!("pool {} is not supervised any more", self.pool))?;
-        rx.await
-            .map_err(|_| format!("pool {}: the supervisor stopped", self.pool))?
+            .map_err(|_| ApplyError::Gone)?;
+        rx.await.map_err(|_| ApplyError::Gone)?
     }
 }
 
@@ -132,6 +152,8 @@ pub struct Supervisor {
     /// php-fpm's process_control_timeout: how long an old master may take to
     /// finish its requests after a hand-over.
     control_timeout: Duration,
+    /// Give new masters the previous masters' compiled scripts.
+    warm_handover: bool,
     state: Arc<AppState>,
     /// The settings the current master runs with.
     spec: Option<PoolSpec>,
@@ -174,6 +196,7 @@ impl Supervisor {
             binary,
             stop_timeout: cfg.phpfpm.stop_timeout,
             control_timeout: Duration::from_secs(cfg.phpfpm.global.process_control_timeout_secs),
+            warm_handover: cfg.phpfpm.warm_handover,
             state,
             spec: None,
             sockets: Vec::new(),
@@ -196,13 +219,16 @@ impl Supervisor {
 
     /// Runs until `cancel` (stop the master) or `detach` (leave it running
     /// for the next manager). `hurry` cuts a graceful stop short.
+    /// `first` is the spec to start (or keep an adopted master) with: the
+    /// pool actor's desired spec.
     pub async fn run(
         mut self,
+        first: Option<PoolSpec>,
         cancel: CancellationToken,
         detach: CancellationToken,
         hurry: CancellationToken,
     ) {
-        let Some(wanted) = self.pool.spec.clone() else {
+        let Some(wanted) = first.or_else(|| self.pool.spec.clone()) else {
             return;
         };
         let wanted = self.complete_spec(wanted);
@@ -218,7 +244,14 @@ impl Supervisor {
             }
         } else if self.spec.as_ref() != Some(&wanted) {
             // Adopted a master whose settings differ from the config now.
-            match self.apply(&mut current, wanted.clone()).await {
+            match self
+                .apply(
+                    &mut current,
+                    wanted.clone(),
+                    "adopted master differs from the desired settings",
+                )
+                .await
+            {
                 Ok(r) => tracing::info!(
                     pool = self.name(),
                     new_pid = r.new_pid,
@@ -246,9 +279,9 @@ impl Supervisor {
                     if let Some(mut m) = current.take() {
                         self.stop_master(&mut m, &hurry).await;
                     }
-                    self.state.update(&self.pool.name, |s| {
-                        s.master.running = false;
-                        s.master.pid = None;
+                    self.state.update_master(&self.pool.name, |m| {
+                        m.running = false;
+                        m.pid = None;
                     });
                     break;
                 }
@@ -264,9 +297,13 @@ impl Supervisor {
                     break;
                 }
                 Event::Cmd(None) => commands_open = false,
-                Event::Cmd(Some(Command::Apply { spec, reply })) => {
+                Event::Cmd(Some(Command::Apply {
+                    spec,
+                    reason,
+                    reply,
+                })) => {
                     let spec = self.complete_spec(*spec);
-                    let res = self.apply(&mut current, spec).await;
+                    let res = self.apply(&mut current, spec, &reason).await;
                     if res.is_ok() {
                         retry_at = None;
                     }
@@ -329,6 +366,9 @@ impl Supervisor {
                 spec.group = Some(group.to_owned());
             }
         }
+        if self.warm_handover {
+            self.add_file_cache(&mut spec);
+        }
         // php-fpm listens on the private paths (the FPM_SOCKETS keys); clients
         // use the public ones, which php-fpm never unlinks.
         if let Endpoint::Unix(p) = &self.pool.endpoint {
@@ -340,9 +380,58 @@ impl Supervisor {
         spec
     }
 
+    /// Points `opcache.file_cache` at the pool's own directory in the runtime
+    /// directory, unless the pool sets it: a new master (hand-over, restart)
+    /// then loads compiled scripts from disk instead of compiling every one
+    /// again while it takes the load (fact 18: worst request 0.23 s instead
+    /// of 0.8-1.0 s on a real app). Workers forked by a running master share
+    /// its shared-memory cache and do not need it.
+    fn add_file_cache(&self, spec: &mut PoolSpec) {
+        let set_by_pool = spec
+            .php_values
+            .iter()
+            .chain(&spec.php_admin_values)
+            .any(|(k, _)| k == "opcache.file_cache");
+        if set_by_pool {
+            return;
+        }
+        let dir = self.layout.opcache_file_cache(&self.pool.name);
+        if let Err(e) = self.prepare_cache_dir(&dir, spec) {
+            tracing::warn!(
+                pool = self.name(),
+                "Cannot prepare the OPcache file cache {}: {e}; new masters start with a cold OPcache.",
+                dir.display()
+            );
+            return;
+        }
+        spec.php_admin_values
+            .push(("opcache.file_cache".to_owned(), lossy(&dir)));
+    }
+
+    /// Creates the cache directory, private to the pool's account.
+    fn prepare_cache_dir(&self, dir: &Path, spec: &PoolSpec) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if self.binary.as_root {
+            let uid = spec
+                .user
+                .as_deref()
+                .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                .map(|u| u.uid.as_raw());
+            let gid = spec
+                .group
+                .as_deref()
+                .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+                .map(|g| g.gid.as_raw());
+            std::os::unix::fs::chown(dir, uid, gid)?;
+        }
+        Ok(())
+    }
+
     fn fail(&self, why: &str) {
         self.state
-            .update(&self.pool.name, |s| s.master.failed = Some(why.to_owned()));
+            .update_master(&self.pool.name, |m| m.failed = Some(why.to_owned()));
     }
 
     fn crash_looping(&self) -> bool {
@@ -371,13 +460,13 @@ impl Supervisor {
         } else {
             self.backoff.next_delay()
         };
-        self.state.update(&self.pool.name, |s| {
-            s.master.running = false;
-            s.master.pid = None;
-            s.master.restarts += 1;
-            s.master.last_exit = Some(status.to_owned());
+        self.state.update_master(&self.pool.name, |m| {
+            m.running = false;
+            m.pid = None;
+            m.restarts += 1;
+            m.last_exit = Some(status.to_owned());
             if looping {
-                s.master.failed = Some(format!(
+                m.failed = Some(format!(
                     "crash loop: {} exits within {}s; retrying every {}s",
                     self.crash_loop_exits,
                     self.crash_loop_window.as_secs(),
@@ -385,12 +474,12 @@ impl Supervisor {
                 ));
             }
         });
-        self.event(
-            if looping { "crash_loop" } else { "master_crash" },
-            if looping { Severity::Error } else { Severity::Warning },
-            format!("php-fpm master exited unexpectedly ({status})"),
-            serde_json::json!({"pid": pid, "status": status, "restart_in_ms": delay.as_millis() as u64, "crash_loop": looping}),
-        );
+        self.event(What::MasterCrash {
+            pid,
+            status: status.to_owned(),
+            restart_in_ms: delay.as_millis() as u64,
+            crash_loop: looping,
+        });
         if looping {
             tracing::error!(pool = self.name(), pid, "php-fpm master exited unexpectedly ({status}); the pool is crash-looping, retrying every {:?}.", SLOW_RETRY);
         } else {
@@ -425,13 +514,13 @@ impl Supervisor {
         self.write_record(master);
         let spec = self.spec.clone();
         let generation = self.generation;
-        self.state.update(&self.pool.name, |s| {
-            s.master.running = true;
-            s.master.pid = Some(master.pid);
-            s.master.failed = None;
-            s.master.generation = generation;
+        self.state.update_master(&self.pool.name, |m| {
+            m.running = true;
+            m.pid = Some(master.pid);
+            m.failed = None;
+            m.generation = generation;
             if let Some(spec) = spec {
-                s.spec = Some(spec);
+                m.applied = Some(spec);
             }
         });
         tracing::info!(
@@ -445,20 +534,10 @@ impl Supervisor {
         self.state.kick(&self.pool.name);
     }
 
-    fn event(
-        &self,
-        kind: &'static str,
-        severity: Severity,
-        message: String,
-        details: serde_json::Value,
-    ) {
-        self.state.events.emit(ManagerEvent::new(
-            Some(self.name()),
-            kind,
-            severity,
-            message,
-            details,
-        ));
+    fn event(&self, what: What) {
+        self.state
+            .events
+            .emit(ManagerEvent::new(Some(self.name()), "supervisor", what));
     }
 
     /// Spawns a master on the current sockets and waits for it to be ready.
@@ -514,7 +593,8 @@ impl Supervisor {
         &mut self,
         current: &mut Option<Master>,
         spec: PoolSpec,
-    ) -> Result<ApplyReport, String> {
+        reason: &str,
+    ) -> Result<ApplyReport, ApplyError> {
         let started = Instant::now();
         let alive = current.as_ref().is_some_and(Master::alive);
         if alive && self.spec.as_ref() == Some(&spec) {
@@ -533,16 +613,13 @@ impl Supervisor {
                 pool = self.name(),
                 "Refused a pool change: {msg}. The pool keeps running unchanged."
             );
-            self.event(
-                "change_refused",
-                Severity::Error,
-                format!("pool change refused: {msg}"),
-                serde_json::json!({"stage": "php-fpm -t"}),
-            );
-            self.state.update(&self.pool.name, |s| {
-                s.master.last_apply_error = Some(msg.clone())
+            self.event(What::ChangeRefused {
+                stage: "php-fpm -t",
+                message: msg.clone(),
             });
-            return Err(msg);
+            self.state
+                .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
+            return Err(ApplyError::Refused(msg));
         }
         if self.sockets.is_empty() {
             // An adopted master whose sockets could not be recovered: the
@@ -553,7 +630,7 @@ impl Supervisor {
             }
             match self.open_sockets(&spec) {
                 Ok(s) => self.sockets = s,
-                Err(e) => return Err(format!("{e:#}")),
+                Err(e) => return Err(ApplyError::Sockets(format!("{e:#}"))),
             }
         }
         let new = match self.start_master().await {
@@ -565,16 +642,13 @@ impl Supervisor {
                     pool = self.name(),
                     "New php-fpm master failed to start: {msg}. The old one keeps serving."
                 );
-                self.event(
-                    "change_refused",
-                    Severity::Error,
-                    format!("new master failed to start: {msg}"),
-                    serde_json::json!({"stage": "start"}),
-                );
-                self.state.update(&self.pool.name, |s| {
-                    s.master.last_apply_error = Some(msg.clone())
+                self.event(What::ChangeRefused {
+                    stage: "start",
+                    message: msg.clone(),
                 });
-                return Err(msg);
+                self.state
+                    .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
+                return Err(ApplyError::StartFailed(msg));
             }
         };
         let took = started.elapsed();
@@ -582,7 +656,7 @@ impl Supervisor {
         self.spec = Some(spec);
         self.after_start(&new, started);
         self.state
-            .update(&self.pool.name, |s| s.master.last_apply_error = None);
+            .update_master(&self.pool.name, |m| m.last_apply_error = None);
         let old = current.replace(new);
         let old_pid = old.as_ref().map(|m| m.pid);
         if let Some(mut old) = old {
@@ -606,23 +680,16 @@ impl Supervisor {
             generation = self.generation,
             "Applied new pool settings by hand-over in {took:?}."
         );
-        let spec = self.spec.as_ref();
-        self.event(
-            "pool_change",
-            Severity::Info,
-            format!(
-                "pool settings applied by hand-over in {} ms",
-                took.as_millis()
-            ),
-            serde_json::json!({
-                "old_pid": old_pid,
-                "new_pid": current.as_ref().map(|m| m.pid),
-                "generation": self.generation,
-                "took_ms": took.as_millis() as u64,
-                "pm": spec.map(|s| s.pm.as_str()),
-                "max_children": spec.map(|s| s.max_children),
-            }),
-        );
+        let applied = self.spec.as_ref();
+        self.event(What::PoolChange {
+            old_pid,
+            new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
+            generation: self.generation,
+            took_ms: took.as_millis() as u64,
+            pm: applied.map(|s| s.pm.as_str()).unwrap_or("unknown"),
+            max_children: applied.map(|s| s.max_children).unwrap_or(0),
+            reason: reason.to_owned(),
+        });
         Ok(ApplyReport {
             old_pid,
             new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
@@ -792,11 +859,11 @@ impl Supervisor {
         } else {
             None
         };
-        self.state.update(&self.pool.name, |s| {
-            s.master.running = true;
-            s.master.pid = Some(pid);
-            s.master.adopted = true;
-            s.master.generation = generation;
+        self.state.update_master(&self.pool.name, |m| {
+            m.running = true;
+            m.pid = Some(pid);
+            m.adopted = true;
+            m.generation = generation;
         });
         tracing::info!(
             pool = self.name(),
@@ -804,12 +871,11 @@ impl Supervisor {
             generation,
             "Adopted the running php-fpm master."
         );
-        self.event(
-            "adoption",
-            Severity::Info,
-            format!("adopted the running php-fpm master {pid}"),
-            serde_json::json!({"pid": pid, "generation": generation, "sockets_recovered": !self.sockets.is_empty()}),
-        );
+        self.event(What::Adoption {
+            pid,
+            generation,
+            sockets_recovered: !self.sockets.is_empty(),
+        });
         Some(master)
     }
 }

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phpfpm_manager::collector::{collect_once, run_pool, ProbeMarker};
+use phpfpm_manager::collect::{collect_once, run_pool, ProbeMarker};
 use phpfpm_manager::config::{self, Endpoint, LoadInput};
 use phpfpm_manager::fastcgi::{self, Timeouts};
 use phpfpm_manager::state::AppState;

@@ -6,6 +6,8 @@
 
 use fpm_testkit as support;
 
+/// The autoscaler acting: caps moved by hand-over, pins, reloads, restarts.
+mod autoscale;
 /// The command line: exit codes, validate, example-config.
 mod cli;
 /// The collector against real php-fpm pools: parsing, self-exclusion,

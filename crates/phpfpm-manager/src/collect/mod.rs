@@ -1,8 +1,10 @@
 //! The collector: one task per pool that asks php-fpm for its status page and
 //! ping, reads the pool's accept queue and its workers' CPU and memory from
-//! the kernel, turns changes into events, and records everything in the
-//! shared state. The interval adapts to load (fpm_core::watch), and a
-//! circuit breaker leaves a failing pool alone for a while.
+//! the kernel, turns changes into events, and publishes one immutable
+//! [`Look`] per look. It keeps what it needs between looks in its own
+//! fields and never reads back what it published. The interval adapts to
+//! load (fpm_core::watch), and a circuit breaker leaves a failing pool
+//! alone for a while.
 //!
 //! Pools never wait for each other: each has its own task, and every request
 //! is bounded by the pool's connect and total timeouts, so a pool that accepts
@@ -13,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fpm_core::status::{parse_ping, parse_status, PoolStatus};
+use fpm_core::status::{parse_ping, parse_status, Derived, PoolStatus};
 use fpm_core::watch::{next_interval, Circuit, Figures, IntervalPolicy, PoolEvent, Watcher};
 use fpm_kernel::queue::{Listener, QueueReader};
 use fpm_kernel::workers::{
@@ -26,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Endpoint, Monitoring, Pool};
 use crate::events::ManagerEvent;
 use crate::fastcgi::{self, Timeouts};
+use crate::metrics::Metrics;
 use crate::opcache::{OpcacheProbe, OpcacheStats};
-use crate::state::{AppState, ScrapeError};
+use crate::state::{AppState, KernelView, Look, ScrapeError};
 
 /// How often a pool that answers its status page is also pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -88,10 +91,11 @@ pub struct PoolCollector {
     pool_pids: BTreeSet<u32>,
     last_views: Vec<crate::state::WorkerView>,
     last_ping: Option<(Instant, bool)>,
-    advisor: Option<crate::advisor::Advisor>,
-    /// Origin of the advisor's monotonic clock.
-    born: Instant,
     opcache: OpcacheMode,
+    /// The last OPcache reading, kept while the pool is not read.
+    last_opcache: Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>>,
+    tally: Tally,
+    seq: u64,
 }
 
 /// How this pool's OPcache is read.
@@ -128,18 +132,10 @@ impl PoolCollector {
             pool_pids: BTreeSet::new(),
             last_views: Vec::new(),
             last_ping: None,
-            advisor: match crate::advisor::Advisor::new(&pool) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::warn!(
-                        pool = pool.name.as_str(),
-                        "No autoscaler advice for this pool: {e}."
-                    );
-                    None
-                }
-            },
-            born: Instant::now(),
             opcache: opcache_mode(&pool, mon, &state),
+            last_opcache: None,
+            tally: Tally::default(),
+            seq: 0,
             pool,
             state,
         }
@@ -147,11 +143,7 @@ impl PoolCollector {
 
     /// Reads the accept queue; true when connections are waiting.
     pub fn queue_waiting(&mut self) -> bool {
-        let q = self.read_queue();
-        let waiting = matches!(q, Ok((n, _)) if n > 0);
-        self.state
-            .update(&self.pool.name, |s| s.kernel.accept_queue = q);
-        waiting
+        matches!(self.read_queue(), Ok((n, _)) if n > 0)
     }
 
     fn read_queue(&mut self) -> Result<(u32, Option<u32>), String> {
@@ -168,13 +160,16 @@ impl PoolCollector {
     pub async fn collect(&mut self) -> Duration {
         let name = self.pool.name.clone();
         let now_ms = epoch_ms();
+        let at = SystemTime::now();
+        self.seq += 1;
         if !self.circuit.allow(now_ms) {
             // Left alone while the circuit is open; the queue is still read.
             let q = self.read_queue();
-            self.state.update(&name, |s| {
-                s.kernel.accept_queue = q;
-                s.circuit_open = true;
-            });
+            let mut look = self.tally.look(self.seq, at, None, Derived::default());
+            look.kernel.accept_queue = q;
+            look.circuit_open = true;
+            look.interval = DOWN_RETRY;
+            self.state.publish_look(&name, look);
             return DOWN_RETRY;
         }
         let started = Instant::now();
@@ -193,41 +188,41 @@ impl PoolCollector {
         } else {
             true
         };
-        let counters = status.as_ref().ok().map(|st| {
-            (
-                st.start_time,
-                st.accepted_conn,
-                st.max_children_reached,
-                st.slow_requests,
-            )
-        });
         if let Ok(st) = &status {
             // The master's children include the workers of the hidden status
             // pool (pm.status_listen); the status page names the pool's own.
             self.pool_pids = st.processes.iter().map(|p| p.pid).collect();
         }
-        let recorded = record(
-            &self.pool,
-            &self.state,
-            &self.probe,
+        let (status, event) = self.tally.record(
+            name.as_str(),
+            &self.state.metrics,
             status,
             ping_ok,
-            started,
+            started.elapsed(),
         );
-        let ok = recorded.up;
-        let mut events: Vec<PoolEvent> = recorded.event.into_iter().collect();
+        let ok = status.is_some();
+        let derived = status
+            .as_ref()
+            .map(|st| st.derived(Some(self.probe.as_str())))
+            .unwrap_or_default();
+        let mut events: Vec<PoolEvent> = event.into_iter().collect();
         if let Some(ev) = self.circuit.record(ok, now_ms) {
             events.push(ev);
         }
 
-        // The kernel's view: the listen backlog, then the workers.
+        // The kernel's view: the listen backlog, then the workers. The
+        // master's pid is the supervisor's part of the state.
         let queue = self.read_queue();
-        let master = self
-            .state
-            .pools()
-            .get(&name)
-            .and_then(|s| s.master.pid)
-            .or_else(|| self.pool_pids.first().copied().and_then(parent_of));
+        let (master, max_children) = {
+            let pools = self.state.pools();
+            let s = pools.get(&name);
+            (
+                s.and_then(|s| s.master.pid),
+                s.and_then(|s| s.running_spec())
+                    .map(|spec| u64::from(spec.max_children)),
+            )
+        };
+        let master = master.or_else(|| self.pool_pids.first().copied().and_then(parent_of));
         let (workers, per_worker) = match (&self.proc_ctx, master) {
             (Err(e), _) => (Err(e.clone()), Vec::new()),
             (Ok(_), None) => (Err("master pid unknown".to_owned()), Vec::new()),
@@ -237,20 +232,14 @@ impl PoolCollector {
             },
         };
 
-        let (busy, total) = self
-            .state
-            .pools()
-            .get(&name)
-            .map(|s| (s.derived.active, s.derived.total))
-            .unwrap_or((0, 0));
-        if let Some((start_time, accepted, reached, slow)) = counters {
-            let max_children = self.pool.spec.as_ref().map(|s| u64::from(s.max_children));
+        let (busy, total) = (derived.active, derived.total);
+        if let Some(st) = &status {
             events.extend(self.watcher.observe(Figures {
                 at_ms: now_ms,
-                start_time,
-                accepted_conn: accepted,
-                max_children_reached: reached,
-                slow_requests: slow,
+                start_time: st.start_time,
+                accepted_conn: st.accepted_conn,
+                max_children_reached: st.max_children_reached,
+                slow_requests: st.slow_requests,
                 busy,
                 total,
                 max_children,
@@ -268,32 +257,27 @@ impl PoolCollector {
         if events.iter().any(PoolEvent::wants_collection) {
             interval = interval.min(self.policy.busy);
         }
-        let opcache = if ok { self.read_opcache().await } else { None };
-        let circuit_open = self.circuit.is_open();
-        self.state.update(&name, |s| {
-            if opcache.is_some() {
-                s.opcache = opcache;
+        if ok {
+            if let Some(oc) = self.read_opcache().await {
+                self.last_opcache = Some(oc);
             }
-            s.kernel.accept_queue = queue;
-            s.kernel.workers = workers;
-            s.kernel.per_worker = per_worker;
-            s.interval = interval;
-            s.circuit_open = circuit_open;
-        });
+        }
+        let mut look = self.tally.look(self.seq, at, status, derived);
+        look.kernel = KernelView {
+            accept_queue: queue,
+            workers,
+            per_worker,
+        };
+        look.interval = interval;
+        look.circuit_open = self.circuit.is_open();
+        look.opcache = if ok { self.last_opcache.clone() } else { None };
+        let samples = history_samples(&name, &look);
+        self.state.publish_look(&name, look);
         for ev in &events {
             self.state
                 .events
                 .emit(ManagerEvent::from_pool(name.as_str(), ev));
         }
-        if ok {
-            self.advise(&name);
-        }
-        let samples = self
-            .state
-            .pools()
-            .get(&name)
-            .map(history_samples)
-            .unwrap_or_default();
         self.state.store(now_ms as i64, samples);
         interval
     }
@@ -384,45 +368,6 @@ impl PoolCollector {
 }
 
 impl PoolCollector {
-    /// Feeds the look just recorded to the advisor and stores its advice.
-    fn advise(&mut self, name: &fpm_core::PoolName) {
-        let Some(advisor) = self.advisor.as_mut() else {
-            return;
-        };
-        let budget = self
-            .state
-            .host
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|b| b.as_ref().ok())
-            .and_then(|b| b.memory_limit);
-        let now_ms = self.born.elapsed().as_millis() as u64 + 1;
-        let advice = {
-            let pools = self.state.pools();
-            let Some(s) = pools.get(name) else { return };
-            let Some(status) = &s.status else { return };
-            let queue = s.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0);
-            let shared = s
-                .kernel
-                .workers
-                .as_ref()
-                .ok()
-                .and_then(|a| a.master_memory.map(|m| m.pss))
-                .unwrap_or(0);
-            advisor.observe(&crate::advisor::Look {
-                now_ms,
-                status,
-                derived: s.derived,
-                queue,
-                workers: &s.kernel.per_worker,
-                memory_budget: budget,
-                shared_memory: shared,
-            })
-        };
-        self.state.update(name, |s| s.advice = Some(advice));
-    }
-
     async fn read_opcache(
         &self,
     ) -> Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>> {
@@ -480,9 +425,9 @@ fn opcache_mode(pool: &Pool, mon: &Monitoring, state: &AppState) -> OpcacheMode 
 
 /// What is kept in history for a pool after each look: the figures people
 /// ask "what happened at 03:12?" about. Named like the `/metrics` series.
-pub fn history_samples(s: &crate::state::PoolState) -> Vec<fpm_storage::Sample> {
+pub fn history_samples(pool: &fpm_core::PoolName, s: &Look) -> Vec<fpm_storage::Sample> {
     use fpm_storage::Sample;
-    let labels = || vec![("pool".to_owned(), s.name.to_string())];
+    let labels = || vec![("pool".to_owned(), pool.to_string())];
     let mut out = vec![Sample::gauge(
         "phpfpm_up",
         labels(),
@@ -608,11 +553,13 @@ impl Default for ProbeMarker {
 }
 
 /// Consecutive failures of a pool that was never up before a warning is
-/// logged: a pool whose master is still starting fails its first attempts.
+/// logged and they are counted: a pool whose master is still starting fails
+/// its first attempts, which is no failure of the pool.
 const WARN_AFTER_FAILURES: u64 = 3;
 
-/// One collection: status page, then ping, then one state update.
-/// Returns whether the status page was read.
+/// One collection: status page, then ping, then one published look.
+/// Returns whether the status page was read. (Tests and benchmarks; the
+/// daemon's collector keeps its [`Tally`] across looks.)
 pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) -> bool {
     let started = Instant::now();
     // One after the other: on a pool without a status listener both requests
@@ -620,6 +567,164 @@ pub async fn collect_once(pool: &Pool, state: &AppState, probe: &ProbeMarker) ->
     let status = fetch_status(pool, probe).await;
     let ping_ok = ping(pool).await;
     record(pool, state, probe, status, ping_ok, started).up
+}
+
+/// Records one collection's outcome with a fresh [`Tally`] and publishes it
+/// as the pool's look.
+pub fn record(
+    pool: &Pool,
+    state: &AppState,
+    probe: &ProbeMarker,
+    status: Result<PoolStatus, ScrapeError>,
+    ping_ok: bool,
+    started: Instant,
+) -> Recorded {
+    let mut tally = Tally::default();
+    let (status, event) = tally.record(
+        pool.name.as_str(),
+        &state.metrics,
+        status,
+        ping_ok,
+        started.elapsed(),
+    );
+    let up = status.is_some();
+    let derived = status
+        .as_ref()
+        .map(|st| st.derived(Some(probe.as_str())))
+        .unwrap_or_default();
+    let look = tally.look(1, SystemTime::now(), status, derived);
+    state.publish_look(&pool.name, look);
+    Recorded { up, event }
+}
+
+/// What [`record`] did: whether the status page was read, and the event
+/// when the pool just started failing or answers again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub up: bool,
+    pub event: Option<PoolEvent>,
+}
+
+/// The collector's running account of a pool's collections: what a look
+/// reports about successes and failures.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    up: bool,
+    ping_ok: bool,
+    scrape_failures: u64,
+    consecutive_failures: u64,
+    last_error: Option<ScrapeError>,
+    last_success: Option<SystemTime>,
+    /// A `scrape_failing` event was emitted and not yet answered by a
+    /// `scrape_recovered`.
+    reported_failing: bool,
+}
+
+impl Tally {
+    /// Accounts for one collection's outcome; returns the status page (if
+    /// read) and the transition event, if any.
+    pub fn record(
+        &mut self,
+        pool: &str,
+        metrics: &Metrics,
+        status: Result<PoolStatus, ScrapeError>,
+        ping_ok: bool,
+        elapsed: Duration,
+    ) -> (Option<PoolStatus>, Option<PoolEvent>) {
+        metrics
+            .scrape_duration
+            .with_label_values(&[pool])
+            .observe(elapsed.as_secs_f64());
+        self.ping_ok = ping_ok;
+        match status {
+            Ok(st) => {
+                let recovered = (self.reported_failing).then_some(self.consecutive_failures);
+                if recovered.is_some() {
+                    tracing::info!(pool, "Pool answers its status page.");
+                }
+                self.up = true;
+                self.consecutive_failures = 0;
+                self.reported_failing = false;
+                self.last_error = None;
+                self.last_success = Some(SystemTime::now());
+                let event =
+                    recovered.map(|after_failures| PoolEvent::ScrapeRecovered { after_failures });
+                (Some(st), event)
+            }
+            Err(err) => {
+                self.consecutive_failures += 1;
+                let starting = self.last_success.is_none();
+                // Before the first success, failures count only once they
+                // are more than a master's start-up.
+                if !starting || self.consecutive_failures >= WARN_AFTER_FAILURES {
+                    let newly = if starting && self.consecutive_failures == WARN_AFTER_FAILURES {
+                        WARN_AFTER_FAILURES
+                    } else {
+                        1
+                    };
+                    self.scrape_failures += newly;
+                    metrics
+                        .scrape_errors
+                        .with_label_values(&[pool, err.kind])
+                        .inc_by(newly);
+                }
+                let first = !self.reported_failing
+                    && (self.up || (starting && self.consecutive_failures >= WARN_AFTER_FAILURES));
+                self.up = false;
+                // Log (and report) the transition, not every failed tick of
+                // a long outage.
+                if first {
+                    self.reported_failing = true;
+                    tracing::warn!(
+                        pool,
+                        kind = err.kind,
+                        "Pool status collection failed: {}.",
+                        err.message
+                    );
+                } else {
+                    tracing::debug!(
+                        pool,
+                        kind = err.kind,
+                        "Pool status collection failed: {}.",
+                        err.message
+                    );
+                }
+                let event = first.then(|| PoolEvent::ScrapeFailing {
+                    kind: err.kind.to_owned(),
+                    message: err.message.clone(),
+                });
+                self.last_error = Some(err);
+                (None, event)
+            }
+        }
+    }
+
+    /// A look with this tally's figures and the given status page; the
+    /// caller fills in the kernel's view and the interval.
+    pub fn look(
+        &self,
+        seq: u64,
+        at: SystemTime,
+        status: Option<PoolStatus>,
+        derived: Derived,
+    ) -> Look {
+        Look {
+            seq,
+            at: Some(at),
+            up: status.is_some() && self.up,
+            ping_ok: self.ping_ok,
+            scrape_failures: self.scrape_failures,
+            consecutive_failures: self.consecutive_failures,
+            last_error: self.last_error.clone(),
+            status,
+            derived,
+            last_success: self.last_success,
+            kernel: KernelView::default(),
+            interval: Duration::ZERO,
+            circuit_open: false,
+            opcache: None,
+        }
+    }
 }
 
 fn timeouts(pool: &Pool) -> Timeouts {
@@ -654,105 +759,6 @@ pub async fn ping(pool: &Pool) -> bool {
         Ok(reply) => parse_ping(&reply.stdout, &pool.ping_response).is_ok(),
         Err(_) => false,
     }
-}
-
-/// Records one collection's outcome in the state and metrics; returns
-/// whether the status page was read.
-pub fn record(
-    pool: &Pool,
-    state: &AppState,
-    probe: &ProbeMarker,
-    status: Result<PoolStatus, ScrapeError>,
-    ping_ok: bool,
-    started: Instant,
-) -> Recorded {
-    let elapsed = started.elapsed();
-    let name = pool.name.as_str();
-    state
-        .metrics
-        .scrape_duration
-        .with_label_values(&[name])
-        .observe(elapsed.as_secs_f64());
-
-    match status {
-        Ok(st) => {
-            let derived = st.derived(Some(probe.as_str()));
-            let recovered = state
-                .update(&pool.name, |s| {
-                    let recovered =
-                        (!s.up && s.scrape_failures > 0).then_some(s.consecutive_failures);
-                    s.up = true;
-                    s.consecutive_failures = 0;
-                    s.ping_ok = ping_ok;
-                    s.last_error = None;
-                    s.derived = derived;
-                    s.status = Some(st);
-                    s.last_success = Some(SystemTime::now());
-                    recovered
-                })
-                .flatten();
-            if recovered.is_some() {
-                tracing::info!(pool = name, "Pool answers its status page.");
-            }
-            Recorded {
-                up: true,
-                event: recovered
-                    .map(|after_failures| PoolEvent::ScrapeRecovered { after_failures }),
-            }
-        }
-        Err(err) => {
-            state
-                .metrics
-                .scrape_errors
-                .with_label_values(&[name, err.kind])
-                .inc();
-            let first = state
-                .update(&pool.name, |s| {
-                    s.consecutive_failures += 1;
-                    let first = s.up
-                        || (s.last_success.is_none()
-                            && s.consecutive_failures == WARN_AFTER_FAILURES);
-                    s.up = false;
-                    s.ping_ok = ping_ok;
-                    s.scrape_failures += 1;
-                    s.last_error = Some(err.clone());
-                    first
-                })
-                .unwrap_or(false);
-            // Log (and report) the transition, not every failed tick of a
-            // long outage.
-            if first {
-                tracing::warn!(
-                    pool = name,
-                    kind = err.kind,
-                    "Pool status collection failed: {}.",
-                    err.message
-                );
-            } else {
-                tracing::debug!(
-                    pool = name,
-                    kind = err.kind,
-                    "Pool status collection failed: {}.",
-                    err.message
-                );
-            }
-            Recorded {
-                up: false,
-                event: first.then(|| PoolEvent::ScrapeFailing {
-                    kind: err.kind.to_owned(),
-                    message: err.message,
-                }),
-            }
-        }
-    }
-}
-
-/// What [`record`] did: whether the status page was read, and the event
-/// when the pool just started failing or answers again.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Recorded {
-    pub up: bool,
-    pub event: Option<PoolEvent>,
 }
 
 /// php-fpm explains some failures on stderr ("Primary script unknown").

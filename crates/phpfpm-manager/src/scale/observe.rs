@@ -1,0 +1,148 @@
+//! From a look to an autoscaler observation: the figures the pure
+//! `fpm_autoscale::decide` needs, derived from what the collector saw
+//! (counter deltas, service times of finished requests, worker memory and
+//! CPU). Only what a look shows is used; nothing is peeked from php-fpm.
+
+use std::collections::HashMap;
+
+use fpm_autoscale::{accepted_delta, decide, Decision, Observation, Policy, ScalerState};
+use fpm_core::status::ProcessState;
+
+use crate::state::Look;
+
+/// What the model needs beyond the look.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// Wall-clock milliseconds (kept across restarts with the state).
+    pub now_ms: u64,
+    /// The cap the pool runs with: the most workers it can have.
+    pub cap: u32,
+    /// The memory for all autoscaled pools' workers, if known.
+    pub memory_budget: Option<u64>,
+    /// CPU cores available to the pool's workers, if limited.
+    pub cpu_cores_limit: Option<f64>,
+    pub change_in_flight: bool,
+}
+
+/// One pool's model between looks: the scaler's state and the counters
+/// of the previous look.
+#[derive(Debug, Clone)]
+pub struct Model {
+    policy: Policy,
+    pub state: Option<ScalerState>,
+    prev_accepted: Option<(u64, u64)>,
+    /// Requests served by each worker pid at the previous look, to find the
+    /// requests that finished since.
+    prev_requests: HashMap<u32, u64>,
+    prev_ms: Option<u64>,
+}
+
+impl Model {
+    pub fn new(policy: Policy, restored: Option<ScalerState>) -> Model {
+        Model {
+            policy,
+            state: restored,
+            prev_accepted: None,
+            prev_requests: HashMap::new(),
+            prev_ms: None,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the policy (a reload changed the limits); what was learned
+    /// is kept.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Feeds one look; `None` when the look has no status page (the pool is
+    /// down: nothing to learn from).
+    pub fn observe(&mut self, look: &Look, ctx: Context) -> Option<Decision> {
+        let status = look.status.as_ref()?;
+        let derived = look.derived;
+        let now_ms = ctx.now_ms;
+        // `accepted conn` restarts with each master: a new start time is a reset.
+        let accepted = match self.prev_accepted {
+            Some((start, prev)) if start == status.start_time => {
+                accepted_delta(Some(prev), status.accepted_conn)
+            }
+            Some(_) => status.accepted_conn,
+            None => 0,
+        };
+        self.prev_accepted = Some((status.start_time, status.accepted_conn));
+        // A worker whose request count went up finished requests. If it is
+        // idle now, php-fpm shows the last one's duration (µs). A worker of a
+        // saturated pool is never seen idle: it went straight to the next
+        // request, and the finished one's duration is gone. For those, the
+        // busy time over the interval divided by the requests finished in it
+        // (Little's law on the workers) is the estimate.
+        let mut finished = Vec::new();
+        let mut seen = HashMap::new();
+        let (mut completed, mut unseen) = (0u64, 0u64);
+        for p in &status.processes {
+            if let Some(prev) = self.prev_requests.get(&p.pid) {
+                let delta = p.requests.saturating_sub(*prev);
+                completed += delta;
+                if delta > 0 && p.state == ProcessState::Idle {
+                    finished.push(p.request_duration_us as f64 / 1e6);
+                    unseen += delta - 1;
+                } else {
+                    unseen += delta;
+                }
+            }
+            seen.insert(p.pid, p.requests);
+        }
+        self.prev_requests = seen;
+        if let (Some(prev_ms), true) = (self.prev_ms, unseen > 0 && completed > 0) {
+            let busy_s = derived.active as f64 * (now_ms.saturating_sub(prev_ms) as f64 / 1000.0);
+            let estimate = busy_s / completed as f64;
+            if estimate > 0.0 {
+                finished.extend(std::iter::repeat_n(estimate, unseen.min(1000) as usize));
+            }
+        }
+        self.prev_ms = Some(now_ms);
+        let workers = &look.kernel.per_worker;
+        let pss: Vec<u64> = workers.iter().filter_map(|w| w.pss_bytes).collect();
+        let cpu: Option<f64> = {
+            let known: Vec<f64> = workers.iter().filter_map(|w| w.cpu_percent).collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / 100.0)
+        };
+        let shared = look
+            .kernel
+            .workers
+            .as_ref()
+            .ok()
+            .and_then(|a| a.master_memory.map(|m| m.pss))
+            .unwrap_or(0);
+        let queue = look.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0);
+        let busy = u32::try_from(derived.active).unwrap_or(u32::MAX);
+        let obs = Observation {
+            now_ms,
+            accepted,
+            queue_len: queue,
+            busy,
+            // The cap is the pool's size as far as waiting goes: ondemand
+            // forks up to it, so "every worker busy" means the cap is hit.
+            idle: ctx.cap.saturating_sub(busy),
+            total: ctx.cap.max(1),
+            worker_pss_bytes: &pss,
+            finished_service_s: &finished,
+            cpu_cores_used: cpu,
+            cpu_cores_limit: ctx.cpu_cores_limit,
+            memory_budget_bytes: ctx.memory_budget,
+            shared_memory_bytes: shared,
+            share_cap_workers: None,
+            change_in_flight: ctx.change_in_flight,
+        };
+        let state = self
+            .state
+            .take()
+            .unwrap_or_else(|| ScalerState::new(now_ms.saturating_sub(1), ctx.cap.max(1)));
+        let (decision, next) = decide(&self.policy, &state, &obs);
+        self.state = Some(next);
+        Some(decision)
+    }
+}

@@ -1,0 +1,437 @@
+//! The cap a pool should run with: pure planning over the shared memory
+//! budget, with the damping that keeps hand-overs rare.
+//!
+//! An autoscaled pool runs php-fpm's `ondemand`: its running master forks
+//! workers per request (they share its warm OPcache) up to `pm.max_children`,
+//! the *cap*. The manager's job is the cap: as high as the memory budget
+//! allows, so that a spike is absorbed by forks inside the running master
+//! and never waits for a hand-over; shared between pools by what each one
+//! needs (`fpm_autoscale::share_budget`), so that a busy pool can use the
+//! memory a quiet one does not. Moving a cap needs a new master (a
+//! hand-over), so the cap moves only when the share really changed:
+//! - up at once when the pool presses against its cap (a queue, or nearly
+//!   every allowed worker busy), otherwise when it is beyond the band;
+//! - down when the share stayed below the cap for `shrink_after`, or at once
+//!   when another pool is waiting for the memory;
+//! - never within `cooldown` of the previous change;
+//! - never so that the caps of all pools together exceed the budget: a pool
+//!   grows only into memory the others' *applied* caps leave free, so the
+//!   others shrink first.
+
+use fpm_autoscale::{share_budget, PoolDemand};
+
+/// Memory assumed for one worker until its PSS has been measured.
+pub const ASSUMED_WORKER_BYTES: u64 = 64 << 20;
+
+/// One pool as the planner sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolPlanInput {
+    pub name: String,
+    pub priority: i32,
+    pub weight: f64,
+    pub min_workers: u32,
+    pub max_workers: u32,
+    /// What the model says the pool needs now (its recommended workers),
+    /// `None` while unknown.
+    pub wanted_workers: Option<u32>,
+    /// Learned memory of one worker (p95 PSS), `None` until measured.
+    pub worker_bytes: Option<u64>,
+    /// The cap the pool's master runs with now.
+    pub applied_cap: u32,
+    /// Pinned, paused or not autoscaled: its cap does not move, and its
+    /// memory counts as it is.
+    pub fixed: bool,
+}
+
+impl PoolPlanInput {
+    fn bytes(&self) -> u64 {
+        self.worker_bytes.unwrap_or(ASSUMED_WORKER_BYTES).max(1)
+    }
+}
+
+/// The share of the budget each pool would get now: `(granted, gives_way)`
+/// in the order of `pools`.
+pub fn shares(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<(u32, bool)> {
+    let demands: Vec<PoolDemand> = pools
+        .iter()
+        .map(|p| {
+            let (min, wanted, max) = if p.fixed {
+                (p.applied_cap, p.applied_cap, p.applied_cap)
+            } else {
+                let wanted = p
+                    .wanted_workers
+                    .unwrap_or(p.applied_cap)
+                    .clamp(p.min_workers, p.max_workers.max(p.min_workers));
+                (p.min_workers, wanted, p.max_workers.max(p.min_workers))
+            };
+            PoolDemand {
+                name: p.name.clone(),
+                // Fixed pools are served first: their memory is spent.
+                priority: if p.fixed { i32::MAX } else { p.priority },
+                weight: p.weight,
+                min_workers: min,
+                wanted_workers: wanted,
+                max_workers: max,
+                worker_bytes: p.bytes(),
+            }
+        })
+        .collect();
+    share_budget(budget_bytes, &demands)
+        .into_iter()
+        .map(|s| (s.granted_workers, s.gives_way))
+        .collect()
+}
+
+/// What the pool is doing now, as far as the cap is concerned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    pub busy: u32,
+    pub queue: u32,
+}
+
+/// Damping settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Damping {
+    /// No change within this long of the previous one (ms).
+    pub cooldown_ms: u64,
+    /// A smaller share must last this long before the cap comes down (ms).
+    pub shrink_after_ms: u64,
+    /// Changes smaller than this fraction of the cap (at least 1 worker,
+    /// or 2 for caps above 10) are not worth a new master.
+    pub band: f64,
+}
+
+impl Default for Damping {
+    fn default() -> Self {
+        Damping {
+            cooldown_ms: 5_000,
+            shrink_after_ms: 60_000,
+            band: 0.15,
+        }
+    }
+}
+
+/// What the planner remembers about one pool between looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PlanMemory {
+    /// Since when the share has been below the cap (ms).
+    pub below_since_ms: Option<u64>,
+    /// When the cap last changed (ms).
+    pub last_change_ms: Option<u64>,
+}
+
+/// The planner's answer for one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapStep {
+    Hold(&'static str),
+    Change { to: u32, rule: &'static str },
+}
+
+/// Plans the next cap of `pools[me]` at `now_ms`; pure. Returns the step
+/// and the memory for the next look.
+pub fn next_cap(
+    now_ms: u64,
+    budget_bytes: u64,
+    pools: &[PoolPlanInput],
+    me: usize,
+    pressure: Pressure,
+    damping: Damping,
+    memory: PlanMemory,
+) -> (CapStep, PlanMemory) {
+    let mut memory = memory;
+    let Some(pool) = pools.get(me) else {
+        return (CapStep::Hold("unknown_pool"), memory);
+    };
+    if pool.fixed {
+        memory.below_since_ms = None;
+        return (CapStep::Hold("fixed"), memory);
+    }
+    let all = shares(budget_bytes, pools);
+    let (share, _gives_way) = all[me];
+    let cap = pool.applied_cap;
+    // Memory the other pools' caps hold now: growth must fit beside them.
+    let others: u64 = pools
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, p)| u64::from(p.applied_cap) * p.bytes())
+        .sum();
+    let room = budget_bytes.saturating_sub(others) / pool.bytes();
+    let room = u32::try_from(room).unwrap_or(u32::MAX);
+    let band = {
+        let b = (f64::from(cap) * damping.band).round() as u32;
+        b.max(if cap > 10 { 2 } else { 1 })
+    };
+    let cooling = memory
+        .last_change_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < damping.cooldown_ms);
+    // Over the budget already (the budget shrank, or workers grew): down at
+    // once, whatever the damping says.
+    let fits_now = u64::from(cap) * pool.bytes() + others <= budget_bytes;
+    if !fits_now && cap > pool.min_workers {
+        let to = share.min(room).max(pool.min_workers).min(cap - 1);
+        return change(now_ms, memory, to, "over_budget");
+    }
+    if share > cap {
+        memory.below_since_ms = None;
+        let target = share.min(room);
+        if target <= cap {
+            return (CapStep::Hold("waiting_for_memory"), memory);
+        }
+        let pressing = pressure.queue > 0 || pressure.busy + 1 >= cap;
+        if cooling {
+            return (CapStep::Hold("cooldown"), memory);
+        }
+        if pressing {
+            return change(now_ms, memory, target, "pressing_cap");
+        }
+        if target - cap >= band {
+            return change(now_ms, memory, target, "share_grew");
+        }
+        return (CapStep::Hold("within_band"), memory);
+    }
+    if share < cap {
+        let since = *memory.below_since_ms.get_or_insert(now_ms);
+        // Another pool waits for memory this one's cap holds.
+        let needed_elsewhere = pools
+            .iter()
+            .zip(&all)
+            .enumerate()
+            .any(|(i, (p, (granted, _)))| i != me && !p.fixed && *granted > p.applied_cap);
+        if cooling {
+            return (CapStep::Hold("cooldown"), memory);
+        }
+        if needed_elsewhere {
+            return change(now_ms, memory, share, "needed_elsewhere");
+        }
+        if cap - share < band {
+            return (CapStep::Hold("within_band"), memory);
+        }
+        if now_ms.saturating_sub(since) >= damping.shrink_after_ms {
+            return change(now_ms, memory, share, "share_shrank");
+        }
+        return (CapStep::Hold("stabilising"), memory);
+    }
+    memory.below_since_ms = None;
+    (CapStep::Hold("at_share"), memory)
+}
+
+fn change(
+    now_ms: u64,
+    mut memory: PlanMemory,
+    to: u32,
+    rule: &'static str,
+) -> (CapStep, PlanMemory) {
+    memory.last_change_ms = Some(now_ms);
+    memory.below_since_ms = None;
+    (CapStep::Change { to, rule }, memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn pool(name: &str, cap: u32, wanted: Option<u32>) -> PoolPlanInput {
+        PoolPlanInput {
+            name: name.into(),
+            priority: 0,
+            weight: 1.0,
+            min_workers: 1,
+            max_workers: 24,
+            wanted_workers: wanted,
+            worker_bytes: Some(40 * MB),
+            applied_cap: cap,
+            fixed: false,
+        }
+    }
+
+    const IDLE: Pressure = Pressure { busy: 0, queue: 0 };
+
+    #[test]
+    fn one_pool_gets_the_whole_budget_up_to_its_max() {
+        let pools = [pool("a", 4, Some(2))];
+        let (step, _) = next_cap(
+            0,
+            960 * MB,
+            &pools,
+            0,
+            IDLE,
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 24,
+                rule: "share_grew"
+            }
+        );
+        let pools = [pool("a", 4, Some(2))];
+        let (step, _) = next_cap(
+            0,
+            400 * MB,
+            &pools,
+            0,
+            IDLE,
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 10,
+                rule: "share_grew"
+            }
+        );
+    }
+
+    #[test]
+    fn caps_of_all_pools_never_exceed_the_budget() {
+        // b holds 20 workers; a wants 20 too: a may grow only into what b
+        // leaves, and b is told to shrink because a waits.
+        let pools = [pool("a", 4, Some(20)), pool("b", 20, Some(2))];
+        let budget = 24 * 40 * MB;
+        let (step_a, _) = next_cap(
+            0,
+            budget,
+            &pools,
+            0,
+            Pressure { busy: 4, queue: 3 },
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        assert_eq!(step_a, CapStep::Hold("waiting_for_memory"));
+        let (step_b, _) = next_cap(
+            0,
+            budget,
+            &pools,
+            1,
+            IDLE,
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        let CapStep::Change { to, rule } = step_b else {
+            panic!("{step_b:?}")
+        };
+        assert_eq!(rule, "needed_elsewhere");
+        // Once b has shrunk, a grows into the room and the sum fits.
+        let pools = [pool("a", 4, Some(20)), pool("b", to, Some(2))];
+        let (step_a, _) = next_cap(
+            0,
+            budget,
+            &pools,
+            0,
+            Pressure { busy: 4, queue: 3 },
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        let CapStep::Change { to: a_to, .. } = step_a else {
+            panic!("{step_a:?}")
+        };
+        assert!(u64::from(a_to + to) * 40 * MB <= budget, "{a_to} + {to}");
+        assert!(a_to >= 18, "a gets most of the budget: {a_to}");
+    }
+
+    #[test]
+    fn over_budget_comes_down_at_once() {
+        let pools = [pool("a", 24, Some(2))];
+        // The budget shrank to 20 workers' worth.
+        let (step, _) = next_cap(0, 20 * 40 * MB, &pools, 0, IDLE, Damping::default(), PlanMemory::default());
+        assert_eq!(step, CapStep::Change { to: 20, rule: "over_budget" });
+    }
+
+    #[test]
+    fn cooldown_holds_growth_even_when_pressing() {
+        let d = Damping::default();
+        let pools = [pool("a", 4, Some(20))];
+        let mem = PlanMemory {
+            last_change_ms: Some(1_000),
+            below_since_ms: None,
+        };
+        let (step, _) = next_cap(
+            2_000,
+            960 * MB,
+            &pools,
+            0,
+            Pressure { busy: 4, queue: 9 },
+            d,
+            mem,
+        );
+        assert_eq!(step, CapStep::Hold("cooldown"));
+        let (step, _) = next_cap(
+            7_000,
+            960 * MB,
+            &pools,
+            0,
+            Pressure { busy: 4, queue: 9 },
+            d,
+            mem,
+        );
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 24,
+                rule: "pressing_cap"
+            }
+        );
+    }
+
+    #[test]
+    fn shrinking_needs_a_whole_window_below_unless_another_pool_waits() {
+        let d = Damping::default();
+        // The limit was lowered to 16 while the cap is 20: the share is 16,
+        // the cap still fits the budget and nobody waits, so the cap comes
+        // down only after a whole window below.
+        let mut a = pool("a", 20, Some(2));
+        a.max_workers = 16;
+        let budget = 24 * 40 * MB;
+        let (s1, m1) = next_cap(0, budget, std::slice::from_ref(&a), 0, IDLE, d, PlanMemory::default());
+        assert_eq!(s1, CapStep::Hold("stabilising"));
+        let (s2, m2) = next_cap(30_000, budget, std::slice::from_ref(&a), 0, IDLE, d, m1);
+        assert_eq!(s2, CapStep::Hold("stabilising"));
+        let (s3, _) = next_cap(60_000, budget, std::slice::from_ref(&a), 0, IDLE, d, m2);
+        assert_eq!(s3, CapStep::Change { to: 16, rule: "share_shrank" });
+        // With b waiting for memory a's cap holds, a gives it up at once.
+        let pools = [pool("a", 20, Some(2)), pool("b", 4, Some(12))];
+        let (s, _) = next_cap(0, budget, &pools, 0, IDLE, d, PlanMemory::default());
+        let CapStep::Change { to, rule } = s else { panic!("{s:?}") };
+        assert_eq!(rule, "needed_elsewhere");
+        assert!(to <= 12, "{to}");
+    }
+
+    #[test]
+    fn fixed_pools_keep_their_cap_and_their_memory_counts() {
+        let mut pinned = pool("p", 16, None);
+        pinned.fixed = true;
+        let pools = [pinned, pool("a", 4, Some(20))];
+        let budget = 24 * 40 * MB;
+        let (s, _) = next_cap(
+            0,
+            budget,
+            &pools,
+            0,
+            IDLE,
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        assert_eq!(s, CapStep::Hold("fixed"));
+        let (s, _) = next_cap(
+            0,
+            budget,
+            &pools,
+            1,
+            Pressure { busy: 4, queue: 2 },
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        assert_eq!(
+            s,
+            CapStep::Change {
+                to: 8,
+                rule: "pressing_cap"
+            }
+        );
+    }
+}
