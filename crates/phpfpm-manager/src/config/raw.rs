@@ -31,9 +31,11 @@ pub struct RawScalingGlobal {
     /// cgroup's or host's memory, minus `memory_reserve`) or a size such as
     /// `4GiB`, `960MiB` or a number of bytes. Caps are planned so that every
     /// pool at its cap stays within it.
+    #[serde(deserialize_with = "scalar_text")]
     pub memory_budget: String,
     /// Memory kept free for everything else (masters, OPcache, the system)
     /// when `memory_budget` is `auto`.
+    #[serde(deserialize_with = "scalar_text")]
     pub memory_reserve: String,
 }
 
@@ -407,6 +409,46 @@ impl RawConfig {
     }
 }
 
+/// A value written as text, a number or a boolean, kept as text.
+struct Scalar(String);
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("text, a number or true/false")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            // php's ini reads 1 and 0 as on and off.
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(if v { "1" } else { "0" }.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads a size or other text that may be written as a bare number
+/// (`memory_budget: 1073741824`).
+fn scalar_text<'de, D>(d: D) -> Result<String, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Scalar::deserialize(d).map(|s| s.0)
+}
+
 /// Reads a map whose values may be written as text, numbers or booleans
 /// (`memory_limit: 256M`, `opcache.enable: 1`, `display_errors: false`) and
 /// keeps them as the text php-fpm's ini format expects.
@@ -414,35 +456,6 @@ fn scalar_map<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    struct Scalar(String);
-    impl<'de> Deserialize<'de> for Scalar {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl serde::de::Visitor<'_> for V {
-                type Value = Scalar;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("text, a number or true/false")
-                }
-                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_owned()))
-                }
-                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                // php's ini reads 1 and 0 as on and off.
-                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
-                    Ok(Scalar(if v { "1" } else { "0" }.to_owned()))
-                }
-            }
-            d.deserialize_any(V)
-        }
-    }
     let m: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
     Ok(m.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
