@@ -256,11 +256,11 @@ impl PoolActor {
                 None
             }
         };
-        // The config's pin or pause wins over a remembered one only when the
-        // config says something; otherwise the operator's last word stands.
+        // The operator's last word (an API control) stands unless the
+        // config's own pin or pause changed since it was written.
         let configured = Override::from_config(&pool);
-        let override_ = match (&configured, &remembered) {
-            (Override::Auto, Some(r)) => r.override_.clone(),
+        let override_ = match &remembered {
+            Some(r) if r.configured == configured => r.override_.clone(),
             _ => configured,
         };
         let cap = remembered.as_ref().and_then(|r| r.cap).map(|c| {
@@ -795,6 +795,7 @@ impl PoolActor {
         let state = Remembered {
             cap: self.cap,
             override_: self.override_.clone(),
+            configured: Override::from_config(&self.pool),
             plan: self.plan,
             model: self
                 .model

@@ -19,6 +19,9 @@ pub struct Remembered {
     /// The cap the pool's master was last given by the autoscaler.
     pub cap: Option<u32>,
     pub override_: Override,
+    /// The override the config asked for when this was written: a config
+    /// that still says the same does not undo a later API control.
+    pub configured: Override,
     pub plan: PlanMemory,
     /// `fpm_autoscale::ScalerState`, as it serialises.
     pub model: Option<serde_json::Value>,
@@ -62,6 +65,7 @@ mod tests {
                 until_ms: Some(1_800_000_000_000),
                 reason: Some("deploy".into()),
             },
+            configured: Override::Auto,
             plan: PlanMemory {
                 below_since_ms: None,
                 last_change_ms: Some(5),

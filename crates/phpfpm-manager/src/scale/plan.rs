@@ -338,8 +338,22 @@ mod tests {
     fn over_budget_comes_down_at_once() {
         let pools = [pool("a", 24, Some(2))];
         // The budget shrank to 20 workers' worth.
-        let (step, _) = next_cap(0, 20 * 40 * MB, &pools, 0, IDLE, Damping::default(), PlanMemory::default());
-        assert_eq!(step, CapStep::Change { to: 20, rule: "over_budget" });
+        let (step, _) = next_cap(
+            0,
+            20 * 40 * MB,
+            &pools,
+            0,
+            IDLE,
+            Damping::default(),
+            PlanMemory::default(),
+        );
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 20,
+                rule: "over_budget"
+            }
+        );
     }
 
     #[test]
@@ -387,16 +401,32 @@ mod tests {
         let mut a = pool("a", 20, Some(2));
         a.max_workers = 16;
         let budget = 24 * 40 * MB;
-        let (s1, m1) = next_cap(0, budget, std::slice::from_ref(&a), 0, IDLE, d, PlanMemory::default());
+        let (s1, m1) = next_cap(
+            0,
+            budget,
+            std::slice::from_ref(&a),
+            0,
+            IDLE,
+            d,
+            PlanMemory::default(),
+        );
         assert_eq!(s1, CapStep::Hold("stabilising"));
         let (s2, m2) = next_cap(30_000, budget, std::slice::from_ref(&a), 0, IDLE, d, m1);
         assert_eq!(s2, CapStep::Hold("stabilising"));
         let (s3, _) = next_cap(60_000, budget, std::slice::from_ref(&a), 0, IDLE, d, m2);
-        assert_eq!(s3, CapStep::Change { to: 16, rule: "share_shrank" });
+        assert_eq!(
+            s3,
+            CapStep::Change {
+                to: 16,
+                rule: "share_shrank"
+            }
+        );
         // With b waiting for memory a's cap holds, a gives it up at once.
         let pools = [pool("a", 20, Some(2)), pool("b", 4, Some(12))];
         let (s, _) = next_cap(0, budget, &pools, 0, IDLE, d, PlanMemory::default());
-        let CapStep::Change { to, rule } = s else { panic!("{s:?}") };
+        let CapStep::Change { to, rule } = s else {
+            panic!("{s:?}")
+        };
         assert_eq!(rule, "needed_elsewhere");
         assert!(to <= 12, "{to}");
     }

@@ -17,12 +17,17 @@ const WORK_PHP: &str = "<?php usleep(20000); echo 'ok';\n";
 /// A config with one autoscaled pool `a` (and an observed pool when asked),
 /// memory read every second so the worker size is learned quickly.
 fn config(dir: &TestDir, budget: &str, observed: Option<&str>) -> String {
+    config_with(dir, budget, observed, "")
+}
+
+/// The same, with extra lines in pool `a`'s `scaling:` section.
+fn config_with(dir: &TestDir, budget: &str, observed: Option<&str>, scaling: &str) -> String {
     let mut text = format!(
         "monitoring:\n  collect_interval: 1s\n  memory_interval: 1s\n\
          scaling:\n  memory_budget: {budget}\n\
          pools:\n\
          \x20 - name: a\n    max_workers: 12\n    chdir: {www}\n    listen_mode: \"0666\"\n\
-         \x20   scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 12\n",
+         \x20   scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 12\n{scaling}",
         www = dir.join("www").display()
     );
     if let Some(sock) = observed {
@@ -71,11 +76,15 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// `pm.max_children` the pool's master runs with, from the API.
+/// `pm.max_children` the pool's running master was started with (`None`
+/// until a master runs and answers its status page).
 fn running_cap(d: &TestDaemon, pool: &str) -> Option<u64> {
-    json(d, &format!("/api/v1/pools/{pool}"))
-        .pointer("/pm/max_children")
-        .and_then(|v| v.as_u64())
+    let v = json(d, &format!("/api/v1/pools/{pool}"));
+    let serving = v.pointer("/master/running") == Some(&true.into())
+        && v.pointer("/up") == Some(&true.into());
+    serving
+        .then(|| json(d, &format!("/api/v1/pools/{pool}/scale")))
+        .and_then(|s| s.pointer("/applied_workers").and_then(|n| n.as_u64()))
 }
 
 fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -111,33 +120,38 @@ fn events(d: &TestDaemon, kind: &str) -> Vec<serde_json::Value> {
 #[test]
 fn cap_follows_the_budget_by_hand_over_under_load_and_survives_kill_9() {
     let dir = prepare("autoscale-act");
-    let cfg = config(&dir, "384MiB", None);
+    // Pinned at 2 in the config: the test releases it under load, and the
+    // autoscaler then moves the cap itself.
+    let cfg = config_with(&dir, "384MiB", None, "      pin: 2\n");
     let d = TestDaemon::start_in(dir, Some(&cfg), &[]);
     let www = d.dir.join("www");
     let s = sock(&d.dir, "a");
     assert!(
-        wait_for(Duration::from_secs(20), || running_cap(&d, "a").is_some()),
-        "pool a never ran; log:\n{}",
+        wait_for(Duration::from_secs(20), || running_cap(&d, "a") == Some(2)),
+        "pool a never ran pinned at 2; log:\n{}",
         d.log()
     );
-    // Before any worker was measured, the cap is what the budget allows at
-    // the assumed 64 MiB per worker: 384 / 64 = 6, and pm is ondemand.
     let pool = json(&d, "/api/v1/pools/a");
-    assert_eq!(field(&pool, "/pm/pm"), "ondemand", "{pool}");
-    assert_eq!(field(&pool, "/pm/max_children"), 6, "{pool}");
+    assert_eq!(field(&pool, "/pm/pm"), "static", "{pool}");
     let first_pid = field(&pool, "/master/pid");
 
-    // Load arrives: workers are forked and measured (a few MB of PSS
-    // each), the budget then holds more than the scaling maximum, and the
-    // cap moves to 12 by a hand-over while requests keep flowing.
+    // Load arrives; the pin is released. The pool goes back to `ondemand`
+    // at the cap the budget allows for the assumed worker size (384 MiB /
+    // 64 MiB = 6); the workers measured so far are a few MB each, so the
+    // budget holds the scaling maximum, and the autoscaler moves the cap
+    // to 12 by a hand-over while requests keep flowing.
     let nginx = TestNginx::start(&d.dir, &[("/", s.as_path(), www.as_path())]);
     let load = wrk(&nginx.url("/work.php"), 6, 12);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = post(d.addr, "/api/v1/pools/a/scaling", r#"{"action":"unpin"}"#);
+    assert_eq!(code, 200, "{body}");
     let grew = wait_for(Duration::from_secs(40), || running_cap(&d, "a") == Some(12));
     let result = load.join().unwrap();
     assert!(grew, "the cap never reached 12; log:\n{}", d.log());
     assert!(result.requests > 100, "{result:?}");
     assert_eq!(result.failures(), 0, "failed requests: {result:?}");
     let pool = json(&d, "/api/v1/pools/a");
+    assert_eq!(field(&pool, "/pm/pm"), "ondemand", "{pool}");
     assert_ne!(
         field(&pool, "/master/pid"),
         first_pid,
@@ -147,7 +161,7 @@ fn cap_follows_the_budget_by_hand_over_under_load_and_survives_kill_9() {
     // The event says why, with the figures behind it.
     let changes: Vec<_> = events(&d, "scale_decision")
         .into_iter()
-        .filter(|e| e["details"]["to_workers"].as_u64() == Some(12))
+        .filter(|e| e["details"]["to_workers"].as_u64() == Some(12) && e["actor"] == "autoscaler")
         .collect();
     assert!(
         !changes.is_empty(),
