@@ -418,13 +418,16 @@ fn advice_json(s: &PoolState) -> serde_json::Value {
         "override_reason": override_reason,
         "phase": a.phase,
         "confidence": a.confidence,
-        "current_workers": a.applied_workers,
+        "current_workers": a.applied_workers.or_else(|| {
+            s.status.as_ref().map(|_| u32::try_from(s.derived.total).unwrap_or(u32::MAX))
+        }),
         "applied_workers": a.applied_workers,
         "recommended_workers": a.recommended_workers,
         "planned_workers": a.planned_cap,
         "rule": a.rule,
         "reason": a.reason,
         "model_rule": a.model_rule,
+        "action": a.action,
         "cpu_bound": a.cpu_bound,
         "arrival_rate_per_s": a.long_rate,
         "short_rate_per_s": a.short_rate,

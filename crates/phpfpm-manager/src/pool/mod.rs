@@ -537,10 +537,15 @@ impl PoolActor {
                 .and_then(|b| b.cpu_quota_cores.or(Some(f64::from(b.cpus))))
         };
         let applied = current.master.applied.as_ref().map(|a| a.max_children);
+        // The most workers the pool can have now: the autoscaler's cap, the
+        // running master's max_children, or for an observed pool (whose
+        // settings are not known) the workers its status page lists.
         let cap = if self.autoscaled() {
             self.cap.or(applied)
-        } else {
+        } else if self.pool.spec.is_some() {
             applied.or(current.spec().map(|s| s.max_children))
+        } else {
+            u32::try_from(look.derived.total).ok().filter(|n| *n > 0)
         }
         .unwrap_or(self.pool.max_workers);
         let Some(model) = self.model.as_mut() else {
@@ -727,6 +732,7 @@ impl PoolActor {
             rule: rule.to_owned(),
             reason: String::new(),
             model_rule: "",
+            action: "hold",
             cpu_bound: false,
             short_rate: None,
             long_rate: None,
@@ -772,6 +778,7 @@ impl PoolActor {
                     view.cpu_ceiling = p.cpu_ceiling;
                     view.reason = p.reason;
                     view.model_rule = p.model_rule;
+                    view.action = p.action;
                     view.cpu_bound = p.cpu_bound;
                 }
             }

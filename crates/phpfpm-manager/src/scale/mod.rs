@@ -83,6 +83,8 @@ pub struct ScalingView {
     pub reason: String,
     /// The model's rule (`learning`, `cpu_bound`, `scale_up`, ...).
     pub model_rule: &'static str,
+    /// The model's verdict: `hold` or `resize` (to `recommended_workers`).
+    pub action: &'static str,
     /// The workers use all the CPU there is: more workers would not help.
     pub cpu_bound: bool,
     /// Requests per second over the last look (the emergency window).
@@ -111,11 +113,19 @@ impl ScalingView {
             fpm_autoscale::Phase::Steady => "steady",
         };
         self.confidence = f.confidence;
-        self.recommended_workers = f.model_workers;
+        self.recommended_workers = match &d.action {
+            fpm_autoscale::Action::Resize { workers, .. }
+            | fpm_autoscale::Action::Advise { workers, .. } => Some(*workers),
+            fpm_autoscale::Action::Hold(_) => f.model_workers.or(Some(f.current_workers)),
+        };
         self.short_rate = f.short_rate;
         self.long_rate = f.long_rate.or(f.arrival_rate);
         self.cpu_bound = f.cpu_bound;
         self.model_rule = d.action.rule();
+        self.action = match d.action {
+            fpm_autoscale::Action::Hold(_) => "hold",
+            _ => "resize",
+        };
         self.mean_service_s = f.mean_service_s;
         self.offered_load = f.offered_load;
         self.p95_pss_bytes = f.p95_pss_bytes;

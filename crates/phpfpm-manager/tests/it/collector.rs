@@ -5,7 +5,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phpfpm_manager::collect::{collect_once, run_pool, ProbeMarker};
+use phpfpm_manager::collect::{collect_once, run_pool, PoolCollector, ProbeMarker};
 use phpfpm_manager::config::{self, Endpoint, LoadInput};
 use phpfpm_manager::fastcgi::{self, Timeouts};
 use phpfpm_manager::state::AppState;
@@ -114,13 +114,21 @@ fn error_pages_become_scrape_failures_with_a_reason() {
     // answers "File not found." with status 404.
     pool.status_path = "/not-the-status-page".into();
     let state = state_for(vec![pool.clone()]);
+    // One failure of a pool never seen up is a master still starting, not
+    // yet a failure; from the third on they count (all three of them).
     let up = rt().block_on(collect_once(&pool, &state, &ProbeMarker::new()));
     assert!(!up);
+    assert_eq!(state.pools()[&pool.name].scrape_failures, 0);
+    let mon = state.config().monitoring.clone();
+    let mut collector = PoolCollector::new(pool.clone(), state.clone(), &mon);
+    for _ in 0..3 {
+        rt().block_on(collector.collect());
+    }
     let pools = state.pools();
     let s = &pools[&pool.name];
     assert!(!s.up);
     assert!(s.ping_ok, "ping still answers");
-    assert_eq!(s.scrape_failures, 1);
+    assert_eq!(s.scrape_failures, 3);
     let err = s.last_error.as_ref().unwrap();
     assert_eq!(err.kind, "http_status");
     assert!(err.message.contains("404"), "{}", err.message);
@@ -130,7 +138,7 @@ fn error_pages_become_scrape_failures_with_a_reason() {
         .scrape_errors
         .with_label_values(&["errpage", "http_status"])
         .get();
-    assert_eq!(errors, 1);
+    assert_eq!(errors, 3);
 }
 
 #[test]
