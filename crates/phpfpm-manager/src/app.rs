@@ -24,12 +24,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::collector;
 use crate::config::{self, Config, Pool};
 use crate::state::AppState;
 use crate::supervisor::child::FpmBinary;
 use crate::supervisor::files::{write_atomic, Layout};
 use crate::supervisor::{self, Supervisor, SupervisorHandle};
-use crate::{collector, http};
+use crate::surface::http;
 
 /// How the manager was started, beyond the configuration itself.
 #[derive(Debug, Clone, Default)]

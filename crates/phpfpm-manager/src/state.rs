@@ -20,7 +20,7 @@ use fpm_core::status::{Derived, PoolStatus};
 use fpm_core::PoolName;
 
 use crate::config::{Config, Pool};
-use crate::metrics::Metrics;
+use crate::surface::metrics::Metrics;
 
 /// What is known about one pool.
 #[derive(Debug, Clone)]
