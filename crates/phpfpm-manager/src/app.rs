@@ -24,6 +24,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::collect;
 use crate::config::{self, Config, Pool};
 use crate::events::{ManagerEvent, What};
 use crate::pool::{Board, PoolActor, PoolHandle};
@@ -31,7 +32,7 @@ use crate::state::AppState;
 use crate::supervisor::child::FpmBinary;
 use crate::supervisor::files::{write_atomic, Layout};
 use crate::supervisor::{self, Supervisor};
-use crate::{collect, http};
+use crate::surface::http;
 
 /// How the manager was started, beyond the configuration itself.
 #[derive(Debug, Clone, Default)]

@@ -86,7 +86,7 @@ use serde::Deserialize;
 
 use crate::config::Endpoint;
 use crate::fastcgi::{self, FcgiError, Timeouts};
-use crate::metrics::Family;
+use crate::surface::metrics::Family;
 
 /// The first bytes of every reply of the probe script; anything else is not
 /// the probe's answer (an error page, a prepended file's output).

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Config, Pool};
 use crate::events::{EventSink, ManagerEvent, Recent};
-use crate::metrics::Metrics;
 use crate::opcache::{OpcacheError, OpcacheStats};
+use crate::surface::metrics::Metrics;
 
 /// What is known about one pool: its three parts, read as one value.
 ///

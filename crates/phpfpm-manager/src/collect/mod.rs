@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Endpoint, Monitoring, Pool};
 use crate::events::ManagerEvent;
 use crate::fastcgi::{self, Timeouts};
-use crate::metrics::Metrics;
 use crate::opcache::{OpcacheProbe, OpcacheStats};
 use crate::state::{AppState, KernelView, Look, ScrapeError};
+use crate::surface::metrics::Metrics;
 
 /// How often a pool that answers its status page is also pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 
 use fpm_storage::api::error::ApiError;
 
-use crate::metrics::CONTENT_TYPE;
 use crate::state::{AppState, PoolState};
+use crate::surface::metrics::CONTENT_TYPE;
 
 /// Builds the router over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {
