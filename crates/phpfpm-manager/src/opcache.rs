@@ -87,6 +87,7 @@ use serde::Deserialize;
 use crate::config::Endpoint;
 use crate::fastcgi::{self, FcgiError, Timeouts};
 use crate::surface::metrics::Family;
+use crate::surface::names;
 
 /// The first bytes of every reply of the probe script; anything else is not
 /// the probe's answer (an error page, a prepended file's output).
@@ -765,7 +766,7 @@ pub fn families_with_unavailable(
     use MetricType::{COUNTER, GAUGE};
     type Get = fn(&OpcacheStats) -> Option<f64>;
     let series: &[(&str, &str, MetricType, Get)] = &[
-        ("phpfpm_manager_opcache_hit_rate", "OPcache hits / (hits + misses) since the cache started, 0 to 1.", GAUGE, |s| s.hit_rate),
+        (names::OPCACHE_HIT_RATE, "OPcache hits / (hits + misses) since the cache started, 0 to 1.", GAUGE, |s| s.hit_rate),
         ("phpfpm_manager_opcache_hits_total", "OPcache lookups that found a cached script since the cache started (resets on master reload).", COUNTER, |s| Some(s.hits as f64)),
         ("phpfpm_manager_opcache_misses_total", "OPcache lookups that compiled a script since the cache started (resets on master reload).", COUNTER, |s| Some(s.misses as f64)),
         ("phpfpm_manager_opcache_memory_size_bytes", "Configured opcache.memory_consumption.", GAUGE, |s| s.memory_size.map(|v| v as f64)),

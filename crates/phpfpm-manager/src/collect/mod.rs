@@ -31,6 +31,7 @@ use crate::fastcgi::{self, Timeouts};
 use crate::opcache::{OpcacheProbe, OpcacheStats};
 use crate::state::{AppState, KernelView, Look, ScrapeError};
 use crate::surface::metrics::Metrics;
+use crate::surface::names;
 
 /// How often a pool that answers its status page is also pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -271,7 +272,7 @@ impl PoolCollector {
         look.interval = interval;
         look.circuit_open = self.circuit.is_open();
         look.opcache = if ok { self.last_opcache.clone() } else { None };
-        let samples = history_samples(&name, &look);
+        let samples = history_samples(&name, &look, max_children);
         self.state.publish_look(&name, look);
         for ev in &events {
             self.state
@@ -425,76 +426,70 @@ fn opcache_mode(pool: &Pool, mon: &Monitoring, state: &AppState) -> OpcacheMode 
 
 /// What is kept in history for a pool after each look: the figures people
 /// ask "what happened at 03:12?" about. Named like the `/metrics` series.
-pub fn history_samples(pool: &fpm_core::PoolName, s: &Look) -> Vec<fpm_storage::Sample> {
+///
+/// `max_children` is the running master's `pm.max_children` (supervised
+/// pools), so history shows every change of the pool's size.
+pub fn history_samples(
+    pool: &fpm_core::PoolName,
+    s: &Look,
+    max_children: Option<u64>,
+) -> Vec<fpm_storage::Sample> {
     use fpm_storage::Sample;
     let labels = || vec![("pool".to_owned(), pool.to_string())];
     let mut out = vec![Sample::gauge(
-        "phpfpm_up",
+        names::UP,
         labels(),
         if s.up { 1.0 } else { 0.0 },
     )];
     if let (true, Some(st)) = (s.up, &s.status) {
         out.extend([
             Sample::counter(
-                "phpfpm_accepted_connections",
+                names::ACCEPTED_CONNECTIONS,
                 labels(),
                 st.accepted_conn as f64,
             ),
             Sample::counter(
-                "phpfpm_max_children_reached",
+                names::MAX_CHILDREN_REACHED,
                 labels(),
                 st.max_children_reached as f64,
             ),
-            Sample::counter("phpfpm_slow_requests", labels(), st.slow_requests as f64),
-            Sample::gauge("phpfpm_listen_queue", labels(), st.listen_queue as f64),
-            Sample::gauge("phpfpm_active_processes", labels(), s.derived.active as f64),
-            Sample::gauge("phpfpm_idle_processes", labels(), s.derived.idle as f64),
-            Sample::gauge("phpfpm_total_processes", labels(), s.derived.total as f64),
+            Sample::counter(names::SLOW_REQUESTS, labels(), st.slow_requests as f64),
+            Sample::gauge(names::LISTEN_QUEUE, labels(), st.listen_queue as f64),
+            Sample::gauge(names::ACTIVE_PROCESSES, labels(), s.derived.active as f64),
+            Sample::gauge(names::IDLE_PROCESSES, labels(), s.derived.idle as f64),
+            Sample::gauge(names::TOTAL_PROCESSES, labels(), s.derived.total as f64),
         ]);
     }
     if let Ok((q, _)) = s.kernel.accept_queue {
-        out.push(Sample::gauge(
-            "phpfpm_manager_accept_queue",
-            labels(),
-            f64::from(q),
-        ));
+        out.push(Sample::gauge(names::ACCEPT_QUEUE, labels(), f64::from(q)));
     }
     if let Ok(agg) = &s.kernel.workers {
         if let Some(cpu) = agg.cpu_percent_total {
-            out.push(Sample::gauge(
-                "phpfpm_manager_worker_cpu_percent",
-                labels(),
-                cpu,
-            ));
+            out.push(Sample::gauge(names::WORKER_CPU_PERCENT, labels(), cpu));
         }
         if let Some(p) = agg.pss {
             out.push(Sample::gauge(
-                "phpfpm_manager_worker_pss_bytes",
+                names::WORKER_PSS_BYTES,
                 labels(),
                 p.sum as f64,
             ));
             out.push(Sample::gauge(
-                "phpfpm_manager_worker_pss_p95_bytes",
+                names::WORKER_PSS_P95_BYTES,
                 labels(),
                 p.p95 as f64,
             ));
         }
         if let Some(t) = agg.total_pss {
-            out.push(Sample::gauge(
-                "phpfpm_manager_pool_pss_bytes",
-                labels(),
-                t as f64,
-            ));
+            out.push(Sample::gauge(names::POOL_PSS_BYTES, labels(), t as f64));
         }
     }
     if let Some(Ok(oc)) = &s.opcache {
         if let Some(rate) = oc.hit_rate {
-            out.push(Sample::gauge(
-                "phpfpm_manager_opcache_hit_rate",
-                labels(),
-                rate,
-            ));
+            out.push(Sample::gauge(names::OPCACHE_HIT_RATE, labels(), rate));
         }
+    }
+    if let Some(n) = max_children {
+        out.push(Sample::gauge(names::PM_MAX_CHILDREN, labels(), n as f64));
     }
     out
 }
@@ -772,5 +767,41 @@ fn with_stderr(msg: String, stderr: &[u8]) -> String {
             "{msg} (php-fpm stderr: {})",
             extra.chars().take(200).collect::<String>()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// History keeps only series `/metrics` also exports under that name.
+    #[test]
+    fn history_uses_the_shared_series_names() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fpm-core/test_data/status/php82-busy-main-socket.cgi"
+        ))
+        .unwrap();
+        let st = parse_status(&raw).unwrap();
+        let look = Look {
+            up: true,
+            derived: st.derived(None),
+            status: Some(st),
+            kernel: KernelView {
+                accept_queue: Ok((3, Some(511))),
+                ..KernelView::default()
+            },
+            ..Look::default()
+        };
+        let pool = fpm_core::PoolName::new("www").unwrap();
+        let samples = history_samples(&pool, &look, Some(12));
+        assert!(samples.len() >= 10, "{}", samples.len());
+        for s in &samples {
+            assert!(
+                names::HISTORY.contains(&s.name.as_ref()),
+                "{} not shared",
+                s.name
+            );
+        }
     }
 }

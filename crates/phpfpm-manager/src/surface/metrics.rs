@@ -23,6 +23,7 @@ use prometheus::{
 use fpm_kernel::budget::Budget;
 
 use crate::state::PoolState;
+use crate::surface::names;
 
 /// The manager's own metrics that are updated as events happen.
 #[derive(Debug)]
@@ -364,7 +365,7 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
     // Cumulative exporter series; see the module docs for why not `counter`.
     const CUMULATIVE: MetricType = MetricType::GAUGE;
     let mut up = Family::new(
-        "phpfpm_up",
+        names::UP,
         "Whether the last collection of the pool's status page succeeded (1) or not (0).",
         GAUGE,
     );
@@ -377,21 +378,21 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
     type Get = fn(&PoolState) -> Option<f64>;
     let pool_series: &[(&str, &str, MetricType, Get)] = &[
         ("phpfpm_start_since", "Seconds since the pool's php-fpm master (re)started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.start_since as f64)),
-        ("phpfpm_accepted_connections", "Requests accepted by the pool since its master started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.accepted_conn as f64)),
-        ("phpfpm_listen_queue", "Connections waiting for a worker, as php-fpm reports it (always 0 on unix sockets; see phpfpm_manager_accept_queue).", GAUGE, |s| s.status.as_ref().map(|st| st.listen_queue as f64)),
+        (names::ACCEPTED_CONNECTIONS, "Requests accepted by the pool since its master started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.accepted_conn as f64)),
+        (names::LISTEN_QUEUE, "Connections waiting for a worker, as php-fpm reports it (always 0 on unix sockets; see phpfpm_manager_accept_queue).", GAUGE, |s| s.status.as_ref().map(|st| st.listen_queue as f64)),
         ("phpfpm_max_listen_queue", "Highest listen queue php-fpm saw since its master started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.max_listen_queue as f64)),
         ("phpfpm_listen_queue_length", "Size of the pool's listen backlog as php-fpm reports it.", GAUGE, |s| s.status.as_ref().map(|st| st.listen_queue_len as f64)),
-        ("phpfpm_idle_processes", "Idle workers, counted from the process list (the collector's own request excluded).", GAUGE, |s| s.status.as_ref().map(|_| s.derived.idle as f64)),
-        ("phpfpm_active_processes", "Busy workers, counted from the process list (the collector's own request excluded).", GAUGE, |s| s.status.as_ref().map(|_| s.derived.active as f64)),
-        ("phpfpm_total_processes", "Workers of the pool, counted from the process list.", GAUGE, |s| s.status.as_ref().map(|_| s.derived.total as f64)),
+        (names::IDLE_PROCESSES, "Idle workers, counted from the process list (the collector's own request excluded).", GAUGE, |s| s.status.as_ref().map(|_| s.derived.idle as f64)),
+        (names::ACTIVE_PROCESSES, "Busy workers, counted from the process list (the collector's own request excluded).", GAUGE, |s| s.status.as_ref().map(|_| s.derived.active as f64)),
+        (names::TOTAL_PROCESSES, "Workers of the pool, counted from the process list.", GAUGE, |s| s.status.as_ref().map(|_| s.derived.total as f64)),
         ("phpfpm_max_active_processes", "Highest number of busy workers since the pool's master started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.max_active_processes as f64)),
-        ("phpfpm_max_children_reached", "Times the pool hit pm.max_children since its master started (dynamic and ondemand only).", CUMULATIVE, |s| s.status.as_ref().map(|st| st.max_children_reached as f64)),
-        ("phpfpm_slow_requests", "Requests slower than request_slowlog_timeout since the pool's master started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.slow_requests as f64)),
+        (names::MAX_CHILDREN_REACHED, "Times the pool hit pm.max_children since its master started (dynamic and ondemand only).", CUMULATIVE, |s| s.status.as_ref().map(|st| st.max_children_reached as f64)),
+        (names::SLOW_REQUESTS, "Requests slower than request_slowlog_timeout since the pool's master started.", CUMULATIVE, |s| s.status.as_ref().map(|st| st.slow_requests as f64)),
         ("phpfpm_manager_ping_up", "Whether the pool answered its ping path (1) or not (0).", GAUGE, |s| Some(if s.ping_ok { 1.0 } else { 0.0 })),
         ("phpfpm_manager_last_success_timestamp_seconds", "Unix time of the last successful collection of the pool.", GAUGE, |s| s.last_success.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())),
         ("phpfpm_manager_master_up", "Whether the manager's php-fpm master for this pool is running (supervised pools).", GAUGE, |s| s.master.supervised.then_some(if s.master.running { 1.0 } else { 0.0 })),
         ("phpfpm_manager_pool_failed", "1 when the manager cannot run this pool (for example its config fails php-fpm -t).", GAUGE, |s| s.master.supervised.then_some(if s.master.failed.is_some() { 1.0 } else { 0.0 })),
-        ("phpfpm_manager_pm_max_children", "pm.max_children the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.max_children))),
+        (names::PM_MAX_CHILDREN, "pm.max_children the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.max_children))),
         ("phpfpm_manager_pm_start_servers", "pm.start_servers the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.start_servers))),
         ("phpfpm_manager_pm_min_spare_servers", "pm.min_spare_servers the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.min_spare_servers))),
         ("phpfpm_manager_pm_max_spare_servers", "pm.max_spare_servers the pool's master runs with (supervised pools).", GAUGE, |s| s.running_spec().map(|p| f64::from(p.max_spare_servers))),
@@ -405,15 +406,15 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ("phpfpm_manager_autoscaler_paused", "1 while an operator pauses the pool's autoscaler.", GAUGE, |s| s.control.scaling.as_ref().map(|a| if a.override_.name() == "paused" { 1.0 } else { 0.0 })),
         ("phpfpm_manager_autoscaler_last_change_timestamp_seconds", "Unix time of the autoscaler's last change of the pool's cap.", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.last_change).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())),
         ("phpfpm_manager_memory_budget_bytes", "Memory for all autoscaled pools' workers (scaling.memory_budget).", GAUGE, |s| s.control.scaling.as_ref().and_then(|a| a.memory_budget_bytes.map(|b| b as f64))),
-        ("phpfpm_manager_accept_queue", "Connections waiting in the kernel's accept queue of the pool's socket (sock_diag; works when every worker is busy and on unix sockets, unlike phpfpm_listen_queue).", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().map(|(n, _)| f64::from(*n))),
+        (names::ACCEPT_QUEUE, "Connections waiting in the kernel's accept queue of the pool's socket (sock_diag; works when every worker is busy and on unix sockets, unlike phpfpm_listen_queue).", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().map(|(n, _)| f64::from(*n))),
         ("phpfpm_manager_accept_queue_limit", "Backlog limit of the pool's listening socket, from the kernel.", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().and_then(|(_, l)| l.map(f64::from))),
         ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then_some(s.interval.as_secs_f64())),
         ("phpfpm_manager_circuit_open", "1 while the pool's circuit breaker is open (collections paused after repeated failures).", GAUGE, |s| Some(if s.circuit_open { 1.0 } else { 0.0 })),
-        ("phpfpm_manager_worker_cpu_percent", "CPU used by the pool's workers, percent of one core, over the last interval.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.cpu_percent_total)),
+        (names::WORKER_CPU_PERCENT, "CPU used by the pool's workers, percent of one core, over the last interval.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.cpu_percent_total)),
         ("phpfpm_manager_master_cpu_percent", "CPU used by the pool's master process, percent of one core.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.master_cpu_percent)),
         ("phpfpm_manager_workers_sampled", "Workers found by process ancestry and read from /proc.", GAUGE, |s| s.kernel.workers.as_ref().ok().map(|a| a.workers as f64)),
         ("phpfpm_manager_master_pss_bytes", "Proportional set size of the pool's master process.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.master_memory.as_ref()).map(|m| m.pss as f64)),
-        ("phpfpm_manager_pool_pss_bytes", "Proportional set size of the master and all workers: what the pool really costs (shared OPcache memory counted once).", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.total_pss).map(|v| v as f64)),
+        (names::POOL_PSS_BYTES, "Proportional set size of the master and all workers: what the pool really costs (shared OPcache memory counted once).", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.total_pss).map(|v| v as f64)),
     ];
     let mut families: Vec<Family> = pool_series
         .iter()
@@ -430,7 +431,7 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         GAUGE,
     );
     let mut pss = Family::new(
-        "phpfpm_manager_worker_pss_bytes",
+        names::WORKER_PSS_BYTES,
         "Proportional set size of the pool's workers: sum, p50, p95 and max over workers.",
         GAUGE,
     );
