@@ -831,6 +831,7 @@ async fn sleep_for(d: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fpm_core::PoolName;
 
     fn base() -> PoolSpec {
         PoolSpec {
@@ -857,6 +858,105 @@ mod tests {
             extra: vec![],
             env: vec![],
         }
+    }
+
+    /// A pool actor whose supervisor refuses every change.
+    fn refusing_pool() -> (
+        PoolActor,
+        Arc<AppState>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let yaml = "scaling:\n  memory_budget: 256MiB\npools:\n  - name: a\n    max_workers: 12\n    scaling:\n      enabled: true\n      max_workers: 12\n";
+        let cfg = crate::config::load(&crate::config::LoadInput {
+            file: Some(("test.yaml".into(), yaml.to_owned())),
+            env: Vec::new(),
+            cwd: std::env::temp_dir(),
+            runtime_dir: None,
+        })
+        .unwrap();
+        let pool = cfg.pools[0].clone();
+        let state = AppState::new(cfg);
+        let (handle, mut rx) = SupervisorHandle::detached(pool.name.clone());
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = attempts.clone();
+        tokio::spawn(async move {
+            while let Some(crate::supervisor::Command::Apply { reply, .. }) = rx.recv().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = reply.send(Err(ApplyError::Refused("ERROR: bad value".into())));
+            }
+        });
+        let (actor, _h) = PoolActor::new(
+            pool,
+            state.clone(),
+            Some(handle),
+            Arc::new(Board::default()),
+            None,
+        );
+        (actor, state, attempts)
+    }
+
+    /// A look at a pool with `workers` idle workers of `pss` bytes each.
+    fn look(seq: u64, workers: u32, pss: u64) -> crate::state::Look {
+        let procs: Vec<String> = (0..workers)
+            .map(|i| format!("{{\"pid\":{},\"state\":\"Idle\",\"start time\":1,\"start since\":1,\"requests\":{},\"request duration\":20000,\"request method\":\"GET\",\"request uri\":\"/\",\"content length\":0,\"user\":\"-\",\"script\":\"-\",\"last request cpu\":0,\"last request memory\":0}}", 100 + i, seq * 10))
+            .collect();
+        let body = format!(
+            "Content-type: application/json\r\n\r\n{{\"pool\":\"a\",\"process manager\":\"ondemand\",\"start time\":1,\"start since\":10,\"accepted conn\":{},\"listen queue\":0,\"max listen queue\":0,\"listen queue len\":0,\"idle processes\":{workers},\"active processes\":0,\"total processes\":{workers},\"max active processes\":1,\"max children reached\":0,\"slow requests\":0,\"processes\":[{}]}}",
+            seq * 100,
+            procs.join(",")
+        );
+        let status = fpm_core::status::parse_status(body.as_bytes()).unwrap();
+        crate::state::Look {
+            seq,
+            up: true,
+            derived: status.derived(None),
+            status: Some(status),
+            kernel: crate::state::KernelView {
+                accept_queue: Ok((0, Some(511))),
+                per_worker: (0..workers)
+                    .map(|i| crate::state::WorkerView {
+                        pid: 100 + i,
+                        proc_state: 'S',
+                        age_secs: Some(1),
+                        cpu_percent: Some(0.0),
+                        rss_bytes: Some(pss * 2),
+                        pss_bytes: Some(pss),
+                        uss_bytes: Some(pss / 2),
+                    })
+                    .collect(),
+                ..crate::state::KernelView::default()
+            },
+            ..crate::state::Look::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_is_not_retried_in_a_loop() {
+        let (mut actor, state, attempts) = refusing_pool();
+        // No cooldown: only the refusal's back-off can hold the change.
+        actor.damping.cooldown_ms = 0;
+        // Before any worker is measured: 256 MiB / 64 MiB assumed = 4.
+        assert_eq!(actor.desired().map(|s| s.max_children), Some(4));
+        let name = actor.pool.name.clone();
+        for seq in 1..=6 {
+            state.publish_look(&name, look(seq, 2, 5 << 20));
+            actor.on_look().await;
+        }
+        // Workers of 5 MiB: the budget holds the maximum of 12, so the
+        // planner asks once; the supervisor refuses; the same change is
+        // not asked again while backing off.
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(actor.desired().map(|s| s.max_children), Some(4), "cap kept");
+        let view = state.pool(&name).unwrap().control.scaling.clone().unwrap();
+        assert_eq!(view.rule, "refused_backing_off");
+        assert!(view.last_error.is_some_and(|e| e.contains("bad value")));
+        let refused: Vec<_> = state
+            .recent_events
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.kind() == "scale_decision" && e.details()["error"].is_string())
+            .collect();
+        assert!(refused.len() <= 1, "{refused:?}");
     }
 
     #[test]

@@ -128,6 +128,13 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
+    /// A handle whose commands arrive on the returned receiver: for tests of
+    /// what drives a supervisor, without running php-fpm.
+    pub fn detached(pool: PoolName) -> (SupervisorHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(8);
+        (SupervisorHandle { pool, tx }, rx)
+    }
+
     /// Applies `spec` to the pool (zero-drop hand-over) and reports.
     pub async fn apply(&self, spec: PoolSpec, reason: &str) -> Result<ApplyReport, ApplyError> {
         let (reply, rx) = oneshot::channel();
