@@ -1,14 +1,14 @@
-//! Prints the simulator's comparison table:
-//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--change handover|reload] [--probe SECONDS] [--handover SECONDS]`.
+//! Prints the simulator's comparison tables:
+//! `cargo run -p fpm-autoscale --release --example simulate -- --trace all [--seed N] [--policy FILE] [--probe SECONDS]`.
 //! `--trace` takes a built-in name, `all`, `shared` (two pools under one
 //! budget), or the path of a CSV `time_s,rate` file. `--sweep N` prints
-//! instead one line per built-in trace and seed 1 to N with the figures
-//! the goals are about.
+//! instead, for every built-in trace, each contender's figures summed or
+//! worst over seeds 1 to N.
 
 #![allow(clippy::print_stdout)]
 
 use fpm_autoscale::sim::{
-    run_shared, simulate_all, simulate_report_with, ChangeMechanism, Scenario, SharedPool,
+    simulate_all, simulate_report_with, simulate_shared, Scenario, SimResult,
 };
 use fpm_autoscale::{Policy, TraceSpec};
 
@@ -16,10 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut trace = "all".to_owned();
     let mut seed = 1_u64;
     let mut policy_text = None;
-    let mut change = ChangeMechanism::Handover;
     let mut probe_s = None;
     let mut sweep = None;
-    let mut handover_s = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -29,11 +27,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seed = value
                     .parse()
                     .map_err(|_| format!("--seed: '{value}' is not a number"))?;
-            }
-            "--handover" => {
-                handover_s = Some(value.parse::<f64>().map_err(|_| {
-                    format!("--handover: '{value}' is not a number of seconds")
-                })?);
             }
             "--sweep" => {
                 sweep = Some(
@@ -50,30 +43,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .map_err(|_| format!("--probe: '{value}' is not a number of seconds"))?,
                 );
             }
-            "--change" => {
-                change = match value.as_str() {
-                    "handover" => ChangeMechanism::Handover,
-                    "reload" => ChangeMechanism::Reload,
-                    _ => return Err(format!("--change: '{value}': use handover or reload").into()),
-                };
-            }
             other => {
                 return Err(format!(
-                    "unknown argument '{other}'; use --trace, --seed, --sweep, --policy, --change, --probe, --handover"
+                    "unknown argument '{other}'; use --trace, --seed, --sweep, --policy, --probe"
                 )
                 .into())
             }
         }
     }
     if trace == "shared" {
-        return print_shared(seed);
+        println!("{}", simulate_shared(seed)?);
+        return Ok(());
     }
     if let Some(seeds) = sweep {
         let policy = match &policy_text {
             Some(text) => Policy::from_yaml(text)?,
             None => Policy::default(),
         };
-        return print_sweep(seeds, &policy, change, probe_s, handover_s);
+        return print_sweep(seeds, &policy, probe_s);
     }
     let traces: Vec<TraceSpec> = match trace.as_str() {
         "all" => TraceSpec::BUILTIN
@@ -87,12 +74,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for spec in traces {
         let mut scenario = Scenario::standard(seed);
-        scenario.change = change;
         if let Some(probe_s) = probe_s {
             scenario.probe_s = probe_s;
-        }
-        if let Some(handover_s) = handover_s {
-            scenario.handover_s = handover_s;
         }
         println!(
             "{}",
@@ -102,90 +85,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The goals' figures for every built-in trace and seeds 1 to `seeds`.
+/// Per trace and contender over seeds 1 to `seeds`: requests and failures
+/// summed, the median and worst of the per-seed p99 response, the worst
+/// max response, the share of requests that waited, memory relative to
+/// `static` at max (mean), the most changes and oscillations of any seed.
 fn print_sweep(
     seeds: u64,
     policy: &Policy,
-    change: ChangeMechanism,
     probe_s: Option<f64>,
-    handover_s: Option<f64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let window_s = policy.spec().oscillation_window_s;
-    println!("| trace | seed | manager p99 ms | static p99 ms | dynamic p99 ms | waited > 0 | 1 % of requests | memory vs static | most changes in 5 min | oscillations ({window_s:.0} s) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| trace | manager | requests | failed | p99 response ms, median of seeds | p99 response ms, worst seed | max response ms, worst seed | waited > 0 | memory vs static@max | most changes | most oscillations ({window_s:.0} s) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for name in TraceSpec::BUILTIN {
         let trace = TraceSpec::builtin(name).ok_or("unknown built-in trace")?;
+        let mut runs: Vec<Vec<SimResult>> = Vec::new();
         for seed in 1..=seeds {
             let mut scenario = Scenario::standard(seed);
-            scenario.change = change;
             scenario.max_workers = policy.spec().max_workers;
             scenario.slow_wait_s = policy.emergency_wait_s();
             if let Some(probe_s) = probe_s {
                 scenario.probe_s = probe_s;
             }
-            if let Some(handover_s) = handover_s {
-                scenario.handover_s = handover_s;
-            }
-            let results = simulate_all(&trace, policy, &scenario)?;
-            let [manager, static_max, dynamic, _] = &results[..] else {
-                return Err("expected four managers".into());
-            };
+            runs.push(simulate_all(&trace, policy, &scenario)?);
+        }
+        let contenders = runs.first().map_or(0, Vec::len);
+        let static_index = runs
+            .first()
+            .and_then(|first| first.iter().position(|r| r.manager == "static@max"))
+            .ok_or("no static@max contender")?;
+        for index in 0..contenders {
+            let column: Vec<&SimResult> = runs.iter().map(|run| &run[index]).collect();
+            let mut p99: Vec<f64> = column.iter().map(|r| r.p99_response_s).collect();
+            p99.sort_by(f64::total_cmp);
+            let median = p99[p99.len() / 2];
+            let worst = p99.last().copied().unwrap_or(0.0);
+            let max = column.iter().map(|r| r.max_response_s).fold(0.0, f64::max);
+            let requests: u64 = column.iter().map(|r| r.requests).sum();
+            let failed: u64 = column.iter().map(|r| r.failed).sum();
+            let waited: u64 = column.iter().map(|r| r.waited).sum();
+            let memory: f64 = runs
+                .iter()
+                .map(|run| run[index].memory_gib_seconds / run[static_index].memory_gib_seconds)
+                .sum::<f64>()
+                / runs.len() as f64;
+            let changes = column.iter().map(|r| r.changes).max().unwrap_or(0);
+            let oscillations = column
+                .iter()
+                .map(|r| r.oscillations_within(window_s))
+                .max()
+                .unwrap_or(0);
             println!(
-                "| {name} | {seed} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2}x | {} | {} |",
-                manager.p99_wait_s * 1000.0,
-                static_max.p99_wait_s * 1000.0,
-                dynamic.p99_wait_s * 1000.0,
-                manager.waited,
-                manager.requests / 100,
-                manager.memory_gib_seconds / static_max.memory_gib_seconds,
-                manager.max_changes_within(300.0),
-                manager.oscillations_within(window_s),
+                "| {name} | {} | {requests} | {failed} | {:.1} | {:.1} | {:.0} | {:.2} % | {memory:.2}x | {changes} | {oscillations} |",
+                column[0].manager,
+                median * 1000.0,
+                worst * 1000.0,
+                max * 1000.0,
+                waited as f64 * 100.0 / requests.max(1) as f64,
             );
         }
-    }
-    Ok(())
-}
-
-/// Two pools under one budget that fits about 30 workers: "shop" (priority
-/// 1, spike trace) and "admin" (priority 0, steady trace).
-fn print_shared(seed: u64) -> Result<(), Box<dyn std::error::Error>> {
-    const MIB: u64 = 1024 * 1024;
-    let pools = [
-        SharedPool {
-            name: "shop".to_owned(),
-            trace: TraceSpec::Spike,
-            policy: Policy::from_yaml("priority: 1\n")?,
-        },
-        SharedPool {
-            name: "admin".to_owned(),
-            trace: TraceSpec::Steady,
-            policy: Policy::from_yaml("priority: 0\n")?,
-        },
-    ];
-    let mut scenario = Scenario::standard(seed);
-    scenario.memory_budget_bytes = 384 * MIB + 30 * 70 * MIB;
-    let shared = run_shared(&pools, &scenario)?;
-    println!(
-        "shared budget {} MiB (about 30 workers), seed {seed}, peak memory of all workers {} MiB",
-        scenario.memory_budget_bytes / MIB,
-        shared.peak_memory_bytes / MIB
-    );
-    println!("| pool | priority | p50 wait ms | p99 wait ms | max wait ms | waited > target | memory GiB-s | changes | cap low..high |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (index, (pool, result)) in pools.iter().zip(&shared.pools).enumerate() {
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {:.0} | {} | {}..{} |",
-            pool.name,
-            pool.policy.spec().priority,
-            result.p50_wait_s * 1000.0,
-            result.p99_wait_s * 1000.0,
-            result.max_wait_s * 1000.0,
-            result.over_target,
-            result.memory_gib_seconds,
-            result.changes,
-            shared.granted_low[index],
-            shared.granted_peak[index],
-        );
     }
     Ok(())
 }

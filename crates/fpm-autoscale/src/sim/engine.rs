@@ -1,4 +1,5 @@
-//! The event loop of the simulator: one pool, one manager, one trace.
+//! The event loop of the simulator: one pool, one manager, one trace (or
+//! several pools in lockstep under one memory budget).
 //!
 //! Time is kept in integer microseconds so that event order is exact and
 //! runs are bit-for-bit reproducible; ties are broken by insertion order.
@@ -8,7 +9,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use super::rng::Pcg32;
 use super::trace::TraceSpec;
-use super::{ChangeMechanism, ChangeRecord, Manager, Scenario, SimError, SimResult};
+use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
@@ -16,9 +17,17 @@ use crate::share::{share_budget, PoolDemand};
 
 /// Upper bound on drawn requests, so that a trace cannot exhaust memory.
 const MAX_REQUESTS: u64 = 20_000_000;
+/// php-fpm's maintenance heartbeat (`dynamic` spawns, `ondemand` reaps).
 const TICK_US: u64 = 1_000_000;
 const BUSY_INTERVAL_US: u64 = 1_000_000;
 const NORMAL_INTERVAL_US: u64 = 5_000_000;
+/// Lockstep of a shared-budget run: memory is compared with the budget
+/// this often.
+const SHARED_STEP_US: u64 = 100_000;
+/// Budget shares are recomputed this often, like the daemon would.
+const SHARE_EVERY_US: u64 = 1_000_000;
+/// A request counts as served cold when its penalty is above this.
+const COLD_SERVED_S: f64 = 0.01;
 
 /// Random streams, one per purpose, so managers see the same requests.
 const STREAM_ARRIVALS: u64 = 1;
@@ -37,13 +46,16 @@ enum Event {
         slot: usize,
         epoch: u64,
     },
+    /// php-fpm's 1 s maintenance.
     Tick,
-    /// A change: start a new master with `workers` workers.
+    /// The collector's accept-queue probe (and its regular collections).
+    Probe,
+    /// A change: start a new master with `workers` as its size or cap.
     Apply {
         workers: u32,
     },
-    /// Stop every master older than `master` (graceful).
-    Retire {
+    /// The new master reports ready: it serves, the older ones stop.
+    MasterReady {
         master: u32,
     },
 }
@@ -59,7 +71,7 @@ enum WorkerState {
     Dead,
     Starting,
     Idle { since_us: u64 },
-    Busy { service_s: f64, retiring: bool },
+    Busy { retiring: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -68,34 +80,50 @@ struct Worker {
     state: WorkerState,
     pss: u64,
     master: u32,
+    /// Requests this worker took (the status page's `requests`).
+    served: u64,
+    /// Duration of its current or last request, seconds.
+    last_duration_s: f64,
 }
 
-/// One php-fpm master: a change starts a new one, whose OPcache is cold.
+/// One php-fpm master.
 #[derive(Debug, Clone, Copy)]
 struct Master {
-    cold: bool,
+    /// Cold-OPcache penalty of its first request, seconds (0 when warm).
+    cold_start_s: f64,
     started_requests: u64,
+    /// `pm.max_children`.
+    cap: u32,
+    alive: u32,
+    starting: u32,
+    /// Its `accepted conn` counter.
+    accepted: u64,
 }
 
-/// The manager's own bookkeeping while it drives the pool.
+/// The manager's collector and scaler while it drives the pool.
 struct PolicyDriver {
     policy: Policy,
     state: ScalerState,
     last_collect_us: Option<u64>,
     interval_us: u64,
-    previous_accepted: Option<u64>,
-    in_flight_until_us: u64,
-    finished: Vec<f64>,
+    /// `(master, accepted conn)` at the previous collection.
+    previous_accepted: Option<(u32, u64)>,
+    /// `(epoch, requests)` per worker slot at the previous collection,
+    /// the way the advisor keys them by pid.
+    previous_served: Vec<Option<(u64, u64)>>,
+    in_flight: bool,
+    file_cache: bool,
 }
 
 struct Sim<'a> {
     scenario: &'a Scenario,
     manager: &'a Manager,
+    ondemand: bool,
     requests: &'a [Request],
     next_request: usize,
     /// Workers granted by a shared budget (multi-pool runs).
     share_cap: Option<u32>,
-    /// Figures of the last decision, for budget sharing.
+    /// What the pool wants, for budget sharing.
     last_wanted: Option<u32>,
     duration_us: u64,
     now_us: u64,
@@ -107,21 +135,23 @@ struct Sim<'a> {
     idle: VecDeque<usize>,
     queue: VecDeque<Request>,
     alive: u32,
-    busy: u32,
-    starting: u32,
     alive_pss: u64,
     masters: Vec<Master>,
-    accepted_total: u64,
+    /// The master that serves and forks.
+    active: u32,
     memory_rng: Pcg32,
     spawn_rate: u32,
     driver: Option<PolicyDriver>,
     // Results.
     waits: Vec<f64>,
+    responses: Vec<f64>,
     waited: u64,
     over_target: u64,
-    dropped: u64,
+    cold_served: u64,
+    failed: u64,
     spawns: u64,
     peak: u32,
+    peak_serving: u32,
     worker_seconds: f64,
     memory_byte_seconds: f64,
     change_log: Vec<(f64, i8)>,
@@ -194,8 +224,11 @@ pub struct SharedPool {
     pub name: String,
     /// Its arrivals.
     pub trace: TraceSpec,
-    /// Its policy (weight and priority decide who gives way).
-    pub policy: Policy,
+    /// Who manages it. The policy's managers get their cap from
+    /// [`crate::share_budget`]; the others run as configured.
+    pub manager: Manager,
+    /// `pm.max_children` of this pool (`max_workers` of its policy).
+    pub max_workers: u32,
 }
 
 /// Result of a shared-budget run.
@@ -203,105 +236,138 @@ pub struct SharedPool {
 pub struct SharedResult {
     /// One result per pool, in input order.
     pub pools: Vec<SimResult>,
-    /// Most workers granted to each pool at once, in input order.
+    /// Most workers granted to each pool at once, in input order (the
+    /// pool's `max_workers` when no share applies).
     pub granted_peak: Vec<u32>,
     /// Fewest workers granted to each pool at once, in input order.
     pub granted_low: Vec<u32>,
-    /// Largest memory of all pools' workers together, sampled each
-    /// second, bytes (a hand-over counts both masters).
+    /// Memory the workers of all pools may use together: the budget less
+    /// the shared memory of every pool and the reserve, bytes.
+    pub worker_budget_bytes: u64,
+    /// Largest memory of all pools' workers together, sampled every
+    /// 100 ms, bytes (a hand-over counts both masters).
     pub peak_memory_bytes: u64,
+    /// Time the workers' memory was above `worker_budget_bytes`, seconds.
+    pub over_budget_s: f64,
 }
 
-/// Runs several pools managed by the policy under one memory budget
-/// (`scenario.memory_budget_bytes` less the shared memory and the first
-/// policy's reserve). Every second [`crate::share_budget`] splits the
-/// budget by priority and weight, and each pool's scaler receives its
-/// share as `share_cap_workers`.
+/// Runs several pools under one memory budget
+/// (`scenario.memory_budget_bytes` less every pool's shared memory and the
+/// first policy's reserve). Every second [`crate::share_budget`] splits the
+/// budget by priority and weight between the pools the policy manages
+/// (the others' caps are taken off first), and each scaler receives its
+/// share as `share_cap_workers`. Memory is compared with the budget every
+/// 100 ms.
 pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedResult, SimError> {
-    let managers: Vec<Manager> = pools
-        .iter()
-        .map(|pool| Manager::Policy(pool.policy.clone()))
-        .collect();
-    let drawn = pools
+    let scenarios: Vec<Scenario> = pools
         .iter()
         .enumerate()
         .map(|(index, pool)| {
             let mut own = scenario.clone();
             // Different pools get different requests from the same seed.
             own.seed = scenario.seed.wrapping_add(index as u64 * 1_000_003);
-            draw_requests(&pool.trace, &own)
+            own.max_workers = pool.max_workers;
+            own
         })
+        .collect();
+    let drawn = pools
+        .iter()
+        .zip(&scenarios)
+        .map(|(pool, own)| draw_requests(&pool.trace, own))
         .collect::<Result<Vec<_>, _>>()?;
     let mut sims: Vec<Sim<'_>> = drawn
         .iter()
-        .zip(&managers)
-        .map(|((requests, duration_us), manager)| {
-            Sim::new(requests, *duration_us, manager, scenario)
+        .zip(pools)
+        .zip(&scenarios)
+        .map(|(((requests, duration_us), pool), own)| {
+            Sim::new(requests, *duration_us, &pool.manager, own)
         })
         .collect();
     let reserve = pools
-        .first()
-        .map_or(0.0, |pool| pool.policy.spec().memory_reserve_mb)
+        .iter()
+        .find_map(|pool| pool.manager.policy())
+        .map_or(0.0, |policy| policy.spec().memory_reserve_mb)
         * 1024.0
         * 1024.0;
-    let net = scenario
+    let worker_budget_bytes = scenario
         .memory_budget_bytes
-        .saturating_sub(scenario.shared_bytes)
+        .saturating_sub(scenario.shared_bytes * pools.len() as u64)
         .saturating_sub(reserve as u64);
     let mut granted_peak = vec![0; pools.len()];
     let mut granted_low = vec![u32::MAX; pools.len()];
     let mut peak_memory_bytes = 0;
+    let mut over_budget_s = 0.0;
     let mut until = 0;
-    // Bounded: each round advances a second, and every pool's heap runs dry
+    // Bounded: each round advances 100 ms, and every pool's heap runs dry
     // once its trace is over and its queue is empty.
     while sims.iter().any(|sim| !sim.heap.is_empty()) {
-        until += TICK_US;
+        until += SHARED_STEP_US;
         for sim in &mut sims {
             sim.run_until(until);
         }
-        let demands: Vec<PoolDemand> = sims
+        let memory: u64 = sims.iter().map(|sim| sim.alive_pss).sum();
+        peak_memory_bytes = peak_memory_bytes.max(memory);
+        if memory > worker_budget_bytes {
+            over_budget_s += SHARED_STEP_US as f64 / 1e6;
+        }
+        if until % SHARE_EVERY_US != 0 {
+            continue;
+        }
+        // Pools the policy does not manage keep their configured cap.
+        let fixed: u64 = sims
             .iter()
             .zip(pools)
-            .map(|(sim, pool)| {
-                let spec = pool.policy.spec();
-                let current = sim
-                    .driver
-                    .as_ref()
-                    .map_or(0, |driver| driver.state.workers());
-                PoolDemand {
-                    name: pool.name.clone(),
+            .filter(|(sim, _)| sim.driver.is_none())
+            .map(|(_, pool)| u64::from(pool.max_workers) * scenario.pss_mean_bytes as u64)
+            .sum();
+        let managed: Vec<usize> = (0..pools.len())
+            .filter(|&index| sims[index].driver.is_some())
+            .collect();
+        let demands: Vec<PoolDemand> = managed
+            .iter()
+            .filter_map(|&index| {
+                let sim = &sims[index];
+                let driver = sim.driver.as_ref()?;
+                let spec = driver.policy.spec();
+                let current = driver.state.workers();
+                Some(PoolDemand {
+                    name: pools[index].name.clone(),
                     priority: spec.priority,
                     weight: spec.weight,
                     min_workers: spec.min_workers,
+                    // As share.rs advises: at least what the pool runs, so
+                    // a pool shrinks through its own damped scale-down.
                     wanted_workers: sim
                         .last_wanted
                         .unwrap_or(0)
                         .max(current)
                         .clamp(spec.min_workers, spec.max_workers),
                     max_workers: spec.max_workers,
-                    worker_bytes: sim
-                        .driver
-                        .as_ref()
-                        .and_then(|driver| driver.state.estimates().p95_pss_bytes())
+                    worker_bytes: driver
+                        .state
+                        .estimates()
+                        .p95_pss_bytes()
                         .unwrap_or(scenario.pss_mean_bytes as u64),
-                }
+                })
             })
             .collect();
-        let shares = share_budget(net, &demands);
-        let mut memory = 0;
-        for (index, (sim, share)) in sims.iter_mut().zip(shares).enumerate() {
-            sim.share_cap = Some(share.granted_workers);
-            granted_peak[index] = granted_peak[index].max(share.granted_workers);
-            granted_low[index] = granted_low[index].min(share.granted_workers);
-            memory += sim.alive_pss;
+        let shares = share_budget(worker_budget_bytes.saturating_sub(fixed), &demands);
+        for (&index, share) in managed.iter().zip(shares) {
+            sims[index].share_cap = Some(share.granted_workers);
         }
-        peak_memory_bytes = peak_memory_bytes.max(memory);
+        for (index, sim) in sims.iter().enumerate() {
+            let cap = sim.share_cap.unwrap_or(pools[index].max_workers);
+            granted_peak[index] = granted_peak[index].max(cap);
+            granted_low[index] = granted_low[index].min(cap);
+        }
     }
     Ok(SharedResult {
         pools: sims.into_iter().map(Sim::finish).collect(),
         granted_peak,
         granted_low,
+        worker_budget_bytes,
         peak_memory_bytes,
+        over_budget_s,
     })
 }
 
@@ -312,9 +378,42 @@ impl<'a> Sim<'a> {
         manager: &'a Manager,
         scenario: &'a Scenario,
     ) -> Sim<'a> {
+        let ondemand = matches!(manager, Manager::Ondemand | Manager::PolicyOndemand { .. });
+        let (initial, cap, driver) = match manager {
+            Manager::Static => (scenario.max_workers, scenario.max_workers, None),
+            Manager::Dynamic(spec) => (
+                spec.start.min(scenario.max_workers),
+                scenario.max_workers,
+                None,
+            ),
+            Manager::Ondemand => (0, scenario.max_workers, None),
+            Manager::PolicyStatic(policy) | Manager::PolicyOndemand { policy, .. } => {
+                // The manager takes over a pool at its learning cap.
+                let workers = policy.learning_cap();
+                let driver = PolicyDriver {
+                    policy: policy.clone(),
+                    state: ScalerState::new(0, workers),
+                    last_collect_us: None,
+                    interval_us: NORMAL_INTERVAL_US,
+                    previous_accepted: None,
+                    previous_served: Vec::new(),
+                    in_flight: false,
+                    file_cache: matches!(
+                        manager,
+                        Manager::PolicyOndemand {
+                            file_cache: true,
+                            ..
+                        }
+                    ),
+                };
+                let initial = if ondemand { 0 } else { workers };
+                (initial, workers, Some(driver))
+            }
+        };
         let mut sim = Sim {
             scenario,
             manager,
+            ondemand,
             requests,
             next_request: 0,
             share_cap: None,
@@ -329,51 +428,41 @@ impl<'a> Sim<'a> {
             idle: VecDeque::new(),
             queue: VecDeque::new(),
             alive: 0,
-            busy: 0,
-            starting: 0,
             alive_pss: 0,
+            // Every manager starts on a warm master.
             masters: vec![Master {
-                cold: false,
+                cold_start_s: 0.0,
                 started_requests: 0,
+                cap,
+                alive: 0,
+                starting: 0,
+                accepted: 0,
             }],
-            accepted_total: 0,
+            active: 0,
             memory_rng: Pcg32::new(scenario.seed, STREAM_MEMORY),
             spawn_rate: 1,
-            driver: None,
+            driver,
             waits: Vec::with_capacity(requests.len()),
+            responses: Vec::with_capacity(requests.len()),
             waited: 0,
             over_target: 0,
-            dropped: 0,
+            cold_served: 0,
+            failed: 0,
             spawns: 0,
             peak: 0,
+            peak_serving: 0,
             worker_seconds: 0.0,
             memory_byte_seconds: 0.0,
             change_log: Vec::new(),
             changes_detail: Vec::new(),
         };
-        let initial = match manager {
-            Manager::Static => scenario.max_workers,
-            Manager::Dynamic => scenario.dynamic_start.min(scenario.max_workers),
-            Manager::Ondemand => 0,
-            Manager::Policy(policy) => {
-                // The manager takes over a pool at its learning cap.
-                let workers = policy.learning_cap();
-                sim.driver = Some(PolicyDriver {
-                    policy: policy.clone(),
-                    state: ScalerState::new(0, workers),
-                    last_collect_us: None,
-                    interval_us: NORMAL_INTERVAL_US,
-                    previous_accepted: None,
-                    in_flight_until_us: 0,
-                    finished: Vec::new(),
-                });
-                workers
-            }
-        };
         for _ in 0..initial {
-            sim.spawn(None);
+            sim.spawn(0, None);
         }
         sim.schedule(0, Event::Tick);
+        if sim.driver.is_some() {
+            sim.schedule(0, Event::Probe);
+        }
         if let Some(first) = requests.first() {
             sim.schedule(first.arrival_us, Event::Arrival);
         }
@@ -403,26 +492,31 @@ impl<'a> Sim<'a> {
                 Event::Ready { slot, epoch } => self.ready(slot, epoch),
                 Event::Tick => {
                     match self.manager {
-                        Manager::Static => {}
-                        Manager::Dynamic => self.dynamic_maintenance(),
-                        Manager::Ondemand => self.ondemand_reap(),
-                        Manager::Policy(_) => self.collect(),
+                        Manager::Dynamic(_) => self.dynamic_maintenance(),
+                        Manager::Ondemand | Manager::PolicyOndemand { .. } => self.ondemand_reap(),
+                        Manager::Static | Manager::PolicyStatic(_) => {}
                     }
-                    let more = self.next_request < self.requests.len() || !self.queue.is_empty();
-                    if self.now_us < self.duration_us || more {
-                        let tick_us = match self.manager {
-                            // The collector's accept-queue probe.
-                            Manager::Policy(_) => (self.scenario.probe_s * 1e6).max(1.0) as u64,
-                            // php-fpm's maintenance heartbeat.
-                            _ => TICK_US,
-                        };
-                        self.schedule(self.now_us + tick_us, Event::Tick);
+                    if self.more_to_do() {
+                        self.schedule(self.now_us + TICK_US, Event::Tick);
+                    }
+                }
+                Event::Probe => {
+                    self.collect();
+                    if self.more_to_do() {
+                        let probe_us = (self.scenario.probe_s * 1e6).max(1.0) as u64;
+                        self.schedule(self.now_us + probe_us, Event::Probe);
                     }
                 }
                 Event::Apply { workers } => self.apply(workers),
-                Event::Retire { master } => self.retire(master),
+                Event::MasterReady { master } => self.master_ready(master),
             }
         }
+    }
+
+    fn more_to_do(&self) -> bool {
+        self.now_us < self.duration_us
+            || self.next_request < self.requests.len()
+            || !self.queue.is_empty()
     }
 
     fn schedule(&mut self, at_us: u64, event: Event) {
@@ -442,7 +536,9 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn spawn(&mut self, ready_after_s: Option<f64>) {
+    /// Forks a worker of `master`: ready at once (`None`, a master's
+    /// initial workers at time 0) or after a delay.
+    fn spawn(&mut self, master: u32, ready_after_s: Option<f64>) {
         let scenario = self.scenario;
         let draw = scenario.pss_mean_bytes + scenario.pss_sd_bytes * self.memory_rng.normal();
         let pss = draw.clamp(scenario.pss_mean_bytes / 2.0, scenario.pss_mean_bytes * 2.0) as u64;
@@ -454,18 +550,25 @@ impl<'a> Sim<'a> {
                     state: WorkerState::Dead,
                     pss: 0,
                     master: 0,
+                    served: 0,
+                    last_duration_s: 0.0,
                 });
                 self.workers.len() - 1
             }
         };
-        let master = self.current_master();
         let worker = &mut self.workers[slot];
         worker.epoch += 1;
         worker.pss = pss;
         worker.master = master;
+        worker.served = 0;
+        worker.last_duration_s = 0.0;
         self.alive += 1;
         self.alive_pss += pss;
+        self.masters[master as usize].alive += 1;
         self.peak = self.peak.max(self.alive);
+        if master == self.active {
+            self.peak_serving = self.peak_serving.max(self.masters[master as usize].alive);
+        }
         self.spawns += 1;
         match ready_after_s {
             None => {
@@ -477,7 +580,7 @@ impl<'a> Sim<'a> {
             Some(delay) => {
                 worker.state = WorkerState::Starting;
                 let epoch = worker.epoch;
-                self.starting += 1;
+                self.masters[master as usize].starting += 1;
                 let at = self.now_us + (delay * 1e6) as u64;
                 self.schedule(at, Event::Ready { slot, epoch });
             }
@@ -486,12 +589,13 @@ impl<'a> Sim<'a> {
 
     fn kill(&mut self, slot: usize) {
         let worker = &mut self.workers[slot];
+        let master = &mut self.masters[worker.master as usize];
         match worker.state {
             WorkerState::Dead => return,
-            WorkerState::Starting => self.starting -= 1,
-            WorkerState::Busy { .. } => self.busy -= 1,
-            WorkerState::Idle { .. } => {}
+            WorkerState::Starting => master.starting -= 1,
+            WorkerState::Busy { .. } | WorkerState::Idle { .. } => {}
         }
+        master.alive -= 1;
         worker.state = WorkerState::Dead;
         worker.epoch += 1;
         self.alive -= 1;
@@ -505,44 +609,62 @@ impl<'a> Sim<'a> {
             return;
         }
         if self.queue.len() >= self.scenario.backlog as usize {
-            self.dropped += 1;
+            self.failed += 1;
             return;
         }
         self.queue.push_back(request);
-        if *self.manager == Manager::Ondemand
-            && self.alive < self.scenario.max_workers
-            && (self.starting as usize) < self.queue.len()
-        {
-            self.spawn(Some(self.scenario.fork_s));
+        self.fork_for_queue();
+    }
+
+    /// `ondemand`: the serving master forks a worker for every waiting
+    /// request that no worker being forked will take, up to its cap.
+    fn fork_for_queue(&mut self) {
+        if !self.ondemand {
+            return;
         }
+        loop {
+            let master = &self.masters[self.active as usize];
+            let room = master.alive < self.effective_cap();
+            if !(room && (master.starting as usize) < self.queue.len()) {
+                break;
+            }
+            self.spawn(self.active, Some(self.scenario.fork_s));
+        }
+    }
+
+    /// The serving master's `pm.max_children`.
+    fn effective_cap(&self) -> u32 {
+        self.masters[self.active as usize].cap
     }
 
     fn start(&mut self, slot: usize, request: Request) {
         let wait = self.now_us.saturating_sub(request.arrival_us) as f64 / 1e6;
+        let worker = &mut self.workers[slot];
+        let master = &mut self.masters[worker.master as usize];
+        let cold = if master.cold_start_s > 0.0 {
+            let warmed = master.started_requests as f64 / self.scenario.cold_requests;
+            master.cold_start_s * (-warmed).exp()
+        } else {
+            0.0
+        };
+        master.started_requests += 1;
+        master.accepted += 1;
+        let service_s = request.demand_s + cold;
+        worker.state = WorkerState::Busy { retiring: false };
+        worker.served += 1;
+        worker.last_duration_s = service_s;
+        let epoch = worker.epoch;
         self.waits.push(wait);
+        self.responses.push(wait + service_s);
         if wait > 0.0 {
             self.waited += 1;
         }
         if wait > self.scenario.slow_wait_s {
             self.over_target += 1;
         }
-        let worker = &mut self.workers[slot];
-        let master = &mut self.masters[worker.master as usize];
-        let cold = if master.cold {
-            let warmed = master.started_requests as f64 / self.scenario.cold_requests;
-            1.0 + self.scenario.cold_extra * (-warmed).exp()
-        } else {
-            1.0
-        };
-        master.started_requests += 1;
-        let service_s = request.demand_s * cold;
-        worker.state = WorkerState::Busy {
-            service_s,
-            retiring: false,
-        };
-        let epoch = worker.epoch;
-        self.busy += 1;
-        self.accepted_total += 1;
+        if cold > COLD_SERVED_S {
+            self.cold_served += 1;
+        }
         // At least 1 µs so a request never finishes at its own start.
         let at = self.now_us + ((service_s * 1e6) as u64).max(1);
         self.schedule(at, Event::Done { slot, epoch });
@@ -553,21 +675,13 @@ impl<'a> Sim<'a> {
         if worker.epoch != epoch {
             return;
         }
-        let WorkerState::Busy {
-            service_s,
-            retiring,
-        } = worker.state
-        else {
+        let WorkerState::Busy { retiring } = worker.state else {
             return;
         };
-        if let Some(driver) = self.driver.as_mut() {
-            driver.finished.push(service_s);
-        }
         if retiring {
             self.kill(slot);
             return;
         }
-        self.busy -= 1;
         self.make_available(slot);
     }
 
@@ -576,11 +690,18 @@ impl<'a> Sim<'a> {
         if worker.epoch != epoch || worker.state != WorkerState::Starting {
             return;
         }
-        self.starting -= 1;
+        self.masters[worker.master as usize].starting -= 1;
         self.make_available(slot);
     }
 
     fn make_available(&mut self, slot: usize) {
+        // A worker of a master that is not serving yet waits for it.
+        if self.workers[slot].master > self.active {
+            self.workers[slot].state = WorkerState::Idle {
+                since_us: self.now_us,
+            };
+            return;
+        }
         if let Some(request) = self.queue.pop_front() {
             self.start(slot, request);
         } else {
@@ -593,26 +714,26 @@ impl<'a> Sim<'a> {
 
     /// php-fpm `dynamic`: one maintenance pass per second (fact 16).
     fn dynamic_maintenance(&mut self) {
-        let scenario = self.scenario;
+        let Manager::Dynamic(spec) = self.manager else {
+            return;
+        };
+        let master = self.masters[self.active as usize];
         // Workers being forked will be idle in a moment; php-fpm counts a
         // fresh child as idle as well.
-        let idle = self.idle.len() as u32 + self.starting;
-        if idle > scenario.dynamic_max_spare {
+        let idle = self.idle.len() as u32 + master.starting;
+        if idle > spec.max_spare {
             if let Some(slot) = self.idle.pop_front() {
                 self.kill(slot);
             }
             self.spawn_rate = 1;
-        } else if idle < scenario.dynamic_min_spare {
-            let room = scenario.max_workers.saturating_sub(self.alive);
-            let count = self
-                .spawn_rate
-                .min(scenario.dynamic_min_spare - idle)
-                .min(room);
+        } else if idle < spec.min_spare {
+            let room = master.cap.saturating_sub(master.alive);
+            let count = self.spawn_rate.min(spec.min_spare - idle).min(room);
             for _ in 0..count {
-                self.spawn(Some(scenario.fork_s));
+                self.spawn(self.active, Some(self.scenario.fork_s));
             }
-            if room > 0 && self.spawn_rate < scenario.max_spawn_rate {
-                self.spawn_rate = (self.spawn_rate * 2).min(scenario.max_spawn_rate);
+            if room > 0 && self.spawn_rate < self.scenario.max_spawn_rate {
+                self.spawn_rate = (self.spawn_rate * 2).min(self.scenario.max_spawn_rate);
             }
         } else {
             self.spawn_rate = 1;
@@ -634,67 +755,116 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The manager's collector: adaptive interval plus the saturation probe.
+    /// The manager's collector: a regular look at the adaptive interval,
+    /// and at once when the probe finds requests queued. It sees what the
+    /// status page and the kernel show, nothing more.
     fn collect(&mut self) {
         let now = self.now_us;
         let Some(driver) = self.driver.as_ref() else {
             return;
         };
-        let saturated = !self.queue.is_empty() && self.idle.is_empty();
         let due = driver
             .last_collect_us
             .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
-        if !(due || saturated) {
+        if !due && self.queue.is_empty() {
             return;
         }
-        let pss: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|worker| worker.state != WorkerState::Dead)
-            .map(|worker| worker.pss)
-            .collect();
+        let active = self.active;
+        let master = self.masters[active as usize];
+        let (mut busy, mut idle) = (0u32, 0u32);
+        let mut pss = Vec::new();
+        let mut finished = Vec::new();
+        let (mut completed, mut unseen) = (0u64, 0u64);
         let Some(driver) = self.driver.as_mut() else {
             return;
         };
-        let accepted = accepted_delta(driver.previous_accepted, self.accepted_total);
-        driver.previous_accepted = Some(self.accepted_total);
+        if driver.previous_served.len() < self.workers.len() {
+            driver.previous_served.resize(self.workers.len(), None);
+        }
+        for (slot, worker) in self.workers.iter().enumerate() {
+            if worker.state == WorkerState::Dead {
+                driver.previous_served[slot] = None;
+                continue;
+            }
+            pss.push(worker.pss);
+            // The status page is the serving master's.
+            if worker.master != active {
+                continue;
+            }
+            let is_idle = matches!(worker.state, WorkerState::Idle { .. });
+            match worker.state {
+                WorkerState::Busy { .. } => busy += 1,
+                WorkerState::Idle { .. } => idle += 1,
+                WorkerState::Starting | WorkerState::Dead => {}
+            }
+            // As the advisor does: a worker seen at the previous look that
+            // served requests since finished them; if it is idle now, its
+            // last request's duration is on the page, the others are gone.
+            if let Some((epoch, before)) = driver.previous_served[slot] {
+                if epoch == worker.epoch {
+                    let delta = worker.served.saturating_sub(before);
+                    completed += delta;
+                    if delta > 0 && is_idle {
+                        finished.push(worker.last_duration_s);
+                        unseen += delta - 1;
+                    } else {
+                        unseen += delta;
+                    }
+                }
+            }
+            driver.previous_served[slot] = Some((worker.epoch, worker.served));
+        }
+        if let (Some(last), true) = (driver.last_collect_us, unseen > 0 && completed > 0) {
+            let busy_s = f64::from(busy) * (now.saturating_sub(last) as f64 / 1e6);
+            let estimate = busy_s / completed as f64;
+            if estimate > 0.0 {
+                finished.extend(std::iter::repeat_n(estimate, unseen.min(1000) as usize));
+            }
+        }
+        // `accepted conn` restarts with every master.
+        let accepted = match driver.previous_accepted {
+            Some((seen, before)) if seen == active => accepted_delta(Some(before), master.accepted),
+            Some(_) => master.accepted,
+            None => 0,
+        };
+        driver.previous_accepted = Some((active, master.accepted));
         let queue_len = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+        // With `ondemand` the daemon reports the applied cap as the total,
+        // so "every worker busy" reads "cap reached".
+        let total = if self.ondemand {
+            master.cap
+        } else {
+            master.alive
+        };
         let observation = Observation {
             now_ms: now / 1000,
             accepted,
             queue_len,
-            busy: self.busy,
-            idle: self.idle.len() as u32,
-            total: self.alive,
+            busy,
+            idle,
+            total,
             worker_pss_bytes: &pss,
-            finished_service_s: &driver.finished,
+            finished_service_s: &finished,
             cpu_cores_used: None,
             cpu_cores_limit: None,
             memory_budget_bytes: Some(self.scenario.memory_budget_bytes),
             shared_memory_bytes: self.scenario.shared_bytes,
             share_cap_workers: self.share_cap,
-            change_in_flight: now < driver.in_flight_until_us,
+            change_in_flight: driver.in_flight,
         };
         let before = driver.state.workers();
         let (decision, state) = decide(&driver.policy, &driver.state, &observation);
         driver.state = state;
-        driver.finished.clear();
         self.last_wanted = decision.figures.model_workers;
         driver.last_collect_us = Some(now);
-        let busy_pool = queue_len > 0 || self.busy * 2 >= self.alive.max(1);
+        let busy_pool = queue_len > 0 || busy * 2 >= total.max(1);
         driver.interval_us = if busy_pool {
             BUSY_INTERVAL_US
         } else {
             NORMAL_INTERVAL_US
         };
         if let Action::Resize { workers, reason } = decision.action {
-            let scenario = self.scenario;
-            let apply_us = (scenario.apply_delay_s * 1e6) as u64;
-            let settle_us = match scenario.change {
-                ChangeMechanism::Handover => (scenario.handover_s * 1e6) as u64,
-                ChangeMechanism::Reload => (scenario.reload_stall_s * 1e6) as u64,
-            };
-            driver.in_flight_until_us = now + apply_us + settle_us;
+            driver.in_flight = true;
             let direction = if workers > before { 1 } else { -1 };
             self.change_log.push((now as f64 / 1e6, direction));
             self.changes_detail.push(ChangeRecord {
@@ -703,51 +873,52 @@ impl<'a> Sim<'a> {
                 to: workers,
                 reason,
             });
+            let apply_us = (self.scenario.apply_delay_s * 1e6) as u64;
             self.schedule(now + apply_us, Event::Apply { workers });
         }
     }
 
-    fn current_master(&self) -> u32 {
-        // At most one master per change, far below u32::MAX in any run.
-        (self.masters.len() - 1) as u32
-    }
-
-    /// A change. With a hand-over (fact 5a) a new master with `workers`
-    /// workers starts on the inherited socket while the old one keeps
-    /// serving, and the old one is stopped gracefully `handover_s` later.
-    /// With a reload (facts 1-3) every worker is replaced at once: idle
-    /// ones stop, busy ones finish their request, and the new ones are
-    /// ready after `reload_stall_s`. Either way the new master's OPcache
-    /// is cold and the status counters (`accepted conn`) restart from zero.
+    /// A change, as the supervisor applies it: a new master with
+    /// `workers` as `pm.max_children` starts on the inherited socket. A
+    /// `static` master forks all its workers now; an `ondemand` one none.
+    /// Its OPcache is cold (or filled from the file cache).
     fn apply(&mut self, workers: u32) {
-        self.masters.push(Master {
-            cold: true,
-            started_requests: 0,
-        });
-        let master = self.current_master();
-        self.accepted_total = 0;
         let scenario = self.scenario;
-        match scenario.change {
-            ChangeMechanism::Handover => {
-                for _ in 0..workers {
-                    self.spawn(Some(scenario.master_start_s));
-                }
-                let at = self.now_us + (scenario.handover_s * 1e6) as u64;
-                self.schedule(at, Event::Retire { master });
-            }
-            ChangeMechanism::Reload => {
-                self.retire(master);
-                for _ in 0..workers {
-                    self.spawn(Some(scenario.reload_stall_s));
-                }
+        let file_cache = self.driver.as_ref().is_some_and(|driver| driver.file_cache);
+        self.masters.push(Master {
+            cold_start_s: if file_cache {
+                scenario.file_cache_cold_start_s
+            } else {
+                scenario.cold_start_s
+            },
+            started_requests: 0,
+            cap: workers,
+            alive: 0,
+            starting: 0,
+            accepted: 0,
+        });
+        // At most one master per change, far below u32::MAX in any run.
+        let master = (self.masters.len() - 1) as u32;
+        let at = self.now_us + (scenario.master_start_s * 1e6) as u64;
+        // Scheduled before the workers' readiness, so that at that instant
+        // the master serves first and its workers then take the queue.
+        self.schedule(at, Event::MasterReady { master });
+        if !self.ondemand {
+            for _ in 0..workers {
+                self.spawn(master, Some(scenario.master_start_s));
             }
         }
     }
 
-    /// Graceful stop of every master older than `master`: idle and starting
-    /// workers stop, busy ones finish their request first (the manager sets
-    /// `process_control_timeout`, fact 3).
-    fn retire(&mut self, master: u32) {
+    /// The new master is ready: it serves from now on and every older
+    /// master is stopped gracefully (SIGQUIT): idle and starting workers
+    /// exit at once, busy ones finish their request first (the manager
+    /// sets `process_control_timeout`, fact 3).
+    fn master_ready(&mut self, master: u32) {
+        self.active = master;
+        if let Some(driver) = self.driver.as_mut() {
+            driver.in_flight = false;
+        }
         let workers = &self.workers;
         self.idle.retain(|&slot| workers[slot].master >= master);
         for slot in 0..self.workers.len() {
@@ -755,16 +926,22 @@ impl<'a> Sim<'a> {
                 continue;
             }
             match self.workers[slot].state {
-                WorkerState::Busy { service_s, .. } => {
-                    self.workers[slot].state = WorkerState::Busy {
-                        service_s,
-                        retiring: true,
-                    };
+                WorkerState::Busy { .. } => {
+                    self.workers[slot].state = WorkerState::Busy { retiring: true };
                 }
                 WorkerState::Idle { .. } | WorkerState::Starting => self.kill(slot),
                 WorkerState::Dead => {}
             }
         }
+        // Workers of this master that were ready before it was.
+        for slot in 0..self.workers.len() {
+            let worker = &self.workers[slot];
+            if worker.master == master && matches!(worker.state, WorkerState::Idle { .. }) {
+                self.make_available(slot);
+            }
+        }
+        self.peak_serving = self.peak_serving.max(self.masters[master as usize].alive);
+        self.fork_for_queue();
     }
 
     fn finish(mut self) -> SimResult {
@@ -772,23 +949,27 @@ impl<'a> Sim<'a> {
         let manager = self.manager;
         self.advance(self.duration_us);
         self.waits.sort_unstable_by(f64::total_cmp);
-        let percentile = |q: f64| -> f64 {
-            if self.waits.is_empty() {
+        self.responses.sort_unstable_by(f64::total_cmp);
+        let percentile = |values: &[f64], q: f64| -> f64 {
+            if values.is_empty() {
                 return 0.0;
             }
-            let rank = (q * self.waits.len() as f64).ceil() as usize;
-            self.waits[rank.clamp(1, self.waits.len()) - 1]
+            let rank = (q * values.len() as f64).ceil() as usize;
+            values[rank.clamp(1, values.len()) - 1]
         };
         SimResult {
             manager: manager.name(),
             requests,
-            dropped: self.dropped,
-            p50_wait_s: percentile(0.50),
-            p95_wait_s: percentile(0.95),
-            p99_wait_s: percentile(0.99),
+            failed: self.failed,
+            p50_wait_s: percentile(&self.waits, 0.50),
+            p99_wait_s: percentile(&self.waits, 0.99),
             max_wait_s: self.waits.last().copied().unwrap_or(0.0),
+            p50_response_s: percentile(&self.responses, 0.50),
+            p99_response_s: percentile(&self.responses, 0.99),
+            max_response_s: self.responses.last().copied().unwrap_or(0.0),
             waited: self.waited,
             over_target: self.over_target,
+            cold_served: self.cold_served,
             worker_seconds: self.worker_seconds,
             memory_gib_seconds: self.memory_byte_seconds / (1024.0 * 1024.0 * 1024.0),
             changes: self.change_log.len() as u64,
@@ -796,6 +977,7 @@ impl<'a> Sim<'a> {
             changes_detail: self.changes_detail,
             spawns: self.spawns,
             peak_workers: self.peak,
+            peak_serving_workers: self.peak_serving,
         }
     }
 }

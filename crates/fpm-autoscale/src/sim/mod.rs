@@ -1,4 +1,4 @@
-//! A deterministic discrete-event simulator of one PHP-FPM pool, used to
+//! A deterministic discrete-event simulator of PHP-FPM pools, used to
 //! compare the manager's policy with php-fpm's own process managers.
 //!
 //! The model (all figures are [`Scenario`] fields, defaults in
@@ -7,32 +7,41 @@
 //!   (thinning), pre-drawn once per seed so every manager sees exactly the
 //!   same requests with the same service demands (common random numbers);
 //! - service: lognormal, mean 50 ms, log-sd 0.6;
-//! - an accept queue (the listen backlog); requests beyond it are dropped
-//!   and counted;
-//! - a forked worker is ready after `fork_s` (`dynamic`, `ondemand`);
-//! - a manager change starts a new master with the new `pm.max_children`
-//!   on the inherited socket and stops the old one gracefully half a
-//!   second later (facts 4 and 5a): `apply_delay_s` after the decision the
-//!   new master starts, its workers accept after `master_start_s`, and
-//!   both masters serve meanwhile. [`ChangeMechanism::Reload`] models a
-//!   plain `SIGUSR2` instead (facts 1 and 3): every worker is replaced and
-//!   nothing is accepted for `reload_stall_s`;
-//! - a new master has a cold OPcache (fact 2): its `n`-th request takes
-//!   `1 + cold_extra * exp(-n / cold_requests)` times longer, because
-//!   OPcache warms as requests compile scripts; forks of a running master
-//!   share its warm OPcache;
-//! - memory: each worker's PSS is drawn at spawn (normal, clamped), the
+//! - an accept queue (the listen backlog); requests beyond it fail and are
+//!   counted;
+//! - a forked worker is ready after `fork_s` and shares its master's
+//!   OPcache (`dynamic`, `ondemand`, and `ondemand` under the manager's
+//!   cap);
+//! - a manager change is a hand-over as the supervisor does it (facts 4,
+//!   5a): `apply_delay_s` after the decision a new master starts on the
+//!   inherited socket, it is ready `master_start_s` later, and at that
+//!   moment the old master is stopped gracefully: its idle workers exit at
+//!   once, its busy ones finish their request and exit (fact 3). Until the
+//!   new master is ready only the old one serves. A `static` master forks
+//!   all its workers at start; an `ondemand` one starts with none;
+//! - a new master has a cold OPcache (facts 2 and 18): its `n`-th request
+//!   takes `cold_start_s * exp(-n / cold_requests)` seconds longer
+//!   (`file_cache_cold_start_s` instead when `opcache.file_cache` was
+//!   filled by the previous master). Fact 18 measured 0.8 to 1.0 s for
+//!   the first requests into a fresh MediaWiki master against 25 ms warm,
+//!   and 0.23 s with the file cache;
+//! - memory: each worker's PSS is drawn at fork (normal, clamped), the
 //!   master and OPcache shared memory are fixed.
 //!
-//! Managers: the policy of this crate (a collection every 1 s when the
-//! pool was busy at the previous one, every 5 s otherwise, plus an
-//! immediate collection when the collector's probe of the accept queue,
-//! every 250 ms (`probe_s`), finds every worker busy and requests waiting,
-//! as the collector does on a saturation event; one sock_diag read of the
-//! queue costs about 21 µs, `docs/bench/kernel.md`); `static` at max;
-//! `dynamic` (fact 16: 1 s tick, spawn rate 1, 2, 4 … 32 while
-//! idle < min_spare, one idle kill per tick when idle > max_spare); `ondemand` (fact 17: fork when a request finds no
-//! idle worker, reap one worker idle for 10 s per 1 s tick).
+//! What the manager sees is what the collector can see: the status page
+//! at each collection (the `accepted conn` counter, which restarts with
+//! every master; busy, idle and total; each worker's request count and,
+//! for a worker seen idle, its last request's duration), the kernel's
+//! accept queue, and worker PSS. Service times of requests whose worker
+//! was not seen idle are estimated the way the daemon's advisor does
+//! (busy workers times the interval over the requests completed).
+//!
+//! Collections: every 1 s when the pool was busy at the previous one,
+//! every 5 s otherwise, plus a probe of the accept queue every `probe_s`
+//! (250 ms) that collects at once when anything is queued.
+//!
+//! Every response time is scored: queue wait (including a fork or a
+//! master start) plus service (including the cold-OPcache penalty).
 
 mod engine;
 mod report;
@@ -45,7 +54,10 @@ use crate::decide::ResizeReason;
 use crate::policy::{Policy, PolicyError};
 
 pub use engine::{run, run_shared, SharedPool, SharedResult};
-pub use report::{render_table, simulate_all, simulate_report, simulate_report_with};
+pub use report::{
+    render_shared, render_table, shared_runs, simulate_all, simulate_report, simulate_report_with,
+    simulate_shared,
+};
 pub use trace::{TraceSpec, BASE_RATE};
 
 /// Why a simulation could not run.
@@ -77,26 +89,63 @@ pub enum SimError {
     },
 }
 
-/// How the manager applies a change of `pm.max_children`.
+/// `pm = dynamic` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeMechanism {
-    /// Start a new master on the inherited socket, then stop the old one
-    /// gracefully (facts 4 and 5a): no stall, only the new master is cold.
-    Handover,
-    /// `SIGUSR2` (facts 1-3): every worker restarts, a short stall.
-    Reload,
+pub struct DynamicSpec {
+    /// Name in tables.
+    pub name: &'static str,
+    /// `pm.start_servers`.
+    pub start: u32,
+    /// `pm.min_spare_servers`.
+    pub min_spare: u32,
+    /// `pm.max_spare_servers`.
+    pub max_spare: u32,
+}
+
+impl DynamicSpec {
+    /// Debian's `www.conf`: start 2, spare 1 to 3 (its `max_children` of
+    /// 5 is replaced by the scenario's cap, so only the spares differ).
+    pub fn debian() -> DynamicSpec {
+        DynamicSpec {
+            name: "dynamic-debian",
+            start: 2,
+            min_spare: 1,
+            max_spare: 3,
+        }
+    }
+
+    /// As a careful operator would tune it for this load (2 erlangs
+    /// base, 20 at the surge): start 16, spare 12 to 24.
+    pub fn tuned() -> DynamicSpec {
+        DynamicSpec {
+            name: "dynamic-tuned",
+            start: 16,
+            min_spare: 12,
+            max_spare: 24,
+        }
+    }
 }
 
 /// Which process manager runs the simulated pool.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manager {
-    /// This crate's policy.
-    Policy(Policy),
+    /// The product design: `pm = ondemand` under a cap (`pm.max_children`)
+    /// that the policy sets and moves by hand-over. With `file_cache` the
+    /// new master's OPcache starts from the previous master's file cache.
+    PolicyOndemand {
+        /// The policy.
+        policy: Policy,
+        /// `opcache.file_cache` filled by the previous master.
+        file_cache: bool,
+    },
+    /// The policy sizing a `pm = static` pool (every change a hand-over
+    /// to a new master that forks that many cold workers).
+    PolicyStatic(Policy),
     /// `pm = static` with `max_workers` workers.
     Static,
-    /// `pm = dynamic` with the scenario's spare settings.
-    Dynamic,
-    /// `pm = ondemand` with a 10 s idle timeout.
+    /// `pm = dynamic`.
+    Dynamic(DynamicSpec),
+    /// `pm = ondemand` with `max_workers` as `pm.max_children`.
     Ondemand,
 }
 
@@ -104,11 +153,44 @@ impl Manager {
     /// Short name for tables.
     pub fn name(&self) -> &'static str {
         match self {
-            Manager::Policy(_) => "manager",
+            Manager::PolicyOndemand {
+                file_cache: false, ..
+            } => "manager",
+            Manager::PolicyOndemand {
+                file_cache: true, ..
+            } => "manager+file_cache",
+            Manager::PolicyStatic(_) => "manager-static",
             Manager::Static => "static@max",
-            Manager::Dynamic => "dynamic",
-            Manager::Ondemand => "ondemand",
+            Manager::Dynamic(spec) => spec.name,
+            Manager::Ondemand => "ondemand@max",
         }
+    }
+
+    /// The policy, for the managers that have one.
+    pub fn policy(&self) -> Option<&Policy> {
+        match self {
+            Manager::PolicyOndemand { policy, .. } | Manager::PolicyStatic(policy) => Some(policy),
+            _ => None,
+        }
+    }
+
+    /// Every contender of the comparison table, in table order.
+    pub fn contenders(policy: &Policy) -> Vec<Manager> {
+        vec![
+            Manager::PolicyOndemand {
+                policy: policy.clone(),
+                file_cache: false,
+            },
+            Manager::PolicyOndemand {
+                policy: policy.clone(),
+                file_cache: true,
+            },
+            Manager::PolicyStatic(policy.clone()),
+            Manager::Static,
+            Manager::Dynamic(DynamicSpec::tuned()),
+            Manager::Dynamic(DynamicSpec::debian()),
+            Manager::Ondemand,
+        ]
     }
 }
 
@@ -119,40 +201,31 @@ pub struct Scenario {
     pub seed: u64,
     /// Trace length (None: the trace's default).
     pub duration_s: Option<f64>,
-    /// Mean service time, seconds.
+    /// Mean service time of a warm worker, seconds.
     pub mean_service_s: f64,
     /// Log-space standard deviation of the service time.
     pub service_sigma: f64,
-    /// `pm.max_children` of every manager.
+    /// `pm.max_children` of the baselines and `max_workers` of the policy.
     pub max_workers: u32,
-    /// `dynamic`: `pm.start_servers`, `min_spare_servers`, `max_spare_servers`.
-    pub dynamic_start: u32,
-    /// See `dynamic_start`.
-    pub dynamic_min_spare: u32,
-    /// See `dynamic_start`.
-    pub dynamic_max_spare: u32,
-    /// `pm.max_spawn_rate`.
+    /// `pm.max_spawn_rate` (`dynamic`).
     pub max_spawn_rate: u32,
-    /// `ondemand`: `pm.process_idle_timeout`, seconds.
+    /// `pm.process_idle_timeout`, seconds (`ondemand`).
     pub ondemand_idle_timeout_s: f64,
     /// Time for a forked worker to accept its first request.
     pub fork_s: f64,
     /// Decision to the new master's start (write and test the config).
     pub apply_delay_s: f64,
-    /// How a change is applied.
-    pub change: ChangeMechanism,
-    /// Hand-over: time for a new master's workers to accept.
+    /// Start of a new master to "ready to handle connections"; the old
+    /// master is stopped at that moment.
     pub master_start_s: f64,
-    /// Hand-over: the old master is stopped this long after the new one
-    /// was started (0.5 s in fact 5a).
-    pub handover_s: f64,
-    /// Reload: old idle workers gone until the new ones are ready.
-    pub reload_stall_s: f64,
-    /// Cold-OPcache slowdown of a new master's first request (1.0 = twice
-    /// as slow).
-    pub cold_extra: f64,
-    /// Requests after which the slowdown has fallen to 1/e: OPcache warms
-    /// as scripts are compiled, which requests do, not time.
+    /// Extra service time of a new master's first request with a cold
+    /// OPcache, seconds.
+    pub cold_start_s: f64,
+    /// The same when `opcache.file_cache` was filled by the previous
+    /// master, seconds.
+    pub file_cache_cold_start_s: f64,
+    /// Requests into a new master after which the cold penalty has fallen
+    /// to 1/e (OPcache warms as requests compile scripts).
     pub cold_requests: f64,
     /// Listen backlog (accept queue length).
     pub backlog: u32,
@@ -164,9 +237,9 @@ pub struct Scenario {
     pub shared_bytes: u64,
     /// Memory budget of the pool, bytes.
     pub memory_budget_bytes: u64,
-    /// Period of the collector's accept-queue probe (a saturated pool is
-    /// collected at the next probe), seconds. 0.25 in the standard
-    /// scenario: 4 sock_diag reads a second cost about 0.01 % of a core.
+    /// Period of the collector's accept-queue probe, seconds. 0.25 in the
+    /// standard scenario: 4 sock_diag reads a second cost about 0.01 % of
+    /// a core (`docs/bench/kernel.md`).
     pub probe_s: f64,
     /// Threshold of the table's "waited > target" column: the policy's
     /// acceptable wait (`Policy::emergency_wait_s`, 50 ms by default).
@@ -183,19 +256,14 @@ impl Scenario {
             mean_service_s: 0.05,
             service_sigma: 0.6,
             max_workers: 32,
-            dynamic_start: 8,
-            dynamic_min_spare: 4,
-            dynamic_max_spare: 12,
             max_spawn_rate: 32,
             ondemand_idle_timeout_s: 10.0,
             fork_s: 0.02,
             apply_delay_s: 0.1,
-            change: ChangeMechanism::Handover,
             master_start_s: 0.2,
-            handover_s: 0.5,
-            reload_stall_s: 0.25,
-            cold_extra: 1.0,
-            cold_requests: 200.0,
+            cold_start_s: 0.9,
+            file_cache_cold_start_s: 0.2,
+            cold_requests: 8.0,
             backlog: 4096,
             pss_mean_bytes: 60.0 * MIB,
             pss_sd_bytes: 6.0 * MIB,
@@ -212,9 +280,9 @@ impl Scenario {
 pub struct ChangeRecord {
     /// Simulated time of the decision, seconds.
     pub at_s: f64,
-    /// Size before the change.
+    /// Size (or cap) before the change.
     pub from: u32,
-    /// Size after the change.
+    /// Size (or cap) after the change.
     pub to: u32,
     /// Why the policy changed the size.
     pub reason: ResizeReason,
@@ -227,25 +295,33 @@ pub struct SimResult {
     pub manager: &'static str,
     /// Requests that arrived.
     pub requests: u64,
-    /// Requests dropped because the backlog was full.
-    pub dropped: u64,
-    /// Wait percentiles of served requests, seconds.
+    /// Requests that failed: the backlog was full.
+    pub failed: u64,
+    /// Wait percentiles of served requests (time in the accept queue,
+    /// including a fork or a new master's start), seconds.
     pub p50_wait_s: f64,
-    /// See `p50_wait_s`.
-    pub p95_wait_s: f64,
     /// See `p50_wait_s`.
     pub p99_wait_s: f64,
     /// Largest wait, seconds.
     pub max_wait_s: f64,
-    /// Requests that waited at all (more than 0 µs in the accept queue).
+    /// Response time percentiles (wait plus service, the cold-OPcache
+    /// penalty included), seconds.
+    pub p50_response_s: f64,
+    /// See `p50_response_s`.
+    pub p99_response_s: f64,
+    /// Largest response time, seconds.
+    pub max_response_s: f64,
+    /// Requests that waited at all.
     pub waited: u64,
     /// Requests that waited longer than `Scenario::slow_wait_s`.
     pub over_target: u64,
+    /// Requests served by a cold master (penalty above 10 ms).
+    pub cold_served: u64,
     /// Integral of running workers over time.
     pub worker_seconds: f64,
     /// Integral of the workers' PSS over time, GiB·s.
     pub memory_gib_seconds: f64,
-    /// Reloads (manager changes) applied.
+    /// Hand-overs applied.
     pub changes: u64,
     /// Times of the changes and their direction (+1 up, -1 down).
     pub change_log: Vec<(f64, i8)>,
@@ -253,8 +329,10 @@ pub struct SimResult {
     pub changes_detail: Vec<ChangeRecord>,
     /// Workers forked.
     pub spawns: u64,
-    /// Most workers alive at once.
+    /// Most workers alive at once (both masters during a hand-over).
     pub peak_workers: u32,
+    /// Most workers of the serving master at once.
+    pub peak_serving_workers: u32,
 }
 
 impl SimResult {
