@@ -193,7 +193,9 @@ impl PoolCollector {
         } else {
             true
         };
-        let counters = status.as_ref().ok().map(|st| {
+        // A page with a since-start counter dropped would read as a reset:
+        // events and advice skip that look and compare the next with the last.
+        let counters = status.as_ref().ok().filter(|st| !st.counters_dropped()).map(|st| {
             (
                 st.start_time,
                 st.accepted_conn,
@@ -285,7 +287,7 @@ impl PoolCollector {
                 .events
                 .emit(ManagerEvent::from_pool(name.as_str(), ev));
         }
-        if ok {
+        if ok && counters.is_some() {
             self.advise(&name);
         }
         let samples = self
@@ -438,9 +440,14 @@ impl PoolCollector {
             // count in the pool's `accepted conn`, and it answers while every
             // worker is busy.
             OpcacheMode::Probe(probe) => Some(
-                crate::opcache::collect(&self.pool.status_endpoint, probe, timeouts(&self.pool))
-                    .await
-                    .map_err(Arc::new),
+                crate::opcache::collect_capped(
+                    &self.pool.status_endpoint,
+                    probe,
+                    timeouts(&self.pool),
+                    self.pool.max_reply_bytes,
+                )
+                .await
+                .map_err(Arc::new),
             ),
         }
     }
@@ -631,11 +638,12 @@ fn timeouts(pool: &Pool) -> Timeouts {
 
 /// Requests and parses the status page.
 pub async fn fetch_status(pool: &Pool, probe: &ProbeMarker) -> Result<PoolStatus, ScrapeError> {
-    let reply = fastcgi::get(
+    let reply = fastcgi::get_capped(
         &pool.status_endpoint,
         &pool.status_path,
         &probe.query(),
         timeouts(pool),
+        pool.max_reply_bytes,
     )
     .await
     .map_err(|e| ScrapeError {
@@ -650,7 +658,14 @@ pub async fn fetch_status(pool: &Pool, probe: &ProbeMarker) -> Result<PoolStatus
 
 /// Does the pool answer its ping path with the expected response?
 pub async fn ping(pool: &Pool) -> bool {
-    match fastcgi::get(&pool.status_endpoint, &pool.ping_path, "", timeouts(pool)).await {
+    let reply = fastcgi::get_capped(
+        &pool.status_endpoint,
+        &pool.ping_path,
+        "",
+        timeouts(pool),
+        pool.max_reply_bytes,
+    );
+    match reply.await {
         Ok(reply) => parse_ping(&reply.stdout, &pool.ping_response).is_ok(),
         Err(_) => false,
     }
@@ -675,7 +690,14 @@ pub fn record(
         .observe(elapsed.as_secs_f64());
 
     match status {
-        Ok(st) => {
+        Ok(mut st) => {
+            for d in &st.dropped {
+                state
+                    .metrics
+                    .status_fields_dropped
+                    .with_label_values(&[name, d.field, d.reason.as_str()])
+                    .inc_by(d.count);
+            }
             let derived = st.derived(Some(probe.as_str()));
             let recovered = state
                 .update(&pool.name, |s| {
@@ -686,6 +708,8 @@ pub fn record(
                     s.ping_ok = ping_ok;
                     s.last_error = None;
                     s.derived = derived;
+                    // A dropped value keeps the last good page's.
+                    st.carry_forward(s.status.as_ref());
                     s.status = Some(st);
                     s.last_success = Some(SystemTime::now());
                     recovered
