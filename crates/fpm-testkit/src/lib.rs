@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests and the benchmarks: [`TestFpm`]
 //! runs a real php-fpm master in its own temporary directory, [`TestDaemon`]
 //! runs the built `phpfpm-manager` binary, and a few small clients talk to
-//! them over loopback.
+//! them over loopback. [`fake_fcgi::FakeFcgi`] stands in for php-fpm when a
+//! test needs replies php-fpm would never send.
 //!
 //! php-fpm missing is a test failure, never a skip: `make test` installs it.
 //! A test's directory is removed when the test passes and kept (its path
@@ -9,6 +10,8 @@
 
 // Helpers for tests: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+pub mod fake_fcgi;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -283,6 +286,7 @@ impl TestFpm {
             },
             connect_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(2),
+            max_reply_bytes: phpfpm_manager::fastcgi::DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }

@@ -194,6 +194,9 @@ impl OpcacheError {
             OpcacheError::HttpStatus { .. } => "http_status",
             OpcacheError::Truncated { .. } => "truncated",
             OpcacheError::Malformed { .. } => "malformed",
+            // Named apart: a probe whose reply passes the cap is not a
+            // transport fault but a misbehaving (or hostile) pool.
+            OpcacheError::Transport(e @ FcgiError::ReplyTooLarge { .. }) => e.kind(),
             OpcacheError::Transport(_) => "transport",
             OpcacheError::ProbeUnavailable(_) => "probe_unavailable",
         }
@@ -440,13 +443,24 @@ pub fn remove_stale(dir: &Path) -> Result<usize, ProbeError> {
     Ok(removed)
 }
 
-/// Runs the probe through `endpoint` and parses its reply.
+/// Runs the probe through `endpoint` and parses its reply (capped at
+/// [`fastcgi::DEFAULT_MAX_REPLY_BYTES`]).
 pub async fn collect(
     endpoint: &Endpoint,
     probe: &OpcacheProbe,
     timeouts: Timeouts,
 ) -> Result<OpcacheStats, OpcacheError> {
-    let res = fastcgi::get(endpoint, &probe.script, "", timeouts).await;
+    collect_capped(endpoint, probe, timeouts, fastcgi::DEFAULT_MAX_REPLY_BYTES).await
+}
+
+/// Like [`collect`], with the reply capped at `max_reply_bytes`.
+pub async fn collect_capped(
+    endpoint: &Endpoint,
+    probe: &OpcacheProbe,
+    timeouts: Timeouts,
+    max_reply_bytes: u64,
+) -> Result<OpcacheStats, OpcacheError> {
+    let res = fastcgi::get_capped(endpoint, &probe.script, "", timeouts, max_reply_bytes).await;
     match &res {
         Err(FcgiError::Connect { .. } | FcgiError::ConnectTimeout { .. }) => {}
         // Accepted (or waiting in the backlog, where a worker will still

@@ -10,7 +10,8 @@
 //! an object), so quotes and backslashes inside a URI are kept as text.
 //!
 //! The format it accepts is deliberately narrow: one object whose values are
-//! numbers, strings, or one array of flat objects (`processes`).
+//! numbers, strings, bare words (`null`, `true`: kept so that one odd value
+//! costs only its field), or one array of flat objects (`processes`).
 
 use super::ParseError;
 
@@ -19,6 +20,8 @@ use super::ParseError;
 pub(crate) enum Value<'a> {
     Num(&'a str),
     Str(String),
+    /// `null`, `true`, `false` or any other run of letters.
+    Word(&'a str),
     List(Vec<Object<'a>>),
 }
 
@@ -131,6 +134,7 @@ impl<'a> Scanner<'a> {
                 Some(b'"') => Value::Str(self.string()?),
                 Some(b'[') if depth == 0 => Value::List(self.list()?),
                 Some(b'-' | b'0'..=b'9') => Value::Num(self.number()),
+                Some(b'a'..=b'z' | b'A'..=b'Z') => Value::Word(self.word()),
                 _ => return Err(self.err(&format!("expected a value for {key:?}"))),
             };
             out.push((key, value));
@@ -190,6 +194,14 @@ impl<'a> Scanner<'a> {
             self.peek(),
             Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
         ) {
+            self.pos += 1;
+        }
+        &self.text[start..self.pos]
+    }
+
+    fn word(&mut self) -> &'a str {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b'a'..=b'z' | b'A'..=b'Z')) {
             self.pos += 1;
         }
         &self.text[start..self.pos]

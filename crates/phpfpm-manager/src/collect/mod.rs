@@ -234,7 +234,9 @@ impl PoolCollector {
         };
 
         let (busy, total) = (derived.active, derived.total);
-        if let Some(st) = &status {
+        // A page with a since-start counter dropped would read as a reset:
+        // events skip that look and compare the next with the last.
+        if let Some(st) = status.as_ref().filter(|st| !st.counters_dropped()) {
             events.extend(self.watcher.observe(Figures {
                 at_ms: now_ms,
                 start_time: st.start_time,
@@ -384,9 +386,14 @@ impl PoolCollector {
             // count in the pool's `accepted conn`, and it answers while every
             // worker is busy.
             OpcacheMode::Probe(probe) => Some(
-                crate::opcache::collect(&self.pool.status_endpoint, probe, timeouts(&self.pool))
-                    .await
-                    .map_err(Arc::new),
+                crate::opcache::collect_capped(
+                    &self.pool.status_endpoint,
+                    probe,
+                    timeouts(&self.pool),
+                    self.pool.max_reply_bytes,
+                )
+                .await
+                .map_err(Arc::new),
             ),
         }
     }
@@ -613,6 +620,9 @@ pub struct Tally {
     /// A `scrape_failing` event was emitted and not yet answered by a
     /// `scrape_recovered`.
     reported_failing: bool,
+    /// The last good page, whose values stand in for values a later page
+    /// had to drop.
+    last_status: Option<PoolStatus>,
 }
 
 impl Tally {
@@ -632,7 +642,16 @@ impl Tally {
             .observe(elapsed.as_secs_f64());
         self.ping_ok = ping_ok;
         match status {
-            Ok(st) => {
+            Ok(mut st) => {
+                for d in &st.dropped {
+                    metrics
+                        .status_fields_dropped
+                        .with_label_values(&[pool, d.field, d.reason.as_str()])
+                        .inc_by(d.count);
+                }
+                // A dropped value keeps the last good page's.
+                st.carry_forward(self.last_status.as_ref());
+                self.last_status = Some(st.clone());
                 let recovered = (self.reported_failing).then_some(self.consecutive_failures);
                 if recovered.is_some() {
                     tracing::info!(pool, "Pool answers its status page.");
@@ -731,11 +750,12 @@ fn timeouts(pool: &Pool) -> Timeouts {
 
 /// Requests and parses the status page.
 pub async fn fetch_status(pool: &Pool, probe: &ProbeMarker) -> Result<PoolStatus, ScrapeError> {
-    let reply = fastcgi::get(
+    let reply = fastcgi::get_capped(
         &pool.status_endpoint,
         &pool.status_path,
         &probe.query(),
         timeouts(pool),
+        pool.max_reply_bytes,
     )
     .await
     .map_err(|e| ScrapeError {
@@ -750,7 +770,14 @@ pub async fn fetch_status(pool: &Pool, probe: &ProbeMarker) -> Result<PoolStatus
 
 /// Does the pool answer its ping path with the expected response?
 pub async fn ping(pool: &Pool) -> bool {
-    match fastcgi::get(&pool.status_endpoint, &pool.ping_path, "", timeouts(pool)).await {
+    let reply = fastcgi::get_capped(
+        &pool.status_endpoint,
+        &pool.ping_path,
+        "",
+        timeouts(pool),
+        pool.max_reply_bytes,
+    );
+    match reply.await {
         Ok(reply) => parse_ping(&reply.stdout, &pool.ping_response).is_ok(),
         Err(_) => false,
     }

@@ -160,6 +160,9 @@ pub struct Pool {
     pub scaling: Scaling,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Cap of every FastCGI reply read from this pool
+    /// (`monitoring.max_reply_bytes`, the same for every pool).
+    pub max_reply_bytes: u64,
 }
 
 impl Pool {

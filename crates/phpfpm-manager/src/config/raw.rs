@@ -317,6 +317,10 @@ pub struct RawMonitoring {
     pub enable_system_metrics: bool,
     /// Per-worker `phpfpm_process_*` series (labelled by slot, not pid).
     pub per_process_metrics: bool,
+    /// Largest FastCGI reply (status page, ping, OPcache probe) read from a
+    /// pool, in bytes; a longer one is abandoned and counted as
+    /// `reply_too_large`. The default fits a 10,000-worker `?json&full` page.
+    pub max_reply_bytes: u64,
 }
 
 impl Default for RawMonitoring {
@@ -334,6 +338,7 @@ impl Default for RawMonitoring {
             enable_opcache: false,
             enable_system_metrics: true,
             per_process_metrics: false,
+            max_reply_bytes: crate::fastcgi::DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }

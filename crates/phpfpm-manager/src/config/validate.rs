@@ -31,6 +31,11 @@ pub(super) fn demo_pool() -> RawPool {
     pool
 }
 
+/// Bounds of `monitoring.max_reply_bytes`: a status page of one worker is
+/// about 1 KiB with its headers; beyond 1 GiB the cap no longer protects.
+const MIN_REPLY_BYTES: u64 = 4096;
+const MAX_REPLY_BYTES: u64 = 1 << 30;
+
 pub(super) fn validate(
     raw: &RawConfig,
     zero_config: bool,
@@ -311,11 +316,21 @@ pub(super) fn validate(
             "add at least one pool under `pools:` (see `phpfpm-manager example-config`)",
         ));
     }
+    let max_reply_bytes = raw.monitoring.max_reply_bytes;
+    if !(MIN_REPLY_BYTES..=MAX_REPLY_BYTES).contains(&max_reply_bytes) {
+        c.problem(
+            "monitoring.max_reply_bytes",
+            &max_reply_bytes.to_string(),
+            &format!("must be between {MIN_REPLY_BYTES} and {MAX_REPLY_BYTES}"),
+            "the default, 33554432 (32 MiB), fits the full status page of 10,000 workers",
+        );
+    }
     let mut names = BTreeSet::new();
     let mut status_addrs = BTreeSet::new();
     let mut pools = Vec::new();
     for (i, rp) in raw.pools.iter().enumerate() {
-        if let Some(pool) = c.pool(i, rp, &runtime_dir, pct) {
+        if let Some(mut pool) = c.pool(i, rp, &runtime_dir, pct) {
+            pool.max_reply_bytes = max_reply_bytes;
             if !names.insert(pool.name.clone()) {
                 c.problem(
                     &format!("pools[{i}].name"),
@@ -800,6 +815,7 @@ impl Checker<'_> {
             },
             connect_timeout,
             request_timeout,
+            max_reply_bytes: crate::fastcgi::DEFAULT_MAX_REPLY_BYTES,
         })
     }
 

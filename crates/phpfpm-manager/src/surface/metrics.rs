@@ -31,6 +31,8 @@ pub struct Metrics {
     registry: Registry,
     pub scrape_duration: HistogramVec,
     pub scrape_errors: IntCounterVec,
+    /// Values left out of pool status pages (the page itself was used).
+    pub status_fields_dropped: IntCounterVec,
     pub master_restarts: IntCounterVec,
     pub events: IntCounterVec,
     pub events_dropped: IntCounter,
@@ -63,6 +65,14 @@ impl Metrics {
                 "Failed collections by pool and kind of failure.",
             ),
             &["pool", "kind"],
+        )
+        .expect("static counter options are valid");
+        let status_fields_dropped = IntCounterVec::new(
+            Opts::new(
+                "phpfpm_manager_status_fields_dropped_total",
+                "Values of a pool's status page that were unusable (negative, out of range, wrong type) and left out; field is php-fpm's key, processes.<key> for a worker's.",
+            ),
+            &["pool", "field", "reason"],
         )
         .expect("static counter options are valid");
         let master_restarts = IntCounterVec::new(
@@ -98,6 +108,7 @@ impl Metrics {
             Box::new(scale_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(scrape_duration.clone()),
             Box::new(scrape_errors.clone()),
+            Box::new(status_fields_dropped.clone()),
             Box::new(master_restarts.clone()),
             Box::new(events.clone()),
             Box::new(events_dropped.clone()),
@@ -110,6 +121,7 @@ impl Metrics {
             registry,
             scrape_duration,
             scrape_errors,
+            status_fields_dropped,
             master_restarts,
             events,
             events_dropped,

@@ -18,6 +18,9 @@ mod collector;
 mod daemon;
 /// Deep collection through the daemon: accept queue, memory, interval, events.
 mod deep;
+/// The daemon against a fake FastCGI server sending hostile replies:
+/// bounded memory, no panic, every reason counted, valid /metrics.
+mod hostile;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
