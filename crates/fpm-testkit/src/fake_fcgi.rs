@@ -66,6 +66,9 @@ impl FakeFcgi {
     pub fn start(path: &Path, initial: Behaviour) -> FakeFcgi {
         let listener = UnixListener::bind(path)
             .unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
+        // Polled, so that stopping needs no connection to a path that the
+        // test may already have removed.
+        listener.set_nonblocking(true).unwrap();
         let behaviour = Arc::new(Mutex::new(initial));
         let stop = Arc::new(AtomicBool::new(false));
         let status_requests = Arc::new(AtomicU64::new(0));
@@ -73,11 +76,18 @@ impl FakeFcgi {
             let (behaviour, stop, count) =
                 (behaviour.clone(), stop.clone(), status_requests.clone());
             std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
+                while !stop.load(Ordering::SeqCst) {
+                    let conn = match listener.accept() {
+                        Ok((conn, _)) => conn,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        Err(_) => continue,
+                    };
+                    if conn.set_nonblocking(false).is_err() {
+                        continue;
                     }
-                    let Ok(conn) = conn else { continue };
                     let (behaviour, stop, count) = (behaviour.clone(), stop.clone(), count.clone());
                     std::thread::spawn(move || serve(conn, &behaviour, &stop, &count));
                 }
@@ -101,8 +111,6 @@ impl FakeFcgi {
 impl Drop for FakeFcgi {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees the flag.
-        let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
