@@ -62,6 +62,13 @@ impl Model {
     /// down: nothing to learn from).
     pub fn observe(&mut self, look: &Look, ctx: Context) -> Option<Decision> {
         let status = look.status.as_ref()?;
+        // A page that lacked a since-start counter (dropped as unusable, then
+        // carried forward or zero) would read as no traffic now and a burst
+        // at the next look: learn nothing from it, so that the next look is
+        // compared with the last complete one.
+        if status.counters_dropped() {
+            return None;
+        }
         let derived = look.derived;
         let now_ms = ctx.now_ms;
         // `accepted conn` restarts with each master: a new start time is a reset.
@@ -144,5 +151,49 @@ impl Model {
         let (decision, next) = decide(&self.policy, &state, &obs);
         self.state = Some(next);
         Some(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fpm_autoscale::{Policy, PolicySpec};
+
+    fn look(accepted: &str, requests: &str) -> Look {
+        let body = format!(
+            "Content-type: application/json\r\n\r\n{{\"pool\":\"a\",\"process manager\":\"static\",\"start time\":1,\"start since\":10,\"accepted conn\":{accepted},\"processes\":[{{\"pid\":100,\"state\":\"Idle\",\"requests\":{requests},\"request duration\":20000}}]}}"
+        );
+        let status = fpm_core::status::parse_status(body.as_bytes()).unwrap();
+        Look {
+            up: true,
+            derived: status.derived(None),
+            status: Some(status),
+            ..Look::default()
+        }
+    }
+
+    fn ctx(now_ms: u64) -> Context {
+        Context {
+            now_ms,
+            cap: 4,
+            memory_budget: None,
+            cpu_cores_limit: None,
+            change_in_flight: false,
+        }
+    }
+
+    #[test]
+    fn a_page_with_a_dropped_counter_is_not_learned_from() {
+        let mut m = Model::new(Policy::new(PolicySpec::default()).unwrap(), None);
+        assert!(m.observe(&look("100", "5"), ctx(1_000)).is_some());
+        // 2^64+1 and -3 are dropped from the page: no decision, and the
+        // previous look's counters stay the reference.
+        let bad = look("18446744073709551617", "-3");
+        assert!(bad.status.as_ref().unwrap().counters_dropped());
+        assert!(m.observe(&bad, ctx(2_000)).is_none());
+        assert_eq!(m.prev_accepted, Some((1, 100)));
+        assert_eq!(m.prev_requests.get(&100), Some(&5));
+        assert!(m.observe(&look("130", "8"), ctx(3_000)).is_some());
+        assert_eq!(m.prev_accepted, Some((1, 130)));
     }
 }
