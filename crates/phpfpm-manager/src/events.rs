@@ -110,6 +110,15 @@ impl ManagerEvent {
                 "the pool's master (re)started; its counters restart from 0".to_owned(),
                 json!({"old_start_time": old_start, "new_start_time": new_start}),
             ),
+            PoolEvent::CounterReset {
+                counter,
+                before,
+                after,
+            } => (
+                Severity::Info,
+                format!("php-fpm's {counter} counter went down from {before} to {after} without a master restart; counted as a reset"),
+                json!({"counter": counter, "before": before, "after": after}),
+            ),
             PoolEvent::RespawnStorm {
                 new_workers,
                 window_ms,

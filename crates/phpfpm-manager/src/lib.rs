@@ -12,6 +12,7 @@ pub mod fastcgi;
 pub mod http;
 pub mod metrics;
 pub mod opcache;
+pub mod replace;
 pub mod state;
 pub mod supervisor;
 pub mod telemetry;

@@ -16,7 +16,12 @@ mod collector;
 mod daemon;
 /// Deep collection through the daemon: accept queue, memory, interval, events.
 mod deep;
+/// A pool's life: graceful and forced stops, the backlog during a restart,
+/// secrets.
+mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// `run --replace`: finding the running manager by its lock, never by name.
+mod replace;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;
