@@ -191,11 +191,22 @@ impl FpmBinary {
                 let mut tick = tokio::time::interval(SUMMARY_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
+                // Until it is ready, php-fpm writes some notices twice: to
+                // its error_log (our stderr, opened as /proc/self/fd/2) and
+                // to stderr itself. The same line twice in a row then is one.
+                let mut starting = Some(String::new());
                 loop {
                     tokio::select! {
                         line = lines.next_line() => {
                             let Ok(Some(line)) = line else { break };
+                            if let Some(prev) = starting.as_mut() {
+                                if *prev == line {
+                                    continue;
+                                }
+                                prev.clone_from(&line);
+                            }
                             if line.contains("ready to handle connections") {
+                                starting = None;
                                 if let Some(tx) = ready_tx.take() {
                                     let _ = tx.send(());
                                 }

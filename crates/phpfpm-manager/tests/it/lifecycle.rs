@@ -11,7 +11,7 @@ use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 
 use crate::supervisor::{is_fpm_master, pool_field, pools_up, sock, wait_for};
-use crate::support::{TestDaemon, TestDir, SLEEP_PHP};
+use crate::support::{TestDaemon, TestDir, HOLD_PHP, SLEEP_PHP};
 
 /// A manager with one static pool `a` of `workers`, scripts in www/.
 fn start(tag: &str, workers: u32, phpfpm: &str, pool_extra: &str) -> TestDaemon {
@@ -19,6 +19,9 @@ fn start(tag: &str, workers: u32, phpfpm: &str, pool_extra: &str) -> TestDaemon 
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("sleep.php"), SLEEP_PHP).unwrap();
+    // A signal cuts PHP's usleep() short; hold.php loops until its time is
+    // up, so a request really lasts as long as asked.
+    std::fs::write(www.join("hold.php"), HOLD_PHP).unwrap();
     std::fs::write(
         www.join("env.php"),
         "<?php echo getenv('APP_SECRET') ?: 'unset';\n",
@@ -63,14 +66,20 @@ fn request(
     })
 }
 
-/// Waits until pool a reports `n` busy workers.
+/// Waits until pool a's status page (asked directly on its status socket)
+/// says `n` workers are busy.
 fn busy(d: &TestDaemon, n: u64) {
+    let ep = Endpoint::Unix(d.dir.join("var/phpfpm-manager/sockets/a.status.sock"));
+    let rt = crate::support::rt();
+    let t = Timeouts {
+        connect: Duration::from_secs(1),
+        total: Duration::from_secs(5),
+    };
+    let want = format!("\"active processes\":{n},");
     assert!(
         wait_for(Duration::from_secs(30), || {
-            let (_, b) = d.get("/metrics").unwrap_or_default();
-            b.lines().any(|l| {
-                l.starts_with("phpfpm_active_processes{pool=\"a\"") && l.ends_with(&format!(" {n}"))
-            })
+            rt.block_on(fastcgi::get(&ep, "/status", "json", t))
+                .is_ok_and(|r| String::from_utf8_lossy(&r.stdout).contains(&want))
         }),
         "pool a never had {n} busy workers; log:\n{}",
         d.log()
@@ -80,7 +89,7 @@ fn busy(d: &TestDaemon, n: u64) {
 #[test]
 fn a_request_in_flight_during_a_graceful_stop_completes() {
     let mut d = start("graceful", 1, "  stop_timeout: 30s\n", "");
-    let req = request(&d, "sleep.php", "ms=2000", Duration::from_secs(30));
+    let req = request(&d, "hold.php", "ms=2000", Duration::from_secs(30));
     busy(&d, 1);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log());
@@ -104,7 +113,7 @@ fn a_stop_that_outlasts_stop_timeout_escalates_and_leaves_nothing() {
         "  stop_timeout: 1s\n  process_control_timeout: 10s\n",
         "",
     );
-    let req = request(&d, "sleep.php", "ms=5000", Duration::from_secs(30));
+    let req = request(&d, "hold.php", "ms=20000", Duration::from_secs(60));
     busy(&d, 1);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log());
@@ -125,11 +134,29 @@ fn a_stop_that_outlasts_stop_timeout_escalates_and_leaves_nothing() {
 
 #[test]
 fn connections_made_while_a_crashed_master_restarts_wait_and_are_served() {
-    let d = start("backlog", 2, "", "");
+    // The restart waits 2 s, so the connections below are surely made
+    // while no php-fpm process of the pool exists.
+    let d = start("backlog", 2, "  restart_backoff_initial: 2s\n", "");
     let pid = pool_field(&d, "a", "/master/pid").as_u64().unwrap() as i32;
-    // The whole pool dies at once (master and workers, as an OOM kill of
-    // the group would do): nobody accepts until the new master runs.
+    // The whole pool dies (master and workers, as an OOM kill of the group
+    // would do). A dying worker can still take a connection from the queue
+    // on its way out, so the requests start once the group is gone.
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let group_alive = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter_map(fpm_kernel::procfs::read_stat)
+            .any(|st| st.pgrp == pid as u32 && st.state != 'Z')
+    };
+    assert!(wait_for(Duration::from_secs(30), || !group_alive()));
+    assert_eq!(
+        pool_field(&d, "a", "/master/running"),
+        serde_json::json!(false),
+        "a master is already back; the test proves nothing: {}",
+        d.log()
+    );
     let reqs: Vec<_> = (0..6)
         .map(|_| request(&d, "sleep.php", "ms=10", Duration::from_secs(60)))
         .collect();
