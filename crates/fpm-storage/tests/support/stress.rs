@@ -19,6 +19,8 @@ use fpm_storage::{Sample, Storage, StorageConfig, WriterOptions};
 
 /// The environment variable that carries the child's arguments.
 const ENV: &str = "FPM_STORAGE_STRESS";
+/// What the child prints once it writes.
+const READY: &str = "stress writer ready";
 
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
@@ -52,7 +54,8 @@ pub fn spawn(test_name: &str, path: &Path, run: &str, max_secs: u64) -> Child {
         if out.read_line(&mut line).unwrap() == 0 {
             break;
         }
-        if line.trim() == "ready" {
+        // libtest may have written "test NAME ... " on the same line.
+        if line.trim_end().ends_with(READY) {
             // Keep the pipe open (the child writes nothing more).
             std::mem::forget(out);
             return child;
@@ -92,7 +95,7 @@ pub fn child_main() {
     let start_sim = wall_ms() - 20 * 3_600_000;
     let started = Instant::now();
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "ready").unwrap();
+    writeln!(stdout, "{READY}").unwrap();
     stdout.flush().unwrap();
     let mut dropped = 0u64;
     let mut k: i64 = 0;
