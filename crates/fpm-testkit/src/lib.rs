@@ -245,7 +245,7 @@ impl TestFpm {
     /// Ready means both sockets answer a ping: a socket that accepts
     /// connections may not have a worker behind it yet.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -272,7 +272,7 @@ impl TestFpm {
             std::thread::sleep(Duration::from_millis(20));
         }
         let log = std::fs::read_to_string(self.dir.join("fpm.log")).unwrap_or_default();
-        panic!("php-fpm did not open its sockets within 10s; its log:\n{log}");
+        panic!("php-fpm did not open its sockets within 30s; its log:\n{log}");
     }
 
     pub fn pid(&self) -> u32 {
