@@ -44,7 +44,8 @@ pub fn next_interval(p: &IntervalPolicy, utilization: Option<f64>, queue: u32) -
 
 /// Increase of a php-fpm "since start" counter. A reload resets these
 /// counters (fact 13): after a reset the whole current value is new, and a
-/// drop never yields a negative rate.
+/// drop never yields a negative rate. A drop is itself a reset (the
+/// [`Watcher`] reports it as [`PoolEvent::CounterReset`]).
 pub fn counter_delta(prev: u64, cur: u64, reset: bool) -> u64 {
     if reset || cur < prev {
         cur
@@ -69,6 +70,50 @@ pub struct Figures {
     /// From the kernel, when known.
     pub queue: Option<u32>,
     pub worker_pids: BTreeSet<u32>,
+    /// How the pool's workers exited so far, from php-fpm's log (known for
+    /// masters the manager runs; None for observed pools).
+    pub worker_exits: Option<WorkerExits>,
+}
+
+/// Worker exits counted from php-fpm's log since the manager started
+/// (cumulative, never decreasing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerExits {
+    /// Exits php-fpm asked for: code 0 after `pm.max_requests`, or SIGQUIT
+    /// (idle workers of a dynamic pool, a graceful stop).
+    pub recycled: u64,
+    /// Everything else: a signal such as SIGSEGV or SIGKILL, a non-zero code.
+    pub crashed: u64,
+}
+
+/// What one of php-fpm's child lifecycle lines says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildLine {
+    Started,
+    Recycled,
+    Crashed,
+}
+
+/// Reads php-fpm's child lifecycle lines (after the level prefix):
+/// `[pool www] child 12 started`,
+/// `[pool www] child 12 exited with code 0 after 3.1 seconds from start`,
+/// `[pool www] child 12 exited on signal 11 (SIGSEGV - core dumped) after ...`.
+pub fn child_line(msg: &str) -> Option<ChildLine> {
+    let rest = msg.strip_prefix("[pool ")?;
+    let (_, rest) = rest.split_once("] child ")?;
+    let (pid, what) = rest.split_once(' ')?;
+    pid.parse::<u32>().ok()?;
+    if what == "started" {
+        return Some(ChildLine::Started);
+    }
+    let how = what.strip_prefix("exited ")?;
+    if how.starts_with("with code 0 ") || how.starts_with("on signal 3 ") {
+        Some(ChildLine::Recycled)
+    } else if how.starts_with("with code ") || how.starts_with("on signal ") {
+        Some(ChildLine::Crashed)
+    } else {
+        None
+    }
 }
 
 /// Something worth recording about a pool, with the figures behind it.
@@ -94,8 +139,17 @@ pub enum PoolEvent {
         old_start: u64,
         new_start: u64,
     },
-    /// Many workers replaced in a short time (pm.max_requests too low,
-    /// crashing scripts, memory limits).
+    /// A "since start" counter went down while the master's start time stayed
+    /// the same: php-fpm reset it (or another master answered). The deltas
+    /// count the new value from 0.
+    CounterReset {
+        counter: &'static str,
+        before: u64,
+        after: u64,
+    },
+    /// Many workers replaced in a short time. With php-fpm's log at hand
+    /// (supervised pools) only crashed workers count, never the recycling
+    /// of `pm.max_requests`; for observed pools, new worker pids.
     RespawnStorm {
         new_workers: u64,
         window_ms: u64,
@@ -123,6 +177,7 @@ impl PoolEvent {
             PoolEvent::MaxChildrenReached { .. } => "max_children_reached",
             PoolEvent::SlowRequests { .. } => "slow_requests",
             PoolEvent::MasterRestarted { .. } => "master_restart",
+            PoolEvent::CounterReset { .. } => "counter_reset",
             PoolEvent::RespawnStorm { .. } => "respawn_storm",
             PoolEvent::ScrapeFailing { .. } => "scrape_failing",
             PoolEvent::ScrapeRecovered { .. } => "scrape_recovered",
@@ -143,33 +198,92 @@ impl PoolEvent {
 }
 
 /// Remembers the last look at a pool and turns each new one into events.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Watcher {
     prev: Option<Figures>,
     saturated_since: Option<u64>,
-    /// (time, workers new at that look) over the storm window.
+    /// Consecutive calm looks while saturated (saturation ends after two).
+    calm_looks: u32,
+    /// (time, workers replaced at that look) over the storm window.
     respawns: VecDeque<(u64, u64)>,
     storm_reported_at: Option<u64>,
+    /// Replaced workers within the window that make a respawn storm.
+    storm_threshold: u64,
+    /// Counter resets seen without a master restart.
+    counter_resets: u64,
 }
 
-/// Window and threshold of the respawn-storm rule.
+impl Default for Watcher {
+    fn default() -> Self {
+        Watcher::new(DEFAULT_STORM_THRESHOLD)
+    }
+}
+
+/// Window of the respawn-storm rule, and its default threshold.
 const STORM_WINDOW_MS: u64 = 60_000;
-const STORM_MIN_NEW: u64 = 5;
+pub const DEFAULT_STORM_THRESHOLD: u64 = 5;
+
+/// Saturation begins when a look is hot, and ends after two consecutive calm
+/// looks, so that one connection caught in the queue between two accepts
+/// does not make a begin/end pair on every look. Utilisation at or above
+/// `HOT_UTILIZATION` with anything queued is hot; below `CALM_UTILIZATION`
+/// with nothing queued is calm; in between the state stays as it was.
+const HOT_UTILIZATION: f64 = 0.9;
+const CALM_UTILIZATION: f64 = 0.75;
+const CALM_LOOKS_TO_END: u32 = 2;
 
 impl Watcher {
+    /// `storm_threshold`: replaced workers within 60 s that make a
+    /// respawn storm (at least 1).
+    pub fn new(storm_threshold: u64) -> Watcher {
+        Watcher {
+            prev: None,
+            saturated_since: None,
+            calm_looks: 0,
+            respawns: VecDeque::new(),
+            storm_reported_at: None,
+            storm_threshold: storm_threshold.max(1),
+            counter_resets: 0,
+        }
+    }
+
+    /// Counter resets seen while the master's start time stayed the same.
+    pub fn counter_resets(&self) -> u64 {
+        self.counter_resets
+    }
+
     /// Is the pool saturated in these figures? Every worker busy at the
-    /// maximum, or connections waiting in the kernel's queue.
+    /// maximum; or connections waiting while (nearly) every worker is busy;
+    /// or as many connections waiting as the pool has workers, whatever the
+    /// status page says (it can lag the kernel).
     pub fn saturated(f: &Figures) -> bool {
         let all_busy =
             f.total > 0 && f.busy >= f.total && f.max_children.is_none_or(|m| f.total >= m);
-        all_busy || f.queue.is_some_and(|q| q > 0)
+        let queue = u64::from(f.queue.unwrap_or(0));
+        let util = utilization(f);
+        all_busy || (queue > 0 && util >= HOT_UTILIZATION) || (queue > 0 && queue >= f.total.max(2))
+    }
+
+    /// Clearly not saturated: nothing queued and utilisation well below the
+    /// point where saturation begins.
+    fn calm(f: &Figures) -> bool {
+        f.queue.unwrap_or(0) == 0 && utilization(f) < CALM_UTILIZATION
     }
 
     pub fn observe(&mut self, cur: Figures) -> Vec<PoolEvent> {
         let mut out = Vec::new();
         let sat = Watcher::saturated(&cur);
+        if self.saturated_since.is_some() {
+            if Watcher::calm(&cur) {
+                self.calm_looks += 1;
+            } else {
+                self.calm_looks = 0;
+            }
+        }
+        let ended = self.calm_looks >= CALM_LOOKS_TO_END;
         match (self.saturated_since, sat) {
             (None, true) => {
+                self.calm_looks = 0;
                 self.saturated_since = Some(cur.at_ms);
                 out.push(PoolEvent::SaturationBegan {
                     busy: cur.busy,
@@ -177,8 +291,9 @@ impl Watcher {
                     queue: cur.queue.unwrap_or(0),
                 });
             }
-            (Some(since), false) => {
+            (Some(since), _) if ended => {
                 self.saturated_since = None;
+                self.calm_looks = 0;
                 out.push(PoolEvent::SaturationEnded {
                     busy: cur.busy,
                     total: cur.total,
@@ -194,6 +309,25 @@ impl Watcher {
                     old_start: prev.start_time,
                     new_start: cur.start_time,
                 });
+            } else {
+                for (counter, before, after) in [
+                    ("accepted_conn", prev.accepted_conn, cur.accepted_conn),
+                    (
+                        "max_children_reached",
+                        prev.max_children_reached,
+                        cur.max_children_reached,
+                    ),
+                    ("slow_requests", prev.slow_requests, cur.slow_requests),
+                ] {
+                    if after < before {
+                        self.counter_resets += 1;
+                        out.push(PoolEvent::CounterReset {
+                            counter,
+                            before,
+                            after,
+                        });
+                    }
+                }
             }
             let reached = counter_delta(
                 prev.max_children_reached,
@@ -207,12 +341,17 @@ impl Watcher {
             if slow > 0 {
                 out.push(PoolEvent::SlowRequests { count: slow });
             }
-            // New worker pids, not counting a whole new set after a restart.
-            if !restarted {
-                let new = cur.worker_pids.difference(&prev.worker_pids).count() as u64;
-                if new > 0 {
-                    self.respawns.push_back((cur.at_ms, new));
-                }
+            // Replaced workers: crashes from php-fpm's log when known (so
+            // pm.max_requests recycling never counts), else new worker pids,
+            // not counting a whole new set after a restart.
+            let replaced = match (prev.worker_exits, cur.worker_exits) {
+                (Some(p), Some(c)) => c.crashed.saturating_sub(p.crashed),
+                (None, Some(_)) => 0,
+                _ if restarted => 0,
+                _ => cur.worker_pids.difference(&prev.worker_pids).count() as u64,
+            };
+            if replaced > 0 {
+                self.respawns.push_back((cur.at_ms, replaced));
             }
             while self
                 .respawns
@@ -222,7 +361,13 @@ impl Watcher {
                 self.respawns.pop_front();
             }
             let recent: u64 = self.respawns.iter().map(|(_, n)| n).sum();
-            let threshold = STORM_MIN_NEW.max(cur.total);
+            // Counting pids, a whole pool replaced at once (a reload seen
+            // as one look) is not a storm; counting crashes, every one is.
+            let threshold = if cur.worker_exits.is_some() {
+                self.storm_threshold
+            } else {
+                self.storm_threshold.max(cur.total)
+            };
             let quiet = self
                 .storm_reported_at
                 .is_none_or(|t| cur.at_ms.saturating_sub(t) > STORM_WINDOW_MS);
@@ -236,6 +381,14 @@ impl Watcher {
         }
         self.prev = Some(cur);
         out
+    }
+}
+
+fn utilization(f: &Figures) -> f64 {
+    if f.total == 0 {
+        0.0
+    } else {
+        f.busy as f64 / f.total as f64
     }
 }
 
@@ -379,22 +532,149 @@ mod tests {
         );
         assert!(ev[0].wants_collection());
         assert!(w.observe(fig(2000, 4, 4)).is_empty());
-        let ev = w.observe(fig(3500, 2, 4));
+        // It ends after two calm looks in a row.
+        assert!(w.observe(fig(3500, 2, 4)).is_empty());
+        let ev = w.observe(fig(4500, 2, 4));
         assert_eq!(
             ev,
             vec![PoolEvent::SaturationEnded {
                 busy: 2,
                 total: 4,
-                lasted_ms: 2500
+                lasted_ms: 3500
             }]
         );
-        // A queue alone is saturation, even with idle-looking counts.
-        let mut q = fig(4000, 1, 4);
+        // A queue as long as the pool is saturation, even with idle-looking
+        // counts (the status page lags the kernel).
+        let mut q = fig(5000, 1, 4);
         q.queue = Some(8);
         assert!(matches!(
             w.observe(q)[0],
             PoolEvent::SaturationBegan { queue: 8, .. }
         ));
+    }
+
+    #[test]
+    fn one_queued_connection_at_half_load_does_not_flap() {
+        let mut w = Watcher::default();
+        let mut events = Vec::new();
+        // 4 of 8 busy, and now and then one connection caught between accepts.
+        for i in 0..20u64 {
+            let mut f = fig(i * 1000, 4, 8);
+            f.queue = Some((i % 2) as u32);
+            events.extend(w.observe(f));
+        }
+        assert!(events.is_empty(), "{events:?}");
+        // Hovering around busy: once saturated, a dip to 7 of 8 with nothing
+        // queued, or a single calm look, does not end it.
+        let mut w = Watcher::default();
+        let mut kinds = Vec::new();
+        let looks = [
+            (8, 2),
+            (7, 0),
+            (8, 1),
+            (5, 0),
+            (8, 0),
+            (5, 0),
+            (5, 0),
+            (5, 0),
+        ];
+        for (i, (busy, queue)) in looks.into_iter().enumerate() {
+            let mut f = fig(i as u64 * 1000, busy, 8);
+            f.queue = Some(queue);
+            kinds.extend(w.observe(f).iter().map(PoolEvent::kind));
+        }
+        assert_eq!(kinds, ["saturation_begin", "saturation_end"]);
+    }
+
+    #[test]
+    fn a_counter_that_goes_down_without_a_restart_is_a_reset() {
+        let mut w = Watcher::default();
+        let mut a = fig(0, 0, 2);
+        a.accepted_conn = 1000;
+        a.slow_requests = 4;
+        w.observe(a);
+        let mut b = fig(1000, 0, 2);
+        b.accepted_conn = 10;
+        b.slow_requests = 2;
+        let ev = w.observe(b);
+        assert_eq!(
+            ev,
+            vec![
+                PoolEvent::CounterReset {
+                    counter: "accepted_conn",
+                    before: 1000,
+                    after: 10
+                },
+                PoolEvent::CounterReset {
+                    counter: "slow_requests",
+                    before: 4,
+                    after: 2
+                },
+                // The 2 slow requests since the reset are new.
+                PoolEvent::SlowRequests { count: 2 },
+            ]
+        );
+        assert_eq!(w.counter_resets(), 2);
+        // And counting goes on from the new value.
+        let mut c = fig(2000, 0, 2);
+        c.accepted_conn = 15;
+        c.slow_requests = 3;
+        assert_eq!(w.observe(c), vec![PoolEvent::SlowRequests { count: 1 }]);
+    }
+
+    #[test]
+    fn recycling_is_not_a_respawn_storm_but_crashes_are() {
+        let exits = |recycled, crashed| Some(WorkerExits { recycled, crashed });
+        // pm.max_requests recycling: every worker new at every look.
+        let mut w = Watcher::new(3);
+        let mut f = fig(0, 0, 4);
+        f.worker_exits = exits(0, 0);
+        w.observe(f);
+        for i in 1..=30u64 {
+            let mut f = fig(i * 1000, 0, 4);
+            f.worker_pids = (0..4).map(|k| 1000 + (i * 4 + k) as u32).collect();
+            f.worker_exits = exits(i * 4, 0);
+            assert!(w.observe(f).is_empty(), "look {i}");
+        }
+        // Three crashes within the window make a storm (threshold 3).
+        let mut storms = Vec::new();
+        for (i, crashed) in [(31u64, 1), (40, 2), (50, 3), (55, 4)] {
+            let mut f = fig(i * 1000, 0, 4);
+            f.worker_exits = exits(120, crashed);
+            storms.extend(w.observe(f));
+        }
+        assert_eq!(
+            storms,
+            vec![PoolEvent::RespawnStorm {
+                new_workers: 3,
+                window_ms: 60_000
+            }]
+        );
+    }
+
+    #[test]
+    fn child_lines() {
+        let l = |m| child_line(m);
+        assert_eq!(l("[pool www] child 12 started"), Some(ChildLine::Started));
+        assert_eq!(
+            l("[pool www] child 12 exited with code 0 after 3.100000 seconds from start"),
+            Some(ChildLine::Recycled)
+        );
+        assert_eq!(
+            l("[pool www] child 12 exited on signal 3 (SIGQUIT) after 1.0 seconds from start"),
+            Some(ChildLine::Recycled)
+        );
+        assert_eq!(
+            l("[pool www] child 12 exited on signal 11 (SIGSEGV - core dumped) after 1.0 seconds from start"),
+            Some(ChildLine::Crashed)
+        );
+        assert_eq!(
+            l("[pool www] child 12 exited with code 255 after 1.0 seconds from start"),
+            Some(ChildLine::Crashed)
+        );
+        assert_eq!(l("[pool www] child 12 said hello"), None);
+        assert_eq!(l("fpm is running, pid 5"), None);
+        assert_eq!(l("[pool www] child x started"), None);
     }
 
     #[test]

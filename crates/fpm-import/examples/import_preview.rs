@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &read,
         &ImportOptions {
             runtime_dir: PathBuf::from("/var/lib/phpfpm-manager"),
+            write_runtime_dir: true,
             include_secrets: false,
         },
     )?;

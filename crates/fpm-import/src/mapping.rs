@@ -22,9 +22,13 @@ use crate::yaml::{push_comment, quote};
 /// Choices the user makes when importing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportOptions {
-    /// The manager's runtime directory (absolute), written to
-    /// `phpfpm.runtime_dir`; default status sockets live under it.
+    /// The manager's runtime directory (absolute): default status sockets
+    /// live under it, and the preview pool files are rendered with it.
     pub runtime_dir: PathBuf,
+    /// Write `runtime_dir` into the config as `phpfpm.runtime_dir`. When
+    /// false the config leaves the manager's default (`./var/phpfpm-manager`,
+    /// relative to where the manager runs) and says so in a comment.
+    pub write_runtime_dir: bool,
     /// true: `env[...]` values go into the YAML's `env:` maps (the YAML file
     /// is then written with mode 0600). false: they go to one file per pool,
     /// `env/<pool>.yaml`, mode 0600, and the YAML only names the variables.
@@ -271,6 +275,7 @@ pub fn import(model: &FpmConfig, options: &ImportOptions) -> Result<Imported, Im
     let config_yaml = render_yaml(
         model,
         &runtime_dir,
+        options.write_runtime_dir,
         pct_secs,
         pct_comment,
         &log_level,
@@ -895,6 +900,7 @@ fn env_file(p: &PoolOut) -> String {
 fn render_yaml(
     model: &FpmConfig,
     runtime_dir: &Path,
+    write_runtime_dir: bool,
     pct_secs: u64,
     pct_comment: Option<&str>,
     log_level: &str,
@@ -921,11 +927,19 @@ fn render_yaml(
         "What the import changed is listed at the end of this file.",
     );
     out.push_str("phpfpm:\n");
-    let _ = writeln!(
-        out,
-        "  runtime_dir: {}",
-        quote(&runtime_dir.display().to_string())
-    );
+    if write_runtime_dir {
+        let _ = writeln!(
+            out,
+            "  runtime_dir: {}",
+            quote(&runtime_dir.display().to_string())
+        );
+    } else {
+        push_comment(
+            &mut out,
+            2,
+            "The runtime directory is the manager's default (./var/phpfpm-manager, relative to the directory it runs in).",
+        );
+    }
     if let Some(c) = pct_comment {
         push_comment(&mut out, 2, c);
     }
@@ -1041,6 +1055,7 @@ mod tests {
             &m,
             &ImportOptions {
                 runtime_dir: PathBuf::from("/var/lib/pm"),
+                write_runtime_dir: true,
                 include_secrets: false,
             },
         )
@@ -1233,6 +1248,7 @@ mod tests {
         for bad in ["rel", "/a/../b", "/a\"b"] {
             let o = ImportOptions {
                 runtime_dir: PathBuf::from(bad),
+                write_runtime_dir: true,
                 include_secrets: false,
             };
             assert!(

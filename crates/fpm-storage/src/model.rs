@@ -259,6 +259,8 @@ string_enum!(
         /// The collector's own observations and the supervisor's actions.
         SlowRequests => "slow_requests",
         MasterRestart => "master_restart",
+        /// A since-start counter went down without a master restart.
+        CounterReset => "counter_reset",
         RespawnStorm => "respawn_storm",
         ScrapeFailing => "scrape_failing",
         ScrapeRecovered => "scrape_recovered",

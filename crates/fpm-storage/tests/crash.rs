@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fpm_storage::{Storage, StorageConfig};
@@ -57,23 +55,7 @@ fn kill_9_during_heavy_writes_twenty_times() {
     let mut fingerprints: BTreeMap<usize, Vec<Vec<(i64, f64)>>> = BTreeMap::new();
     // Kill after 1.1 .. 2.7 s of writing, a different moment each run.
     for run in 0..20usize {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fpm-storage-stress"))
-            .arg(&path)
-            .arg(run.to_string())
-            .arg("30")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting fpm-storage-stress");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "run {run}: stress binary did not start"
-        );
+        let mut child = support::stress::spawn("stress_child", &path, &run.to_string(), 30);
         std::thread::sleep(Duration::from_millis(1100 + (run as u64 * 397) % 1600));
         let killed_at = wall_ms();
         child.kill().unwrap(); // SIGKILL, to our own child by pid
@@ -108,7 +90,8 @@ fn kill_9_during_heavy_writes_twenty_times() {
             "run {run}: almost nothing stored ({} batches)",
             batch_ts.len()
         );
-        // Batches are stored without holes (simulated seconds).
+        // Batches are stored without holes (simulated seconds, advanced for
+        // every batch handed over, accepted or not: a dropped one is a hole).
         assert!(
             batch_ts.windows(2).all(|w| w[1] - w[0] == 1000),
             "run {run}: gap in stored batches"
@@ -141,4 +124,12 @@ fn kill_9_during_heavy_writes_twenty_times() {
         drop(reader);
         drop(storage);
     }
+}
+
+/// The writer under load in a child process that the test above kills; not a
+/// check by itself (started by that test with its arguments).
+#[test]
+#[ignore = "the child process of kill_9_during_heavy_writes_twenty_times"]
+fn stress_child() {
+    support::stress::child_main();
 }

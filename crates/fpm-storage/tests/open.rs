@@ -145,20 +145,7 @@ fn refuses_a_file_in_use_by_another_opener() {
 fn refuses_a_file_locked_by_another_process() {
     let dir = TempDir::new("locked-proc");
     let path = dir.join("data.db");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fpm-storage-stress"))
-        .arg(&path)
-        .arg("holder")
-        .arg("20")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut child = support::stress::spawn("stress_child", &path, "holder", 20);
     let e = Storage::open(&cfg(&path)).unwrap_err();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -186,4 +173,12 @@ fn invalid_retention_is_refused_before_touching_anything() {
     let e = Storage::open(&c).unwrap_err();
     assert!(e.to_string().contains("storage.retention.minute"), "{e}");
     assert!(!path.exists());
+}
+
+/// The writer holding the database in a child process, for the test above;
+/// not a check by itself.
+#[test]
+#[ignore = "the child process of refuses_a_file_locked_by_another_process"]
+fn stress_child() {
+    support::stress::child_main();
 }

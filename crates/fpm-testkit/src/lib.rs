@@ -20,6 +20,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fpm_core::fpm_conf::{self, GlobalSpec, PmMode, PoolSpec};
@@ -32,9 +33,14 @@ use phpfpm_manager::supervisor::binary;
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh directory under the system temp dir, unique per test and process,
-/// world-readable so that php-fpm's pool user can read scripts in it.
+/// world-readable so that php-fpm's pool user can read scripts in it. It
+/// also remembers the sessions of the managers started in it: each manager
+/// leads its own session, which every php-fpm it starts stays in (masters get
+/// their own process group, not their own session), so "what this test left
+/// running" is exactly the live processes of those sessions.
 pub struct TestDir {
     pub path: PathBuf,
+    sessions: Mutex<Vec<i32>>,
 }
 
 impl TestDir {
@@ -44,7 +50,31 @@ impl TestDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TestDir { path }
+        TestDir {
+            path,
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Live processes (not zombies) of the sessions of every manager started
+    /// in this directory, as `pid command-line`.
+    pub fn leftovers(&self) -> Vec<String> {
+        let sessions = self.sessions.lock().unwrap().clone();
+        processes_in_sessions(&sessions)
+            .into_iter()
+            .map(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!("{pid} {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+            })
+            .collect()
+    }
+
+    /// SIGKILLs every live process of this directory's manager sessions.
+    pub fn kill_leftovers(&self) {
+        let sessions = self.sessions.lock().unwrap().clone();
+        for pid in processes_in_sessions(&sessions) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 
     pub fn join(&self, p: &str) -> PathBuf {
@@ -54,6 +84,8 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
+        // Never leave a php-fpm of this test running, even on failure.
+        self.kill_leftovers();
         if std::thread::panicking() {
             eprintln!("test failed; its files are kept in {}", self.path.display());
         } else {
@@ -106,6 +138,14 @@ impl Default for FpmOpts {
 /// `sleep.php?ms=N` sleeps N milliseconds (at most 5 s).
 pub const SLEEP_PHP: &str =
     "<?php usleep(min(5000, (int)($_GET['ms'] ?? 0)) * 1000); echo \"ok\\n\";\n";
+
+/// `hold.php?ms=N` keeps its worker busy until a file named `release` appears
+/// next to it, or N milliseconds (at most 60 s) pass: tests hold workers for
+/// as long as a check needs, with a generous deadline, and then let go.
+pub const HOLD_PHP: &str =
+    "<?php $end = microtime(true) + min(60000, (int)($_GET['ms'] ?? 0)) / 1000;\n\
+    while (!file_exists(__DIR__ . '/release') && microtime(true) < $end) { usleep(10000); }\n\
+    echo \"ok\\n\";\n";
 
 /// A php-fpm master running one pool in a temporary directory.
 pub struct TestFpm {
@@ -208,7 +248,7 @@ impl TestFpm {
     /// Ready means both sockets answer a ping: a socket that accepts
     /// connections may not have a worker behind it yet.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -235,7 +275,7 @@ impl TestFpm {
             std::thread::sleep(Duration::from_millis(20));
         }
         let log = std::fs::read_to_string(self.dir.join("fpm.log")).unwrap_or_default();
-        panic!("php-fpm did not open its sockets within 10s; its log:\n{log}");
+        panic!("php-fpm did not open its sockets within 30s; its log:\n{log}");
     }
 
     pub fn pid(&self) -> u32 {
@@ -392,10 +432,24 @@ impl TestDaemon {
         config: Option<&str>,
         env: &[(&str, &str)],
     ) -> TestDaemon {
+        TestDaemon::start_with(dir, port, config, env, &manager_bin(), &[])
+    }
+
+    /// Starts the manager binary `bin` (a copy under another name, say) with
+    /// `run` and `args` (for example `--replace`).
+    pub fn start_with(
+        dir: TestDir,
+        port: u16,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        bin: &Path,
+        args: &[&str],
+    ) -> TestDaemon {
         php_fpm();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = Command::new(manager_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
+            .args(args)
             .current_dir(&dir.path)
             .env("PHPFPM_MANAGER_SERVER__BIND_ADDRESS", addr.to_string())
             .env("RUST_LOG", "info")
@@ -411,7 +465,9 @@ impl TestDaemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        new_session(&mut cmd);
         let child = cmd.spawn().unwrap();
+        dir.sessions.lock().unwrap().push(child.id() as i32);
         TestDaemon { dir, addr, child }
     }
 
@@ -460,20 +516,40 @@ impl TestDaemon {
             .unwrap_or_default()
     }
 
+    /// Splits into the directory and the manager's pid, which is then the
+    /// test's to wait for ([`wait_child_exit`]), as when a manager is
+    /// replaced by another.
+    pub fn into_parts(self) -> (TestDir, u32) {
+        let pid = self.child.id();
+        (self.into_dir(), pid)
+    }
+
     /// Leaves the manager process running but forgets it, so that `Drop`
     /// does not stop it (used when a test hands over to a new manager).
     pub fn into_dir(mut self) -> TestDir {
-        let dir = std::mem::replace(
-            &mut self.dir,
-            TestDir {
-                path: PathBuf::new(),
-            },
-        );
+        let dir = std::mem::replace(&mut self.dir, TestDir::empty());
         // Reap it if it already exited; otherwise it is the test's job.
         let _ = self.child.try_wait();
         std::mem::forget(self);
         dir
     }
+}
+
+/// Waits for the exit of a child of this process, by pid (reaping it);
+/// returns its exit code, or None if it did not exit within `limit` or was
+/// killed by a signal.
+pub fn wait_child_exit(pid: u32, limit: Duration) -> Option<i32> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(code),
+            Ok(WaitStatus::Signaled(..)) => return None,
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// nginx in front of pools, on a loopback port, from a temporary config.
@@ -650,21 +726,56 @@ impl Drop for TestDaemon {
                 let _ = self.child.wait();
             }
         }
-        // Never leave a php-fpm of this test running, even on failure: each
-        // master leads its own process group, which holds its workers.
-        for pid in processes_mentioning(&self.dir.path) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        // Never leave a php-fpm of this test running, even on failure.
+        self.dir.kill_leftovers();
+    }
+}
+
+impl TestDir {
+    /// A placeholder that owns no directory.
+    fn empty() -> TestDir {
+        TestDir {
+            path: PathBuf::new(),
+            sessions: Mutex::new(Vec::new()),
         }
     }
 }
 
-/// Pids of live processes whose command line mentions `needle` (a test's own
-/// temporary directory, so only processes this test started match).
-pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
+/// Makes the child lead a new session (setsid), so that everything it starts
+/// can be found by session id, whatever its command line says.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut Command) {
+    // SAFETY: runs in the child between fork and exec; setsid(2) is
+    // async-signal-safe and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Session id and state of `pid`, from `/proc/<pid>/stat` (fields 3 and 6;
+/// the command name in field 2 may hold spaces and parentheses).
+fn session_and_state(pid: i32) -> Option<(i32, char)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let _ppid = f.next()?;
+    let _pgrp = f.next()?;
+    let session = f.next()?.parse().ok()?;
+    Some((session, state))
+}
+
+/// Live (non-zombie) processes whose session is one of `sessions`.
+pub fn processes_in_sessions(sessions: &[i32]) -> Vec<i32> {
     let own = std::process::id() as i32;
-    let needle = needle.to_string_lossy().into_owned();
     let mut out = Vec::new();
+    if sessions.is_empty() {
+        return out;
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
     };
@@ -672,10 +783,11 @@ pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd);
-            // Zombies have an empty command line and are not running.
-            if cmd.contains(&needle) && pid != own {
+        if pid == own {
+            continue;
+        }
+        if let Some((sid, state)) = session_and_state(pid) {
+            if sessions.contains(&sid) && state != 'Z' && state != 'X' {
                 out.push(pid);
             }
         }

@@ -30,7 +30,7 @@ use crate::events::{ManagerEvent, What};
 use crate::pool::{Board, PoolActor, PoolHandle};
 use crate::state::AppState;
 use crate::supervisor::child::FpmBinary;
-use crate::supervisor::files::{write_atomic, Layout};
+use crate::supervisor::files::Layout;
 use crate::supervisor::{self, Supervisor};
 use crate::surface::http;
 
@@ -174,14 +174,13 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut sigusr1 =
         signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?;
 
-    if opts.replace {
-        replace_running_manager(&cfg).await?;
-    }
     let needs_fpm = cfg.pools.iter().any(|p| p.spec.is_some());
     // One manager per runtime directory: a second one would adopt and
-    // supervise the first one's masters. Held until this process exits.
+    // supervise the first one's masters. Held until this process exits;
+    // `--replace` takes it over from the running manager.
     let _runtime_lock = if needs_fpm {
-        Some(lock_runtime_dir(&cfg)?)
+        let wait = cfg.phpfpm.stop_timeout + Duration::from_secs(10);
+        Some(crate::replace::lock_runtime_dir(&cfg.phpfpm.runtime_dir, opts.replace, wait).await?)
     } else {
         None
     };
@@ -203,11 +202,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     };
     let pid_file = Layout::new(&cfg.phpfpm.runtime_dir).manager_pid();
     if runtime.is_some() {
-        write_atomic(
-            &pid_file,
-            format!("{}\n", std::process::id()).as_bytes(),
-            0o644,
-        )?;
+        crate::replace::write_record(&pid_file)?;
     }
 
     // History: opened before anything runs, so a bad database file stops the
@@ -426,10 +421,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             "Storage writer did not finish within 5s; the last second of samples may be missing."
         ),
     }
-    if std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == std::process::id().to_string())
-    {
-        let _ = std::fs::remove_file(&pid_file);
-    }
+    crate::replace::remove_record(&pid_file);
     tracing::info!("Manager stopped.");
     Ok(())
 }
@@ -588,71 +580,4 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
         let pool = pool.clone();
         tokio::spawn(async move { actor.apply_config(pool).await });
     }
-}
-
-/// Takes an exclusive lock on `<runtime_dir>/manager.lock`, or says which
-/// manager holds it.
-fn lock_runtime_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
-    let dir = &cfg.phpfpm.runtime_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
-    let path = dir.join("manager.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            let pid = std::fs::read_to_string(Layout::new(dir).manager_pid()).unwrap_or_default();
-            anyhow::bail!(
-                "another phpfpm-manager (pid {}) runs on {}; stop it, or start this one with --replace to take over",
-                pid.trim(),
-                dir.display()
-            )
-        }
-        Err(e) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
-    }
-}
-
-/// `run --replace`: asks the manager recorded in the runtime directory to
-/// exit without stopping php-fpm (SIGUSR1), and waits for it.
-async fn replace_running_manager(cfg: &Config) -> anyhow::Result<()> {
-    let pid_file = Layout::new(&cfg.phpfpm.runtime_dir).manager_pid();
-    let Ok(text) = std::fs::read_to_string(&pid_file) else {
-        tracing::info!(
-            "No running manager recorded in {}; starting normally.",
-            pid_file.display()
-        );
-        return Ok(());
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        anyhow::bail!("{} does not hold a pid", pid_file.display());
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if pid == std::process::id() as i32
-        || !String::from_utf8_lossy(&cmdline).contains("phpfpm-manager")
-    {
-        tracing::info!(
-            pid,
-            "The recorded manager is not running; starting normally."
-        );
-        return Ok(());
-    }
-    tracing::info!(pid, "Asking the running manager to hand over.");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .with_context(|| format!("cannot signal the running manager (pid {pid})"))?;
-    let deadline = tokio::time::Instant::now() + cfg.phpfpm.stop_timeout + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("the running manager (pid {pid}) did not exit; it is still in charge");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }

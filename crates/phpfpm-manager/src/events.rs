@@ -143,6 +143,7 @@ impl ManagerEvent {
                 PoolEvent::MaxChildrenReached { .. } => EventKind::MaxChildrenReached,
                 PoolEvent::SlowRequests { .. } => EventKind::SlowRequests,
                 PoolEvent::MasterRestarted { .. } => EventKind::MasterRestart,
+                PoolEvent::CounterReset { .. } => EventKind::CounterReset,
                 PoolEvent::RespawnStorm { .. } => EventKind::RespawnStorm,
                 PoolEvent::ScrapeFailing { .. } => EventKind::ScrapeFailing,
                 PoolEvent::ScrapeRecovered { .. } => EventKind::ScrapeRecovered,
@@ -177,6 +178,7 @@ impl ManagerEvent {
                 PoolEvent::CircuitOpened { .. } => Severity::Error,
                 PoolEvent::SaturationEnded { .. }
                 | PoolEvent::MasterRestarted { .. }
+                | PoolEvent::CounterReset { .. }
                 | PoolEvent::ScrapeRecovered { .. }
                 | PoolEvent::CircuitClosed => Severity::Info,
             },
@@ -348,6 +350,13 @@ fn pool_message(ev: &PoolEvent) -> String {
         PoolEvent::MasterRestarted { .. } => {
             "the pool's master (re)started; its counters restart from 0".to_owned()
         }
+        PoolEvent::CounterReset {
+            counter,
+            before,
+            after,
+        } => format!(
+            "php-fpm's {counter} counter went down from {before} to {after} without a master restart; counted as a reset"
+        ),
         PoolEvent::RespawnStorm {
             new_workers,
             window_ms,
@@ -388,6 +397,11 @@ fn pool_details(ev: &PoolEvent) -> serde_json::Value {
             old_start,
             new_start,
         } => json!({"old_start_time": old_start, "new_start_time": new_start}),
+        PoolEvent::CounterReset {
+            counter,
+            before,
+            after,
+        } => json!({"counter": counter, "before": before, "after": after}),
         PoolEvent::RespawnStorm {
             new_workers,
             window_ms,

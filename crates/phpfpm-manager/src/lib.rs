@@ -11,6 +11,7 @@ pub mod events;
 pub mod fastcgi;
 pub mod opcache;
 pub mod pool;
+pub mod replace;
 pub mod scale;
 pub mod state;
 pub mod supervisor;

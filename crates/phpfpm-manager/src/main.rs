@@ -109,9 +109,11 @@ struct ImportArgs {
     /// Directory to write `phpfpm-manager.yaml` and the pool files into.
     #[arg(long, short, default_value = "phpfpm-manager-import")]
     output: PathBuf,
-    /// The runtime directory the imported config will use.
-    #[arg(long, default_value = "./var/phpfpm-manager")]
-    runtime_dir: PathBuf,
+    /// The runtime directory the imported config will use (written to it as
+    /// an absolute path). Without it the config keeps the manager's default,
+    /// `./var/phpfpm-manager` relative to where the manager runs.
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// php-fpm's prefix (-p): where relative include patterns start.
     #[arg(long, default_value = "/usr")]
     prefix: PathBuf,
@@ -158,10 +160,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Scaling(args) => scaling(args),
         Command::Validate(args) => match load(&args) {
-            Ok(cfg) => {
-                print!("{}", cfg.summary());
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => validate(&cfg),
             Err(code) => code,
         },
         Command::Run(args) => {
@@ -192,6 +191,38 @@ fn load(args: &ConfigArgs) -> Result<config::Config, ExitCode> {
         eprint!("{e}");
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// `validate` of a config that loaded: the checks against this machine
+/// (directories, `php-fpm -t` on every supervised pool), all problems
+/// reported together.
+fn validate(cfg: &config::Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = std::env::var("PATH").ok();
+    let report = rt.block_on(config::check_system(cfg, path.as_deref()));
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    if !report.problems.is_empty() {
+        eprint!(
+            "{}",
+            config::ConfigError {
+                problems: report.problems
+            }
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    print!("{}", cfg.summary());
+    ExitCode::SUCCESS
 }
 
 fn example_config(output: Option<PathBuf>) -> ExitCode {
@@ -228,7 +259,12 @@ fn import(args: ImportArgs) -> ExitCode {
         ..fpm_import::ReadOptions::default()
     };
     let opts = fpm_import::ImportOptions {
-        runtime_dir: absolute(&args.runtime_dir),
+        runtime_dir: absolute(
+            args.runtime_dir
+                .as_ref()
+                .unwrap_or(&PathBuf::from("./var/phpfpm-manager")),
+        ),
+        write_runtime_dir: args.runtime_dir.is_some(),
         include_secrets: args.include_secrets,
     };
     let imported = match fpm_import::import_file(&absolute(&args.from), &read, &opts) {

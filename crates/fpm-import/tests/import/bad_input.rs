@@ -13,6 +13,7 @@ use crate::support::{php_fpm, run};
 fn opts(dir: &Path) -> ImportOptions {
     ImportOptions {
         runtime_dir: dir.join("rt"),
+        write_runtime_dir: true,
         include_secrets: false,
     }
 }

@@ -129,6 +129,7 @@ fn import_and_render(s: &Setup) -> ImportedRun {
         &model,
         &ImportOptions {
             runtime_dir: rt.clone(),
+            write_runtime_dir: true,
             include_secrets: true,
         },
     )

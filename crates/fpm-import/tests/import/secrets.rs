@@ -22,6 +22,7 @@ fn fixture(dir: &Path) -> (PathBuf, ReadOptions) {
 fn opts(dir: &Path, include_secrets: bool) -> ImportOptions {
     ImportOptions {
         runtime_dir: dir.join("rt"),
+        write_runtime_dir: true,
         include_secrets,
     }
 }

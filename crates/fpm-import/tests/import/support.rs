@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) const PHP_FPM: &str = "/usr/sbin/php-fpm8.2";
-
-/// The php-fpm binary; the test fails (never skips) when it is missing.
+/// The php-fpm binary, found as the manager finds it (`PATH`, then the
+/// usual sbin directories); the test fails (never skips) when it is missing.
 pub(crate) fn php_fpm() -> PathBuf {
-    let p = PathBuf::from(PHP_FPM);
-    assert!(
-        p.exists(),
-        "{PHP_FPM} is missing: install php8.2-fpm (these tests never skip)"
-    );
-    p
+    phpfpm_manager::supervisor::binary::find(None, std::env::var("PATH").ok().as_deref())
+        .unwrap_or_else(|e| panic!("{e} (these tests never skip)"))
 }
 
 pub(crate) fn test_data(rel: &str) -> PathBuf {

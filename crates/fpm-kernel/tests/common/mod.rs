@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const PHP_FPM: &str = "/usr/sbin/php-fpm8.2";
+/// The php-fpm binary, found as the manager finds it (`PATH`, then the
+/// usual sbin directories); a missing php-fpm fails the test.
+pub fn php_fpm() -> PathBuf {
+    phpfpm_manager::supervisor::binary::find(None, std::env::var("PATH").ok().as_deref())
+        .unwrap_or_else(|e| panic!("{e}; this test needs real php-fpm"))
+}
 
 /// A php-fpm master with one static pool, run as `nobody`.
 pub struct Fpm {
@@ -24,10 +29,7 @@ impl Fpm {
     /// Starts php-fpm with `workers` static workers and waits (bounded) until
     /// every worker exists and the sockets are bound.
     pub fn start(tag: &str, workers: u32) -> Fpm {
-        assert!(
-            Path::new(PHP_FPM).exists(),
-            "{PHP_FPM} is required for this test (apt-get install php8.2-fpm)"
-        );
+        let bin = php_fpm();
         let dir = std::env::temp_dir().join(format!("fpm-kernel-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -61,7 +63,7 @@ impl Fpm {
             status = status_socket.display(),
         );
         std::fs::write(dir.join("fpm.conf"), conf).unwrap();
-        let child = Command::new(PHP_FPM)
+        let child = Command::new(&bin)
             .args(["-R", "-F", "-y"])
             .arg(dir.join("fpm.conf"))
             .stdin(Stdio::null())

@@ -120,7 +120,7 @@ impl PoolCollector {
             probe: ProbeMarker::new(),
             policy: mon.interval.clone(),
             memory_interval: mon.memory_interval,
-            watcher: Watcher::default(),
+            watcher: Watcher::new(u64::from(mon.respawn_storm_threshold)),
             circuit: Circuit::new(
                 mon.circuit_failures,
                 mon.circuit_cooldown,
@@ -248,6 +248,7 @@ impl PoolCollector {
                 max_children,
                 queue: queue.as_ref().ok().map(|(n, _)| *n),
                 worker_pids: self.pool_pids.clone(),
+                worker_exits: crate::supervisor::child::worker_exits(&name),
             }));
         }
         let waiting = queue.as_ref().map(|(n, _)| *n).unwrap_or(0);

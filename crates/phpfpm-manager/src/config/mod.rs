@@ -8,6 +8,7 @@
 //! (`validate.rs`) into the typed [`Config`] the rest of the daemon uses.
 //! Every problem is reported as `key: 'value': what is wrong; how to fix`.
 
+mod check;
 mod raw;
 mod tree;
 mod validate;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use fpm_core::fpm_conf::{GlobalSpec, PoolSpec};
 use fpm_core::PoolName;
 
+pub use check::{check_system, SystemReport};
 pub use raw::RawConfig;
 pub use tree::ENV_PREFIX;
 
@@ -196,6 +198,7 @@ pub struct Monitoring {
     pub memory_interval: Duration,
     pub circuit_failures: u32,
     pub circuit_cooldown: Duration,
+    pub respawn_storm_threshold: u32,
     pub enable_opcache: bool,
     pub enable_system_metrics: bool,
     pub per_process_metrics: bool,

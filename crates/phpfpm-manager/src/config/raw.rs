@@ -313,6 +313,9 @@ pub struct RawMonitoring {
     pub circuit_failures: u32,
     /// How long an open circuit leaves the pool alone before one probe.
     pub circuit_cooldown: String,
+    /// Crashed workers within a minute that raise a `respawn_storm` event
+    /// (recycling after `pm.max_requests` never counts for supervised pools).
+    pub respawn_storm_threshold: u32,
     pub enable_opcache: bool,
     pub enable_system_metrics: bool,
     /// Per-worker `phpfpm_process_*` series (labelled by slot, not pid).
@@ -335,6 +338,7 @@ impl Default for RawMonitoring {
             memory_interval: "30s".into(),
             circuit_failures: 3,
             circuit_cooldown: "10s".into(),
+            respawn_storm_threshold: 5,
             enable_opcache: false,
             enable_system_metrics: true,
             per_process_metrics: false,
@@ -346,7 +350,8 @@ impl Default for RawMonitoring {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct RawStorage {
-    /// SQLite file; `:memory:` keeps history in memory only.
+    /// SQLite file; `auto` is `<runtime_dir>/data.db`, `:memory:` keeps
+    /// history in memory only.
     pub database_path: String,
     pub retention: RawRetention,
 }
@@ -354,7 +359,7 @@ pub struct RawStorage {
 impl Default for RawStorage {
     fn default() -> Self {
         RawStorage {
-            database_path: "./var/phpfpm-manager/data.db".into(),
+            database_path: "auto".into(),
             retention: RawRetention::default(),
         }
     }

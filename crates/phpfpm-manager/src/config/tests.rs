@@ -270,3 +270,40 @@ fn collect_keys(v: &serde_yaml_ng::Value, prefix: &str, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[test]
+fn history_follows_the_runtime_dir_unless_set() {
+    let mut inp = input("pools:\n  - name: www\n");
+    inp.runtime_dir = Some("/var/lib/pfm".into());
+    let cfg = load(&inp).unwrap();
+    assert_eq!(
+        cfg.storage.database_path,
+        Some(PathBuf::from("/var/lib/pfm/data.db"))
+    );
+    let cfg = load(&input(
+        "phpfpm:\n  runtime_dir: rt\npools:\n  - name: www\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.storage.database_path,
+        Some(PathBuf::from("/srv/app/rt/data.db"))
+    );
+    let mut inp = input("storage:\n  database_path: /data/h.db\npools:\n  - name: www\n");
+    inp.runtime_dir = Some("/var/lib/pfm".into());
+    let cfg = load(&inp).unwrap();
+    assert_eq!(cfg.storage.database_path, Some(PathBuf::from("/data/h.db")));
+}
+
+#[test]
+fn respawn_storm_threshold_is_a_monitoring_key() {
+    let cfg = load(&input(
+        "monitoring:\n  respawn_storm_threshold: 12\npools:\n  - name: www\n",
+    ))
+    .unwrap();
+    assert_eq!(cfg.monitoring.respawn_storm_threshold, 12);
+    let p = problems("monitoring:\n  respawn_storm_threshold: 0\npools:\n  - name: www\n");
+    assert_eq!(
+        p,
+        ["monitoring.respawn_storm_threshold: '0': must be at least 1; the default is 5"]
+    );
+}

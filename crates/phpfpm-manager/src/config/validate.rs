@@ -226,6 +226,14 @@ pub(super) fn validate(
             "the default is 3",
         );
     }
+    if raw.monitoring.respawn_storm_threshold == 0 {
+        c.problem(
+            "monitoring.respawn_storm_threshold",
+            "0",
+            "must be at least 1",
+            "the default is 5",
+        );
+    }
     let circuit_cooldown = c.duration(
         "monitoring.circuit_cooldown",
         &raw.monitoring.circuit_cooldown,
@@ -235,6 +243,8 @@ pub(super) fn validate(
 
     let database_path = match raw.storage.database_path.as_str() {
         ":memory:" => None,
+        // History follows the runtime directory (and `--runtime-dir`).
+        "auto" | "" => Some(runtime_dir.join("data.db")),
         p => c.path("storage.database_path", p, true),
     };
     let day = Duration::from_secs(86_400);
@@ -419,6 +429,7 @@ pub(super) fn validate(
             memory_interval,
             circuit_failures: raw.monitoring.circuit_failures.max(1),
             circuit_cooldown,
+            respawn_storm_threshold: raw.monitoring.respawn_storm_threshold.max(1),
             enable_opcache: raw.monitoring.enable_opcache,
             enable_system_metrics: raw.monitoring.enable_system_metrics,
             per_process_metrics: raw.monitoring.per_process_metrics,

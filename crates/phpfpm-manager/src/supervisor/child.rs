@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use fpm_core::watch::{child_line, ChildLine, WorkerExits};
 use fpm_core::PoolName;
 use fpm_kernel::procfs::read_stat;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -24,6 +25,19 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+/// `php-fpm -t` refused a configuration; the text is php-fpm's own reason.
+/// Retrying the same configuration cannot help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRefused(pub String);
+
+impl std::fmt::Display for ConfigRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigRefused {}
 
 /// How to invoke php-fpm.
 #[derive(Debug, Clone)]
@@ -173,14 +187,38 @@ impl FpmBinary {
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("ready to handle connections") {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
+                let mut summary = LifecycleSummary::new(pool.clone());
+                let mut tick = tokio::time::interval(SUMMARY_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                // Until it is ready, php-fpm writes some notices twice: to
+                // its error_log (our stderr, opened as /proc/self/fd/2) and
+                // to stderr itself. The same line twice in a row then is one.
+                let mut starting = Some(String::new());
+                loop {
+                    tokio::select! {
+                        line = lines.next_line() => {
+                            let Ok(Some(line)) = line else { break };
+                            if let Some(prev) = starting.as_mut() {
+                                if *prev == line {
+                                    continue;
+                                }
+                                prev.clone_from(&line);
+                            }
+                            if line.contains("ready to handle connections") {
+                                starting = None;
+                                if let Some(tx) = ready_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            if let Some(kind) = forward_line(&pool, &line) {
+                                summary.count(kind);
+                            }
                         }
+                        _ = tick.tick() => summary.flush(),
                     }
-                    forward_line(&pool, &line);
                 }
+                summary.flush();
             });
         }
         if let Some(stdout) = child.stdout.take() {
@@ -226,6 +264,29 @@ fn keep_fds_open_across_exec(cmd: &mut Command, fds: Vec<RawFd>) {
             }
             Ok(())
         });
+    }
+}
+
+/// php-fpm refuses to run workers as root: when the manager runs as root, a
+/// pool without `user`/`group` runs as www-data (or nobody).
+pub fn default_account(spec: &mut fpm_core::fpm_conf::PoolSpec) {
+    if spec.user.is_none() {
+        let user = ["www-data", "nobody"]
+            .into_iter()
+            .find(|u| matches!(nix::unistd::User::from_name(u), Ok(Some(_))))
+            .unwrap_or("nobody");
+        spec.user = Some(user.to_owned());
+    }
+    if spec.group.is_none() {
+        let group = [
+            spec.user.as_deref().unwrap_or("nobody"),
+            "nogroup",
+            "nobody",
+        ]
+        .into_iter()
+        .find(|g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))))
+        .unwrap_or("nogroup");
+        spec.group = Some(group.to_owned());
     }
 }
 
@@ -422,9 +483,104 @@ fn strip_fpm_date(line: &str) -> &str {
     }
 }
 
-fn forward_line(pool: &PoolName, line: &str) {
+/// How often the count of recycled workers is logged.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Worker exits per pool, counted from the log of every master this manager
+/// started, for the collector's respawn-storm rule (which must tell
+/// `pm.max_requests` recycling from crashes). Keyed by pool name; counts
+/// only grow.
+static WORKER_EXITS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, WorkerExits>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// How the workers of `pool` exited so far; None when no master of it was
+/// started by this manager (an observed or only adopted pool: its log is
+/// not read).
+pub fn worker_exits(pool: &PoolName) -> Option<WorkerExits> {
+    WORKER_EXITS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(pool.as_str())
+        .copied()
+}
+
+/// Counts worker starts and exits of one master, and logs them as one line
+/// a minute instead of a line per worker.
+struct LifecycleSummary {
+    pool: PoolName,
+    started: u64,
+    recycled: u64,
+    crashed: u64,
+}
+
+impl LifecycleSummary {
+    fn new(pool: PoolName) -> LifecycleSummary {
+        WORKER_EXITS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pool.as_str().to_owned())
+            .or_default();
+        LifecycleSummary {
+            pool,
+            started: 0,
+            recycled: 0,
+            crashed: 0,
+        }
+    }
+
+    fn count(&mut self, kind: ChildLine) {
+        match kind {
+            ChildLine::Started => self.started += 1,
+            ChildLine::Recycled => self.recycled += 1,
+            ChildLine::Crashed => self.crashed += 1,
+        }
+        if kind != ChildLine::Started {
+            let mut all = WORKER_EXITS.lock().unwrap_or_else(|e| e.into_inner());
+            let e = all.entry(self.pool.as_str().to_owned()).or_default();
+            if kind == ChildLine::Recycled {
+                e.recycled += 1;
+            } else {
+                e.crashed += 1;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.recycled > 0 || self.crashed > 0 {
+            tracing::info!(
+                pool = self.pool.as_str(),
+                recycled = self.recycled,
+                crashed = self.crashed,
+                started = self.started,
+                "{} workers recycled, {} crashed, {} started in the last minute.",
+                self.recycled,
+                self.crashed,
+                self.started
+            );
+        }
+        self.started = 0;
+        self.recycled = 0;
+        self.crashed = 0;
+    }
+}
+
+/// Logs one line of php-fpm's output at the level php-fpm gave it, tagged
+/// with the pool. Child lifecycle lines ("child N started", "child N exited
+/// with code 0") are routine and go to debug (a crashed worker stays a
+/// warning); they are returned for counting.
+fn forward_line(pool: &PoolName, line: &str) -> Option<ChildLine> {
     let line = strip_fpm_date(line);
     let pool = pool.as_str();
+    let body = line.split_once(": ").map_or(line, |(_, m)| m);
+    if let Some(kind) = child_line(body) {
+        if kind == ChildLine::Crashed {
+            tracing::warn!(pool, source = "php-fpm", "{body}");
+        } else {
+            tracing::debug!(pool, source = "php-fpm", "{body}");
+        }
+        return Some(kind);
+    }
     if let Some(msg) = line
         .strip_prefix("ERROR: ")
         .or_else(|| line.strip_prefix("ALERT: "))
@@ -437,6 +593,7 @@ fn forward_line(pool: &PoolName, line: &str) {
     } else if !line.trim().is_empty() {
         tracing::debug!(pool, source = "php-fpm", "{line}");
     }
+    None
 }
 
 #[cfg(test)]

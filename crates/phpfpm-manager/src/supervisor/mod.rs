@@ -212,6 +212,7 @@ impl Supervisor {
             backoff: Backoff::new(
                 cfg.phpfpm.restart_backoff_initial,
                 cfg.phpfpm.restart_backoff_max,
+                STABLE_AFTER,
             ),
             crash_loop_exits: cfg.phpfpm.crash_loop_exits as usize,
             crash_loop_window: cfg.phpfpm.crash_loop_window,
@@ -244,10 +245,7 @@ impl Supervisor {
         if current.is_none() {
             match self.cold_start(&wanted).await {
                 Ok(m) => current = Some(m),
-                Err(e) => {
-                    self.fail(&format!("{e:#}"));
-                    retry_at = Some(Instant::now() + self.backoff.next_delay());
-                }
+                Err(e) => retry_at = Some(self.on_start_failure(&e)),
             }
         } else if self.spec.as_ref() != Some(&wanted) {
             // Adopted a master whose settings differ from the config now.
@@ -285,6 +283,11 @@ impl Supervisor {
                 Event::Cancel => {
                     if let Some(mut m) = current.take() {
                         self.stop_master(&mut m, &hurry).await;
+                    }
+                    // A clean stop leaves no socket file behind (a detach
+                    // keeps them: the next manager serves on them).
+                    for s in &self.sockets {
+                        s.remove_files();
                     }
                     self.state.update_master(&self.pool.name, |m| {
                         m.running = false;
@@ -331,19 +334,7 @@ impl Supervisor {
                     let spec = self.spec.clone().unwrap_or_else(|| wanted.clone());
                     match self.cold_start(&spec).await {
                         Ok(m) => current = Some(m),
-                        Err(e) => {
-                            let delay = if self.crash_looping() {
-                                SLOW_RETRY
-                            } else {
-                                self.backoff.next_delay()
-                            };
-                            tracing::error!(
-                                pool = self.name(),
-                                "Cannot start the pool: {e:#}; retrying in {delay:?}."
-                            );
-                            self.fail(&format!("{e:#}"));
-                            retry_at = Some(Instant::now() + delay);
-                        }
+                        Err(e) => retry_at = Some(self.on_start_failure(&e)),
                     }
                 }
             }
@@ -354,24 +345,7 @@ impl Supervisor {
     /// as when root, and the addresses php-fpm knows the sockets by.
     fn complete_spec(&self, mut spec: PoolSpec) -> PoolSpec {
         if self.binary.as_root {
-            if spec.user.is_none() {
-                let user = ["www-data", "nobody"]
-                    .into_iter()
-                    .find(|u| matches!(nix::unistd::User::from_name(u), Ok(Some(_))))
-                    .unwrap_or("nobody");
-                spec.user = Some(user.to_owned());
-            }
-            if spec.group.is_none() {
-                let group = [
-                    spec.user.as_deref().unwrap_or("nobody"),
-                    "nogroup",
-                    "nobody",
-                ]
-                .into_iter()
-                .find(|g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))))
-                .unwrap_or("nogroup");
-                spec.group = Some(group.to_owned());
-            }
+            child::default_account(&mut spec);
         }
         if self.warm_handover {
             self.add_file_cache(&mut spec);
@@ -445,6 +419,36 @@ impl Supervisor {
         self.crashes.len() >= self.crash_loop_exits
     }
 
+    /// A start that failed marks the pool failed with the reason and returns
+    /// when to try again: slowly (`SLOW_RETRY`) when php-fpm refused the
+    /// config (it will refuse it again until the config changes, which a
+    /// reload applies at once) or when starts keep failing, else with backoff.
+    fn on_start_failure(&mut self, e: &anyhow::Error) -> Instant {
+        let now = Instant::now();
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.crash_loop_window)
+        {
+            self.crashes.pop_front();
+        }
+        let refused = e.downcast_ref::<child::ConfigRefused>().is_some();
+        let delay = self.backoff.start_failed();
+        let delay = if refused || self.crash_looping() {
+            SLOW_RETRY
+        } else {
+            delay
+        };
+        let why = format!("{e:#}");
+        tracing::error!(
+            pool = self.name(),
+            "Cannot start the pool: {why}; retrying in {delay:?}."
+        );
+        self.fail(&why);
+        now + delay
+    }
+
     /// Records an unexpected exit and returns when to restart.
     fn on_crash(&mut self, pid: Option<u32>, status: &str) -> Instant {
         let now = Instant::now();
@@ -462,11 +466,8 @@ impl Supervisor {
             .with_label_values(&[self.name()])
             .inc();
         let looping = self.crash_looping();
-        let delay = if looping {
-            SLOW_RETRY
-        } else {
-            self.backoff.next_delay()
-        };
+        let delay = self.backoff.exited(now);
+        let delay = if looping { SLOW_RETRY } else { delay };
         self.state.update_master(&self.pool.name, |m| {
             m.running = false;
             m.pid = None;
@@ -515,9 +516,7 @@ impl Supervisor {
     }
 
     fn after_start(&mut self, master: &Master, started: Instant) {
-        if started.duration_since(self.crashes.back().copied().unwrap_or(started)) >= STABLE_AFTER {
-            self.backoff.reset();
-        }
+        self.backoff.started(Instant::now());
         self.write_record(master);
         let spec = self.spec.clone();
         let generation = self.generation;
@@ -778,7 +777,7 @@ impl Supervisor {
             .await;
         let _ = std::fs::remove_file(&check_master);
         let _ = std::fs::remove_file(&check_pool);
-        verdict.map_err(anyhow::Error::msg)?;
+        verdict.map_err(|m| anyhow::Error::new(child::ConfigRefused(m)))?;
         write_atomic(&pool_path, pool_text.as_bytes(), 0o640)?;
         write_atomic(&master_path, master_text(&pool_path).as_bytes(), 0o644)?;
         Ok(())
@@ -858,6 +857,7 @@ impl Supervisor {
         }
         self.sockets = recovered;
         self.generation = generation;
+        self.backoff.started(Instant::now());
         // What it runs is what its pool file says; the current config may differ.
         let on_disk = std::fs::read_to_string(self.layout.pool_conf(&self.pool.name)).ok();
         let wanted_text = fpm_conf::render_pool(wanted).ok();

@@ -27,11 +27,45 @@ pub struct PoolSocket {
     /// `FPM_SOCKETS`: the private path for unix sockets.
     pub fpm_address: String,
     pub fd: OwnedFd,
+    /// The socket's file names (public and private path) as bound, so that
+    /// a clean stop removes exactly those files and nothing that replaced
+    /// them since.
+    pub files: Vec<SocketFile>,
+}
+
+/// A socket file the manager created: its path and inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> Option<SocketFile> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        m.file_type().is_socket().then(|| SocketFile {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
 }
 
 impl PoolSocket {
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Removes the socket's files if they are still the ones bound (a clean
+    /// stop; never on detach, where the next manager needs them).
+    pub fn remove_files(&self) {
+        for f in &self.files {
+            if SocketFile::of(&f.path).as_ref() == Some(f) {
+                let _ = std::fs::remove_file(&f.path);
+            }
+        }
     }
 }
 
@@ -63,6 +97,10 @@ pub fn bind_unix(private: &Path, public: &Path, access: &Access) -> std::io::Res
     Ok(PoolSocket {
         fpm_address: private.to_string_lossy().into_owned(),
         fd: OwnedFd::from(listener),
+        files: [private, public]
+            .into_iter()
+            .filter_map(SocketFile::of)
+            .collect(),
     })
 }
 
@@ -103,6 +141,7 @@ pub fn bind_tcp(addr: &str) -> std::io::Result<PoolSocket> {
     Ok(PoolSocket {
         fpm_address: addr.to_owned(),
         fd: OwnedFd::from(listener),
+        files: Vec::new(),
     })
 }
 
@@ -161,6 +200,7 @@ pub fn recover_from_master(
     Ok(PoolSocket {
         fpm_address: fpm_address.to_owned(),
         fd,
+        files: SocketFile::of(public).into_iter().collect(),
     })
 }
 
@@ -244,6 +284,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("is not a socket"), "{err}");
+    }
+
+    #[test]
+    fn remove_files_removes_only_what_was_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = (dir.path().join(".a.pfm"), dir.path().join("a.sock"));
+        let access = Access {
+            mode: 0o660,
+            ..Access::default()
+        };
+        let s = bind_unix(&private, &public, &access).unwrap();
+        assert_eq!(s.files.len(), 2);
+        s.remove_files();
+        assert!(!public.exists() && !private.exists());
+        // A socket someone else put at the path since is left alone.
+        let s = bind_unix(&private, &public, &access).unwrap();
+        std::fs::remove_file(&public).unwrap();
+        let other = UnixListener::bind(&public).unwrap();
+        s.remove_files();
+        assert!(public.exists());
+        drop(other);
     }
 
     #[test]

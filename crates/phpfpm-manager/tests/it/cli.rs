@@ -166,6 +166,9 @@ fn import_writes_a_config_that_validates_and_never_prints_secrets() {
     let yaml = std::fs::read_to_string(dir.join("imported/phpfpm-manager.yaml")).unwrap();
     assert!(!yaml.contains("hunter2"), "secret in the config:\n{yaml}");
     assert!(yaml.contains("max_workers: 3"), "{yaml}");
+    // Without --runtime-dir the config keeps the manager's default instead
+    // of this directory written as an absolute path.
+    assert!(!yaml.contains("runtime_dir:"), "{yaml}");
     let out = run(
         &["validate", "--config", "imported/phpfpm-manager.yaml"],
         &dir,
@@ -230,4 +233,59 @@ fn a_binary_that_is_not_php_fpm_is_refused_at_start() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn validate_finds_what_run_could_never_start_and_reports_it_all() {
+    let dir = TestDir::new("cli-system");
+    let missing = dir.join("missing");
+    std::fs::write(
+        dir.join("c.yaml"),
+        format!(
+            "pools:\n\
+             \x20 - name: nodir\n    fastcgi_endpoint: unix:{m}/app.sock\n\
+             \x20 - name: refused\n    extra_settings:\n      no_such_directive: 1\n\
+             \x20 - name: badvalue\n    extra_settings:\n      request_slowlog_timeout: banana\n\
+             \x20 - name: nochdir\n    chdir: {m}/www\n\
+             \x20 - name: fine\n",
+            m = missing.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["validate", "--config", "c.yaml"], &dir);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{t}");
+    for want in [
+        "invalid configuration: 4 problems".to_owned(),
+        format!(
+            "pools[0].fastcgi_endpoint: 'unix:{}/app.sock': the directory {} does not exist",
+            missing.display(),
+            missing.display()
+        ),
+        "pools[1] (refused): php-fpm -t rejected the configuration".to_owned(),
+        "no_such_directive".to_owned(),
+        "pools[2] (badvalue): php-fpm -t rejected the configuration".to_owned(),
+        "request_slowlog_timeout".to_owned(),
+        format!(
+            "pools[3].chdir: '{}/www': is not an existing directory",
+            missing.display()
+        ),
+    ] {
+        assert!(t.contains(&want), "missing {want:?} in\n{t}");
+    }
+    assert!(!t.contains("(fine)"), "{t}");
+    // Nothing was written into the runtime directory.
+    assert!(!dir.join("var").exists());
+    // Fixed, it validates.
+    std::fs::create_dir_all(missing.join("www")).unwrap();
+    std::fs::write(
+        dir.join("ok.yaml"),
+        format!(
+            "pools:\n  - name: nodir\n    fastcgi_endpoint: unix:{m}/app.sock\n    chdir: {m}/www\n",
+            m = missing.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["validate", "--config", "ok.yaml"], &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -21,7 +21,12 @@ mod deep;
 /// The daemon against a fake FastCGI server sending hostile replies:
 /// bounded memory, no panic, every reason counted, valid /metrics.
 mod hostile;
+/// A pool's life: graceful and forced stops, the backlog during a restart,
+/// secrets.
+mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// `run --replace`: finding the running manager by its lock, never by name.
+mod replace;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;

@@ -182,7 +182,7 @@ fn probe_requests_are_invisible_on_status_listen_and_counted_on_the_main_socket(
 #[test]
 fn status_listen_answers_the_probe_while_every_worker_is_busy() {
     let mut scripts = SCRIPTS.to_vec();
-    scripts.push(("sleep.php", crate::support::SLEEP_PHP));
+    scripts.push(("hold.php", crate::support::HOLD_PHP));
     let fpm = TestFpm::start(FpmOpts {
         name: "opcbusy",
         max_children: 2,
@@ -193,27 +193,46 @@ fn status_listen_answers_the_probe_while_every_worker_is_busy() {
     let probe = OpcacheProbe::create(&dir.join("opcache")).unwrap();
     let main = Endpoint::Unix(fpm.socket.clone());
     let status = Endpoint::Unix(fpm.status_socket.clone());
-    let sleep = fpm.www("sleep.php");
+    let hold = fpm.www("hold.php");
+    let release = fpm.dir.join("www/release");
     rt().block_on(async {
+        // Both workers busy until released.
+        let long = Timeouts {
+            connect: Duration::from_secs(5),
+            total: Duration::from_secs(90),
+        };
         let busy: Vec<_> = (0..2)
             .map(|_| {
-                let (ep, s) = (main.clone(), sleep.clone());
-                tokio::spawn(async move { fastcgi::get(&ep, &s, "ms=1500", t()).await })
+                let (ep, s) = (main.clone(), hold.clone());
+                tokio::spawn(async move { fastcgi::get(&ep, &s, "ms=60000", long).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let started = Instant::now();
+        // Wait until the status page says both are busy.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = fastcgi::get(&status, "/status", "json", t()).await.unwrap();
+            let text = String::from_utf8_lossy(&r.stdout).into_owned();
+            if text.contains("\"active processes\":2") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "workers never busy: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The status listener answers the probe while they still are.
         let s = opcache::collect(&status, &probe, t()).await.unwrap();
-        let took = started.elapsed();
         assert!(s.enabled);
-        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert!(
+            busy.iter().all(|b| !b.is_finished()),
+            "a held request ended"
+        );
         // Through the main socket the probe waits for a worker instead.
         let short = Timeouts {
-            connect: Duration::from_millis(200),
-            total: Duration::from_millis(400),
+            connect: Duration::from_millis(500),
+            total: Duration::from_secs(2),
         };
         let e = opcache::collect(&main, &probe, short).await.unwrap_err();
         assert_eq!(e.kind(), "transport", "{e}");
+        std::fs::write(&release, "").unwrap();
         for b in busy {
             b.await.unwrap().unwrap();
         }

@@ -10,15 +10,17 @@ use nix::sys::signal::Signal;
 use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 
-use crate::support::{processes_mentioning, rt, wrk, TestDaemon, TestDir, TestNginx};
+use crate::support::{rt, wrk, TestDaemon, TestDir, TestNginx};
 
-/// A script that does a little work, and one that reports OPcache's start.
+/// A script that does a little work, one that names the worker serving it,
+/// and one that reports OPcache's start.
 const WORK_PHP: &str = "<?php usleep(2000); echo 'ok';\n";
+const PID_PHP: &str = "<?php echo getmypid();\n";
 const OPCACHE_PHP: &str =
     "<?php $s = function_exists('opcache_get_status') ? opcache_get_status(false) : false;\n\
     echo $s ? $s['opcache_statistics']['start_time'] : 'none';\n";
 
-fn config(dir: &TestDir, a_workers: u32) -> String {
+pub(crate) fn config(dir: &TestDir, a_workers: u32) -> String {
     format!(
         "monitoring:\n  collect_interval: 1s\n\
          phpfpm:\n  process_control_timeout: 10s\n\
@@ -29,36 +31,43 @@ fn config(dir: &TestDir, a_workers: u32) -> String {
     )
 }
 
-fn prepare(tag: &str) -> TestDir {
+pub(crate) fn prepare(tag: &str) -> TestDir {
     let dir = TestDir::new(tag);
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("work.php"), WORK_PHP).unwrap();
     std::fs::write(www.join("oc.php"), OPCACHE_PHP).unwrap();
+    std::fs::write(www.join("pid.php"), PID_PHP).unwrap();
     dir
 }
 
-fn sock(dir: &TestDir, pool: &str) -> std::path::PathBuf {
+pub(crate) fn sock(dir: &TestDir, pool: &str) -> std::path::PathBuf {
     dir.join(&format!("var/phpfpm-manager/sockets/{pool}.sock"))
 }
 
-fn pools_up(d: &TestDaemon, pools: &[&str]) {
-    d.wait_metrics(Duration::from_secs(15), |b| {
+pub(crate) fn pools_up(d: &TestDaemon, pools: &[&str]) {
+    d.wait_metrics(Duration::from_secs(30), |b| {
         pools.iter().all(|p| {
             b.lines()
                 .any(|l| l.starts_with(&format!("phpfpm_up{{pool=\"{p}\"")) && l.ends_with(" 1"))
         })
     })
-    .unwrap_or_else(|| panic!("pools {pools:?} not up within 15s; log:\n{}", d.log()));
+    .unwrap_or_else(|| panic!("pools {pools:?} not up within 30s; log:\n{}", d.log()));
 }
 
-fn pool_field(d: &TestDaemon, pool: &str, ptr: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&d.pool_json(pool)).unwrap_or_default();
-    v.pointer(ptr).cloned().unwrap_or_default()
+/// A field of `GET /api/v1/pools/{pool}`; a missing field (or no answer)
+/// fails the test, so "unchanged" can never mean "gone on both reads".
+pub(crate) fn pool_field(d: &TestDaemon, pool: &str, ptr: &str) -> serde_json::Value {
+    let text = d.pool_json(pool);
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET /api/v1/pools/{pool} is not JSON ({e}): {text:?}"));
+    v.pointer(ptr)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {ptr} in pool {pool}: {v}"))
 }
 
 /// Runs a PHP script of `pool` directly over FastCGI.
-fn php(dir: &TestDir, pool: &str, script: &str) -> String {
+pub(crate) fn php(dir: &TestDir, pool: &str, script: &str) -> String {
     let ep = Endpoint::Unix(sock(dir, pool));
     let file = dir.join("www").join(script).display().to_string();
     let t = Timeouts {
@@ -70,7 +79,7 @@ fn php(dir: &TestDir, pool: &str, script: &str) -> String {
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if f() {
@@ -107,7 +116,7 @@ fn pool_changes_under_load_drop_nothing_and_leave_other_pools_alone() {
         let before = pool_field(&d, "a", "/master/generation").as_u64().unwrap();
         std::fs::write(d.dir.join("config.yaml"), config(&d.dir, workers)).unwrap();
         d.signal(Signal::SIGHUP);
-        let applied = wait_for(Duration::from_secs(10), || {
+        let applied = wait_for(Duration::from_secs(30), || {
             pool_field(&d, "a", "/master/generation")
                 .as_u64()
                 .unwrap_or(0)
@@ -136,7 +145,7 @@ fn pool_changes_under_load_drop_nothing_and_leave_other_pools_alone() {
     );
 
     // The last change is in force, and the other pool was not touched.
-    d.wait_metrics(Duration::from_secs(5), |b| {
+    d.wait_metrics(Duration::from_secs(30), |b| {
         b.lines()
             .any(|l| l.starts_with("phpfpm_total_processes{pool=\"a\"") && l.ends_with(" 3"))
     })
@@ -159,32 +168,43 @@ fn pool_changes_under_load_drop_nothing_and_leave_other_pools_alone() {
 }
 
 #[test]
-fn a_killed_master_is_serving_again_within_two_seconds() {
+fn a_killed_master_is_replaced_by_a_new_one_that_serves() {
     let dir = prepare("crash");
     std::fs::write(dir.join("config.yaml"), config(&dir, 2)).unwrap();
     let d = TestDaemon::start_in(dir, None, &[]);
     pools_up(&d, &["a", "b"]);
-    let pid = pool_field(&d, "a", "/master/pid").as_u64().unwrap() as i32;
+    let pid = pool_field(&d, "a", "/master/pid").as_u64().unwrap() as u32;
     let killed = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    let ep = Endpoint::Unix(sock(&d.dir, "a"));
-    let t = Timeouts {
-        connect: Duration::from_millis(200),
-        total: Duration::from_millis(500),
-    };
-    let rt = rt();
-    let back = wait_for(Duration::from_secs(2), || {
-        rt.block_on(fastcgi::get(&ep, "/ping", "", t))
-            .is_ok_and(|r| String::from_utf8_lossy(&r.stdout).contains("pong"))
-            && pool_field(&d, "a", "/master/pid").as_u64() != Some(pid as u64)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // A restart means: the manager names a new master pid (not none), that
+    // process is a php-fpm master, and a request is served by one of *its*
+    // workers (an orphaned worker of the old master could still answer).
+    let mut new_pid = 0;
+    let back = wait_for(Duration::from_secs(30), || {
+        let Some(p) = pool_field(&d, "a", "/master/pid").as_u64() else {
+            return false;
+        };
+        let p = p as u32;
+        if p == pid || !is_fpm_master(p) {
+            return false;
+        }
+        let served_by = php_try(&d.dir, "a", "pid.php").and_then(|t| t.trim().parse::<u32>().ok());
+        if served_by
+            .and_then(fpm_kernel::procfs::read_stat)
+            .is_some_and(|st| st.ppid == p)
+        {
+            new_pid = p;
+            return true;
+        }
+        false
     });
     let took = killed.elapsed();
     assert!(
         back,
-        "pool a not answering ping 2s after its master was killed; log:\n{}",
+        "no new master of pool a serving 30s after its master was killed; log:\n{}",
         d.log()
     );
-    eprintln!("crash to serving: {took:?}");
+    eprintln!("crash to serving by new master {new_pid}: {took:?}");
     // The exit is recorded: counter, reason, metric.
     assert_eq!(
         pool_field(&d, "a", "/master/restarts"),
@@ -195,7 +215,7 @@ fn a_killed_master_is_serving_again_within_two_seconds() {
         last_exit.as_str().unwrap_or_default().contains("SIGKILL"),
         "{last_exit}"
     );
-    d.wait_metrics(Duration::from_secs(3), |b| {
+    d.wait_metrics(Duration::from_secs(10), |b| {
         b.contains("phpfpm_manager_master_restarts_total{pool=\"a\"} 1")
     })
     .expect("restart counted in /metrics");
@@ -207,16 +227,35 @@ fn a_killed_master_is_serving_again_within_two_seconds() {
             .flatten()
             .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
             .filter_map(fpm_kernel::procfs::read_stat)
-            .filter(|st| st.pgrp == pid as u32 && st.state != 'Z')
+            .filter(|st| st.pgrp == pid && st.state != 'Z')
             .map(|st| format!("{} {}", st.pid, st.state))
             .collect()
     };
-    let gone = wait_for(Duration::from_secs(1), || members().is_empty());
+    let gone = wait_for(Duration::from_secs(30), || members().is_empty());
     let orphans = members();
     assert!(
         gone,
         "workers of the killed master are still running: {orphans:?}"
     );
+}
+
+/// Is `pid` a live php-fpm master (its title says so)?
+pub(crate) fn is_fpm_master(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("php-fpm: master process"))
+}
+
+/// Like [`php`], but None when the request fails.
+pub(crate) fn php_try(dir: &TestDir, pool: &str, script: &str) -> Option<String> {
+    let ep = Endpoint::Unix(sock(dir, pool));
+    let file = dir.join("www").join(script).display().to_string();
+    let t = Timeouts {
+        connect: Duration::from_secs(1),
+        total: Duration::from_secs(5),
+    };
+    let reply = rt().block_on(fastcgi::get(&ep, &file, "", t)).ok()?;
+    let out = String::from_utf8_lossy(&reply.stdout).into_owned();
+    out.split("\r\n\r\n").nth(1).map(str::to_owned)
 }
 
 #[test]
@@ -270,12 +309,46 @@ fn killing_the_manager_drops_nothing_and_the_next_one_adopts() {
         "{}",
         d.log()
     );
+
+    // A hand-over after the adoption goes through the socket recovered from
+    // the adopted master (pidfd_getfd): under load, nothing fails.
+    let (_, ev) = d.get("/api/v1/events/recent?type=adoption").unwrap();
+    assert!(ev.contains("\"sockets_recovered\":true"), "{ev}");
+    let gen = pool_field(&d, "a", "/master/generation").as_u64().unwrap();
+    let load = wrk(&nginx.url("/work.php"), 8, 5);
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(d.dir.join("config.yaml"), config(&d.dir, 4)).unwrap();
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            pool_field(&d, "a", "/master/generation")
+                .as_u64()
+                .unwrap_or(0)
+                > gen
+        }),
+        "change after adoption not applied; log:\n{}",
+        d.log()
+    );
+    assert_ne!(pool_field(&d, "a", "/master/pid"), a_pid);
+    let res = load.join().unwrap();
+    assert!(res.requests > 200, "too little load: {}", res.output);
+    assert_eq!(
+        res.failures(),
+        0,
+        "requests failed in the hand-over after adoption:\n{}",
+        res.output
+    );
+    let err_log = std::fs::read_to_string(d.dir.join("nginx/error.log")).unwrap_or_default();
+    assert!(
+        !err_log.contains("upstream"),
+        "nginx saw upstream errors:\n{err_log}"
+    );
     drop(nginx);
     // And the adopting manager still stops everything cleanly.
     let mut d = d;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
-    let left = processes_mentioning(&d.dir.path);
+    let left = d.dir.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -295,7 +368,7 @@ fn a_change_php_fpm_rejects_is_refused_and_the_pool_keeps_serving() {
     );
     std::fs::write(d.dir.join("config.yaml"), bad).unwrap();
     d.signal(Signal::SIGHUP);
-    let refused = wait_for(Duration::from_secs(10), || {
+    let refused = wait_for(Duration::from_secs(30), || {
         pool_field(&d, "a", "/master/last_apply_error")
             .as_str()
             .is_some_and(|e| e.contains("php-fpm -t rejected"))
@@ -332,7 +405,7 @@ fn an_invalid_config_on_sighup_changes_nothing() {
     .unwrap();
     d.signal(Signal::SIGHUP);
     assert!(
-        wait_for(Duration::from_secs(5), || d
+        wait_for(Duration::from_secs(30), || d
             .log()
             .contains("nothing was changed")),
         "{}",
@@ -366,7 +439,7 @@ fn sighup_adds_and_removes_pools() {
     d.signal(Signal::SIGHUP);
     pools_up(&d, &["a", "c"]);
     assert!(
-        wait_for(Duration::from_secs(10), || !Path::new(&format!(
+        wait_for(Duration::from_secs(30), || !Path::new(&format!(
             "/proc/{b_master}"
         ))
         .exists()),
@@ -378,5 +451,84 @@ fn sighup_adds_and_removes_pools() {
         pool_field(&d, "a", "/master/pid"),
         a_pid,
         "unchanged pool a was touched"
+    );
+}
+
+#[test]
+fn a_master_that_keeps_dying_is_marked_crash_looping_and_retried_slowly() {
+    let dir = prepare("crashloop");
+    let cfg = config(&dir, 1).replace(
+        "phpfpm:\n",
+        "phpfpm:\n  crash_loop_exits: 3\n  crash_loop_window: 10m\n",
+    );
+    std::fs::write(dir.join("config.yaml"), cfg).unwrap();
+    let d = TestDaemon::start_in(dir, None, &[]);
+    pools_up(&d, &["a", "b"]);
+    let mut last = 0;
+    for round in 0..3 {
+        // Wait for a (new) master, then kill it.
+        let mut pid = 0;
+        assert!(
+            wait_for(Duration::from_secs(30), || {
+                match pool_field(&d, "a", "/master/pid").as_u64() {
+                    Some(p) if p as u32 != last && is_fpm_master(p as u32) => {
+                        pid = p as u32;
+                        true
+                    }
+                    _ => false,
+                }
+            }),
+            "round {round}: no new master; log:\n{}",
+            d.log()
+        );
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        last = pid;
+    }
+    // The third exit within the window is a crash loop: an event, the pool
+    // failed with the reason, the next try a minute away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let (_, ev) = d.get("/api/v1/events/recent?type=crash_loop").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ev).unwrap();
+        if let Some(e) = v["events"].as_array().and_then(|a| a.first()).cloned() {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no crash_loop event: {ev}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(event["pool"], "a");
+    assert_eq!(event["details"]["restart_in_ms"], 60_000, "{event}");
+    let failed = pool_field(&d, "a", "/master/failed");
+    assert!(
+        failed.as_str().unwrap_or_default().contains("crash loop"),
+        "{failed}"
+    );
+    assert_eq!(
+        pool_field(&d, "a", "/master/running"),
+        serde_json::json!(false)
+    );
+    assert_eq!(
+        pool_field(&d, "a", "/master/restarts"),
+        serde_json::json!(3)
+    );
+    // Not a hot loop: no master is started again for seconds.
+    let ready = |d: &TestDaemon| {
+        d.log()
+            .lines()
+            .filter(|l| l.contains("php-fpm master ready") && l.contains("pool=\"a\""))
+            .count()
+    };
+    let before = ready(&d);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready(&d), before, "{}", d.log());
+    assert!(pool_field(&d, "a", "/master/pid").is_null());
+    // The other pool is untouched.
+    assert_eq!(
+        pool_field(&d, "b", "/master/running"),
+        serde_json::json!(true)
     );
 }
