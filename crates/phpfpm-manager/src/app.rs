@@ -139,6 +139,14 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut sigusr1 =
         signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?;
 
+    // Before anything opens files or starts php-fpm, so every part runs with it.
+    match http::serve::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!("Raised the open-files limit from {before} to {after}.")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("Cannot raise the open-files limit: {e}."),
+    }
     if opts.replace {
         replace_running_manager(&cfg).await?;
     }
@@ -190,8 +198,9 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         },
     })
     .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
-    let reader = storage
-        .reader()
+    let readers = (0..cfg.server.limits.max_concurrent_queries)
+        .map(|_| storage.reader())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
     let (writer, writer_task) = storage
         .spawn_writer(fpm_storage::WriterOptions::default())
@@ -263,18 +272,13 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let server = {
-        let app = http::router(state.clone()).merge(fpm_storage::api::router(reader));
         let token = cancel.clone();
         let detach = detach.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        _ = detach.cancelled() => {}
-                    }
-                })
-                .await
+        http::serve::spawn(listener, state.clone(), readers, async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = detach.cancelled() => {}
+            }
         })
     };
 
@@ -338,8 +342,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         while supervisors.join_next().await.is_some() {}
     }
     match tokio::time::timeout(Duration::from_secs(2), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}."),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}."),
         Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
     }

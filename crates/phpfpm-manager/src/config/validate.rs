@@ -11,8 +11,8 @@ use fpm_core::PoolName;
 
 use super::raw::{RawConfig, RawPool};
 use super::{
-    Config, Endpoint, LogFormat, Monitoring, PhpFpm, Pool, Problem, Scaling, Server, Storage,
-    Telemetry,
+    Config, Endpoint, LogFormat, Monitoring, PhpFpm, Pool, Problem, Scaling, Server, ServerLimits,
+    Storage, Telemetry,
 };
 
 /// The pool zero-config mode supervises.
@@ -131,6 +131,47 @@ pub(super) fn validate(
             "must be at least 1",
             "the default is 65536",
         );
+    }
+
+    let lim = &raw.server.limits;
+    let header_read_timeout = c.duration(
+        "server.limits.header_read_timeout",
+        &lim.header_read_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    let request_timeout = c.duration(
+        "server.limits.request_timeout",
+        &lim.request_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let idle_timeout = c.duration(
+        "server.limits.idle_timeout",
+        &lim.idle_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    for (key, value, max) in [
+        (
+            "server.limits.max_connections",
+            lim.max_connections,
+            1_000_000,
+        ),
+        (
+            "server.limits.max_concurrent_queries",
+            lim.max_concurrent_queries,
+            64,
+        ),
+    ] {
+        if value == 0 || value > max {
+            c.problem(
+                key,
+                &value.to_string(),
+                &format!("out of range 1 to {max}"),
+                "pick a value inside that range",
+            );
+        }
     }
 
     let collect_interval = c.duration(
@@ -350,6 +391,14 @@ pub(super) fn validate(
             bind_address,
             api_enabled: raw.server.api.enabled,
             max_body_bytes: raw.server.api.max_body_bytes,
+            limits: ServerLimits {
+                max_connections: lim.max_connections.max(1) as usize,
+                header_read_timeout,
+                request_timeout,
+                idle_timeout,
+                max_concurrent_queries: lim.max_concurrent_queries.clamp(1, 64) as usize,
+                max_queued_queries: lim.max_queued_queries as usize,
+            },
         },
         pools,
         monitoring: Monitoring {
@@ -368,6 +417,7 @@ pub(super) fn validate(
             enable_opcache: raw.monitoring.enable_opcache,
             enable_system_metrics: raw.monitoring.enable_system_metrics,
             per_process_metrics: raw.monitoring.per_process_metrics,
+            expose_query_strings: raw.monitoring.expose_query_strings,
         },
         storage: Storage {
             database_path,

@@ -1,0 +1,302 @@
+//! The history part of `/api/v1`: metrics of a pool over time, events, Grafana
+//! annotations and event statistics, answered from `fpm-storage`'s queries.
+//! Handlers parse (pure, `params`), then run the query through the
+//! [`QueryGate`], which keeps SQLite off the async workers and bounds how many
+//! queries run and wait.
+//!
+//! Grafana reaches the annotations two ways: the JSON API and Infinity data
+//! sources `GET /api/v1/events/annotations?from=${__from}&to=${__to}` (epoch
+//! milliseconds), and the SimpleJSON data source, pointed at
+//! `/api/v1/events`, `POST`s its annotation query (`range.from`/`range.to` in
+//! RFC 3339) to `/api/v1/events/annotations`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use fpm_storage::rollup::{self, MAX_STEP_MS};
+use fpm_storage::{EventFilter, StoredEvent, TimestampMs};
+
+use super::error::ApiError;
+use super::gate::QueryGate;
+use super::params;
+
+/// Default range of event queries without `from`.
+const DEFAULT_EVENT_RANGE_MS: i64 = 24 * 3_600_000;
+/// Default range of metric queries without `from`.
+const DEFAULT_METRIC_RANGE_MS: i64 = 3_600_000;
+const DEFAULT_EVENT_LIMIT: u32 = 500;
+
+/// The history routes (full paths), to be merged into the API router.
+pub fn router(gate: Arc<QueryGate>) -> Router {
+    Router::new()
+        .route("/api/v1/pools/{pool}/metrics", get(pool_metrics))
+        .route("/api/v1/events", get(events))
+        .route(
+            "/api/v1/events/annotations",
+            get(annotations).post(simplejson_annotations),
+        )
+        .route("/api/v1/events/stats", get(event_stats))
+        .with_state(gate)
+}
+
+type Pairs = Query<Vec<(String, String)>>;
+
+/// `from`/`to` with defaults: `to` = now, `from` = `to` - `default_range`.
+fn range(
+    from: Option<&str>,
+    to: Option<&str>,
+    now: TimestampMs,
+    default_range: i64,
+) -> Result<(TimestampMs, TimestampMs), ApiError> {
+    let to = match to {
+        Some(v) => params::parse_time("to", v, now).map_err(ApiError::invalid_parameter)?,
+        None => now,
+    };
+    let from = match from {
+        Some(v) => params::parse_time("from", v, now).map_err(ApiError::invalid_parameter)?,
+        None => to.saturating_sub(default_range),
+    };
+    if from >= to {
+        return Err(ApiError::invalid_parameter(format!(
+            "parameter 'from' ({}) must be before 'to' ({})",
+            params::format_time(from),
+            params::format_time(to)
+        )));
+    }
+    Ok((from, to))
+}
+
+fn range_of(
+    p: &BTreeMap<String, String>,
+    now: TimestampMs,
+    default_range: i64,
+) -> Result<(TimestampMs, TimestampMs), ApiError> {
+    range(
+        p.get("from").map(String::as_str),
+        p.get("to").map(String::as_str),
+        now,
+        default_range,
+    )
+}
+
+async fn pool_metrics(
+    State(gate): State<Arc<QueryGate>>,
+    Path(pool): Path<String>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
+    let now = fpm_storage::wall_clock_ms();
+    let p = params::collect(q, &["metric", "from", "to", "step"])
+        .map_err(ApiError::invalid_parameter)?;
+    let metric = p
+        .get("metric")
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::invalid_parameter(
+                "parameter 'metric' is required (for example metric=phpfpm_active_processes)",
+            )
+        })?;
+    let (from, to) = range_of(&p, now, DEFAULT_METRIC_RANGE_MS)?;
+    let requested = p
+        .get("step")
+        .map(|s| params::parse_step(s))
+        .transpose()
+        .map_err(ApiError::invalid_parameter)?;
+    // A range that is too long for the step asked for is answered at a wider
+    // step (said in the reply) rather than refused.
+    let asked = requested.unwrap_or_else(|| rollup::default_step(from, to).min(MAX_STEP_MS));
+    let step = rollup::fit_step(from, to, asked);
+    let result = gate
+        .run(move |reader| {
+            let r = reader.query_series(&pool, &metric, from, to, step, now)?;
+            Ok(json!({
+                "pool": pool,
+                "metric": metric,
+                "from": params::format_time(r.from_ms),
+                "to": params::format_time(r.to_ms),
+                "from_ms": r.from_ms,
+                "to_ms": r.to_ms,
+                "step_seconds": r.step_ms as f64 / 1000.0,
+                "requested_step_seconds": requested.map(|s| s as f64 / 1000.0),
+                "step_widened": step != asked,
+                "tier": r.tier,
+                "series": r.series,
+            }))
+        })
+        .await?;
+    Ok(Json(result))
+}
+
+/// The filter of the events endpoints from their parameters.
+fn event_filter(
+    p: &BTreeMap<String, String>,
+    now: TimestampMs,
+    with_limit: bool,
+) -> Result<EventFilter, ApiError> {
+    let (from, to) = range_of(p, now, DEFAULT_EVENT_RANGE_MS)?;
+    Ok(EventFilter {
+        from_ms: Some(from),
+        to_ms: Some(to),
+        pool: p.get("pool").filter(|s| !s.is_empty()).cloned(),
+        kinds: match p.get("type") {
+            Some(v) => params::parse_list("type", v).map_err(ApiError::invalid_parameter)?,
+            None => Vec::new(),
+        },
+        severities: match p.get("severity") {
+            Some(v) => params::parse_list("severity", v).map_err(ApiError::invalid_parameter)?,
+            None => Vec::new(),
+        },
+        limit: if with_limit {
+            Some(match p.get("limit") {
+                Some(v) => params::parse_limit(v).map_err(ApiError::invalid_parameter)?,
+                None => DEFAULT_EVENT_LIMIT,
+            })
+        } else {
+            None
+        },
+    })
+}
+
+const FILTER_WITH_LIMIT: &[&str] = &["from", "to", "pool", "type", "severity", "limit"];
+const FILTER: &[&str] = &["from", "to", "pool", "type", "severity"];
+
+async fn events(
+    State(gate): State<Arc<QueryGate>>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
+    let p = params::collect(q, FILTER_WITH_LIMIT).map_err(ApiError::invalid_parameter)?;
+    let f = event_filter(&p, fpm_storage::wall_clock_ms(), true)?;
+    let out = gate
+        .run(move |reader| {
+            let evs = reader.events(&f)?;
+            Ok(json!({
+                "from": f.from_ms.map(params::format_time),
+                "to": f.to_ms.map(params::format_time),
+                "count": evs.len(),
+                "limit": f.limit,
+                "events": evs,
+            }))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+/// One Grafana annotation: `{time, timeEnd, title, text, tags}` (times in ms),
+/// which the JSON API, Infinity and SimpleJSON data sources all read.
+fn annotation(s: StoredEvent) -> Value {
+    let e = s.event;
+    let mut tags = vec![e.kind.as_str().to_owned(), e.severity.as_str().to_owned()];
+    if let Some(p) = &e.pool {
+        tags.push(format!("pool:{p}"));
+    }
+    json!({
+        "id": s.id,
+        "time": e.ts_ms,
+        "timeEnd": e.ts_ms,
+        "title": format!("{}{}", e.kind, e.pool.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()),
+        "text": e.message,
+        "tags": tags,
+        "severity": e.severity,
+        "pool": e.pool,
+    })
+}
+
+/// Grafana annotations as a flat array.
+async fn annotations(
+    State(gate): State<Arc<QueryGate>>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
+    let p = params::collect(q, FILTER_WITH_LIMIT).map_err(ApiError::invalid_parameter)?;
+    let f = event_filter(&p, fpm_storage::wall_clock_ms(), true)?;
+    let out = gate
+        .run(move |reader| {
+            let items = reader.events(&f)?.into_iter().map(annotation).collect();
+            Ok(Value::Array(items))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+/// The SimpleJSON data source's annotation request: the dashboard's range in
+/// `range` (RFC 3339; `rangeRaw` holds what the user typed, like `now-1h`)
+/// and the annotation query in `annotation`, whose `query` text may hold the
+/// same filters as the GET form (`pool=www&type=crash`). Each answer echoes
+/// the `annotation` object, as that data source expects.
+async fn simplejson_annotations(
+    State(gate): State<Arc<QueryGate>>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let field =
+        |section: &str, key: &str| body.get(section).and_then(|r| r.get(key)).and_then(text);
+    let mut p = BTreeMap::new();
+    for key in ["from", "to"] {
+        if let Some(v) = field("range", key).or_else(|| field("rangeRaw", key)) {
+            p.insert(key.to_owned(), v);
+        }
+    }
+    let echo = body.get("annotation").cloned().unwrap_or(Value::Null);
+    let query = echo
+        .get("query")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim();
+    if !query.is_empty() {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
+            ApiError::invalid_parameter(format!(
+                "annotation query '{query}' is not like pool=www&type=crash: {e}"
+            ))
+        })?;
+        let filters = params::collect(pairs, &["pool", "type", "severity", "limit"])
+            .map_err(|e| ApiError::invalid_parameter(format!("annotation query: {e}")))?;
+        p.extend(filters);
+    }
+    let f = event_filter(&p, fpm_storage::wall_clock_ms(), true)?;
+    let out = gate
+        .run(move |reader| {
+            let items = reader
+                .events(&f)?
+                .into_iter()
+                .map(|s| {
+                    let mut a = annotation(s);
+                    if let Some(obj) = a.as_object_mut() {
+                        obj.insert("annotation".to_owned(), echo.clone());
+                    }
+                    a
+                })
+                .collect();
+            Ok(Value::Array(items))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+async fn event_stats(
+    State(gate): State<Arc<QueryGate>>,
+    Query(q): Pairs,
+) -> Result<Json<Value>, ApiError> {
+    let p = params::collect(q, FILTER).map_err(ApiError::invalid_parameter)?;
+    let f = event_filter(&p, fpm_storage::wall_clock_ms(), false)?;
+    let out = gate
+        .run(move |reader| {
+            let s = reader.event_stats(&f)?;
+            Ok(json!({
+                "from": f.from_ms.map(params::format_time),
+                "to": f.to_ms.map(params::format_time),
+                "total": s.total,
+                "by_type": s.by_kind,
+                "by_severity": s.by_severity,
+                "by_pool": s.by_pool,
+            }))
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+#[cfg(test)]
+mod tests;
