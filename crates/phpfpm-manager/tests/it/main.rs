@@ -16,6 +16,8 @@ mod collector;
 mod daemon;
 /// Deep collection through the daemon: accept queue, memory, interval, events.
 mod deep;
+/// The HTTP surface under slow, idle and numerous clients; query strings.
+mod http_limits;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
