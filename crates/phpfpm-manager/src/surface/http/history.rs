@@ -229,8 +229,12 @@ async fn annotations(
 /// the `annotation` object, as that data source expects.
 async fn simplejson_annotations(
     State(gate): State<Arc<QueryGate>>,
-    Json(body): Json<Value>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // Parsed here rather than by axum's `Json`, so a bad body gets the API's error shape.
+    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_parameter(format!("the request body is not a JSON object: {e}"))
+    })?;
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let field =
         |section: &str, key: &str| body.get(section).and_then(|r| r.get(key)).and_then(text);

@@ -396,7 +396,13 @@ async fn simplejson_annotation_request_is_answered_with_the_annotation_echoed() 
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
 
-    // A filter that is not one says why.
+    // A body that is not JSON, and a filter that is not one, say why.
+    let req = Request::post("/api/v1/events/annotations")
+        .body(Body::from("range=now"))
+        .unwrap();
+    let (st, v) = send(&gate, req).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_error(&v, "invalid_parameter", "not a JSON object");
     let body = serde_json::json!({
         "annotation": { "name": "x", "query": "pol=www" },
     });
