@@ -14,12 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Router;
+use serde::Serialize;
+use serde_json::Value;
 
 use fpm_storage::rollup::{self, MAX_STEP_MS};
-use fpm_storage::{EventFilter, StoredEvent, TimestampMs};
+use fpm_storage::{EventFilter, SeriesPoints, Severity, StoredEvent, Tier, TimestampMs};
 
 use super::error::ApiError;
 use super::gate::QueryGate;
@@ -45,6 +48,103 @@ pub fn router(gate: Arc<QueryGate>) -> Router {
 }
 
 type Pairs = Query<Vec<(String, String)>>;
+
+/// A reply serialised to JSON text on the blocking thread that read it: a
+/// `serde_json::Value` tree of 10,000 events weighs several times the text,
+/// and the async workers never spend time on it. Fields of the reply structs
+/// are in alphabetical order, the order the answers have always had.
+struct JsonBytes(Vec<u8>);
+
+impl JsonBytes {
+    fn of(v: &impl Serialize) -> Result<JsonBytes, ApiError> {
+        serde_json::to_vec(v).map(JsonBytes).map_err(|e| {
+            tracing::error!(error = %e, "Cannot encode a history answer.");
+            ApiError::internal("the answer could not be encoded; see the manager's log")
+        })
+    }
+}
+
+impl IntoResponse for JsonBytes {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct MetricsReply {
+    from: String,
+    from_ms: TimestampMs,
+    metric: String,
+    pool: String,
+    requested_step_seconds: Option<f64>,
+    series: Vec<SeriesPoints>,
+    step_seconds: f64,
+    step_widened: bool,
+    tier: Tier,
+    to: String,
+    to_ms: TimestampMs,
+}
+
+#[derive(Serialize)]
+struct EventsReply {
+    count: usize,
+    events: Vec<StoredEvent>,
+    from: Option<String>,
+    limit: Option<u32>,
+    to: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatsReply {
+    by_pool: BTreeMap<String, u64>,
+    by_severity: BTreeMap<String, u64>,
+    by_type: BTreeMap<String, u64>,
+    from: Option<String>,
+    to: Option<String>,
+    total: u64,
+}
+
+/// One Grafana annotation: `{time, timeEnd, title, text, tags}` (times in ms),
+/// which the JSON API, Infinity and SimpleJSON data sources all read;
+/// SimpleJSON also wants its `annotation` object back.
+#[derive(Serialize)]
+struct Annotation<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotation: Option<&'a Value>,
+    id: i64,
+    pool: Option<String>,
+    severity: Severity,
+    tags: Vec<String>,
+    text: String,
+    time: TimestampMs,
+    #[serde(rename = "timeEnd")]
+    time_end: TimestampMs,
+    title: String,
+}
+
+impl<'a> Annotation<'a> {
+    fn new(s: StoredEvent, annotation: Option<&'a Value>) -> Annotation<'a> {
+        let e = s.event;
+        let mut tags = vec![e.kind.as_str().to_owned(), e.severity.as_str().to_owned()];
+        if let Some(p) = &e.pool {
+            tags.push(format!("pool:{p}"));
+        }
+        Annotation {
+            annotation,
+            id: s.id,
+            title: match &e.pool {
+                Some(p) => format!("{} ({p})", e.kind),
+                None => e.kind.to_string(),
+            },
+            pool: e.pool,
+            severity: e.severity,
+            tags,
+            text: e.message,
+            time: e.ts_ms,
+            time_end: e.ts_ms,
+        }
+    }
+}
 
 /// `from`/`to` with defaults: `to` = now, `from` = `to` - `default_range`.
 fn range(
@@ -88,7 +188,7 @@ async fn pool_metrics(
     State(gate): State<Arc<QueryGate>>,
     Path(pool): Path<String>,
     Query(q): Pairs,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JsonBytes, ApiError> {
     let now = fpm_storage::wall_clock_ms();
     let p = params::collect(q, &["metric", "from", "to", "step"])
         .map_err(ApiError::invalid_parameter)?;
@@ -111,25 +211,23 @@ async fn pool_metrics(
     // step (said in the reply) rather than refused.
     let asked = requested.unwrap_or_else(|| rollup::default_step(from, to).min(MAX_STEP_MS));
     let step = rollup::fit_step(from, to, asked);
-    let result = gate
-        .run(move |reader| {
-            let r = reader.query_series(&pool, &metric, from, to, step, now)?;
-            Ok(json!({
-                "pool": pool,
-                "metric": metric,
-                "from": params::format_time(r.from_ms),
-                "to": params::format_time(r.to_ms),
-                "from_ms": r.from_ms,
-                "to_ms": r.to_ms,
-                "step_seconds": r.step_ms as f64 / 1000.0,
-                "requested_step_seconds": requested.map(|s| s as f64 / 1000.0),
-                "step_widened": step != asked,
-                "tier": r.tier,
-                "series": r.series,
-            }))
+    gate.run(move |reader| {
+        let r = reader.query_series(&pool, &metric, from, to, step, now)?;
+        JsonBytes::of(&MetricsReply {
+            from: params::format_time(r.from_ms),
+            from_ms: r.from_ms,
+            metric,
+            pool,
+            requested_step_seconds: requested.map(|s| s as f64 / 1000.0),
+            series: r.series,
+            step_seconds: r.step_ms as f64 / 1000.0,
+            step_widened: step != asked,
+            tier: r.tier,
+            to: params::format_time(r.to_ms),
+            to_ms: r.to_ms,
         })
-        .await?;
-    Ok(Json(result))
+    })
+    .await
 }
 
 /// The filter of the events endpoints from their parameters.
@@ -168,58 +266,38 @@ const FILTER: &[&str] = &["from", "to", "pool", "type", "severity"];
 async fn events(
     State(gate): State<Arc<QueryGate>>,
     Query(q): Pairs,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JsonBytes, ApiError> {
     let p = params::collect(q, FILTER_WITH_LIMIT).map_err(ApiError::invalid_parameter)?;
     let f = event_filter(&p, fpm_storage::wall_clock_ms(), true)?;
-    let out = gate
-        .run(move |reader| {
-            let evs = reader.events(&f)?;
-            Ok(json!({
-                "from": f.from_ms.map(params::format_time),
-                "to": f.to_ms.map(params::format_time),
-                "count": evs.len(),
-                "limit": f.limit,
-                "events": evs,
-            }))
+    gate.run(move |reader| {
+        let events = reader.events(&f)?;
+        JsonBytes::of(&EventsReply {
+            count: events.len(),
+            events,
+            from: f.from_ms.map(params::format_time),
+            limit: f.limit,
+            to: f.to_ms.map(params::format_time),
         })
-        .await?;
-    Ok(Json(out))
-}
-
-/// One Grafana annotation: `{time, timeEnd, title, text, tags}` (times in ms),
-/// which the JSON API, Infinity and SimpleJSON data sources all read.
-fn annotation(s: StoredEvent) -> Value {
-    let e = s.event;
-    let mut tags = vec![e.kind.as_str().to_owned(), e.severity.as_str().to_owned()];
-    if let Some(p) = &e.pool {
-        tags.push(format!("pool:{p}"));
-    }
-    json!({
-        "id": s.id,
-        "time": e.ts_ms,
-        "timeEnd": e.ts_ms,
-        "title": format!("{}{}", e.kind, e.pool.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()),
-        "text": e.message,
-        "tags": tags,
-        "severity": e.severity,
-        "pool": e.pool,
     })
+    .await
 }
 
 /// Grafana annotations as a flat array.
 async fn annotations(
     State(gate): State<Arc<QueryGate>>,
     Query(q): Pairs,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JsonBytes, ApiError> {
     let p = params::collect(q, FILTER_WITH_LIMIT).map_err(ApiError::invalid_parameter)?;
     let f = event_filter(&p, fpm_storage::wall_clock_ms(), true)?;
-    let out = gate
-        .run(move |reader| {
-            let items = reader.events(&f)?.into_iter().map(annotation).collect();
-            Ok(Value::Array(items))
-        })
-        .await?;
-    Ok(Json(out))
+    gate.run(move |reader| {
+        let items: Vec<Annotation> = reader
+            .events(&f)?
+            .into_iter()
+            .map(|s| Annotation::new(s, None))
+            .collect();
+        JsonBytes::of(&items)
+    })
+    .await
 }
 
 /// The SimpleJSON data source's annotation request: the dashboard's range in
@@ -230,7 +308,7 @@ async fn annotations(
 async fn simplejson_annotations(
     State(gate): State<Arc<QueryGate>>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JsonBytes, ApiError> {
     // Parsed here rather than by axum's `Json`, so a bad body gets the API's error shape.
     let body: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_parameter(format!("the request body is not a JSON object: {e}"))
@@ -261,45 +339,35 @@ async fn simplejson_annotations(
         p.extend(filters);
     }
     let f = event_filter(&p, fpm_storage::wall_clock_ms(), true)?;
-    let out = gate
-        .run(move |reader| {
-            let items = reader
-                .events(&f)?
-                .into_iter()
-                .map(|s| {
-                    let mut a = annotation(s);
-                    if let Some(obj) = a.as_object_mut() {
-                        obj.insert("annotation".to_owned(), echo.clone());
-                    }
-                    a
-                })
-                .collect();
-            Ok(Value::Array(items))
-        })
-        .await?;
-    Ok(Json(out))
+    gate.run(move |reader| {
+        let items: Vec<Annotation> = reader
+            .events(&f)?
+            .into_iter()
+            .map(|s| Annotation::new(s, Some(&echo)))
+            .collect();
+        JsonBytes::of(&items)
+    })
+    .await
 }
 
 async fn event_stats(
     State(gate): State<Arc<QueryGate>>,
     Query(q): Pairs,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<JsonBytes, ApiError> {
     let p = params::collect(q, FILTER).map_err(ApiError::invalid_parameter)?;
     let f = event_filter(&p, fpm_storage::wall_clock_ms(), false)?;
-    let out = gate
-        .run(move |reader| {
-            let s = reader.event_stats(&f)?;
-            Ok(json!({
-                "from": f.from_ms.map(params::format_time),
-                "to": f.to_ms.map(params::format_time),
-                "total": s.total,
-                "by_type": s.by_kind,
-                "by_severity": s.by_severity,
-                "by_pool": s.by_pool,
-            }))
+    gate.run(move |reader| {
+        let s = reader.event_stats(&f)?;
+        JsonBytes::of(&StatsReply {
+            by_pool: s.by_pool,
+            by_severity: s.by_severity,
+            by_type: s.by_kind,
+            from: f.from_ms.map(params::format_time),
+            to: f.to_ms.map(params::format_time),
+            total: s.total,
         })
-        .await?;
-    Ok(Json(out))
+    })
+    .await
 }
 
 #[cfg(test)]
