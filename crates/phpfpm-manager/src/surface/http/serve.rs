@@ -583,6 +583,8 @@ pub async fn serve(
             table.remove(id, &stats);
         });
     }
+    // Stop accepting at once: new connections are refused, not left queued.
+    drop(listener);
     stop.cancel();
     tracker.close();
     tracker.wait().await;
