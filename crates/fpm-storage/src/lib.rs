@@ -1,13 +1,13 @@
 //! Embedded history for phpfpm-manager: a SQLite timeseries (raw samples compacted into
-//! per-minute chunks, 1-minute and 1-hour rollups, retention per tier), an event log, and
-//! the `/api/v1` history routes.
+//! per-minute chunks, 1-minute and 1-hour rollups, retention per tier) and an event log,
+//! with the queries that read them back. It knows nothing of HTTP: the daemon's HTTP
+//! surface turns requests into these queries.
 //!
 //! Shape: [`Storage::open`] checks and migrates the file; one [`Writer`] (run as a task
 //! through [`Storage::spawn_writer`]) owns all writes; any number of [`Reader`]s query on
-//! connections of their own. The maths (rollups, tier choice, retention, counter resets)
-//! is in [`rollup`], pure and with the time passed in.
+//! connections of their own. The maths (rollups, tier choice, step fitting, retention,
+//! counter resets) is in [`rollup`], pure and with the time passed in.
 
-pub mod api;
 mod checkpoint;
 pub mod codec;
 mod db;
@@ -30,7 +30,7 @@ pub use model::{
 };
 pub use reader::{QueryError, Reader};
 pub use writer::{
-    MaintenanceReport, Writer, WriterHandle, WriterOptions, WriterStatus, WriterTask,
+    wall_clock_ms, MaintenanceReport, Writer, WriterHandle, WriterOptions, WriterStatus, WriterTask,
 };
 
 /// `storage.*` settings.

@@ -1,4 +1,4 @@
-//! Domain types shared by the writer, the reader and the history API: samples, events,
+//! Domain types shared by the writer, the reader and their callers: samples, events,
 //! retention settings and query results.
 
 use std::borrow::Cow;

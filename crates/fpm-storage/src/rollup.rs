@@ -202,13 +202,40 @@ pub fn check_range(from: TimestampMs, to: TimestampMs, step: i64) -> Result<i64,
 /// A step when the caller gave none: about 300 points, at least 1 s, rounded to the tier
 /// a coarse step would read.
 pub fn default_step(from: TimestampMs, to: TimestampMs) -> i64 {
-    let raw = (to.saturating_sub(from) / 300).max(1000);
+    round_step((to.saturating_sub(from) / 300).max(1000))
+}
+
+/// `a / b` rounded up, for positive `b` (`i64::div_ceil` is not stable).
+fn ceil_div(a: i64, b: i64) -> i64 {
+    a / b + i64::from(a % b != 0)
+}
+
+/// Rounds a step up to whole hours, minutes or seconds, whichever unit it reaches.
+fn round_step(raw: i64) -> i64 {
+    let up = |unit: i64| ceil_div(raw, unit).saturating_mul(unit);
     if raw >= HOUR_MS {
-        (raw + HOUR_MS - 1) / HOUR_MS * HOUR_MS
+        up(HOUR_MS)
     } else if raw >= MINUTE_MS {
-        (raw + MINUTE_MS - 1) / MINUTE_MS * MINUTE_MS
+        up(MINUTE_MS)
     } else {
-        (raw + 999) / 1000 * 1000
+        up(1000)
+    }
+}
+
+/// The step to query `[from, to)` with when the caller asked for `step`: `step` itself if
+/// the range then fits in [`MAX_POINTS`], otherwise the smallest step of whole seconds,
+/// minutes or hours (the units [`default_step`] uses) that fits. A range so long that even
+/// [`MAX_STEP_MS`] gives too many points keeps `step`, and [`check_range`] refuses it.
+pub fn fit_step(from: TimestampMs, to: TimestampMs, step: i64) -> i64 {
+    let span = to.saturating_sub(from);
+    if step <= 0 || span <= 0 || ceil_div(span, step) <= MAX_POINTS {
+        return step;
+    }
+    let wider = round_step(ceil_div(span, MAX_POINTS).max(step));
+    if wider > MAX_STEP_MS {
+        step
+    } else {
+        wider
     }
 }
 
@@ -373,6 +400,30 @@ mod tests {
             Err(Reject::TooNew)
         );
         assert_eq!(admit(now - HOUR_MS + 2 * MINUTE_MS, 1.0, now, &r), Ok(()));
+    }
+
+    #[test]
+    fn fit_step_widens_only_what_does_not_fit() {
+        // Fits: unchanged, whatever the unit.
+        assert_eq!(fit_step(0, 3_600_000, 1000), 1000);
+        assert_eq!(fit_step(0, 3_600_000, 1500), 1500);
+        // 30 days at 1 s is 2.6 M points: the smallest whole-minute step that fits.
+        let month = 30 * 86_400_000;
+        let s = fit_step(0, month, 1000);
+        assert!(check_range(0, month, s).is_ok(), "{s}");
+        assert_eq!(s % MINUTE_MS, 0);
+        assert!(check_range(0, month, s - MINUTE_MS).is_err());
+        // 11 001 s at 1 s: one point too many; 2 s is enough.
+        assert_eq!(fit_step(0, 11_001_000, 1000), 2000);
+        // Two thousand years still fits at some step under 366 days.
+        let s = fit_step(-62_135_596_800_000, 1_764_151_200_000, HOUR_MS);
+        assert!(
+            check_range(-62_135_596_800_000, 1_764_151_200_000, s).is_ok(),
+            "{s}"
+        );
+        // Beyond what any step can serve: left for check_range to refuse.
+        assert_eq!(fit_step(0, i64::MAX, 1000), 1000);
+        assert!(check_range(0, i64::MAX, fit_step(0, i64::MAX, 1000)).is_err());
     }
 
     #[test]

@@ -743,7 +743,9 @@ pub struct WriterTask {
     rx: Receiver<Msg>,
 }
 
-pub(crate) fn wall_clock_ms() -> TimestampMs {
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it):
+/// the "now" of ingestion and of queries.
+pub fn wall_clock_ms() -> TimestampMs {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

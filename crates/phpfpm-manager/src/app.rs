@@ -174,6 +174,14 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut sigusr1 =
         signal(SignalKind::user_defined1()).context("cannot install SIGUSR1 handler")?;
 
+    // Before anything opens files or starts php-fpm, so every part runs with it.
+    match http::serve::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!("Raised the open-files limit from {before} to {after}.")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("Cannot raise the open-files limit: {e}."),
+    }
     let needs_fpm = cfg.pools.iter().any(|p| p.spec.is_some());
     // One manager per runtime directory: a second one would adopt and
     // supervise the first one's masters. Held until this process exits;
@@ -220,8 +228,9 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         },
     })
     .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
-    let reader = storage
-        .reader()
+    let readers = (0..cfg.server.limits.max_concurrent_queries)
+        .map(|_| storage.reader())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
     let (writer, writer_task) = storage
         .spawn_writer(fpm_storage::WriterOptions::default())
@@ -302,21 +311,13 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let server = {
-        let app = http::router(state.clone()).merge(fpm_storage::api::router(reader));
         let token = cancel.clone();
         let detach = detach.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = token.cancelled() => {}
-                    _ = detach.cancelled() => {}
-                }
-            })
-            .await
+        http::serve::spawn(listener, state.clone(), readers, async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = detach.cancelled() => {}
+            }
         })
     };
 
@@ -381,8 +382,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         while supervisors.join_next().await.is_some() {}
     }
     match tokio::time::timeout(Duration::from_secs(2), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}."),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}."),
         Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
     }

@@ -146,6 +146,19 @@ pub struct Server {
     pub bind_address: SocketAddr,
     pub api_enabled: bool,
     pub max_body_bytes: u64,
+    pub limits: ServerLimits,
+}
+
+/// `server.limits`: what HTTP clients may cost the manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerLimits {
+    /// As configured; the server lowers it to fit the open-files limit.
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_concurrent_queries: usize,
+    pub max_queued_queries: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +215,7 @@ pub struct Monitoring {
     pub enable_opcache: bool,
     pub enable_system_metrics: bool,
     pub per_process_metrics: bool,
+    pub expose_query_strings: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -105,6 +105,7 @@ pub struct RawServer {
     pub tls: RawTls,
     pub auth: RawAuth,
     pub api: RawApi,
+    pub limits: RawLimits,
 }
 
 impl Default for RawServer {
@@ -114,6 +115,41 @@ impl Default for RawServer {
             tls: RawTls::default(),
             auth: RawAuth::default(),
             api: RawApi::default(),
+            limits: RawLimits::default(),
+        }
+    }
+}
+
+/// What the HTTP server lets clients cost the manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawLimits {
+    /// Most connections open at once; lowered at start to half of the
+    /// open-files limit left after a reserve for php-fpm supervision,
+    /// collection and storage.
+    pub max_connections: u32,
+    /// From a request's first byte until its headers are complete.
+    pub header_read_timeout: String,
+    /// How long a handler may run before the request is answered 503.
+    pub request_timeout: String,
+    /// A connection that moves no byte for this long while none of its
+    /// requests is being answered is closed.
+    pub idle_timeout: String,
+    /// History queries running at once (one SQLite connection each).
+    pub max_concurrent_queries: u32,
+    /// History queries waiting for a free slot; beyond, 503 with Retry-After.
+    pub max_queued_queries: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections: 512,
+            header_read_timeout: "10s".into(),
+            request_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            max_concurrent_queries: 4,
+            max_queued_queries: 64,
         }
     }
 }
@@ -324,6 +360,9 @@ pub struct RawMonitoring {
     /// pool, in bytes; a longer one is abandoned and counted as
     /// `reply_too_large`. The default fits a 10,000-worker `?json&full` page.
     pub max_reply_bytes: u64,
+    /// Show the query strings of the requests workers are serving (API keys,
+    /// tokens). Off: `/index.php?<redacted>`.
+    pub expose_query_strings: bool,
 }
 
 impl Default for RawMonitoring {
@@ -343,6 +382,7 @@ impl Default for RawMonitoring {
             enable_system_metrics: true,
             per_process_metrics: false,
             max_reply_bytes: crate::fastcgi::DEFAULT_MAX_REPLY_BYTES,
+            expose_query_strings: false,
         }
     }
 }

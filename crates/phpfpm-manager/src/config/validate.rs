@@ -12,7 +12,7 @@ use fpm_core::PoolName;
 use super::raw::{RawConfig, RawPool};
 use super::{
     Config, Endpoint, LogFormat, MemoryBudget, Monitoring, PhpFpm, Pool, Problem, Scaling,
-    ScalingGlobal, Server, Storage, Telemetry,
+    ScalingGlobal, Server, ServerLimits, Storage, Telemetry,
 };
 
 /// Less memory than any php-fpm worker takes (a bare php-fpm 8.2 worker
@@ -143,6 +143,47 @@ pub(super) fn validate(
             "must be at least 1",
             "the default is 65536",
         );
+    }
+
+    let lim = &raw.server.limits;
+    let header_read_timeout = c.duration(
+        "server.limits.header_read_timeout",
+        &lim.header_read_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    let request_timeout = c.duration(
+        "server.limits.request_timeout",
+        &lim.request_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let idle_timeout = c.duration(
+        "server.limits.idle_timeout",
+        &lim.idle_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    for (key, value, max) in [
+        (
+            "server.limits.max_connections",
+            lim.max_connections,
+            1_000_000,
+        ),
+        (
+            "server.limits.max_concurrent_queries",
+            lim.max_concurrent_queries,
+            64,
+        ),
+    ] {
+        if value == 0 || value > max {
+            c.problem(
+                key,
+                &value.to_string(),
+                &format!("out of range 1 to {max}"),
+                "pick a value inside that range",
+            );
+        }
     }
 
     let collect_interval = c.duration(
@@ -413,6 +454,14 @@ pub(super) fn validate(
             bind_address,
             api_enabled: raw.server.api.enabled,
             max_body_bytes: raw.server.api.max_body_bytes,
+            limits: ServerLimits {
+                max_connections: lim.max_connections.max(1) as usize,
+                header_read_timeout,
+                request_timeout,
+                idle_timeout,
+                max_concurrent_queries: lim.max_concurrent_queries.clamp(1, 64) as usize,
+                max_queued_queries: lim.max_queued_queries as usize,
+            },
         },
         pools,
         scaling: ScalingGlobal { memory_budget },
@@ -433,6 +482,7 @@ pub(super) fn validate(
             enable_opcache: raw.monitoring.enable_opcache,
             enable_system_metrics: raw.monitoring.enable_system_metrics,
             per_process_metrics: raw.monitoring.per_process_metrics,
+            expose_query_strings: raw.monitoring.expose_query_strings,
         },
         storage: Storage {
             database_path,

@@ -129,6 +129,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a series kept elsewhere (the HTTP server's own) to `/metrics`.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     /// Renders everything in the classic text format (version 0.0.4).
     pub fn render(
         &self,

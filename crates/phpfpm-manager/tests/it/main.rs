@@ -21,6 +21,8 @@ mod deep;
 /// The daemon against a fake FastCGI server sending hostile replies:
 /// bounded memory, no panic, every reason counted, valid /metrics.
 mod hostile;
+/// The HTTP surface under slow, idle and numerous clients; query strings.
+mod http_limits;
 /// A pool's life: graceful and forced stops, the backlog during a restart,
 /// secrets.
 mod lifecycle;

@@ -1,34 +1,48 @@
-//! The HTTP surfaces: `/metrics`, `/health/*` and the read-only part of the
-//! REST API under `/api/v1`. Every error answers with one JSON shape,
-//! `{"error": {"code": "<stable_code>", "message": "<text>"}}`, built by the
-//! same `ApiError` the history API uses.
+//! The HTTP surface: `/metrics`, `/health/*` and the REST API under
+//! `/api/v1`, including the history routes (`history`) answered from
+//! `fpm-storage`'s queries. Every error answers with one JSON shape,
+//! `{"error": {"code": "<stable_code>", "message": "<text>"}}` (`error`).
+//! The listener, its timeouts and its connection cap live in `serve`.
 
+pub mod error;
+pub mod gate;
+pub mod history;
+pub mod params;
+pub mod serve;
+
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{BoxError, Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use std::net::SocketAddr;
 
-use fpm_storage::api::error::ApiError;
+pub use error::ApiError;
+pub use gate::QueryGate;
 
 use crate::state::{AppState, PoolState};
 use crate::surface::metrics::CONTENT_TYPE;
 
-/// Builds the router over the shared state.
-pub fn router(state: Arc<AppState>) -> Router {
-    let max_body = usize::try_from(state.config().server.max_body_bytes).unwrap_or(usize::MAX);
+/// Builds the router over the shared state. `history` answers the history
+/// routes; they are served only with the rest of the API
+/// (`server.api.enabled`).
+pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
+    let cfg = state.config();
+    let max_body = usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX);
+    let request_timeout = cfg.server.limits.request_timeout;
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(ready))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready));
-    if state.config().server.api_enabled {
+    if cfg.server.api_enabled {
         app = app
             .route("/api/v1/health", get(ready))
             .route("/api/v1/health/live", get(live))
@@ -45,9 +59,39 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/api/v1/autoscaling", get(autoscaling))
             .route("/api/v1/events/recent", get(recent_events));
     }
-    app.fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .with_state(state)
+    let mut app = app
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state);
+    if let (true, Some(gate)) = (cfg.server.api_enabled, history) {
+        app = app.merge(history::router(gate));
+    }
+    app.layer(axum::extract::DefaultBodyLimit::max(max_body))
+        // A handler that outlives `server.limits.request_timeout` is dropped
+        // and answered with 503 `timeout`.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(on_timeout))
+                .timeout(request_timeout),
+        )
+}
+
+async fn on_timeout(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::timeout("the request took too long and was abandoned; retry later")
+    } else {
+        tracing::error!(error = %err, "HTTP request failed.");
+        ApiError::internal("the request failed unexpectedly; see the manager's log")
+    }
+}
+
+/// A request URI with its query string replaced by `<redacted>`: query
+/// strings carry API keys, tokens and personal data, and the manager shows
+/// php-fpm's view of requests to anyone who can reach its API.
+pub fn redact_query(uri: &str) -> Cow<'_, str> {
+    match uri.split_once('?') {
+        Some((path, q)) if !q.is_empty() => Cow::Owned(format!("{path}?<redacted>")),
+        _ => Cow::Borrowed(uri),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -353,7 +397,8 @@ async fn recent_events(
 
 /// `GET /api/v1/pools/{pool}/workers`: each worker from php-fpm's status page
 /// (state, requests, current request) joined with `/proc` (CPU, memory,
-/// age) by pid. Slots are the order of the status page.
+/// age) by pid. Slots are the order of the status page. Query strings of
+/// request URIs are redacted unless `monitoring.expose_query_strings`.
 async fn workers(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -368,11 +413,17 @@ async fn workers(
         .as_ref()
         .map(|st| st.processes.as_slice())
         .unwrap_or(&[]);
+    let expose = state.config().monitoring.expose_query_strings;
     let list: Vec<serde_json::Value> = procs
         .iter()
         .enumerate()
         .map(|(slot, p)| {
             let k = s.kernel.per_worker.iter().find(|w| w.pid == p.pid);
+            let uri = if expose {
+                Cow::Borrowed(p.request_uri.as_str())
+            } else {
+                redact_query(&p.request_uri)
+            };
             json!({
                 "slot": slot,
                 "pid": p.pid,
@@ -380,7 +431,7 @@ async fn workers(
                 "requests": p.requests,
                 "request_duration_us": p.request_duration_us,
                 "request_method": p.request_method,
-                "request_uri": p.request_uri,
+                "request_uri": uri,
                 "script": p.script,
                 "last_request_cpu": p.last_request_cpu,
                 "last_request_memory": p.last_request_memory,
@@ -590,3 +641,6 @@ fn parse_until(text: &str) -> Result<std::time::SystemTime, ApiError> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests;

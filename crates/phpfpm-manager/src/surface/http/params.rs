@@ -1,16 +1,26 @@
-//! Parsing of the history API's query parameters, pure and with `now` passed in: times
-//! as RFC 3339 or unix seconds, steps as durations (`60s`, `5m`) or seconds, limits.
-//! Every error message names the parameter and the value.
+//! Parsing of the history API's query parameters, pure and with `now` passed in.
+//!
+//! Times are accepted in every form a dashboard sends them: RFC 3339
+//! (`2026-11-26T10:00:00Z`, any offset), unix epoch milliseconds (what
+//! Grafana's `${__from}`/`${__to}` expand to), unix epoch seconds, and
+//! Grafana's relative times (`now`, `now-1h`, `now-15m`, `now+5m`). Steps are
+//! durations (`60s`, `5m`) or seconds. Every error message names the
+//! parameter and the value.
 
 use std::collections::BTreeMap;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::model::TimestampMs;
+use fpm_storage::TimestampMs;
 
 /// Largest `limit` the events endpoints accept.
 pub const MAX_LIMIT: u32 = 10_000;
+
+/// A bare number at or above this is read as epoch milliseconds, below it as
+/// epoch seconds. 1e11 s is the year 5138, 1e11 ms is 1973-03-03: no time
+/// this manager stores is ambiguous.
+const MS_THRESHOLD: f64 = 1e11;
 
 /// Query parameters by name, refusing unknown and repeated ones.
 pub fn collect(
@@ -32,33 +42,58 @@ pub fn collect(
     Ok(out)
 }
 
-/// A time as RFC 3339 (`2026-11-26T10:00:00Z`, any offset) or unix seconds (`1764151200`,
-/// fractions allowed), or `now`.
+/// A time as RFC 3339, unix epoch milliseconds or seconds (fractions
+/// allowed), `now`, or `now` plus or minus a duration (`now-1h`, `now-15m`,
+/// `now-7d`, `now+5m`; units as Grafana writes them).
 pub fn parse_time(name: &str, value: &str, now: TimestampMs) -> Result<TimestampMs, String> {
     let v = value.trim();
-    if v == "now" {
-        return Ok(now);
+    if let Some(rest) = v.strip_prefix("now") {
+        return relative(name, value, rest.trim(), now);
     }
-    if let Ok(secs) = v.parse::<f64>() {
-        if !secs.is_finite() || secs < 0.0 {
+    if let Ok(n) = v.parse::<f64>() {
+        if !n.is_finite() || n < 0.0 {
             return Err(format!(
-                "parameter '{name}' value '{value}' must be a non-negative unix time in seconds"
+                "parameter '{name}' value '{value}' must be a non-negative unix time (milliseconds or seconds)"
             ));
         }
-        // Year 5138 in seconds: almost certainly milliseconds by mistake.
-        if secs >= 1e11 {
+        let ms = if n >= MS_THRESHOLD { n } else { n * 1000.0 };
+        if ms > i64::MAX as f64 {
             return Err(format!(
-                "parameter '{name}' value '{value}' looks like milliseconds; give unix seconds or RFC 3339"
+                "parameter '{name}' value '{value}' is out of range"
             ));
         }
-        return Ok((secs * 1000.0).round() as i64);
+        return Ok(ms.round() as i64);
     }
     match OffsetDateTime::parse(v, &Rfc3339) {
         Ok(t) => Ok((t.unix_timestamp_nanos() / 1_000_000) as i64),
         Err(e) => Err(format!(
-            "parameter '{name}' value '{value}' is neither RFC 3339 (like 2026-11-26T10:00:00Z) nor unix seconds: {e}"
+            "parameter '{name}' value '{value}' is not a time: give RFC 3339 (like 2026-11-26T10:00:00Z), unix milliseconds or seconds, or a relative time like now-1h ({e})"
         )),
     }
+}
+
+/// The part after `now`: empty, or a sign and a duration.
+fn relative(name: &str, value: &str, rest: &str, now: TimestampMs) -> Result<TimestampMs, String> {
+    if rest.is_empty() {
+        return Ok(now);
+    }
+    let bad = |why: String| {
+        format!(
+            "parameter '{name}' value '{value}' is not a relative time like now-1h or now-15m: {why}"
+        )
+    };
+    let (sign, dur) = match rest.split_at(1) {
+        ("-", d) => (-1, d.trim()),
+        ("+", d) => (1, d.trim()),
+        _ => return Err(bad("expected '-' or '+' after 'now'".to_owned())),
+    };
+    // Grafana's rounding (`now/d`) is not supported: say so rather than guess.
+    if dur.contains('/') {
+        return Err(bad("rounding with '/' is not supported".to_owned()));
+    }
+    let d = humantime::parse_duration(dur).map_err(|e| bad(e.to_string()))?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| bad("too large".to_owned()))?;
+    Ok(now.saturating_add(sign * ms))
 }
 
 /// Formats a timestamp as RFC 3339 in UTC (for annotations and responses meant for people).
@@ -117,8 +152,9 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::EventKind;
+    use fpm_storage::EventKind;
 
     const NOW: i64 = 1_764_151_200_000; // 2025-11-26T10:00:00Z
 
@@ -137,6 +173,31 @@ mod tests {
     }
 
     #[test]
+    fn times_accept_epoch_milliseconds_as_grafana_sends_them() {
+        assert_eq!(parse_time("from", "1764151200000", 0), Ok(NOW));
+        assert_eq!(parse_time("to", "1764151200123", 0), Ok(NOW + 123));
+        // The smallest millisecond value is early 1973; anything below is seconds.
+        assert_eq!(parse_time("from", "100000000000", 0), Ok(100_000_000_000));
+        assert_eq!(parse_time("from", "99999999999", 0), Ok(99_999_999_999_000));
+    }
+
+    #[test]
+    fn times_accept_relative_forms() {
+        assert_eq!(parse_time("from", "now-1h", NOW), Ok(NOW - 3_600_000));
+        assert_eq!(parse_time("from", "now-15m", NOW), Ok(NOW - 900_000));
+        assert_eq!(parse_time("from", "now-7d", NOW), Ok(NOW - 7 * 86_400_000));
+        assert_eq!(parse_time("to", "now+5m", NOW), Ok(NOW + 300_000));
+        assert_eq!(parse_time("to", " now ", NOW), Ok(NOW));
+        for bad in ["now-", "now-1x", "now*2", "now/d", "now-1d/d"] {
+            let e = parse_time("from", bad, NOW).unwrap_err();
+            assert!(
+                e.contains("'from'") && e.contains(&format!("'{bad}'")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_times_name_the_parameter_and_value() {
         for bad in [
             "yesterday",
@@ -144,7 +205,7 @@ mod tests {
             "-5",
             "NaN",
             "",
-            "1764151200000",
+            "1e300",
         ] {
             let e = parse_time("from", bad, NOW).unwrap_err();
             assert!(
@@ -152,9 +213,6 @@ mod tests {
                 "{e}"
             );
         }
-        assert!(parse_time("to", "1764151200000", NOW)
-            .unwrap_err()
-            .contains("milliseconds"));
     }
 
     #[test]
