@@ -13,7 +13,7 @@ use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
-use crate::share::{share_budget, PoolDemand};
+use crate::share::{share_budget_protecting_needs, PoolDemand};
 
 /// Upper bound on drawn requests, so that a trace cannot exhaust memory.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -125,6 +125,8 @@ struct Sim<'a> {
     share_cap: Option<u32>,
     /// What the pool wants, for budget sharing.
     last_wanted: Option<u32>,
+    /// What the pool needs (the model without headroom).
+    last_needed: Option<u32>,
     duration_us: u64,
     now_us: u64,
     integrated_to_us: u64,
@@ -253,9 +255,11 @@ pub struct SharedResult {
 
 /// Runs several pools under one memory budget
 /// (`scenario.memory_budget_bytes` less every pool's shared memory and the
-/// first policy's reserve). Every second [`crate::share_budget`] splits the
-/// budget by priority and weight between the pools the policy manages
-/// (the others' caps are taken off first), and each scaler receives its
+/// first policy's reserve). Every second
+/// [`crate::share_budget_protecting_needs`] splits the budget between the
+/// pools the policy manages (the others' caps are taken off first): each
+/// pool's need first, by priority, then wants by priority and weight; each
+/// scaler receives its
 /// share as `share_cap_workers`. Memory is compared with the budget every
 /// 100 ms.
 pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedResult, SimError> {
@@ -351,7 +355,15 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
                 })
             })
             .collect();
-        let shares = share_budget(worker_budget_bytes.saturating_sub(fixed), &demands);
+        let needed: Vec<u32> = managed
+            .iter()
+            .map(|&index| sims[index].last_needed.unwrap_or(0))
+            .collect();
+        let shares = share_budget_protecting_needs(
+            worker_budget_bytes.saturating_sub(fixed),
+            &demands,
+            &needed,
+        );
         for (&index, share) in managed.iter().zip(shares) {
             sims[index].share_cap = Some(share.granted_workers);
         }
@@ -418,6 +430,7 @@ impl<'a> Sim<'a> {
             next_request: 0,
             share_cap: None,
             last_wanted: None,
+            last_needed: None,
             duration_us,
             now_us: 0,
             integrated_to_us: 0,
@@ -856,6 +869,7 @@ impl<'a> Sim<'a> {
         let (decision, state) = decide(&driver.policy, &driver.state, &observation);
         driver.state = state;
         self.last_wanted = decision.figures.model_workers;
+        self.last_needed = decision.figures.needed_workers;
         driver.last_collect_us = Some(now);
         let busy_pool = queue_len > 0 || busy * 2 >= total.max(1);
         driver.interval_us = if busy_pool {
