@@ -75,5 +75,5 @@ pub use decide::{
 pub use learn::Estimates;
 pub use observe::{accepted_delta, Observation};
 pub use policy::{LearningSpec, Policy, PolicyError, PolicyProblem, PolicySpec};
-pub use share::{share_budget, PoolDemand, PoolShare};
+pub use share::{share_budget, share_budget_protecting_needs, PoolDemand, PoolShare};
 pub use sim::{simulate_report, SimError, TraceSpec};

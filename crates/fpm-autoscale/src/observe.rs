@@ -30,7 +30,10 @@ pub struct Observation<'a> {
     /// Workers waiting for a request.
     pub idle: u32,
     /// All workers of the pool (may differ from `busy + idle` while workers
-    /// start or stop).
+    /// start or stop). For a pool that runs `pm = ondemand` under a cap the
+    /// scaler set, pass the applied cap (`pm.max_children`): "every worker
+    /// busy" then reads "the cap is reached", which is what the emergency
+    /// rule needs.
     pub total: u32,
     /// Proportional set size of each worker, in bytes. Zeros are ignored.
     pub worker_pss_bytes: &'a [u64],
@@ -41,7 +44,8 @@ pub struct Observation<'a> {
     /// CPU used by the pool's workers over the interval, in cores
     /// (`None` when unknown; non-finite values count as unknown).
     pub cpu_cores_used: Option<f64>,
-    /// CPU available to the pool, in cores (cgroup quota), if limited.
+    /// CPU available to the pool, in cores: the cgroup quota if there is
+    /// one, else the host's cores. `None` disables the CPU-bound rule.
     pub cpu_cores_limit: Option<f64>,
     /// Memory the pool's workers may use together, in bytes (the cgroup
     /// limit); `None`

@@ -52,6 +52,22 @@ pub struct PoolShare {
 /// is 0 costs nothing and gets what it wants; a non-finite or non-positive
 /// weight counts as the smallest positive weight.
 pub fn share_budget(budget_bytes: u64, pools: &[PoolDemand]) -> Vec<PoolShare> {
+    share_budget_protecting_needs(budget_bytes, pools, &[])
+}
+
+/// [`share_budget`] with one more step after the minimums: every pool gets
+/// what it *needs* (`needed[i]`, for example `Figures::needed_workers`,
+/// the model's size without headroom), highest priority first, before any
+/// pool gets more than it needs. A higher-priority pool then keeps spare
+/// cap it is not using (a pool held at its size after a surge) only when no
+/// other pool needs that memory; without this step a lower-priority pool
+/// can be cut to its minimum for as long as the other holds its cap.
+/// Missing entries of `needed` count as the pool's minimum.
+pub fn share_budget_protecting_needs(
+    budget_bytes: u64,
+    pools: &[PoolDemand],
+    needed: &[u32],
+) -> Vec<PoolShare> {
     let mut granted: Vec<u32> = vec![0; pools.len()];
     let mut remaining = budget_bytes;
     let mut order: Vec<usize> = (0..pools.len()).collect();
@@ -67,6 +83,22 @@ pub fn share_budget(budget_bytes: u64, pools: &[PoolDemand]) -> Vec<PoolShare> {
         remaining -= u64::from(fits) * pool.worker_bytes;
     }
 
+    if !needed.is_empty() {
+        let need: Vec<u32> = pools
+            .iter()
+            .enumerate()
+            .map(|(index, pool)| {
+                needed
+                    .get(index)
+                    .copied()
+                    .unwrap_or(0)
+                    .min(pool.wanted_workers.max(pool.min_workers))
+            })
+            .collect();
+        fill_by_priority_indexed(pools, &order, &mut granted, &mut remaining, |index| {
+            need[index]
+        });
+    }
     fill_by_priority(pools, &order, &mut granted, &mut remaining, |pool| {
         pool.wanted_workers
     });
@@ -101,6 +133,19 @@ fn fill_by_priority(
     remaining: &mut u64,
     goal: impl Fn(&PoolDemand) -> u32,
 ) {
+    fill_by_priority_indexed(pools, order, granted, remaining, |index| {
+        goal(&pools[index])
+    });
+}
+
+/// [`fill_by_priority`] with the goal looked up by the pool's index.
+fn fill_by_priority_indexed(
+    pools: &[PoolDemand],
+    order: &[usize],
+    granted: &mut [u32],
+    remaining: &mut u64,
+    goal: impl Fn(usize) -> u32,
+) {
     let mut level_start = 0;
     while level_start < order.len() {
         let priority = pools[order[level_start]].priority;
@@ -117,7 +162,7 @@ fn fill_by_priority(
                 .copied()
                 .filter(|&index| {
                     let pool = &pools[index];
-                    granted[index] < goal(pool) && pool.worker_bytes <= *remaining
+                    granted[index] < goal(index) && pool.worker_bytes <= *remaining
                 })
                 .min_by(|&a, &b| {
                     let share_a = extra_per_weight(&pools[a], granted[a]);
@@ -199,6 +244,25 @@ mod tests {
         assert_eq!(shares[0].granted_workers, 14);
         assert_eq!(shares[1].granted_workers, 6);
         assert!(shares.iter().all(|share| share.gives_way));
+    }
+
+    #[test]
+    fn needs_come_before_a_higher_priority_surplus() {
+        // 20 workers: "high" holds 15 after a surge but needs 5 now;
+        // "low" needs 8.
+        let pools = [pool("low", 0, 1.0, 2, 10), pool("high", 1, 1.0, 2, 15)];
+        let strict = share_budget(2_000, &pools);
+        assert_eq!(strict[0].granted_workers, 5);
+        let protected = share_budget_protecting_needs(2_000, &pools, &[8, 5]);
+        assert_eq!(protected[0].granted_workers, 8);
+        assert_eq!(protected[1].granted_workers, 12);
+        assert!(protected[0].gives_way && protected[1].gives_way);
+        // When both needs do not fit, priority still decides.
+        let protected = share_budget_protecting_needs(2_000, &pools, &[10, 15]);
+        assert_eq!(protected[1].granted_workers, 15);
+        assert_eq!(protected[0].granted_workers, 5);
+        // Without needs it is share_budget.
+        assert_eq!(share_budget_protecting_needs(2_000, &pools, &[]), strict);
     }
 
     #[test]

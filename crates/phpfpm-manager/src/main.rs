@@ -296,7 +296,9 @@ fn import(args: ImportArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `simulate`: exit 64 for a bad policy or trace file, 1 if unreadable.
+/// `simulate`: exit 2 for a trace that is neither built in nor a readable
+/// file (a usage error), 64 for a bad policy or trace file, 1 if the policy
+/// is unreadable.
 fn simulate(args: SimulateArgs) -> ExitCode {
     let policy = match &args.policy {
         None => None,
@@ -319,7 +321,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
                 Ok(csv) => fpm_autoscale::sim::TraceSpec::Csv(csv),
                 Err(e) => {
                     eprintln!("error: --trace {name}: not a built-in trace (steady, step, spike, diurnal, ramp, all) and not a readable CSV file: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
+                    return ExitCode::from(2);
                 }
             },
         };

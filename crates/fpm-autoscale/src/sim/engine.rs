@@ -13,7 +13,7 @@ use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
-use crate::share::{share_budget, PoolDemand};
+use crate::share::{share_budget_protecting_needs, PoolDemand};
 
 /// Upper bound on drawn requests, so that a trace cannot exhaust memory.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -115,6 +115,18 @@ struct PolicyDriver {
     file_cache: bool,
 }
 
+/// What one collection saw, before it becomes an [`Observation`].
+#[derive(Debug, Clone, PartialEq)]
+struct Look {
+    accepted: u64,
+    queue_len: u32,
+    busy: u32,
+    idle: u32,
+    total: u32,
+    pss: Vec<u64>,
+    finished: Vec<f64>,
+}
+
 struct Sim<'a> {
     scenario: &'a Scenario,
     manager: &'a Manager,
@@ -125,6 +137,8 @@ struct Sim<'a> {
     share_cap: Option<u32>,
     /// What the pool wants, for budget sharing.
     last_wanted: Option<u32>,
+    /// What the pool needs (the model without headroom).
+    last_needed: Option<u32>,
     duration_us: u64,
     now_us: u64,
     integrated_to_us: u64,
@@ -253,9 +267,11 @@ pub struct SharedResult {
 
 /// Runs several pools under one memory budget
 /// (`scenario.memory_budget_bytes` less every pool's shared memory and the
-/// first policy's reserve). Every second [`crate::share_budget`] splits the
-/// budget by priority and weight between the pools the policy manages
-/// (the others' caps are taken off first), and each scaler receives its
+/// first policy's reserve). Every second
+/// [`crate::share_budget_protecting_needs`] splits the budget between the
+/// pools the policy manages (the others' caps are taken off first): each
+/// pool's need first, by priority, then wants by priority and weight; each
+/// scaler receives its
 /// share as `share_cap_workers`. Memory is compared with the budget every
 /// 100 ms.
 pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedResult, SimError> {
@@ -351,7 +367,15 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
                 })
             })
             .collect();
-        let shares = share_budget(worker_budget_bytes.saturating_sub(fixed), &demands);
+        let needed: Vec<u32> = managed
+            .iter()
+            .map(|&index| sims[index].last_needed.unwrap_or(0))
+            .collect();
+        let shares = share_budget_protecting_needs(
+            worker_budget_bytes.saturating_sub(fixed),
+            &demands,
+            &needed,
+        );
         for (&index, share) in managed.iter().zip(shares) {
             sims[index].share_cap = Some(share.granted_workers);
         }
@@ -418,6 +442,7 @@ impl<'a> Sim<'a> {
             next_request: 0,
             share_cap: None,
             last_wanted: None,
+            last_needed: None,
             duration_us,
             now_us: 0,
             integrated_to_us: 0,
@@ -755,29 +780,24 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The manager's collector: a regular look at the adaptive interval,
-    /// and at once when the probe finds requests queued. It sees what the
-    /// status page and the kernel show, nothing more.
-    fn collect(&mut self) {
+    /// What one collection sees: the serving master's status page (busy,
+    /// idle, `accepted conn`, each worker's request count and, for a
+    /// worker seen idle, its last request's duration), the accept queue and
+    /// every worker's PSS. Service times of requests whose worker was not
+    /// seen idle are estimated as the daemon's advisor does: busy workers
+    /// times the interval over the requests completed. Updates the
+    /// collector's memory of the previous look.
+    fn look(&mut self) -> Option<Look> {
         let now = self.now_us;
-        let Some(driver) = self.driver.as_ref() else {
-            return;
-        };
-        let due = driver
-            .last_collect_us
-            .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
-        if !due && self.queue.is_empty() {
-            return;
-        }
         let active = self.active;
         let master = self.masters[active as usize];
+        let ondemand = self.ondemand;
+        let queue_len = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+        let driver = self.driver.as_mut()?;
         let (mut busy, mut idle) = (0u32, 0u32);
         let mut pss = Vec::new();
         let mut finished = Vec::new();
         let (mut completed, mut unseen) = (0u64, 0u64);
-        let Some(driver) = self.driver.as_mut() else {
-            return;
-        };
         if driver.previous_served.len() < self.workers.len() {
             driver.previous_served.resize(self.workers.len(), None);
         }
@@ -798,8 +818,9 @@ impl<'a> Sim<'a> {
                 WorkerState::Starting | WorkerState::Dead => {}
             }
             // As the advisor does: a worker seen at the previous look that
-            // served requests since finished them; if it is idle now, its
-            // last request's duration is on the page, the others are gone.
+            // took requests since finished all but maybe the current one;
+            // if it is idle now, its last request's duration is on the
+            // page, the others' durations are gone.
             if let Some((epoch, before)) = driver.previous_served[slot] {
                 if epoch == worker.epoch {
                     let delta = worker.served.saturating_sub(before);
@@ -828,23 +849,49 @@ impl<'a> Sim<'a> {
             None => 0,
         };
         driver.previous_accepted = Some((active, master.accepted));
-        let queue_len = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
         // With `ondemand` the daemon reports the applied cap as the total,
         // so "every worker busy" reads "cap reached".
-        let total = if self.ondemand {
-            master.cap
-        } else {
-            master.alive
-        };
-        let observation = Observation {
-            now_ms: now / 1000,
+        let total = if ondemand { master.cap } else { master.alive };
+        Some(Look {
             accepted,
             queue_len,
             busy,
             idle,
             total,
-            worker_pss_bytes: &pss,
-            finished_service_s: &finished,
+            pss,
+            finished,
+        })
+    }
+
+    /// The manager's collector: a regular look at the adaptive interval,
+    /// and at once when the probe finds requests queued. It sees what the
+    /// status page and the kernel show, nothing more (see [`Sim::look`]).
+    fn collect(&mut self) {
+        let now = self.now_us;
+        let Some(driver) = self.driver.as_ref() else {
+            return;
+        };
+        let due = driver
+            .last_collect_us
+            .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
+        if !due && self.queue.is_empty() {
+            return;
+        }
+        let Some(look) = self.look() else {
+            return;
+        };
+        let Some(driver) = self.driver.as_mut() else {
+            return;
+        };
+        let observation = Observation {
+            now_ms: now / 1000,
+            accepted: look.accepted,
+            queue_len: look.queue_len,
+            busy: look.busy,
+            idle: look.idle,
+            total: look.total,
+            worker_pss_bytes: &look.pss,
+            finished_service_s: &look.finished,
             cpu_cores_used: None,
             cpu_cores_limit: None,
             memory_budget_bytes: Some(self.scenario.memory_budget_bytes),
@@ -852,10 +899,12 @@ impl<'a> Sim<'a> {
             share_cap_workers: self.share_cap,
             change_in_flight: driver.in_flight,
         };
+        let (queue_len, busy, total) = (look.queue_len, look.busy, look.total);
         let before = driver.state.workers();
         let (decision, state) = decide(&driver.policy, &driver.state, &observation);
         driver.state = state;
         self.last_wanted = decision.figures.model_workers;
+        self.last_needed = decision.figures.needed_workers;
         driver.last_collect_us = Some(now);
         let busy_pool = queue_len > 0 || busy * 2 >= total.max(1);
         driver.interval_us = if busy_pool {
@@ -979,5 +1028,50 @@ impl<'a> Sim<'a> {
             peak_workers: self.peak,
             peak_serving_workers: self.peak_serving,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The collector is not told each request's service time: only the
+    /// last duration of a worker seen idle is on the status page; the
+    /// rest is one estimate repeated. The counter still counts them all.
+    #[test]
+    fn the_collector_sees_only_the_status_page() {
+        let mut scenario = Scenario::standard(3);
+        scenario.duration_s = Some(120.0);
+        let (requests, duration_us) =
+            draw_requests(&TraceSpec::Steady, &scenario).expect("requests");
+        let manager = Manager::PolicyOndemand {
+            policy: Policy::default(),
+            file_cache: false,
+        };
+        let mut sim = Sim::new(&requests, duration_us, &manager, &scenario);
+        // The test takes the looks itself.
+        sim.heap
+            .retain(|Reverse((_, _, event))| *event != Event::Probe);
+        sim.run_until(60_000_000);
+        sim.look().expect("a policy driver");
+        sim.driver.as_mut().expect("driver").last_collect_us = Some(sim.now_us);
+        let started_before = sim.responses.len();
+        sim.run_until(65_000_000);
+        let look = sim.look().expect("a policy driver");
+        let started = sim.responses.len() - started_before;
+        assert!(started > 100, "{started} requests in 5 s");
+        assert_eq!(look.accepted, started as u64, "the counter sees them all");
+        assert!(look.finished.len() <= started);
+        let mut distinct = look.finished.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        assert!(
+            distinct.len() <= look.idle as usize + 1,
+            "{} distinct durations from {} idle workers",
+            distinct.len(),
+            look.idle
+        );
+        // Under ondemand the total is the applied cap.
+        assert_eq!(look.total, Policy::default().learning_cap());
     }
 }

@@ -137,7 +137,7 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
 /// The two-pool budget comparison: "shop" (priority 1, spike trace) and
 /// "admin" (priority 0, steady trace) under one budget that fits about 35
 /// workers of 60 MiB, managed three ways: the manager's `ondemand` caps
-/// split by [`crate::share_budget`]; `static` pools splitting the budget
+/// split by [`crate::share_budget_protecting_needs`]; `static` pools splitting the budget
 /// equally; `ondemand` pools whose caps (32 each) add up to more than
 /// the budget. Returns the printed tables.
 pub fn simulate_shared(seed: u64) -> Result<String, SimError> {
@@ -168,7 +168,7 @@ pub fn shared_runs(seed: u64) -> Result<Vec<(&'static str, SharedResult)>, SimEr
     };
     let configurations = [
         (
-            "manager: ondemand, caps by share_budget",
+            "manager: ondemand, caps shared (needs first)",
             [
                 pool(
                     "shop",

@@ -196,9 +196,11 @@ fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
     assert_eq!(out.status.code(), Some(0), "{t}");
     for row in [
         "| manager |",
+        "| manager+file_cache |",
         "| static@max |",
-        "| dynamic |",
-        "| ondemand |",
+        "| dynamic-tuned |",
+        "| dynamic-debian |",
+        "| ondemand@max |",
     ] {
         assert!(t.contains(row), "missing {row} in\n{t}");
     }
@@ -216,7 +218,7 @@ fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
     );
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
     let out = run(&["simulate", "--trace", "nonesuch"], &dir);
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("not a built-in trace"),
         "{}",
