@@ -61,6 +61,7 @@
 //! and confidence), `decide` (the rules), `policy` (validated
 //! configuration), `share` (one budget, several pools), [`sim`].
 
+pub mod caps;
 mod decide;
 pub mod erlang;
 mod learn;

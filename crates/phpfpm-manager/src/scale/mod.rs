@@ -6,7 +6,10 @@
 
 pub mod observe;
 pub mod persist;
-pub mod plan;
+
+/// The cap planner lives in `fpm_autoscale::caps`, where the simulator runs
+/// the very same code.
+pub use fpm_autoscale::caps as plan;
 
 use std::time::SystemTime;
 

@@ -18,7 +18,7 @@
 //!   grows only into memory the others' *applied* caps leave free, so the
 //!   others shrink first.
 
-use fpm_autoscale::{share_budget, PoolDemand};
+use crate::share::{share_budget, PoolDemand};
 
 /// Memory assumed for one worker until its PSS has been measured.
 pub const ASSUMED_WORKER_BYTES: u64 = 64 << 20;
@@ -113,6 +113,7 @@ impl Default for Damping {
 
 /// What the planner remembers about one pool between looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PlanMemory {
     /// Since when the share has been below the cap (ms).
     pub below_since_ms: Option<u64>,
