@@ -7,6 +7,8 @@
 //!
 //! Run: `cargo bench -p fpm-kernel --bench kernel`
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 #[path = "../tests/common/mod.rs"]

@@ -4,6 +4,8 @@
 //! Each must come out as "not available" with a reason, never a panic or a
 //! made-up number.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 // Test helpers outside #[test] functions may unwrap too: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

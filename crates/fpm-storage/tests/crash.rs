@@ -2,6 +2,8 @@
 //! database opens, `PRAGMA integrity_check` is `ok`, each committed batch is complete,
 //! batches are contiguous, at most the last unflushed second is missing, and the data of
 //! earlier runs is untouched.
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 // Helpers outside #[test] functions are test code too; a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 

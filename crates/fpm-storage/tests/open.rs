@@ -1,6 +1,8 @@
 //! Opening the database: new files, reopening, and every kind of file we must refuse
 //! (not SQLite, another application's, a newer schema, read-only, in use) without
 //! touching it.
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 // Helpers outside #[test] functions are test code too; a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 

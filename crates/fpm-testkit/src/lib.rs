@@ -8,6 +8,8 @@
 //! A test's directory is removed when the test passes and kept (its path
 //! printed) when it fails, for inspection.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 // Helpers for tests: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 

@@ -15,6 +15,8 @@
 //!    (goal: at most 2 % of one core, at most 25 MB resident).
 //! 4. One accept-queue read (sock_diag) against one status-page request.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
 
 use std::time::{Duration, Instant};

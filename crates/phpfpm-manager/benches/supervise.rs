@@ -11,6 +11,8 @@
 //! 3. Crash to serving again: the manager's master killed with SIGKILL 20
 //!    times; time until the pool answers ping through its public socket.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::expect_used)]
 
 use std::path::Path;

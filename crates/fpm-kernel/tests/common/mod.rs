@@ -1,6 +1,8 @@
 //! Test support: a real php-fpm master started from a temp config (killed by
 //! pid on drop) and a minimal hand-written FastCGI client.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};

@@ -1,4 +1,6 @@
 //! Shared helpers of the integration tests: temporary directories and sample builders.
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

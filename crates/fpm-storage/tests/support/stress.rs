@@ -10,6 +10,8 @@
 //! time). Every value is the wall-clock ms at which its batch was handed to
 //! the writer, so the test can tell how much real time of data was lost.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -11,6 +11,9 @@
 //! means a manager killed with SIGKILL leaves its masters serving, to be
 //! adopted by the next manager (issue: no downtime when the manager dies).
 
+// The one place that starts and signals php-fpm (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

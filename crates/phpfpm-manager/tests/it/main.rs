@@ -1,6 +1,8 @@
 //! The one integration test binary. Everything here runs real php-fpm (and,
 //! where a test says so, promtool) through the helpers in `support`.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
