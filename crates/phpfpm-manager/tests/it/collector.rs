@@ -49,8 +49,17 @@ fn reads_a_real_pool_through_status_listen() {
     });
     let pool = fpm.pool();
     let state = state_for(vec![pool.clone()]);
-    let up = rt().block_on(collect_once(&pool, &state, &ProbeMarker::new()));
-    assert!(up, "{:?}", state.pools()[&pool.name].last_error);
+    // A master that just said "ready" may still be forking its last worker
+    // on a loaded machine: look until all three are there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = rt().block_on(collect_once(&pool, &state, &ProbeMarker::new()));
+        assert!(up, "{:?}", state.pools()[&pool.name].last_error);
+        if state.pools()[&pool.name].derived.total == 3 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let pools = state.pools();
     let s = &pools[&pool.name];
     assert!(s.up && s.ping_ok, "{:?}", s.last_error);
