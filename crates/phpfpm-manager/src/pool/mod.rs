@@ -297,6 +297,15 @@ impl PoolActor {
         self.pool.name.as_str()
     }
 
+    /// The memory budget of all autoscaled pools now.
+    fn budget(&self) -> Option<u64> {
+        let host = self.state.host.read().unwrap_or_else(|e| e.into_inner());
+        budget_bytes(
+            &self.state.config().scaling.memory_budget,
+            host.as_ref().and_then(|h| h.as_ref().ok()),
+        )
+    }
+
     fn autoscaled(&self) -> bool {
         self.pool.spec.is_some() && self.pool.scaling.enabled
     }
@@ -310,13 +319,7 @@ impl PoolActor {
         if let Some(cap) = self.cap {
             return cap;
         }
-        let budget = {
-            let host = self.state.host.read().unwrap_or_else(|e| e.into_inner());
-            budget_bytes(
-                &self.state.config().scaling.memory_budget,
-                host.as_ref().and_then(|h| h.as_ref().ok()),
-            )
-        };
+        let budget = self.budget();
         let fits = budget.map_or(max, |b| {
             u32::try_from(b / plan::ASSUMED_WORKER_BYTES).unwrap_or(u32::MAX)
         });
@@ -523,13 +526,7 @@ impl PoolActor {
         }
         self.last_seq = look.seq;
         let now_ms = u64::try_from(unix_ms(SystemTime::now())).unwrap_or(0);
-        let budget = {
-            let host = self.state.host.read().unwrap_or_else(|e| e.into_inner());
-            budget_bytes(
-                &self.state.config().scaling.memory_budget,
-                host.as_ref().and_then(|h| h.as_ref().ok()),
-            )
-        };
+        let budget = self.budget();
         let cpu_limit = {
             let host = self.state.host.read().unwrap_or_else(|e| e.into_inner());
             host.as_ref()
@@ -714,13 +711,7 @@ impl PoolActor {
     }
 
     fn view(&self, planned_cap: Option<u32>, rule: &str) -> ScalingView {
-        let budget = {
-            let host = self.state.host.read().unwrap_or_else(|e| e.into_inner());
-            budget_bytes(
-                &self.state.config().scaling.memory_budget,
-                host.as_ref().and_then(|h| h.as_ref().ok()),
-            )
-        };
+        let budget = self.budget();
         ScalingView {
             mode: if self.autoscaled() { "apply" } else { "advise" },
             override_: self.override_.clone(),

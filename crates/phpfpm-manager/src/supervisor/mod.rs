@@ -395,16 +395,7 @@ impl Supervisor {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         if self.binary.as_root {
-            let uid = spec
-                .user
-                .as_deref()
-                .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-                .map(|u| u.uid.as_raw());
-            let gid = spec
-                .group
-                .as_deref()
-                .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
-                .map(|g| g.gid.as_raw());
+            let (uid, gid) = account_ids(spec);
             std::os::unix::fs::chown(dir, uid, gid)?;
         }
         Ok(())
@@ -735,16 +726,7 @@ impl Supervisor {
     /// account (php-fpm's default `listen.owner`/`listen.group`).
     fn access(&self, spec: &PoolSpec) -> Access {
         let mode = u32::from_str_radix(&spec.listen_mode, 8).unwrap_or(0o660);
-        let uid = spec
-            .user
-            .as_deref()
-            .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-            .map(|u| u.uid.as_raw());
-        let gid = spec
-            .group
-            .as_deref()
-            .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
-            .map(|g| g.gid.as_raw());
+        let (uid, gid) = account_ids(spec);
         if self.binary.as_root {
             Access { mode, uid, gid }
         } else {
@@ -900,6 +882,21 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The uid and gid of the pool's account, where the system knows them.
+fn account_ids(spec: &PoolSpec) -> (Option<u32>, Option<u32>) {
+    let uid = spec
+        .user
+        .as_deref()
+        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+        .map(|u| u.uid.as_raw());
+    let gid = spec
+        .group
+        .as_deref()
+        .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        .map(|g| g.gid.as_raw());
+    (uid, gid)
 }
 
 fn lossy(p: &Path) -> String {
