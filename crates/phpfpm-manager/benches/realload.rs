@@ -226,7 +226,7 @@ impl AppFigures {
     fn print(&self) {
         println!("\n## App figures");
         println!(
-            "{} classes in {} files, {} loaded per request through an autoloader, ~{} MB of strings built per request, lognormal wait (median 30 ms, sigma 0.5)",
+            "{} classes in {} files, {} loaded per request through an autoloader, ~{} MB of data built per request, lognormal wait (median 30 ms, sigma 0.5)",
             app::MODULES * app::PER_MODULE,
             app::MODULES * app::PER_MODULE + 2,
             app::MODULES_PER_ROUTE * app::PER_MODULE,
@@ -378,6 +378,10 @@ struct Result_ {
     after_change_p99: Option<Duration>,
     after_change_each: Vec<Duration>,
     note: Option<String>,
+    /// The host's 1-minute load average before and after the run (the
+    /// machine may be shared; a figure far above the core count means the
+    /// run competed for CPU).
+    load: (f64, f64),
 }
 
 fn scenario(
@@ -425,9 +429,19 @@ fn scenario(
             );
         }
         let plan = plan(streams(phases), SEED);
+        let load_before = loadavg();
         let sampler = Sampler::start(c.roots(), SAMPLE_EVERY);
         let run = rt.block_on(fpm_loadgen::run(&plan)).unwrap();
         let samples = sampler.finish();
+        let load_after = loadavg();
+        if ws.failed * 2 > ws.requests {
+            let log = std::fs::read_to_string(c.nginx_error_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            println!(
+                "({}: most warm-up requests failed; nginx says: {tail:?})",
+                kind.name()
+            );
+        }
         let r = evaluate(
             kind,
             setup,
@@ -450,6 +464,8 @@ fn scenario(
             let advice = log.lines().filter(|l| l.contains("scal")).count();
             println!("(manager: {applied} pool changes applied, {advice} log lines about scaling)");
         }
+        let mut r = r;
+        r.load = (load_before, load_after);
         results.push(r);
         drop(c);
         std::thread::sleep(Duration::from_secs(2));
@@ -554,6 +570,7 @@ fn evaluate(
         changes,
         after_change_each,
         note,
+        load: (0.0, 0.0),
     }
 }
 
@@ -625,10 +642,23 @@ fn report(results: &[Result_], setup: &Setup) {
                 ms(r.summary.max_send_lag)
             );
         }
+        println!(
+            "- {}: host load average {:.1} before, {:.1} after",
+            r.kind.name(),
+            r.load.0,
+            r.load.1
+        );
         if let Some(n) = &r.note {
             println!("- {}: {n}", r.kind.name());
         }
     }
+}
+
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn machine() -> String {

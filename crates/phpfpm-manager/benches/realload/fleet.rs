@@ -64,6 +64,7 @@ pub(crate) struct Setup {
 pub(crate) struct Contender {
     // Field order is drop order: nginx first, then php-fpm.
     pub(crate) nginx: TestNginx,
+    nginx_log: PathBuf,
     fpms: Vec<TestFpm>,
     daemon: Option<TestDaemon>,
     pub(crate) note: Option<String>,
@@ -88,6 +89,10 @@ impl Contender {
                     .collect(),
             ),
         }
+    }
+
+    pub(crate) fn nginx_error_log(&self) -> &Path {
+        &self.nginx_log
     }
 
     pub(crate) fn url(&self, pool: &str) -> String {
@@ -142,8 +147,10 @@ fn start_fpm(kind: Kind, setup: &Setup) -> Contender {
         .map(|f| (format!("/{}/", f.opts.name), f.socket.clone()))
         .collect();
     let nginx = nginx_for(dir, &routes, &setup.public);
+    let nginx_log = dir.join("nginx/error.log");
     Contender {
         nginx,
+        nginx_log,
         fpms,
         daemon: None,
         note: None,
@@ -175,7 +182,7 @@ pub(crate) fn manager_config(dir: &Path, port: u16, setup: &Setup, with_budget: 
     let max = setup.manager_max_per_pool;
     for pool in &setup.pools {
         c.push_str(&format!(
-            "  - name: {pool}\n    supervise: true\n    fastcgi_endpoint: unix:{sock}\n    pm: ondemand\n    max_workers: {max}\n    max_requests: 0\n    chdir: {app}\n    scaling: {{ enabled: true, min_workers: 1, max_workers: {max} }}\n",
+            "  - name: {pool}\n    supervise: true\n    fastcgi_endpoint: unix:{sock}\n    pm: ondemand\n    max_workers: {max}\n    max_requests: 0\n    listen_mode: \"0666\"\n    chdir: {app}\n    scaling: {{ enabled: true, min_workers: 1, max_workers: {max} }}\n",
             sock = dir.join(format!("{pool}.sock")).display(),
             app = setup.app_dir.display(),
         ));
@@ -219,8 +226,10 @@ fn start_manager(setup: &Setup) -> Contender {
         .map(|p| (format!("/{p}/"), daemon.dir.join(&format!("{p}.sock"))))
         .collect();
     let nginx = nginx_for(&daemon.dir, &routes, &setup.public);
+    let nginx_log = daemon.dir.join("nginx/error.log");
     Contender {
         nginx,
+        nginx_log,
         fpms: vec![],
         daemon: Some(daemon),
         note,
@@ -230,9 +239,12 @@ fn start_manager(setup: &Setup) -> Contender {
 /// Waits until the manager reports the pool up and its public socket answers
 /// a ping.
 fn wait_serving(d: &TestDaemon, pool: &str) {
-    let up = format!("phpfpm_up{{pool=\"{pool}\"}} 1");
-    if d.wait_metrics(Duration::from_secs(30), |b| b.lines().any(|l| l == up))
-        .is_none()
+    // `phpfpm_up{pool="a",scrape_uri="..."} 1`
+    let up = format!("phpfpm_up{{pool=\"{pool}\"");
+    if d.wait_metrics(Duration::from_secs(30), |b| {
+        b.lines().any(|l| l.starts_with(&up) && l.ends_with(" 1"))
+    })
+    .is_none()
     {
         panic!("pool {pool} did not come up; manager log:\n{}", d.log());
     }
@@ -290,11 +302,20 @@ impl Roots {
     }
 }
 
+fn is_status_worker(proc_root: &Path, pid: u32) -> bool {
+    std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).is_ok_and(|c| {
+        String::from_utf8_lossy(&c)
+            .trim_end_matches('\0')
+            .trim_end()
+            .ends_with("_status")
+    })
+}
+
 /// One look at all workers.
 #[derive(Debug, Clone)]
 pub(crate) struct MemSample {
     pub(crate) at: Instant,
-    /// PSS of every worker of every pool, in bytes.
+    /// PSS of every worker of every pool (the status listener's excluded), in bytes.
     pub(crate) total_pss: u64,
     /// Workers per pool.
     pub(crate) workers: BTreeMap<String, u32>,
@@ -329,12 +350,19 @@ impl Sampler {
                         continue;
                     }
                     masters.entry(pool.clone()).or_default().insert(master);
+                    let mut n = 0;
                     for w in &sample.workers {
+                        // The pm.status_listen pool's worker ("pool a_status")
+                        // runs no app code and exists in every contender.
+                        if is_status_worker(proc_root, w.key.pid) {
+                            continue;
+                        }
+                        n += 1;
                         if let Ok(m) = &w.memory {
                             total_pss += m.pss;
                         }
                     }
-                    *workers.entry(pool).or_insert(0) += sample.workers.len() as u32;
+                    *workers.entry(pool).or_insert(0) += n;
                 }
                 out.lock().unwrap().push(MemSample {
                     at,
