@@ -161,6 +161,18 @@ pub struct TestFpm {
 
 impl TestFpm {
     pub fn start(opts: FpmOpts) -> TestFpm {
+        TestFpm::start_tuned(opts, |_| {}, &[])
+    }
+
+    /// Like [`TestFpm::start`], with the rendered pool changed by `tune`
+    /// (spare servers, `chdir`, ...) and extra php-fpm arguments (`-d
+    /// opcache.file_cache=...`), for benchmarks that need php-fpm configured
+    /// as an operator would.
+    pub fn start_tuned(
+        opts: FpmOpts,
+        tune: impl FnOnce(&mut PoolSpec),
+        args: &[String],
+    ) -> TestFpm {
         let bin = php_fpm();
         let dir = TestDir::new(opts.name);
         let www = dir.join("www");
@@ -201,6 +213,8 @@ impl TestFpm {
             extra: vec![],
             env: vec![],
         };
+        let mut spec = spec;
+        tune(&mut spec);
         let mut global = fpm_conf::render_global(&GlobalSpec {
             process_control_timeout_secs: opts.control_timeout_secs.max(1),
             log_level: "notice".into(),
@@ -226,6 +240,7 @@ impl TestFpm {
             cmd.arg("-R");
         }
         let child = cmd
+            .args(args)
             .arg("-F")
             .arg("-y")
             .arg(dir.join("master.conf"))
@@ -563,6 +578,17 @@ pub struct TestNginx {
 impl TestNginx {
     /// `routes`: (URL prefix, unix socket of the pool, document root).
     pub fn start(dir: &TestDir, routes: &[(&str, &Path, &Path)]) -> TestNginx {
+        TestNginx::start_with(dir, routes, 512)
+    }
+
+    /// Like [`TestNginx::start`] with room for `connections` connections
+    /// (each proxied request holds two: client and upstream), for load that
+    /// queues thousands of requests.
+    pub fn start_with(
+        dir: &TestDir,
+        routes: &[(&str, &Path, &Path)],
+        connections: u32,
+    ) -> TestNginx {
         let port = free_port();
         let ngx = dir.join("nginx");
         for sub in ["", "tmp"] {
@@ -580,11 +606,12 @@ impl TestNginx {
         }
         let t = ngx.join("tmp").display().to_string();
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {n}/nginx.pid;\nerror_log {n}/error.log warn;\n\
-             events {{ worker_connections 512; }}\n\
+            "daemon off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\npid {n}/nginx.pid;\nerror_log {n}/error.log warn;\n\
+             events {{ worker_connections {connections}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  fastcgi_temp_path {t}/fcgi;\n  proxy_temp_path {t}/proxy;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
              \n  server {{\n    listen 127.0.0.1:{port};\n{locations}  }}\n}}\n",
             n = ngx.display(),
+            nofile = connections * 2 + 64,
         );
         std::fs::write(ngx.join("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")

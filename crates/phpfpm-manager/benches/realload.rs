@@ -1,0 +1,712 @@
+//! Real-load benchmark: real php-fpm 8.2 behind real nginx on loopback, an
+//! app where OPcache matters, open-loop Poisson load (`fpm-loadgen`), and
+//! four contenders side by side in one run: php-fpm `static`, `dynamic`
+//! (Debian's spare settings) and `ondemand` with caps that fit the memory
+//! budget split equally between pools, and the manager supervising the same
+//! pools with autoscaling on and the same budget
+//! (`cargo bench -p phpfpm-manager --bench realload`, part of `make bench`).
+//!
+//! First the app's own figures: worker memory (PSS from `smaps_rollup`), cold
+//! vs warm request time, and cold with a pre-filled `opcache.file_cache`.
+//! The measured mean request time sets the rates: base load is two busy
+//! workers (rate = 2 / mean time), the memory budget is 24 workers.
+//!
+//! Scenarios (every contender gets the identical arrival times):
+//! 1. `spike`: one pool, base load, then 10× for 30 s, then base again.
+//! 2. `shared`: two pools, a budget of 24 workers in all; pool A busy (16
+//!    workers' worth) for 2 min while B is at base, then the other way round.
+//! 3. `steady`: base load for 10 minutes.
+//!
+//! Per contender: p50/p99/max latency, failed requests, memory-seconds and
+//! the largest total PSS of all workers (sampled every 250 ms) against the
+//! budget, master changes and the p99 of the first 5 s after each.
+//!
+//! `REALLOAD_QUICK=1` shortens every phase for development (spike 15 s,
+//! shared 45 s per peak, steady 2 min); `REALLOAD_ONLY=spike,steady` runs
+//! only the named scenarios; `REALLOAD_CONTENDERS=static,manager` only the
+//! named contenders.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+#[path = "realload/app.rs"]
+mod app;
+#[path = "realload/fleet.rs"]
+mod fleet;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fleet::{Contender, Kind, MemSample, Sampler, Setup};
+use fpm_core::fpm_conf::PmMode;
+use fpm_kernel::workers::{sample_pool, SampleContext};
+use fpm_loadgen::{percentile, summarize, Phase, Plan, Record, Stream, Summary, Target};
+use fpm_testkit::{FpmOpts, TestDir, TestFpm, TestNginx};
+
+/// The budget in workers, for all pools together.
+const BUDGET_WORKERS: u32 = 24;
+/// Busy workers at base load and at a pool's peak in `shared`.
+const BASE_BUSY: f64 = 2.0;
+const PEAK_BUSY: f64 = 16.0;
+const SPIKE_FACTOR: f64 = 10.0;
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+const AFTER_CHANGE: Duration = Duration::from_secs(5);
+const SEED: u64 = 20_261_202;
+
+struct Settings {
+    quick: bool,
+    only: Option<BTreeSet<String>>,
+    contenders: Vec<Kind>,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let list = |name: &str| {
+            std::env::var(name).ok().filter(|v| !v.is_empty()).map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect::<BTreeSet<_>>()
+            })
+        };
+        let quick = std::env::var("REALLOAD_QUICK").is_ok_and(|v| v != "0" && !v.is_empty())
+            || std::env::args().any(|a| a == "--quick");
+        let contenders = match list("REALLOAD_CONTENDERS") {
+            Some(names) => Kind::ALL
+                .into_iter()
+                .filter(|k| names.contains(k.name()))
+                .collect(),
+            None => Kind::ALL.to_vec(),
+        };
+        Settings {
+            quick,
+            only: list("REALLOAD_ONLY"),
+            contenders,
+        }
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(scenario))
+    }
+
+    fn secs(&self, full: u64, quick: u64) -> Duration {
+        Duration::from_secs(if self.quick { quick } else { full })
+    }
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let rt = fpm_testkit::rt();
+    println!("# phpfpm-manager real-load benchmark");
+    println!(
+        "date: {}  mode: {}",
+        cmd_out("date", &["-u"]),
+        if settings.quick {
+            "QUICK (REALLOAD_QUICK=1, shortened phases)"
+        } else {
+            "full"
+        }
+    );
+    println!("machine: {}", machine());
+    if let Some(o) = &settings.only {
+        let known = ["spike", "shared", "steady"];
+        let unknown: Vec<&String> = o.iter().filter(|x| !known.contains(&x.as_str())).collect();
+        assert!(
+            unknown.is_empty(),
+            "REALLOAD_ONLY: unknown scenario {unknown:?}; known: spike, shared, steady"
+        );
+    }
+    assert!(
+        !settings.contenders.is_empty(),
+        "REALLOAD_CONTENDERS names none of static, dynamic, ondemand, manager"
+    );
+
+    let root = TestDir::new("realload");
+    let app_dir = root.join("app");
+    let public = app::generate(&app_dir);
+    let figures = app_figures(&rt, &app_dir, &public);
+    figures.print();
+
+    let mean = figures.mean_service.as_secs_f64();
+    let base = BASE_BUSY / mean;
+    let budget = figures.worker_pss_max * u64::from(BUDGET_WORKERS);
+    println!(
+        "\nrates: base {base:.1} req/s (≈{BASE_BUSY} busy workers at the measured mean {:.1} ms), spike {:.1} req/s, shared peak {:.1} req/s",
+        mean * 1000.0,
+        base * SPIKE_FACTOR,
+        PEAK_BUSY / mean
+    );
+    println!(
+        "budget: {BUDGET_WORKERS} workers × {:.1} MiB (largest warm worker PSS) = {:.0} MiB",
+        mib(figures.worker_pss_max),
+        mib(budget)
+    );
+
+    let one_pool = Setup {
+        pools: vec!["a"],
+        cap_per_pool: BUDGET_WORKERS,
+        manager_max_per_pool: BUDGET_WORKERS,
+        budget,
+        app_dir: app_dir.clone(),
+        public: public.clone(),
+    };
+    let two_pools = Setup {
+        pools: vec!["a", "b"],
+        cap_per_pool: BUDGET_WORKERS / 2,
+        ..one_pool.clone()
+    };
+    let warmup = settings.secs(20, 5);
+
+    if settings.wants("spike") {
+        let (before, spike, after) = (
+            settings.secs(30, 10),
+            settings.secs(30, 15),
+            settings.secs(60, 20),
+        );
+        let phases = vec![
+            Phase::new(base, before),
+            Phase::new(base * SPIKE_FACTOR, spike),
+            Phase::new(base, after),
+        ];
+        let title = format!(
+            "spike: one pool, {base:.0} req/s for {}s, {:.0} req/s for {}s, {base:.0} req/s for {}s",
+            before.as_secs(),
+            base * SPIKE_FACTOR,
+            spike.as_secs(),
+            after.as_secs()
+        );
+        scenario(&rt, &settings, &title, &one_pool, &[phases], base, warmup);
+    }
+    if settings.wants("shared") {
+        let peak = settings.secs(120, 45);
+        let busy = PEAK_BUSY / mean;
+        let a = vec![Phase::new(busy, peak), Phase::new(base, peak)];
+        let b = vec![Phase::new(base, peak), Phase::new(busy, peak)];
+        let title = format!(
+            "shared budget: two pools, {BUDGET_WORKERS} workers in all; A at {busy:.0} req/s and B at {base:.0} req/s for {}s, then the other way round",
+            peak.as_secs()
+        );
+        scenario(&rt, &settings, &title, &two_pools, &[a, b], base, warmup);
+    }
+    if settings.wants("steady") {
+        let len = settings.secs(600, 120);
+        let title = format!("steady: one pool, {base:.0} req/s for {}s", len.as_secs());
+        scenario(
+            &rt,
+            &settings,
+            &title,
+            &one_pool,
+            &[vec![Phase::new(base, len)]],
+            base,
+            warmup,
+        );
+    }
+}
+
+/// The app's own figures.
+struct AppFigures {
+    cold: Vec<Duration>,
+    warm: Vec<Duration>,
+    file_cache_cold: Vec<Duration>,
+    /// Mean of sequential warm requests (the whole request, sleep included).
+    mean_service: Duration,
+    /// Median of sequential warm requests without the sleep (CPU part).
+    no_wait: Duration,
+    worker_pss_median: u64,
+    worker_pss_max: u64,
+    worker_rss_median: u64,
+    worker_uss_median: u64,
+}
+
+impl AppFigures {
+    fn print(&self) {
+        println!("\n## App figures");
+        println!(
+            "{} classes in {} files, {} loaded per request through an autoloader, ~{} MB of data built per request, lognormal wait (median 30 ms, sigma 0.5)",
+            app::MODULES * app::PER_MODULE,
+            app::MODULES * app::PER_MODULE + 2,
+            app::MODULES_PER_ROUTE * app::PER_MODULE,
+            app::ALLOC_MB
+        );
+        println!("| measure | median | max |");
+        println!("|---|---|---|");
+        let row = |name: &str, v: &[Duration]| {
+            let mut s = v.to_vec();
+            s.sort();
+            println!(
+                "| {name} | {:.1} ms | {:.1} ms |",
+                ms(percentile(&s, 0.5)),
+                ms(*s.last().unwrap())
+            );
+        };
+        row(
+            "cold: first 16 requests into a fresh static master (8 workers), 8 at a time",
+            &self.cold,
+        );
+        row("warm: 16 requests, 8 at a time, after 400", &self.warm);
+        row(
+            "cold with a pre-filled opcache.file_cache: the same 16 into a fresh master",
+            &self.file_cache_cold,
+        );
+        println!(
+            "| warm request, one at a time (mean of 60) | {:.1} ms (mean) | |",
+            ms(self.mean_service)
+        );
+        println!(
+            "| warm request without the wait (CPU part, median of 60) | {:.1} ms | |",
+            ms(self.no_wait)
+        );
+        println!(
+            "| worker memory after warm-up (8 workers): PSS | {:.1} MiB | {:.1} MiB |",
+            mib(self.worker_pss_median),
+            mib(self.worker_pss_max)
+        );
+        println!(
+            "| worker memory after warm-up: RSS / USS (median) | {:.1} / {:.1} MiB | |",
+            mib(self.worker_rss_median),
+            mib(self.worker_uss_median)
+        );
+    }
+}
+
+fn app_figures(rt: &tokio::runtime::Runtime, app_dir: &Path, public: &Path) -> AppFigures {
+    let start = |name: &'static str, args: &[String]| {
+        let fpm = TestFpm::start_tuned(
+            FpmOpts {
+                name,
+                pm: PmMode::Static,
+                max_children: 8,
+                status_listen: true,
+                scripts: vec![],
+                control_timeout_secs: 10,
+                listen_mode: "0666",
+            },
+            |spec| {
+                spec.max_requests = 0;
+                spec.chdir = Some(app_dir.to_path_buf());
+            },
+            args,
+        );
+        let nginx = TestNginx::start_with(&fpm.dir, &[("/a/", fpm.socket.as_path(), public)], 1024);
+        (fpm, nginx)
+    };
+    let target =
+        |n: &TestNginx, q: &str| Target::parse(&n.url(&format!("/a/index.php{q}"))).unwrap();
+
+    let (fpm, nginx) = start("appcold", &[]);
+    let t = target(&nginx, "");
+    let cold = rt.block_on(app::rounds(&t, 16, 8));
+    rt.block_on(app::rounds(&t, 400, 8));
+    let warm = rt.block_on(app::rounds(&t, 16, 8));
+    let seq = rt.block_on(app::rounds(&t, 60, 1));
+    let mean_service = seq.iter().sum::<Duration>() / seq.len() as u32;
+    let mut nw = rt.block_on(app::rounds(&target(&nginx, "?nowait=1"), 60, 1));
+    nw.sort();
+    let no_wait = percentile(&nw, 0.5);
+    let ctx = SampleContext::from_host(Path::new("/proc")).unwrap();
+    let sample = sample_pool(
+        Path::new("/proc"),
+        fpm.pid(),
+        &ctx,
+        std::time::SystemTime::now(),
+    );
+    // The pool's 8 workers; the status pool's worker runs no app code.
+    let mut mem: Vec<_> = sample
+        .workers
+        .iter()
+        .filter_map(|w| w.memory.as_ref().ok().copied())
+        .collect();
+    mem.sort_by_key(|m| std::cmp::Reverse(m.pss));
+    mem.truncate(8);
+    let med = |f: fn(&fpm_kernel::workers::MemoryUsage) -> u64| {
+        let mut v: Vec<u64> = mem.iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let worker_pss_median = med(|m| m.pss);
+    let worker_rss_median = med(|m| m.rss);
+    let worker_uss_median = med(|m| m.uss);
+    let worker_pss_max = mem.iter().map(|m| m.pss).max().unwrap();
+    drop(nginx);
+    drop(fpm);
+
+    // A master fills the file cache as it compiles; a fresh master with the
+    // same cache then loads compiled scripts instead of compiling them.
+    let cache = app_dir.join("opcache-file-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let args = vec![
+        "-d".to_owned(),
+        format!("opcache.file_cache={}", cache.display()),
+    ];
+    let (fpm, nginx) = start("appfill", &args);
+    rt.block_on(app::rounds(&target(&nginx, ""), 400, 8));
+    drop(nginx);
+    drop(fpm);
+    let (fpm, nginx) = start("appfc", &args);
+    let file_cache_cold = rt.block_on(app::rounds(&target(&nginx, ""), 16, 8));
+    drop(nginx);
+    drop(fpm);
+    AppFigures {
+        cold,
+        warm,
+        file_cache_cold,
+        mean_service,
+        no_wait,
+        worker_pss_median,
+        worker_pss_max,
+        worker_rss_median,
+        worker_uss_median,
+    }
+}
+
+/// What one contender did in one scenario.
+struct Result_ {
+    kind: Kind,
+    summary: Summary,
+    per_pool_p99: Vec<(String, Duration)>,
+    /// Integral of total worker PSS over the measured window, byte-seconds.
+    mem_seconds: f64,
+    max_pss: u64,
+    max_workers: Vec<(String, u32)>,
+    /// (pool, seconds from the start) of every new master.
+    changes: Vec<(String, Duration)>,
+    after_change_p99: Option<Duration>,
+    after_change_each: Vec<Duration>,
+    note: Option<String>,
+    /// The host's 1-minute load average before and after the run (the
+    /// machine may be shared; a figure far above the core count means the
+    /// run competed for CPU).
+    load: (f64, f64),
+}
+
+fn scenario(
+    rt: &tokio::runtime::Runtime,
+    settings: &Settings,
+    title: &str,
+    setup: &Setup,
+    phases: &[Vec<Phase>],
+    base: f64,
+    warmup: Duration,
+) {
+    println!("\n## {title}");
+    let mut results = Vec::new();
+    for &kind in &settings.contenders {
+        let c = Contender::start(kind, setup);
+        let streams = |ph: &[Vec<Phase>]| -> Vec<Stream> {
+            setup
+                .pools
+                .iter()
+                .zip(ph)
+                .map(|(pool, p)| Stream {
+                    name: (*pool).to_owned(),
+                    target: Target::parse(&c.url(pool)).unwrap(),
+                    phases: p.clone(),
+                })
+                .collect()
+        };
+        // Warm-up (not measured): base load on every pool, so that no
+        // contender is measured on its very first requests.
+        let warm_phases: Vec<Vec<Phase>> = setup
+            .pools
+            .iter()
+            .map(|_| vec![Phase::new(base, warmup)])
+            .collect();
+        let warm = rt
+            .block_on(fpm_loadgen::run(&plan(streams(&warm_phases), SEED + 1)))
+            .unwrap();
+        let ws = summarize(&warm.records);
+        if ws.failed > 0 {
+            println!(
+                "({}: {} of {} warm-up requests failed)",
+                kind.name(),
+                ws.failed,
+                ws.requests
+            );
+        }
+        let plan = plan(streams(phases), SEED);
+        let load_before = loadavg();
+        let sampler = Sampler::start(c.roots(), SAMPLE_EVERY);
+        let run = rt.block_on(fpm_loadgen::run(&plan)).unwrap();
+        let samples = sampler.finish();
+        let load_after = loadavg();
+        if ws.failed * 2 > ws.requests {
+            let log = std::fs::read_to_string(c.nginx_error_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            println!(
+                "({}: most warm-up requests failed; nginx says: {tail:?})",
+                kind.name()
+            );
+        }
+        let r = evaluate(
+            kind,
+            setup,
+            &plan,
+            &run.records,
+            run.started,
+            &samples,
+            c.note.clone(),
+        );
+        eprintln!(
+            "{}: {} requests, {} failed, p99 {:.1} ms",
+            kind.name(),
+            r.summary.requests,
+            r.summary.failed,
+            ms(r.summary.p99)
+        );
+        if kind == Kind::Manager {
+            let log = c.manager_log();
+            let applied = log.matches("Pool change applied.").count();
+            let advice = log.lines().filter(|l| l.contains("scal")).count();
+            println!("(manager: {applied} pool changes applied, {advice} log lines about scaling)");
+        }
+        let mut r = r;
+        r.load = (load_before, load_after);
+        results.push(r);
+        drop(c);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    report(&results, setup);
+}
+
+fn plan(streams: Vec<Stream>, seed: u64) -> Plan {
+    Plan {
+        streams,
+        seed,
+        // nginx has room for 8192 connections; each proxied request holds two.
+        max_in_flight: 3000,
+        request_timeout: Duration::from_secs(10),
+        grace: Duration::from_secs(12),
+    }
+}
+
+fn evaluate(
+    kind: Kind,
+    setup: &Setup,
+    plan: &Plan,
+    records: &[Record],
+    started: Instant,
+    samples: &[MemSample],
+    note: Option<String>,
+) -> Result_ {
+    let summary = summarize(records);
+    let per_pool_p99 = setup
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                (*p).to_owned(),
+                summarize(records.iter().filter(|r| r.stream == i)).p99,
+            )
+        })
+        .collect();
+    let window = plan.duration();
+    let offset = |s: &MemSample| s.at.checked_duration_since(started);
+    let inside: Vec<&MemSample> = samples
+        .iter()
+        .filter(|s| offset(s).is_some_and(|o| o <= window))
+        .collect();
+    let mut mem_seconds = 0.0;
+    for w in inside.windows(2) {
+        mem_seconds += w[0].total_pss as f64 * (w[1].at - w[0].at).as_secs_f64();
+    }
+    let max_pss = inside.iter().map(|s| s.total_pss).max().unwrap_or(0);
+    let max_workers = setup
+        .pools
+        .iter()
+        .map(|p| {
+            let n = inside
+                .iter()
+                .filter_map(|s| s.workers.get(*p).copied())
+                .max()
+                .unwrap_or(0);
+            ((*p).to_owned(), n)
+        })
+        .collect();
+    // Masters present at the start are the baseline; any other is a change.
+    let mut known: BTreeSet<u32> = samples
+        .first()
+        .map(|s| s.masters.values().flatten().copied().collect())
+        .unwrap_or_default();
+    let mut changes = Vec::new();
+    for s in samples {
+        for (pool, pids) in &s.masters {
+            for pid in pids {
+                if known.insert(*pid) {
+                    if let Some(o) = offset(s) {
+                        changes.push((pool.clone(), o));
+                    }
+                }
+            }
+        }
+    }
+    let mut after_all = Vec::new();
+    let mut after_change_each = Vec::new();
+    for (pool, t) in &changes {
+        let i = setup.pools.iter().position(|p| p == pool);
+        let mut lat: Vec<Duration> = records
+            .iter()
+            .filter(|r| Some(r.stream) == i && r.scheduled >= *t && r.scheduled < *t + AFTER_CHANGE)
+            .filter_map(|r| r.latency)
+            .collect();
+        lat.sort();
+        after_change_each.push(percentile(&lat, 0.99));
+        after_all.extend(lat);
+    }
+    after_all.sort();
+    Result_ {
+        kind,
+        summary,
+        per_pool_p99,
+        mem_seconds,
+        max_pss,
+        max_workers,
+        after_change_p99: (!changes.is_empty()).then(|| percentile(&after_all, 0.99)),
+        changes,
+        after_change_each,
+        note,
+        load: (0.0, 0.0),
+    }
+}
+
+fn report(results: &[Result_], setup: &Setup) {
+    let find = |k: Kind| results.iter().find(|r| r.kind == k);
+    let ratio = |v: f64, base: Option<f64>| match base {
+        Some(b) if b > 0.0 => format!("{:.2}", v / b),
+        _ => "-".to_owned(),
+    };
+    let dyn_ = find(Kind::Dynamic);
+    let sta = find(Kind::Static);
+    println!();
+    println!("| contender | requests | failed | p50 | p99 | max | p99 per pool | memory (GiB·s) | max total PSS / budget | max workers | master changes | p99 first 5 s after changes | p99 ÷ dynamic | p99 ÷ static | mem·s ÷ dynamic | mem·s ÷ static |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let s = &r.summary;
+        let p99 = ms(s.p99);
+        let pools: Vec<String> = r
+            .per_pool_p99
+            .iter()
+            .map(|(p, d)| format!("{p} {:.0}", ms(*d)))
+            .collect();
+        let workers: Vec<String> = r
+            .max_workers
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect();
+        println!(
+            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} ms | {} ms | {:.1} | {:.0} / {:.0} MiB ({:.2}) | {} | {} | {} | {} | {} | {} | {} |",
+            r.kind.name(),
+            s.requests,
+            s.failed,
+            ms(s.p50),
+            p99,
+            ms(s.max),
+            pools.join(", "),
+            r.mem_seconds / f64::from(1u32 << 30),
+            mib(r.max_pss),
+            mib(setup.budget),
+            r.max_pss as f64 / setup.budget as f64,
+            workers.join(", "),
+            r.changes.len(),
+            r.after_change_p99
+                .map(|d| format!("{:.0} ms", ms(d)))
+                .unwrap_or_else(|| "-".to_owned()),
+            ratio(p99, dyn_.map(|d| ms(d.summary.p99))),
+            ratio(p99, sta.map(|d| ms(d.summary.p99))),
+            ratio(r.mem_seconds, dyn_.map(|d| d.mem_seconds)),
+            ratio(r.mem_seconds, sta.map(|d| d.mem_seconds)),
+        );
+    }
+    for r in results {
+        if !r.summary.failures.is_empty() {
+            println!("- {} failures: {:?}", r.kind.name(), r.summary.failures);
+        }
+        if !r.changes.is_empty() {
+            let each: Vec<String> = r
+                .changes
+                .iter()
+                .zip(&r.after_change_each)
+                .map(|((p, t), d)| format!("{p}@{:.1}s→p99 {:.0} ms", t.as_secs_f64(), ms(*d)))
+                .collect();
+            println!("- {} master changes: {}", r.kind.name(), each.join(", "));
+        }
+        if r.summary.max_send_lag > Duration::from_millis(50) {
+            println!(
+                "- {}: the load generator fell up to {:.0} ms behind its schedule (counted in latency)",
+                r.kind.name(),
+                ms(r.summary.max_send_lag)
+            );
+        }
+        println!(
+            "- {}: host load average {:.1} before, {:.1} after",
+            r.kind.name(),
+            r.load.0,
+            r.load.1
+        );
+        if let Some(n) = &r.note {
+            println!("- {}: {n}", r.kind.name());
+        }
+    }
+}
+
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn machine() -> String {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let fpm = cmd_out(&fpm_testkit::php_fpm().display().to_string(), &["-v"]);
+    let nginx = std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{} vCPU, {:.0} GiB, {os}, Linux {}, {}, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem as f64 / 1024.0 / 1024.0,
+        cmd_out("uname", &["-r"]),
+        fpm.lines().next().unwrap_or(""),
+        nginx
+    )
+}
+
+fn cmd_out(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / f64::from(1u32 << 20)
+}

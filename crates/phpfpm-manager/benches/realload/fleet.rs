@@ -1,0 +1,396 @@
+//! The contenders (plain php-fpm `static`, `dynamic`, `ondemand`, and the
+//! manager supervising the same pools) started behind one nginx, and the
+//! sampler that reads their workers' memory every 250 ms.
+//!
+//! Every contender runs one php-fpm master per pool (the manager's own
+//! layout; for plain php-fpm it also keeps one pool's OPcache from serving
+//! the other), every pool has a `pm.status_listen` socket (the manager always
+//! adds one), `pm.max_requests = 0` (php-fpm's default), and the workers run
+//! as www-data when the benchmark runs as root. Workers are found by process
+//! ancestry (masters' children), never by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use fpm_core::fpm_conf::PmMode;
+use fpm_kernel::workers::{list_children, sample_pool, SampleContext};
+use fpm_testkit::{manager_bin, FpmOpts, TestDaemon, TestDir, TestFpm, TestNginx};
+use phpfpm_manager::config::Endpoint;
+use phpfpm_manager::fastcgi::{self, Timeouts};
+
+/// Debian's `www.conf` spare settings (`pm.start_servers`,
+/// `pm.min_spare_servers`, `pm.max_spare_servers`).
+const DEBIAN_SPARES: (u32, u32, u32) = (2, 1, 3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Static,
+    Dynamic,
+    Ondemand,
+    Manager,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 4] = [Kind::Static, Kind::Dynamic, Kind::Ondemand, Kind::Manager];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Static => "static",
+            Kind::Dynamic => "dynamic",
+            Kind::Ondemand => "ondemand",
+            Kind::Manager => "manager",
+        }
+    }
+}
+
+/// What a contender is asked to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub(crate) pools: Vec<&'static str>,
+    /// pm.max_children of each pool for plain php-fpm (the budget split equally).
+    pub(crate) cap_per_pool: u32,
+    /// The manager's per-pool ceiling (the whole budget may go to one pool).
+    pub(crate) manager_max_per_pool: u32,
+    /// The memory budget of all workers together, in bytes.
+    pub(crate) budget: u64,
+    pub(crate) app_dir: PathBuf,
+    pub(crate) public: PathBuf,
+}
+
+/// A running contender: its masters (or the manager) and nginx in front.
+pub(crate) struct Contender {
+    // Field order is drop order: nginx first, then php-fpm.
+    pub(crate) nginx: TestNginx,
+    nginx_log: PathBuf,
+    fpms: Vec<TestFpm>,
+    daemon: Option<TestDaemon>,
+    pub(crate) note: Option<String>,
+}
+
+impl Contender {
+    pub(crate) fn start(kind: Kind, setup: &Setup) -> Contender {
+        match kind {
+            Kind::Manager => start_manager(setup),
+            _ => start_fpm(kind, setup),
+        }
+    }
+
+    /// Where the sampler looks for masters.
+    pub(crate) fn roots(&self) -> Roots {
+        match &self.daemon {
+            Some(d) => Roots::Manager(d.child.id()),
+            None => Roots::Masters(
+                self.fpms
+                    .iter()
+                    .map(|f| (f.pid(), f.opts.name.to_owned()))
+                    .collect(),
+            ),
+        }
+    }
+
+    pub(crate) fn nginx_error_log(&self) -> &Path {
+        &self.nginx_log
+    }
+
+    pub(crate) fn url(&self, pool: &str) -> String {
+        self.nginx.url(&format!("/{pool}/index.php"))
+    }
+
+    /// The manager's log (empty for plain php-fpm).
+    pub(crate) fn manager_log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(TestDaemon::log)
+            .unwrap_or_default()
+    }
+}
+
+fn start_fpm(kind: Kind, setup: &Setup) -> Contender {
+    let pm = match kind {
+        Kind::Static => PmMode::Static,
+        Kind::Dynamic => PmMode::Dynamic,
+        _ => PmMode::Ondemand,
+    };
+    let mut fpms = Vec::new();
+    for pool in &setup.pools {
+        let app = setup.app_dir.clone();
+        let fpm = TestFpm::start_tuned(
+            FpmOpts {
+                name: pool,
+                pm,
+                max_children: setup.cap_per_pool,
+                status_listen: true,
+                scripts: vec![],
+                control_timeout_secs: 10,
+                listen_mode: "0666",
+            },
+            |spec| {
+                (
+                    spec.start_servers,
+                    spec.min_spare_servers,
+                    spec.max_spare_servers,
+                ) = DEBIAN_SPARES;
+                spec.process_idle_timeout_secs = 10;
+                spec.max_requests = 0;
+                spec.chdir = Some(app);
+            },
+            &[],
+        );
+        fpms.push(fpm);
+    }
+    let dir = &fpms[0].dir;
+    let routes: Vec<(String, PathBuf)> = fpms
+        .iter()
+        .map(|f| (format!("/{}/", f.opts.name), f.socket.clone()))
+        .collect();
+    let nginx = nginx_for(dir, &routes, &setup.public);
+    let nginx_log = dir.join("nginx/error.log");
+    Contender {
+        nginx,
+        nginx_log,
+        fpms,
+        daemon: None,
+        note: None,
+    }
+}
+
+fn nginx_for(dir: &TestDir, routes: &[(String, PathBuf)], public: &Path) -> TestNginx {
+    let r: Vec<(&str, &Path, &Path)> = routes
+        .iter()
+        .map(|(p, s)| (p.as_str(), s.as_path(), public))
+        .collect();
+    TestNginx::start_with(dir, &r, 8192)
+}
+
+/// The manager's config for this setup (the shape the autoscaler reads:
+/// one budget for all pools, each pool `ondemand` with scaling on).
+pub(crate) fn manager_config(dir: &Path, port: u16, setup: &Setup, with_budget: bool) -> String {
+    let mut c = format!(
+        "phpfpm: {{ runtime_dir: {rt} }}\nserver: {{ bind_address: \"127.0.0.1:{port}\" }}\nstorage: {{ database_path: \":memory:\" }}\n",
+        rt = dir.join("rt").display()
+    );
+    if with_budget {
+        c.push_str(&format!(
+            "scaling:\n  memory_budget: {}MiB\n",
+            setup.budget.div_ceil(1 << 20)
+        ));
+    }
+    c.push_str("pools:\n");
+    let max = setup.manager_max_per_pool;
+    for pool in &setup.pools {
+        c.push_str(&format!(
+            "  - name: {pool}\n    supervise: true\n    fastcgi_endpoint: unix:{sock}\n    pm: ondemand\n    max_workers: {max}\n    max_requests: 0\n    listen_mode: \"0666\"\n    chdir: {app}\n    scaling: {{ enabled: true, min_workers: 1, max_workers: {max} }}\n",
+            sock = dir.join(format!("{pool}.sock")).display(),
+            app = setup.app_dir.display(),
+        ));
+    }
+    c
+}
+
+fn start_manager(setup: &Setup) -> Contender {
+    let dir = TestDir::new("realload-manager");
+    let port = fpm_testkit::free_port();
+    // A build whose config does not know the budget key yet refuses the
+    // whole file; run without the budget then, and say so in the report.
+    let mut note = None;
+    let mut config = manager_config(&dir.path, port, setup, true);
+    std::fs::write(dir.join("check.yaml"), &config).unwrap();
+    let check = std::process::Command::new(manager_bin())
+        .args(["validate", "--config"])
+        .arg(dir.join("check.yaml"))
+        .output()
+        .unwrap();
+    if !check.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        if text.contains("scaling") && text.contains("unknown key") {
+            note = Some("this build does not know `scaling.memory_budget`: the manager ran without a budget".to_owned());
+            config = manager_config(&dir.path, port, setup, false);
+        } else {
+            panic!("the manager's config is invalid:\n{text}\n{config}");
+        }
+    }
+    let daemon = TestDaemon::start_at(dir, port, Some(&config), &[("RUST_LOG", "info")]);
+    for pool in &setup.pools {
+        wait_serving(&daemon, pool);
+    }
+    let routes: Vec<(String, PathBuf)> = setup
+        .pools
+        .iter()
+        .map(|p| (format!("/{p}/"), daemon.dir.join(&format!("{p}.sock"))))
+        .collect();
+    let nginx = nginx_for(&daemon.dir, &routes, &setup.public);
+    let nginx_log = daemon.dir.join("nginx/error.log");
+    Contender {
+        nginx,
+        nginx_log,
+        fpms: vec![],
+        daemon: Some(daemon),
+        note,
+    }
+}
+
+/// Waits until the manager reports the pool up and its public socket answers
+/// a ping.
+fn wait_serving(d: &TestDaemon, pool: &str) {
+    // `phpfpm_up{pool="a",scrape_uri="..."} 1`
+    let up = format!("phpfpm_up{{pool=\"{pool}\"");
+    if d.wait_metrics(Duration::from_secs(30), |b| {
+        b.lines().any(|l| l.starts_with(&up) && l.ends_with(" 1"))
+    })
+    .is_none()
+    {
+        panic!("pool {pool} did not come up; manager log:\n{}", d.log());
+    }
+    let ep = Endpoint::Unix(d.dir.join(&format!("{pool}.sock")));
+    let t = Timeouts {
+        connect: Duration::from_millis(200),
+        total: Duration::from_secs(2),
+    };
+    let rt = fpm_testkit::rt();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pong = rt
+            .block_on(fastcgi::get(&ep, "/ping", "", t))
+            .is_ok_and(|r| String::from_utf8_lossy(&r.stdout).contains("pong"));
+        if pong {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool {pool}: no ping answer; manager log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where the masters are: known pids (plain php-fpm) or the manager's
+/// children whose command line says they are a php-fpm master.
+#[derive(Debug, Clone)]
+pub(crate) enum Roots {
+    Masters(Vec<(u32, String)>),
+    Manager(u32),
+}
+
+impl Roots {
+    /// (master pid, pool) pairs right now.
+    fn masters(&self, proc_root: &Path) -> Vec<(u32, String)> {
+        match self {
+            Roots::Masters(m) => m.clone(),
+            Roots::Manager(pid) => list_children(proc_root, *pid)
+                .into_iter()
+                .filter_map(|m| {
+                    let cmd = std::fs::read(proc_root.join(m.to_string()).join("cmdline")).ok()?;
+                    let cmd = String::from_utf8_lossy(&cmd).into_owned();
+                    // "php-fpm: master process (<runtime>/masters/<pool>.conf)"
+                    if !cmd.contains("master process") {
+                        return None;
+                    }
+                    let conf = cmd.rsplit('/').next()?;
+                    let pool = conf.split(".conf").next()?.to_owned();
+                    Some((m, pool))
+                })
+                .collect(),
+        }
+    }
+}
+
+fn is_status_worker(proc_root: &Path, pid: u32) -> bool {
+    std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).is_ok_and(|c| {
+        String::from_utf8_lossy(&c)
+            .trim_end_matches('\0')
+            .trim_end()
+            .ends_with("_status")
+    })
+}
+
+/// One look at all workers.
+#[derive(Debug, Clone)]
+pub(crate) struct MemSample {
+    pub(crate) at: Instant,
+    /// PSS of every worker of every pool (the status listener's excluded), in bytes.
+    pub(crate) total_pss: u64,
+    /// Workers per pool.
+    pub(crate) workers: BTreeMap<String, u32>,
+    /// Master pids per pool.
+    pub(crate) masters: BTreeMap<String, BTreeSet<u32>>,
+}
+
+/// Reads every worker's `smaps_rollup` every `every` on a thread until stopped.
+pub(crate) struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<MemSample>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub(crate) fn start(roots: Roots, every: Duration) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (s, out) = (Arc::clone(&stop), Arc::clone(&samples));
+        let handle = std::thread::spawn(move || {
+            let proc_root = Path::new("/proc");
+            let ctx = SampleContext::from_host(proc_root).unwrap();
+            let mut next = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let mut total_pss = 0;
+                let mut workers = BTreeMap::new();
+                let mut masters: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+                for (master, pool) in roots.masters(proc_root) {
+                    let sample = sample_pool(proc_root, master, &ctx, SystemTime::now());
+                    if sample.master.is_err() {
+                        continue;
+                    }
+                    masters.entry(pool.clone()).or_default().insert(master);
+                    let mut n = 0;
+                    for w in &sample.workers {
+                        // The pm.status_listen pool's worker ("pool a_status")
+                        // runs no app code and exists in every contender.
+                        if is_status_worker(proc_root, w.key.pid) {
+                            continue;
+                        }
+                        n += 1;
+                        if let Ok(m) = &w.memory {
+                            total_pss += m.pss;
+                        }
+                    }
+                    *workers.entry(pool).or_insert(0) += n;
+                }
+                out.lock().unwrap().push(MemSample {
+                    at,
+                    total_pss,
+                    workers,
+                    masters,
+                });
+                next += every;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+        });
+        Sampler {
+            stop,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<MemSample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
