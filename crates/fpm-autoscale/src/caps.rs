@@ -87,6 +87,8 @@ pub fn shares(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<(u32, bool)> {
 pub struct Pressure {
     pub busy: u32,
     pub queue: u32,
+    /// Workers the master has forked now (busy and idle).
+    pub workers: u32,
 }
 
 /// Damping settings.
@@ -99,6 +101,11 @@ pub struct Damping {
     /// Changes smaller than this fraction of the cap (at least 1 worker,
     /// or 2 for caps above 10) are not worth a new master.
     pub band: f64,
+    /// Idle workers beyond the need must last this long before the master
+    /// is renewed to shed them (ms).
+    pub trim_after_ms: u64,
+    /// At most one renewal per pool this often (ms).
+    pub trim_every_ms: u64,
 }
 
 impl Default for Damping {
@@ -107,6 +114,8 @@ impl Default for Damping {
             cooldown_ms: 5_000,
             shrink_after_ms: 60_000,
             band: 0.15,
+            trim_after_ms: 120_000,
+            trim_every_ms: 300_000,
         }
     }
 }
@@ -119,13 +128,28 @@ pub struct PlanMemory {
     pub below_since_ms: Option<u64>,
     /// When the cap last changed (ms).
     pub last_change_ms: Option<u64>,
+    /// Since when the master has had idle workers well beyond the need (ms).
+    pub excess_since_ms: Option<u64>,
+    /// When the master was last renewed to shed idle workers (ms).
+    pub last_trim_ms: Option<u64>,
 }
 
 /// The planner's answer for one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CapStep {
     Hold(&'static str),
-    Change { to: u32, rule: &'static str },
+    Change {
+        to: u32,
+        rule: &'static str,
+    },
+    /// A new master with the same cap: ondemand's running master keeps every
+    /// worker it ever forked as long as the kernel spreads requests over
+    /// them (none is idle for `process_idle_timeout`), so a burst or a cold
+    /// start leaves the pool at its peak size; a new master forks only what
+    /// the traffic needs now.
+    Renew {
+        rule: &'static str,
+    },
 }
 
 /// Plans the next cap of `pools[me]` at `now_ms`; pure. Returns the step
@@ -189,7 +213,15 @@ pub fn next_cap(
         if target - cap >= band {
             return change(now_ms, memory, target, "share_grew");
         }
-        return (CapStep::Hold("within_band"), memory);
+        return trim(
+            now_ms,
+            pool,
+            pressure,
+            damping,
+            memory,
+            cooling,
+            "within_band",
+        );
     }
     if share < cap {
         let since = *memory.below_since_ms.get_or_insert(now_ms);
@@ -214,7 +246,43 @@ pub fn next_cap(
         return (CapStep::Hold("stabilising"), memory);
     }
     memory.below_since_ms = None;
-    (CapStep::Hold("at_share"), memory)
+    trim(now_ms, pool, pressure, damping, memory, cooling, "at_share")
+}
+
+/// Holds with `rule`, unless the master has carried idle workers well
+/// beyond the need for a while: then it is renewed (at most every
+/// `trim_every_ms`).
+fn trim(
+    now_ms: u64,
+    pool: &PoolPlanInput,
+    pressure: Pressure,
+    damping: Damping,
+    mut memory: PlanMemory,
+    cooling: bool,
+    rule: &'static str,
+) -> (CapStep, PlanMemory) {
+    let Some(need) = pool.wanted_workers else {
+        memory.excess_since_ms = None;
+        return (CapStep::Hold(rule), memory);
+    };
+    let excess = pressure.queue == 0
+        && pressure.workers > pool.min_workers
+        && pressure.workers > (need * 2).max(need + 4);
+    if !excess {
+        memory.excess_since_ms = None;
+        return (CapStep::Hold(rule), memory);
+    }
+    let since = *memory.excess_since_ms.get_or_insert(now_ms);
+    let recently = memory
+        .last_trim_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < damping.trim_every_ms);
+    if cooling || recently || now_ms.saturating_sub(since) < damping.trim_after_ms {
+        return (CapStep::Hold(rule), memory);
+    }
+    memory.excess_since_ms = None;
+    memory.last_trim_ms = Some(now_ms);
+    memory.last_change_ms = Some(now_ms);
+    (CapStep::Renew { rule: "trim_idle" }, memory)
 }
 
 fn change(
@@ -248,7 +316,11 @@ mod tests {
         }
     }
 
-    const IDLE: Pressure = Pressure { busy: 0, queue: 0 };
+    const IDLE: Pressure = Pressure {
+        busy: 0,
+        queue: 0,
+        workers: 0,
+    };
 
     #[test]
     fn one_pool_gets_the_whole_budget_up_to_its_max() {
@@ -299,7 +371,11 @@ mod tests {
             budget,
             &pools,
             0,
-            Pressure { busy: 4, queue: 3 },
+            Pressure {
+                busy: 4,
+                queue: 3,
+                workers: 4,
+            },
             Damping::default(),
             PlanMemory::default(),
         );
@@ -324,7 +400,11 @@ mod tests {
             budget,
             &pools,
             0,
-            Pressure { busy: 4, queue: 3 },
+            Pressure {
+                busy: 4,
+                queue: 3,
+                workers: 4,
+            },
             Damping::default(),
             PlanMemory::default(),
         );
@@ -363,14 +443,18 @@ mod tests {
         let pools = [pool("a", 4, Some(20))];
         let mem = PlanMemory {
             last_change_ms: Some(1_000),
-            below_since_ms: None,
+            ..PlanMemory::default()
         };
         let (step, _) = next_cap(
             2_000,
             960 * MB,
             &pools,
             0,
-            Pressure { busy: 4, queue: 9 },
+            Pressure {
+                busy: 4,
+                queue: 9,
+                workers: 4,
+            },
             d,
             mem,
         );
@@ -380,7 +464,11 @@ mod tests {
             960 * MB,
             &pools,
             0,
-            Pressure { busy: 4, queue: 9 },
+            Pressure {
+                busy: 4,
+                queue: 9,
+                workers: 4,
+            },
             d,
             mem,
         );
@@ -433,6 +521,44 @@ mod tests {
     }
 
     #[test]
+    fn idle_workers_far_beyond_the_need_renew_the_master_at_most_every_five_minutes() {
+        let d = Damping::default();
+        // A cold start left 24 workers forked; the traffic needs 4.
+        let pools = [pool("a", 24, Some(4))];
+        let budget = 24 * 40 * MB;
+        let p = Pressure {
+            busy: 2,
+            queue: 0,
+            workers: 24,
+        };
+        let (s0, m0) = next_cap(0, budget, &pools, 0, p, d, PlanMemory::default());
+        assert_eq!(s0, CapStep::Hold("at_share"));
+        let (s1, m1) = next_cap(60_000, budget, &pools, 0, p, d, m0);
+        assert_eq!(
+            s1,
+            CapStep::Hold("at_share"),
+            "not yet: 2 minutes of excess"
+        );
+        let (s2, m2) = next_cap(120_000, budget, &pools, 0, p, d, m1);
+        assert_eq!(s2, CapStep::Renew { rule: "trim_idle" });
+        // The renewed master grows back to 20 idle-ish workers: not again
+        // within five minutes.
+        let (s3, m3) = next_cap(300_000, budget, &pools, 0, p, d, m2);
+        assert_eq!(s3, CapStep::Hold("at_share"));
+        let (s4, _) = next_cap(420_001, budget, &pools, 0, p, d, m3);
+        assert_eq!(s4, CapStep::Renew { rule: "trim_idle" });
+        // A queue, or workers near the need, is no excess.
+        let busy = Pressure {
+            busy: 7,
+            queue: 0,
+            workers: 8,
+        };
+        let (s5, m5) = next_cap(0, budget, &pools, 0, busy, d, PlanMemory::default());
+        assert_eq!(s5, CapStep::Hold("at_share"));
+        assert_eq!(m5.excess_since_ms, None);
+    }
+
+    #[test]
     fn fixed_pools_keep_their_cap_and_their_memory_counts() {
         let mut pinned = pool("p", 16, None);
         pinned.fixed = true;
@@ -453,7 +579,11 @@ mod tests {
             budget,
             &pools,
             1,
-            Pressure { busy: 4, queue: 2 },
+            Pressure {
+                busy: 4,
+                queue: 2,
+                workers: 4,
+            },
             Damping::default(),
             PlanMemory::default(),
         );

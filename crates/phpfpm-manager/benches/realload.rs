@@ -26,6 +26,8 @@
 //! only the named scenarios; `REALLOAD_CONTENDERS=static,manager` only the
 //! named contenders.
 
+// Tests, benchmarks and their helpers start and signal their own processes.
+#![allow(clippy::disallowed_methods)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

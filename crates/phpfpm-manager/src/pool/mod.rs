@@ -586,6 +586,7 @@ impl PoolActor {
             "hold"
         };
         let mut change_to = None;
+        let mut renew = false;
         if self.pool.spec.is_some() || !fixed {
             let all = self.board.set(&self.pool.name, input);
             if let (Some(budget), false) = (budget, fixed) {
@@ -597,6 +598,7 @@ impl PoolActor {
                 let pressure = Pressure {
                     busy: u32::try_from(look.derived.active).unwrap_or(u32::MAX),
                     queue: look.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0),
+                    workers: u32::try_from(look.derived.total).unwrap_or(u32::MAX),
                 };
                 let (step, memory) =
                     plan::next_cap(now_ms, budget, &all, me, pressure, self.damping, self.plan);
@@ -604,6 +606,11 @@ impl PoolActor {
                     CapStep::Hold(r) => {
                         self.plan = memory;
                         rule = r;
+                    }
+                    CapStep::Renew { rule: r } => {
+                        rule = r;
+                        self.plan = memory;
+                        renew = true;
                     }
                     CapStep::Change { to, rule: r } => {
                         rule = r;
@@ -625,6 +632,8 @@ impl PoolActor {
         let view = self.view(planned_cap, rule).with_decision(&decision);
         if let Some(to) = change_to {
             self.change_cap(cap, to, rule, &view).await;
+        } else if renew {
+            self.renew_master(cap, rule, &view).await;
         } else if rule != self.last_rule {
             // A decision is an event when its rule changes; the same hold
             // repeated every look is not news.
@@ -669,8 +678,40 @@ impl PoolActor {
         }
     }
 
+    /// A new master with the same cap, to shed idle workers.
+    async fn renew_master(&mut self, cap: u32, rule: &'static str, view: &ScalingView) {
+        let (Some(sup), Some(spec)) = (self.supervisor.clone(), self.desired()) else {
+            return;
+        };
+        let reason =
+            format!("autoscaler: {rule} (a new master with the cap of {cap} sheds idle workers)");
+        match sup.renew(spec, &reason).await {
+            Ok(_) => {
+                self.changes += 1;
+                self.last_change = Some(SystemTime::now());
+                self.state
+                    .metrics
+                    .scale_changes
+                    .with_label_values(&[self.pool.name.as_str(), rule])
+                    .inc();
+                self.decision_event(view, cap, Some(cap));
+                self.save();
+            }
+            Err(e) => {
+                self.last_error = Some(e.to_string());
+                let mut failed = view.clone();
+                failed.last_error = Some(e.to_string());
+                self.decision_event(&failed, cap, None);
+            }
+        }
+    }
+
     fn decision_event(&self, view: &ScalingView, from: u32, to: Option<u32>) {
         let summary = match to {
+            Some(to) if to == from => format!(
+                "autoscaler renewed the master at {to} workers to shed idle ones ({})",
+                view.rule
+            ),
             Some(to) => format!(
                 "autoscaler changed the cap from {from} to {to} workers ({})",
                 view.rule

@@ -67,8 +67,8 @@ mod tests {
             },
             configured: Override::Auto,
             plan: PlanMemory {
-                below_since_ms: None,
                 last_change_ms: Some(5),
+                ..PlanMemory::default()
             },
             model: Some(serde_json::json!({"workers": 12})),
             saved_at_ms: 7,

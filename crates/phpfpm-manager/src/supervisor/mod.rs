@@ -86,6 +86,9 @@ pub enum Command {
         spec: Box<PoolSpec>,
         /// Why, for the `pool_change` event (config, autoscaler rule, pin).
         reason: String,
+        /// Start a new master even when the spec is the one running (to
+        /// shed the idle workers an ondemand master keeps).
+        renew: bool,
         reply: oneshot::Sender<Result<ApplyReport, ApplyError>>,
     },
 }
@@ -137,11 +140,27 @@ impl SupervisorHandle {
 
     /// Applies `spec` to the pool (zero-drop hand-over) and reports.
     pub async fn apply(&self, spec: PoolSpec, reason: &str) -> Result<ApplyReport, ApplyError> {
+        self.send_apply(spec, reason, false).await
+    }
+
+    /// Hands the pool over to a new master with `spec`, even if the running
+    /// one has it already.
+    pub async fn renew(&self, spec: PoolSpec, reason: &str) -> Result<ApplyReport, ApplyError> {
+        self.send_apply(spec, reason, true).await
+    }
+
+    async fn send_apply(
+        &self,
+        spec: PoolSpec,
+        reason: &str,
+        renew: bool,
+    ) -> Result<ApplyReport, ApplyError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Apply {
                 spec: Box::new(spec),
                 reason: reason.to_owned(),
+                renew,
                 reply,
             })
             .await
@@ -254,6 +273,7 @@ impl Supervisor {
                     &mut current,
                     wanted.clone(),
                     "adopted master differs from the desired settings",
+                    false,
                 )
                 .await
             {
@@ -310,10 +330,11 @@ impl Supervisor {
                 Event::Cmd(Some(Command::Apply {
                     spec,
                     reason,
+                    renew,
                     reply,
                 })) => {
                     let spec = self.complete_spec(*spec);
-                    let res = self.apply(&mut current, spec, &reason).await;
+                    let res = self.apply(&mut current, spec, &reason, renew).await;
                     if res.is_ok() {
                         retry_at = None;
                     }
@@ -591,10 +612,11 @@ impl Supervisor {
         current: &mut Option<Master>,
         spec: PoolSpec,
         reason: &str,
+        renew: bool,
     ) -> Result<ApplyReport, ApplyError> {
         let started = Instant::now();
         let alive = current.as_ref().is_some_and(Master::alive);
-        if alive && self.spec.as_ref() == Some(&spec) {
+        if alive && !renew && self.spec.as_ref() == Some(&spec) {
             return Ok(ApplyReport {
                 old_pid: current.as_ref().map(|m| m.pid),
                 new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
