@@ -228,11 +228,12 @@ impl AppFigures {
     fn print(&self) {
         println!("\n## App figures");
         println!(
-            "{} classes in {} files, {} loaded per request through an autoloader, ~{} MB of data built per request, lognormal wait (median 30 ms, sigma 0.5)",
+            "{} classes in {} files, {} loaded per request through an autoloader, ~{} MB of data built per request, lognormal wait (median {} ms, sigma 0.5)",
             app::MODULES * app::PER_MODULE,
             app::MODULES * app::PER_MODULE + 2,
             app::MODULES_PER_ROUTE * app::PER_MODULE,
-            app::ALLOC_MB
+            app::ALLOC_MB,
+            app::wait_ms()
         );
         println!("| measure | median | max |");
         println!("|---|---|---|");

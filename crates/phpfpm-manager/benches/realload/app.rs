@@ -27,6 +27,18 @@ pub(crate) const MODULES_PER_ROUTE: usize = 4;
 /// Megabytes of data built per request.
 pub(crate) const ALLOC_MB: usize = 12;
 
+/// Median of the "database call" in ms: `REALLOAD_WAIT_MS`, 30 by default.
+/// On a 2-core machine a 10x spike at 30 ms needs more CPU (PHP, nginx and
+/// the load generator) than there is; a longer wait keeps the same number
+/// of busy workers at a rate the machine can serve.
+pub(crate) fn wait_ms() -> u64 {
+    std::env::var("REALLOAD_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| (1..=2000).contains(v))
+        .unwrap_or(30)
+}
+
 /// Writes the app under `root`; returns the document root (`public/`), which
 /// holds `a/index.php` and `b/index.php` (one entry per pool).
 pub(crate) fn generate(root: &Path) -> PathBuf {
@@ -224,11 +236,11 @@ for ($i = 0; $i < {alloc_mb}; $i += 2) {{
     $rows[] = str_repeat(chr(97 + $i % 26), 2000000);
 }}
 
-// The "database call": lognormal, median 30 ms, sigma 0.5, at most 500 ms.
+// The "database call": lognormal, median {wait_ms} ms, sigma 0.5, at most 16x that.
 $u1 = (mt_rand() + 1) / (mt_getrandmax() + 2);
 $u2 = mt_rand() / mt_getrandmax();
 $z = sqrt(-2.0 * log($u1)) * cos(2.0 * M_PI * $u2);
-$wait = (int) min(500000, 30000 * exp(0.5 * $z));
+$wait = (int) min({wait_cap_us}, {wait_us} * exp(0.5 * $z));
 if (!isset($_GET['nowait'])) {{
     usleep($wait);
 }}
@@ -240,6 +252,9 @@ echo "ok route=$route fields=$fields blocks=", count($rows), " wait_us=$wait\n";
         per_route = MODULES_PER_ROUTE,
         per_module = PER_MODULE,
         alloc_mb = ALLOC_MB,
+        wait_ms = wait_ms(),
+        wait_us = wait_ms() * 1000,
+        wait_cap_us = wait_ms() * 16_000,
     )
 }
 
