@@ -1010,7 +1010,7 @@ pub fn socket_group(
     }
     ["www-data", "nginx"]
         .into_iter()
-        .find(|g| exists(*g))
+        .find(|g| exists(g))
         .map(str::to_owned)
         .or_else(|| pool_group.map(str::to_owned))
 }
