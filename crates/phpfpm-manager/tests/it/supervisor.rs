@@ -675,15 +675,25 @@ fn a_tcp_pool_is_adopted_with_its_listener_and_changed_by_hand_over() {
     std::thread::sleep(Duration::from_millis(500));
     let d = TestDaemon::start_at(dir, port, None, &[]);
     pools_up(&d, &["t"]);
-    assert_eq!(pool_field(&d, "t", "/master/pid"), t_pid, "t was restarted");
+    // The pool can answer before its supervisor has finished adopting it.
+    assert!(
+        wait_for(Duration::from_secs(30), || pool_field(
+            &d,
+            "t",
+            "/master/pid"
+        ) == t_pid),
+        "t was restarted (not {t_pid}); log:\n{}",
+        d.log()
+    );
     assert_eq!(
         pool_field(&d, "t", "/master/adopted"),
         serde_json::json!(true)
     );
-    let (_, ev) = d.get("/api/v1/events/recent?type=adoption").unwrap();
     assert!(
-        ev.contains("\"sockets_recovered\":true"),
-        "{ev}\n{}",
+        wait_for(Duration::from_secs(10), || d
+            .get("/api/v1/events/recent?type=adoption")
+            .is_ok_and(|(_, ev)| ev.contains("\"sockets_recovered\":true"))),
+        "the TCP listener was not recovered; log:\n{}",
         d.log()
     );
 
@@ -700,8 +710,15 @@ fn a_tcp_pool_is_adopted_with_its_listener_and_changed_by_hand_over() {
         "change after adoption not applied; log:\n{}",
         d.log()
     );
-    let (_, ev) = d.get("/api/v1/events/recent?type=pool_change").unwrap();
-    assert!(ev.contains(&format!("\"old_pid\":{t_pid_u32}")), "{ev}");
+    // Events reach the API a moment after the state changes.
+    let handed_over = format!("\"old_pid\":{t_pid_u32}");
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .get("/api/v1/events/recent?type=pool_change")
+            .is_ok_and(|(_, ev)| ev.contains(&handed_over))),
+        "no pool_change event from {t_pid_u32}; log:\n{}",
+        d.log()
+    );
     assert!(
         !d.log().contains("Restarting the pool"),
         "restarted instead of handed over:\n{}",
