@@ -198,7 +198,13 @@ impl TestFpm {
             chdir: None,
             php_values: vec![],
             php_admin_values: vec![],
-            extra: vec![],
+            // php-fpm gives the socket to the master's user (root) unless
+            // told otherwise; www-data is the group nginx runs as here.
+            extra: if is_root() {
+                vec![("listen.group".to_owned(), "www-data".to_owned())]
+            } else {
+                vec![]
+            },
             env: vec![],
         };
         let mut global = fpm_conf::render_global(&GlobalSpec {
