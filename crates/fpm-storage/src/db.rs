@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,6 +108,7 @@ pub(crate) fn take_process_lock(path: &Path) -> Result<ProcessLock, StorageError
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&lp)
         .map_err(|e| match e.raw_os_error() {
             Some(c)
@@ -274,6 +275,16 @@ pub(crate) fn open_file_writer(path: &Path) -> Result<Connection, StorageError> 
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // A new database starts as an empty file of mode 0600 (SQLite would create it
+    // 0644): history holds pool names, request figures and event messages that other
+    // local users have no business reading. SQLite gives the WAL and shared-memory
+    // files the database file's mode. If this fails, SQLite's own open names the
+    // problem.
+    let _ = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StorageError::sqlite(path, "opening", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
@@ -282,7 +293,30 @@ pub(crate) fn open_file_writer(path: &Path) -> Result<Connection, StorageError> 
     choose_vacuum_mode(&conn, path, tables)?;
     configure(&conn, path, true)?;
     migrate(&mut conn, path, version)?;
+    restrict_modes(path);
     Ok(conn)
+}
+
+/// Takes the "other" permission bits off the database and its WAL and shared-memory
+/// files (a file from an older version, or one created 0644 by hand); group bits an
+/// operator set are kept.
+fn restrict_modes(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o007 != 0 {
+            if let Err(e) =
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & !0o007))
+            {
+                tracing::warn!(path = %p.display(), "Cannot make the history file private: {e}.");
+            }
+        }
+    }
 }
 
 /// A read-only connection for queries; in WAL mode it never blocks the writer.

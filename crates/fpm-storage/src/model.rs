@@ -256,6 +256,12 @@ string_enum!(
         MaxChildrenReached => "max_children_reached",
         ManagerStart => "manager_start",
         ManagerStop => "manager_stop",
+        /// At start: the previous manager's record names a process that is gone and was
+        /// never removed, so that manager ended without its shutdown (SIGKILL, a crash).
+        ManagerUncleanStop => "manager_unclean_stop",
+        /// A pool's socket file is writable by every local user, who can then run PHP as
+        /// the pool's account through it.
+        InsecureSocket => "insecure_socket",
         /// The collector's own observations and the supervisor's actions.
         SlowRequests => "slow_requests",
         MasterRestart => "master_restart",

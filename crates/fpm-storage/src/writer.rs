@@ -548,6 +548,14 @@ impl Writer {
         let path = self.path.clone();
         let pr = path.as_path();
         let e = |c| move |err| StorageError::sqlite(pr, c, err);
+        // Series with samples waiting in memory keep their row (and id) whatever the
+        // database holds for them.
+        let waiting: BTreeSet<i64> = self
+            .pending
+            .iter()
+            .filter_map(|&(idx, _, _)| self.series[idx as usize].id)
+            .collect();
+        let mut gone_series: Vec<i64> = Vec::new();
         let (deleted, done) = self.conn.with(|conn| -> Result<(usize, bool), StorageError> {
             let tx = conn.transaction().map_err(e("starting pruning"))?;
             let mut deleted = 0usize;
@@ -598,6 +606,26 @@ impl Writer {
                 if deleted < budget {
                     // This series is clean in this table; go on with the next one.
                     after_id = sid;
+                    // The last tier's pass also removes series that have nothing left in
+                    // any tier (a removed pool, a worker-count label that went away), so
+                    // the series table does not grow forever. A live series always has
+                    // its current hour row, so the first look-up settles it.
+                    if table == TIERS.len() - 1 && !waiting.contains(&sid) {
+                        let n = tx
+                            .prepare_cached(
+                                "DELETE FROM series WHERE id = ?1
+                                 AND NOT EXISTS (SELECT 1 FROM rollup_1h WHERE series_id = ?1)
+                                 AND NOT EXISTS (SELECT 1 FROM rollup_1m WHERE series_id = ?1)
+                                 AND NOT EXISTS (SELECT 1 FROM raw_chunk WHERE series_id = ?1)
+                                 AND NOT EXISTS (SELECT 1 FROM raw_recent WHERE series_id = ?1)",
+                            )
+                            .and_then(|mut s| s.execute([sid]))
+                            .map_err(e("removing empty series"))?;
+                        if n > 0 {
+                            gone_series.push(sid);
+                            deleted += n;
+                        }
+                    }
                 }
             }
             tx.commit().map_err(e("committing pruning"))?;
@@ -608,6 +636,12 @@ impl Writer {
             Ok((deleted, done))
         })?;
         self.prune_cursor = if done { None } else { Some((table, after_id)) };
+        // A removed series that comes back gets a new row (and id) at its next flush.
+        for info in &mut self.series {
+            if info.id.is_some_and(|id| gone_series.contains(&id)) {
+                info.id = None;
+            }
+        }
         Ok(MaintenanceReport {
             compacted_samples: 0,
             pruned_rows: deleted,

@@ -184,3 +184,35 @@ fn invalid_retention_is_refused_before_touching_anything() {
 fn stress_child() {
     support::stress::child_main();
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// History is private to the manager's account: a new database, its WAL and
+/// shared-memory files are 0600, and an existing world-readable file loses the "other"
+/// bits (group bits an operator chose are kept).
+#[test]
+fn database_files_are_not_world_readable() {
+    let dir = TempDir::new("modes");
+    let path = dir.join("data.db");
+    let s = Storage::open(&cfg(&path)).unwrap();
+    let mut w = s.writer(fpm_storage::WriterOptions::default()).unwrap();
+    w.ingest(
+        support::T0,
+        support::T0,
+        vec![support::gauge("m", "a", 1.0)],
+    );
+    w.flush().unwrap();
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let p = dir.join(&format!("data.db{suffix}"));
+        assert_eq!(mode_of(&p), 0o600, "{}", p.display());
+    }
+    drop(w);
+    drop(s);
+    let old = dir.join("old.db");
+    drop(Storage::open(&cfg(&old)).unwrap());
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Storage::open(&cfg(&old)).unwrap());
+    assert_eq!(mode_of(&old), 0o640);
+}

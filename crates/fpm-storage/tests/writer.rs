@@ -396,6 +396,79 @@ fn retention_prunes_each_tier_and_the_file_stops_growing() {
     assert_eq!(reader.integrity_check().unwrap(), "ok");
 }
 
+/// A series whose samples all aged out of every tier loses its row; a live series keeps
+/// its row and id throughout; a series that comes back later gets a new row and is read
+/// back normally.
+#[test]
+fn series_with_nothing_left_in_any_tier_are_removed() {
+    let dir = TempDir::new("series-gc");
+    let retention = Retention {
+        raw: Duration::from_secs(3600),
+        minute: Duration::from_secs(2 * 3600),
+        hour: Duration::from_secs(3 * 3600),
+        events: Duration::from_secs(3600),
+    };
+    let storage = Storage::open(&StorageConfig {
+        path: Some(dir.join("data.db")),
+        retention,
+    })
+    .unwrap();
+    let reader = storage.reader().unwrap();
+    let mut w = storage.writer(WriterOptions::default()).unwrap();
+    let mut t = T0;
+    // Ten minutes of a pool that is then removed, beside one that stays.
+    for _ in 0..60 {
+        w.ingest(t, t, vec![gauge("m", "gone", 1.0), gauge("m", "live", 2.0)]);
+        t += 10_000;
+    }
+    w.maintain_fully(t).unwrap();
+    let live_id = reader.series_id("m", &support::labels("live")).unwrap();
+    assert!(live_id.is_some());
+    assert!(reader
+        .series_id("m", &support::labels("gone"))
+        .unwrap()
+        .is_some());
+    assert_eq!(reader.count_rows("series").unwrap(), 2);
+    // Five simulated hours of the live pool only: past every tier of the removed one.
+    for step in 0..(5 * 360) {
+        w.ingest(t, t, vec![gauge("m", "live", 2.0)]);
+        t += 10_000;
+        if step % 6 == 0 {
+            w.tick(t).unwrap();
+        }
+    }
+    w.maintain_fully(t).unwrap();
+    assert_eq!(
+        reader.series_id("m", &support::labels("gone")).unwrap(),
+        None,
+        "a series with no rows left in any tier keeps its row"
+    );
+    assert_eq!(reader.count_rows("series").unwrap(), 1);
+    assert_eq!(
+        reader.series_id("m", &support::labels("live")).unwrap(),
+        live_id,
+        "a live series changed id"
+    );
+    // The removed pool comes back: a new row, and its samples are there.
+    let back_at = t;
+    for _ in 0..12 {
+        w.ingest(t, t, vec![gauge("m", "gone", 3.0), gauge("m", "live", 2.0)]);
+        t += 10_000;
+    }
+    w.maintain_fully(t).unwrap();
+    let back = reader
+        .series_id("m", &support::labels("gone"))
+        .unwrap()
+        .unwrap();
+    let samples = reader.raw_samples(back, back_at, t).unwrap();
+    assert_eq!(samples.len(), 12, "{samples:?}");
+    assert_eq!(
+        reader.series_id("m", &support::labels("live")).unwrap(),
+        live_id
+    );
+    assert_eq!(reader.integrity_check().unwrap(), "ok");
+}
+
 /// WAL: a reader in the middle of a long read transaction does not block the writer's
 /// flushes, compactions or pruning, and keeps seeing its own snapshot.
 #[test]

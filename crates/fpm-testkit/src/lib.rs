@@ -132,7 +132,7 @@ impl Default for FpmOpts {
             status_listen: true,
             scripts: vec![("sleep.php", SLEEP_PHP)],
             control_timeout_secs: 5,
-            listen_mode: "0666",
+            listen_mode: "0660",
         }
     }
 }
@@ -210,7 +210,13 @@ impl TestFpm {
             chdir: None,
             php_values: vec![],
             php_admin_values: vec![],
-            extra: vec![],
+            // php-fpm gives the socket to the master's user (root) unless
+            // told otherwise; www-data is the group nginx runs as here.
+            extra: if is_root() {
+                vec![("listen.group".to_owned(), "www-data".to_owned())]
+            } else {
+                vec![]
+            },
             env: vec![],
         };
         let mut spec = spec;
@@ -344,6 +350,7 @@ impl TestFpm {
             connect_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(2),
             max_reply_bytes: phpfpm_manager::fastcgi::DEFAULT_MAX_REPLY_BYTES,
+            listen_group: None,
         }
     }
 }
@@ -605,8 +612,11 @@ impl TestNginx {
             ));
         }
         let t = ngx.join("tmp").display().to_string();
+        // As root, nginx's workers run as www-data, the group pool sockets
+        // get (0660): no test needs a world-writable socket.
+        let user = if is_root() { "user www-data;\n" } else { "" };
         let conf = format!(
-            "daemon off;\nworker_processes 1;\nworker_rlimit_nofile {nofile};\npid {n}/nginx.pid;\nerror_log {n}/error.log warn;\n\
+            "daemon off;\n{user}worker_processes 1;\nworker_rlimit_nofile {nofile};\npid {n}/nginx.pid;\nerror_log {n}/error.log warn;\n\
              events {{ worker_connections {connections}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  fastcgi_temp_path {t}/fcgi;\n  proxy_temp_path {t}/proxy;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n\
              \n  server {{\n    listen 127.0.0.1:{port};\n{locations}  }}\n}}\n",

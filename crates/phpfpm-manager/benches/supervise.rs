@@ -81,7 +81,7 @@ fn row(name: &str, took: &[Duration], load: &WrkResult) {
 
 fn config(dir: &TestDir, workers: u32) -> String {
     format!(
-        "monitoring:\n  collect_interval: 1s\npools:\n  - name: a\n    pm: static\n    max_workers: {workers}\n    listen_mode: \"0666\"\n    chdir: {}\n",
+        "monitoring:\n  collect_interval: 1s\npools:\n  - name: a\n    pm: static\n    max_workers: {workers}\n    chdir: {}\n",
         dir.join("www").display()
     )
 }
@@ -157,7 +157,7 @@ fn sigusr2(control_timeout_secs: u64) -> (Vec<Duration>, WrkResult) {
         status_listen: true,
         scripts: vec![("work.php", WORK_PHP)],
         control_timeout_secs,
-        listen_mode: "0666",
+        listen_mode: "0660",
     });
     let www = fpm.dir.join("www");
     let nginx = TestNginx::start(&fpm.dir, &[("/", fpm.socket.as_path(), www.as_path())]);

@@ -209,6 +209,10 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         None
     };
     let pid_file = Layout::new(&cfg.phpfpm.runtime_dir).manager_pid();
+    // Read before this manager's own record replaces it.
+    let unclean_previous = runtime
+        .as_ref()
+        .and_then(|_| crate::replace::previous_unclean(&pid_file));
     if runtime.is_some() {
         crate::replace::write_record(&pid_file)?;
     }
@@ -259,6 +263,13 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             pools: cfg.pools.len(),
         },
     ));
+    if let Some(pid) = unclean_previous {
+        state.events.emit(ManagerEvent::new(
+            None,
+            "manager",
+            What::PreviousManagerUnclean { pid },
+        ));
+    }
     tracing::info!(
         address = %cfg.server.bind_address,
         pools = cfg.pools.len(),

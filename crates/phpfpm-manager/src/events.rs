@@ -107,6 +107,17 @@ pub enum What {
         /// Left php-fpm running for the next manager (`--replace`).
         detached: bool,
     },
+    /// The previous manager on this runtime directory is gone without having
+    /// removed its record: it was killed (SIGKILL, OOM) or crashed.
+    PreviousManagerUnclean {
+        pid: u32,
+    },
+    /// A pool socket any local user can write to (`listen_mode` with the
+    /// world-writable bit): anyone on the host can run PHP as the pool user.
+    WorldWritableSocket {
+        path: String,
+        mode: u32,
+    },
 }
 
 impl ManagerEvent {
@@ -164,6 +175,8 @@ impl ManagerEvent {
             What::ConfigReload { .. } => EventKind::ConfigChange,
             What::ManagerStart { .. } => EventKind::ManagerStart,
             What::ManagerStop { .. } => EventKind::ManagerStop,
+            What::PreviousManagerUnclean { .. } => EventKind::ManagerUncleanStop,
+            What::WorldWritableSocket { .. } => EventKind::InsecureSocket,
         }
     }
 
@@ -190,6 +203,9 @@ impl ManagerEvent {
                 }
             }
             What::ChangeRefused { .. } => Severity::Error,
+            What::PreviousManagerUnclean { .. } | What::WorldWritableSocket { .. } => {
+                Severity::Warning
+            }
             What::ConfigReload { accepted, .. } => {
                 if *accepted {
                     Severity::Info
@@ -257,6 +273,12 @@ impl ManagerEvent {
                     "manager stopped".to_owned()
                 }
             }
+            What::PreviousManagerUnclean { pid } => {
+                format!("the previous manager (pid {pid}) stopped without cleaning up")
+            }
+            What::WorldWritableSocket { path, mode } => format!(
+                "pool socket {path} has mode {mode:04o}: every local user can run PHP as the pool user through it"
+            ),
         }
     }
 
@@ -308,6 +330,10 @@ impl ManagerEvent {
             }
             What::ManagerStart { pid, pools } => json!({"pid": pid, "pools": pools}),
             What::ManagerStop { pid, detached } => json!({"pid": pid, "detached": detached}),
+            What::PreviousManagerUnclean { pid } => json!({"pid": pid}),
+            What::WorldWritableSocket { path, mode } => {
+                json!({"path": path, "mode": format!("{mode:04o}")})
+            }
         }
     }
 

@@ -199,8 +199,23 @@ fn signal_detach(target: Record) -> anyhow::Result<()> {
 pub fn write_record(path: &Path) -> anyhow::Result<()> {
     let pid = std::process::id();
     let ticks = start_ticks(pid).context("cannot read this process's start time")?;
-    write_atomic(path, format!("{pid} {ticks}\n").as_bytes(), 0o644)
+    write_atomic(path, format!("{pid} {ticks}\n").as_bytes(), 0o640)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The pid of a previous manager that ended without its shutdown: its
+/// record is still there (a clean stop or a detach removes it, see
+/// [`remove_record`]) and names a process that is gone (pid free, or reused
+/// by a process with another start time). Called with the runtime lock held,
+/// before this manager writes its own record.
+pub fn previous_unclean(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    unclean_from(parse_record(&text)?, start_ticks)
+}
+
+/// The decision of [`previous_unclean`], with the process table passed in.
+pub fn unclean_from(record: Record, ticks_of: impl Fn(u32) -> Option<u64>) -> Option<u32> {
+    (ticks_of(record.pid) != Some(record.start_ticks)).then_some(record.pid)
 }
 
 /// Removes the record if it is this process's own.
@@ -232,6 +247,19 @@ mod tests {
         assert_eq!(parse_record("123 x"), None);
         assert_eq!(parse_record("1 2 3"), None);
         assert_eq!(parse_record(""), None);
+    }
+
+    #[test]
+    fn a_record_of_a_gone_process_is_an_unclean_stop() {
+        let r = Record {
+            pid: 42,
+            start_ticks: 1000,
+        };
+        // Still running (a replaced manager that released its lock): clean.
+        assert_eq!(unclean_from(r, |_| Some(1000)), None);
+        // Gone, or the pid now belongs to another process.
+        assert_eq!(unclean_from(r, |_| None), Some(42));
+        assert_eq!(unclean_from(r, |_| Some(2000)), Some(42));
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Fpm {
         .unwrap();
         let conf = format!(
             "[global]\nerror_log = {d}/error.log\npid = {d}/fpm.pid\ndaemonize = no\n\
-             [pool]\nuser = nobody\ngroup = nogroup\nlisten = {sock}\nlisten.mode = 0666\n\
+             [pool]\nuser = nobody\ngroup = nogroup\nlisten = {sock}\nlisten.mode = 0660\n\
              listen.backlog = 64\npm = static\npm.max_children = {workers}\n\
              pm.status_path = /status\npm.status_listen = {status}\n",
             d = dir.display(),

@@ -178,6 +178,9 @@ pub struct Pool {
     /// Cap of every FastCGI reply read from this pool
     /// (`monitoring.max_reply_bytes`, the same for every pool).
     pub max_reply_bytes: u64,
+    /// Group of the pool's unix socket file; None: the web server's group
+    /// when running as root (see `supervisor::socket_group`).
+    pub listen_group: Option<String>,
 }
 
 impl Pool {

@@ -218,6 +218,8 @@ pub struct RawPool {
     pub user: Option<String>,
     pub group: Option<String>,
     pub listen_mode: String,
+    /// Group owning the pool's unix socket file (php-fpm's `listen.group`).
+    pub listen_group: Option<String>,
     /// Working directory of the workers (php-fpm's `chdir`).
     pub chdir: Option<String>,
     #[serde(deserialize_with = "scalar_map")]
@@ -259,6 +261,7 @@ impl Default for RawPool {
             user: None,
             group: None,
             listen_mode: "0660".into(),
+            listen_group: None,
             chdir: None,
             php_values: BTreeMap::new(),
             php_admin_values: BTreeMap::new(),

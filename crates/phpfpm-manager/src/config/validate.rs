@@ -877,6 +877,7 @@ impl Checker<'_> {
             connect_timeout,
             request_timeout,
             max_reply_bytes: crate::fastcgi::DEFAULT_MAX_REPLY_BYTES,
+            listen_group: rp.listen_group.clone(),
         })
     }
 
@@ -961,7 +962,11 @@ impl Checker<'_> {
                 "write four octal digits, for example 0660",
             );
         }
-        for (field, v) in [("user", &rp.user), ("group", &rp.group)] {
+        for (field, v) in [
+            ("user", &rp.user),
+            ("group", &rp.group),
+            ("listen_group", &rp.listen_group),
+        ] {
             if let Some(v) = v {
                 if v.is_empty()
                     || !v
@@ -1059,6 +1064,7 @@ fn managed_directive(directive: &str) -> Option<&'static str> {
     let own = match d.as_str() {
         "listen" => "fastcgi_endpoint",
         "listen.mode" => "listen_mode",
+        "listen.group" => "listen_group",
         "user" => "user",
         "group" => "group",
         "pm" => "pm",

@@ -518,6 +518,7 @@ impl Supervisor {
         self.write_config(spec, self.generation + 1).await?;
         if self.sockets.is_empty() {
             self.sockets = self.open_sockets(spec)?;
+            self.check_socket_mode();
         }
         let started = Instant::now();
         let master = self.start_master().await?;
@@ -537,6 +538,8 @@ impl Supervisor {
             m.pid = Some(master.pid);
             m.failed = None;
             m.generation = generation;
+            // This manager started this master: it is no longer the adopted one.
+            m.adopted = false;
             if let Some(spec) = spec {
                 m.applied = Some(spec);
             }
@@ -651,6 +654,8 @@ impl Supervisor {
                 Ok(s) => self.sockets = s,
                 Err(e) => return Err(ApplyError::Sockets(format!("{e:#}"))),
             }
+        } else {
+            self.refresh_access(&spec);
         }
         let new = match self.start_master().await {
             Ok(m) => m,
@@ -719,7 +724,7 @@ impl Supervisor {
     }
 
     fn open_sockets(&self, spec: &PoolSpec) -> anyhow::Result<Vec<PoolSocket>> {
-        let access = self.access(spec);
+        let access = self.access(spec)?;
         // Only the manager talks to the status listener, and php-fpm's hidden
         // status pool runs any script it is asked for without the pool's
         // php_admin_values: keep that socket to the manager's own user.
@@ -744,18 +749,104 @@ impl Supervisor {
         Ok(out)
     }
 
+    /// The pool's `listen_group` as configured now (a reload may have
+    /// changed it since this supervisor started).
+    fn listen_group(&self) -> Option<String> {
+        self.state
+            .config()
+            .pools
+            .iter()
+            .find(|p| p.name == self.pool.name)
+            .map_or_else(
+                || self.pool.listen_group.clone(),
+                |p| p.listen_group.clone(),
+            )
+    }
+
     /// Socket file mode and owner: php-fpm's `listen.mode`, owned by the pool
-    /// account (php-fpm's default `listen.owner`/`listen.group`).
-    fn access(&self, spec: &PoolSpec) -> Access {
+    /// account, group [`socket_group`]. Only root can give a file away; a
+    /// manager running as another user still applies `listen_group` (the
+    /// kernel allows it for a group the user is in).
+    fn access(&self, spec: &PoolSpec) -> anyhow::Result<Access> {
         let mode = u32::from_str_radix(&spec.listen_mode, 8).unwrap_or(0o660);
-        let (uid, gid) = account_ids(spec);
-        if self.binary.as_root {
-            Access { mode, uid, gid }
+        let configured = self.listen_group();
+        let group = socket_group(
+            configured.as_deref(),
+            self.binary.as_root,
+            spec.group.as_deref(),
+            |g| matches!(nix::unistd::Group::from_name(g), Ok(Some(_))),
+        );
+        let gid = group
+            .map(|g| {
+                nix::unistd::Group::from_name(&g)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("listen_group {g:?}: no such group on this host")
+                    })
+            })
+            .transpose()?;
+        let uid = if self.binary.as_root {
+            spec.user
+                .as_deref()
+                .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                .map(|u| u.uid.as_raw())
         } else {
-            Access {
-                mode,
-                ..Access::default()
+            None
+        };
+        Ok(Access { mode, uid, gid })
+    }
+
+    /// Applies the current `listen_mode`/`listen_group` to the public socket
+    /// file (the socket itself outlives hand-overs, so a changed setting is
+    /// applied to it here) and warns about a world-writable one.
+    fn refresh_access(&self, spec: &PoolSpec) {
+        let Endpoint::Unix(public) = &self.pool.endpoint else {
+            return;
+        };
+        let world_writable = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
+        };
+        let was_open = world_writable(public);
+        match self.access(spec) {
+            Ok(a) => {
+                if let Err(e) = sockets::apply_access(public, &a) {
+                    tracing::warn!(
+                        pool = self.name(),
+                        "Cannot set the socket's owner and mode: {e}."
+                    );
+                }
             }
+            Err(e) => tracing::warn!(
+                pool = self.name(),
+                "{e:#}; the socket keeps its owner and mode."
+            ),
+        }
+        // Reported when it becomes world-writable, not at every hand-over
+        // (the autoscaler may hand over often).
+        if !was_open {
+            self.check_socket_mode();
+        }
+    }
+
+    /// A world-writable pool socket lets every local user run PHP as the
+    /// pool's account (and read what that account reads): say so loudly.
+    fn check_socket_mode(&self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Endpoint::Unix(public) = &self.pool.endpoint else {
+            return;
+        };
+        let Ok(meta) = std::fs::metadata(public) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o002 != 0 {
+            self.event(What::WorldWritableSocket {
+                path: lossy(public),
+                mode,
+            });
         }
     }
 
@@ -774,7 +865,8 @@ impl Supervisor {
         write_atomic(&check_pool, pool_text.as_bytes(), 0o640)?;
         let master_text =
             |p: &Path| fpm_conf::render_master(&lossy(&global), &lossy(p), &lossy(&pid));
-        write_atomic(&check_master, master_text(&check_pool).as_bytes(), 0o644)?;
+        // 0600: only the manager (and php-fpm's master, which it starts) reads them.
+        write_atomic(&check_master, master_text(&check_pool).as_bytes(), 0o600)?;
         let verdict = self
             .binary
             .test_config(&check_master, &self.layout.root)
@@ -783,7 +875,7 @@ impl Supervisor {
         let _ = std::fs::remove_file(&check_pool);
         verdict.map_err(|m| anyhow::Error::new(child::ConfigRefused(m)))?;
         write_atomic(&pool_path, pool_text.as_bytes(), 0o640)?;
-        write_atomic(&master_path, master_text(&pool_path).as_bytes(), 0o644)?;
+        write_atomic(&master_path, master_text(&pool_path).as_bytes(), 0o600)?;
         Ok(())
     }
 
@@ -819,7 +911,7 @@ impl Supervisor {
     /// Remembers which master runs this pool, for the next manager.
     fn write_record(&self, m: &Master) {
         let text = format!("{} {} {}\n", m.pid, m.start_ticks, self.generation);
-        if let Err(e) = write_atomic(&self.record_path(), text.as_bytes(), 0o644) {
+        if let Err(e) = write_atomic(&self.record_path(), text.as_bytes(), 0o600) {
             tracing::warn!(pool = self.name(), "Cannot record the master's pid: {e}.");
         }
     }
@@ -848,7 +940,7 @@ impl Supervisor {
                     public,
                     &sockets::private_path(public).to_string_lossy(),
                 ),
-                Endpoint::Tcp(_) => Err("TCP sockets are not recovered".to_owned()),
+                Endpoint::Tcp(addr) => sockets::recover_tcp_from_master(pid, addr),
             };
             match res {
                 Ok(s) => recovered.push(s),
@@ -887,6 +979,7 @@ impl Supervisor {
             generation,
             sockets_recovered: !self.sockets.is_empty(),
         });
+        self.check_socket_mode();
         Some(master)
     }
 }
@@ -923,4 +1016,62 @@ fn account_ids(spec: &PoolSpec) -> (Option<u32>, Option<u32>) {
 
 fn lossy(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// The group owning a pool's unix socket file. An explicit `listen_group`
+/// wins. As root, the default is the web server's group (`www-data`, else
+/// `nginx`, else the pool's own group), so that the web server can connect
+/// to a 0660 socket: a world-writable socket (0666) would instead let every
+/// local user run PHP as the pool's account. Not root: the manager's own
+/// group (nothing to change).
+pub fn socket_group(
+    configured: Option<&str>,
+    as_root: bool,
+    pool_group: Option<&str>,
+    exists: impl Fn(&str) -> bool,
+) -> Option<String> {
+    if let Some(g) = configured {
+        return Some(g.to_owned());
+    }
+    if !as_root {
+        return None;
+    }
+    ["www-data", "nginx"]
+        .into_iter()
+        .find(|g| exists(g))
+        .map(str::to_owned)
+        .or_else(|| pool_group.map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_group_defaults_to_the_web_servers() {
+        let all = |_: &str| true;
+        let only_nginx = |g: &str| g == "nginx";
+        let none = |_: &str| false;
+        assert_eq!(
+            socket_group(Some("web"), true, Some("app"), all).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            socket_group(Some("web"), false, None, none).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            socket_group(None, true, Some("app"), all).as_deref(),
+            Some("www-data")
+        );
+        assert_eq!(
+            socket_group(None, true, Some("app"), only_nginx).as_deref(),
+            Some("nginx")
+        );
+        assert_eq!(
+            socket_group(None, true, Some("app"), none).as_deref(),
+            Some("app")
+        );
+        assert_eq!(socket_group(None, false, Some("app"), all), None);
+    }
 }

@@ -10,7 +10,10 @@
 //! refused.
 //!
 //! A manager that restarts recovers the sockets from the running master with
-//! `pidfd_getfd` (fact 5b), so it can keep doing hand-overs after adoption.
+//! `pidfd_getfd` (fact 5b), so it can keep doing hand-overs after adoption:
+//! a unix socket is found by its file, a TCP one by its address in the
+//! kernel's `/proc/net/tcp` and `tcp6` LISTEN rows; either way the master's
+//! fd is the one linking to that socket's sockfs inode.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -88,12 +91,7 @@ pub fn bind_unix(private: &Path, public: &Path, access: &Access) -> std::io::Res
     // std listens with its own backlog; listen() again sets php-fpm's.
     rustix::net::listen(&listener, BACKLOG).map_err(|e| annotate(private, e.into()))?;
     std::fs::hard_link(private, public).map_err(|e| annotate(public, e))?;
-    std::fs::set_permissions(public, std::fs::Permissions::from_mode(access.mode))
-        .map_err(|e| annotate(public, e))?;
-    if access.uid.is_some() || access.gid.is_some() {
-        std::os::unix::fs::chown(public, access.uid, access.gid)
-            .map_err(|e| annotate(public, e))?;
-    }
+    apply_access(public, access)?;
     Ok(PoolSocket {
         fpm_address: private.to_string_lossy().into_owned(),
         fd: OwnedFd::from(listener),
@@ -102,6 +100,17 @@ pub fn bind_unix(private: &Path, public: &Path, access: &Access) -> std::io::Res
             .filter_map(SocketFile::of)
             .collect(),
     })
+}
+
+/// Sets a socket file's owner, group and mode. The owner is set first, so
+/// the file never has the new mode with the old group.
+pub fn apply_access(public: &Path, access: &Access) -> std::io::Result<()> {
+    if access.uid.is_some() || access.gid.is_some() {
+        std::os::unix::fs::chown(public, access.uid, access.gid)
+            .map_err(|e| annotate(public, e))?;
+    }
+    std::fs::set_permissions(public, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| annotate(public, e))
 }
 
 /// Removes a socket file nobody listens on. Anything else at the path
@@ -172,20 +181,112 @@ pub fn recover_from_master(
     fpm_address: &str,
 ) -> Result<PoolSocket, String> {
     let target_inode = socket_inode_of_path(public)?;
-    let fd_dir = format!("/proc/{pid}/fd");
-    let entries = std::fs::read_dir(&fd_dir).map_err(|e| format!("{fd_dir}: {e}"))?;
-    let want = format!("socket:[{target_inode}]");
-    let mut found = None;
+    let target_fd = fd_of_socket(pid, &[u64::from(target_inode)])
+        .ok_or_else(|| format!("master {pid} holds no fd for {}", public.display()))?;
+    let fd = steal_fd(pid, target_fd)?;
+    Ok(PoolSocket {
+        fpm_address: fpm_address.to_owned(),
+        fd,
+        files: SocketFile::of(public).into_iter().collect(),
+    })
+}
+
+/// Finds, in a running master, the fd of the listening TCP socket bound at
+/// `addr` (its sockfs inode from the kernel's `/proc/net/tcp` and `tcp6`
+/// LISTEN rows), and duplicates it into this process, like a unix one.
+pub fn recover_tcp_from_master(pid: u32, addr: &str) -> Result<PoolSocket, String> {
+    let wanted: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("{addr} is not an ip:port address: {e}"))?;
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        // tcp6 is missing on a host without IPv6.
+        if let Ok(text) = std::fs::read_to_string(table) {
+            inodes.extend(tcp_listen_inodes(&text, wanted));
+        }
+    }
+    if inodes.is_empty() {
+        return Err(format!("nothing listens on {addr}"));
+    }
+    let target_fd = fd_of_socket(pid, &inodes)
+        .ok_or_else(|| format!("master {pid} holds no fd listening on {addr}"))?;
+    let fd = steal_fd(pid, target_fd)?;
+    Ok(PoolSocket {
+        fpm_address: addr.to_owned(),
+        fd,
+        files: Vec::new(),
+    })
+}
+
+/// The sockfs inodes of the LISTEN rows of `/proc/net/tcp` or `tcp6` text
+/// bound exactly at `wanted` (an IPv4-mapped IPv6 address is the IPv4 one).
+/// Written here rather than taken from fpm_kernel's parser because that one
+/// keeps queue lengths and drops the inode column, which is what matters
+/// here. Malformed rows (the header among them) are skipped.
+pub fn tcp_listen_inodes(text: &str, wanted: std::net::SocketAddr) -> Vec<u64> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    // The kernel prints each 32-bit word of the address as the hex of its
+    // in-memory (native-endian) value, and the port as plain hex.
+    let parse = |field: &str| -> Option<std::net::SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let word = |i: usize| -> Option<[u8; 4]> {
+            Some(
+                u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+                    .ok()?
+                    .to_ne_bytes(),
+            )
+        };
+        let ip = match ip.len() {
+            8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+            32 => {
+                let mut b = [0u8; 16];
+                for i in 0..4 {
+                    b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+                }
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return None,
+        };
+        Some(std::net::SocketAddr::new(ip, port))
+    };
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            // sl local rem st queues tr retrnsmt uid timeout inode
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            if *state != "0A" {
+                return None;
+            }
+            let local = parse(local)?;
+            (local.port() == wanted.port() && canonical(local.ip()) == canonical(wanted.ip()))
+                .then(|| inode.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The fd number in process `pid` that refers to one of the sockets with
+/// these sockfs inodes.
+fn fd_of_socket(pid: u32, inodes: &[u64]) -> Option<i32> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     for e in entries.flatten() {
         if let Ok(link) = std::fs::read_link(e.path()) {
-            if link.as_os_str() == want.as_str() {
-                found = e.file_name().to_string_lossy().parse::<i32>().ok();
-                break;
+            if wanted.iter().any(|w| link.as_os_str() == w.as_str()) {
+                return e.file_name().to_string_lossy().parse::<i32>().ok();
             }
         }
     }
-    let target_fd =
-        found.ok_or_else(|| format!("master {pid} holds no fd for {}", public.display()))?;
+    None
+}
+
+/// Duplicates fd `target_fd` of process `pid` into this process, close-on-exec.
+fn steal_fd(pid: u32, target_fd: i32) -> Result<OwnedFd, String> {
     let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| "invalid pid".to_owned())?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
         .map_err(|e| format!("pidfd_open({}): {e}", pid.as_raw_nonzero()))?;
@@ -197,11 +298,7 @@ pub fn recover_from_master(
     .map_err(|e| format!("pidfd_getfd: {e}"))?;
     // The duplicate must not leak into other children.
     let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
-    Ok(PoolSocket {
-        fpm_address: fpm_address.to_owned(),
-        fd,
-        files: SocketFile::of(public).into_iter().collect(),
-    })
+    Ok(fd)
 }
 
 /// The sockfs inode of the listening socket whose file is `path`, from the
@@ -238,7 +335,7 @@ mod tests {
             &private,
             &public,
             &Access {
-                mode: 0o666,
+                mode: 0o660,
                 ..Access::default()
             },
         )
@@ -247,11 +344,49 @@ mod tests {
         // A client reaches the socket through the public link.
         let _c = std::os::unix::net::UnixStream::connect(&public).unwrap();
         let mode = std::fs::metadata(&public).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o666);
+        assert_eq!(mode, 0o660);
         assert_eq!(
             fpm_sockets_env(&[&s]),
             format!("{}={}", private.display(), s.raw())
         );
+    }
+
+    #[test]
+    fn tcp_listeners_are_found_by_exact_address() {
+        // 127.0.0.1:9000 LISTEN (inode 111), 127.0.0.1:9000 ESTABLISHED (112),
+        // 0.0.0.0:9000 LISTEN (113), 127.0.0.1:9001 LISTEN (114), in the
+        // kernel's native-endian words (this test runs on the same kernel).
+        let word = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+        let lo = word([127, 0, 0, 1]);
+        let any = word([0, 0, 0, 0]);
+        let text = format!(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             0: {lo}:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0\n\
+             1: {lo}:2328 {lo}:D431 01 00000000:00000000 00:00000000 00000000     0        0 112 1 0 100 0 0 10 0\n\
+             2: {any}:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 113 1 0 100 0 0 10 0\n\
+             3: {lo}:2329 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 114 1 0 100 0 0 10 0\n"
+        );
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(tcp_listen_inodes(&text, addr("127.0.0.1:9000")), vec![111]);
+        assert_eq!(tcp_listen_inodes(&text, addr("0.0.0.0:9000")), vec![113]);
+        assert_eq!(tcp_listen_inodes(&text, addr("127.0.0.1:9001")), vec![114]);
+        assert!(tcp_listen_inodes(&text, addr("127.0.0.2:9000")).is_empty());
+    }
+
+    #[test]
+    fn a_tcp_listener_is_recovered_from_a_process_holding_it() {
+        // This process plays the master: the fd found and duplicated is the
+        // listener itself (accepting through the copy reaches it).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let s = recover_tcp_from_master(std::process::id(), &addr).unwrap();
+        assert_eq!(s.fpm_address, addr);
+        let copy = std::net::TcpListener::from(s.fd);
+        assert_eq!(copy.local_addr().unwrap(), l.local_addr().unwrap());
+        let _c = std::net::TcpStream::connect(&addr).unwrap();
+        copy.accept().unwrap();
+        let err = recover_tcp_from_master(std::process::id(), "127.0.0.1:1").unwrap_err();
+        assert!(err.contains("nothing listens"), "{err}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ echo '<?php var_export(opcache_reset());' > "$lab/www/reset.php"
 touch -d '1 hour ago' "$lab"/probe/*.php "$lab"/www/*.php
 
 pool() { # name, extra line
-  printf '[%s]\nuser = www-data\ngroup = www-data\nlisten = %s/%s.sock\nlisten.mode = 0666\npm = static\npm.max_children = 1\npm.status_path = /status\npm.status_listen = %s/%s-status.sock\n%s\n' \
+  printf '[%s]\nuser = www-data\ngroup = www-data\nlisten = %s/%s.sock\nlisten.mode = 0660\npm = static\npm.max_children = 1\npm.status_path = /status\npm.status_listen = %s/%s-status.sock\n%s\n' \
     "$1" "$lab" "$1" "$lab" "$1" "$2"
 }
 { printf '[global]\npid = %s/a.pid\nerror_log = %s/a.log\n' "$lab" "$lab"

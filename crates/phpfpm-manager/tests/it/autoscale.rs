@@ -26,7 +26,7 @@ fn config_with(dir: &TestDir, budget: &str, observed: Option<&str>, scaling: &st
         "monitoring:\n  collect_interval: 1s\n  memory_interval: 1s\n\
          scaling:\n  memory_budget: {budget}\n\
          pools:\n\
-         \x20 - name: a\n    max_workers: 12\n    chdir: {www}\n    listen_mode: \"0666\"\n\
+         \x20 - name: a\n    max_workers: 12\n    chdir: {www}\n\
          \x20   scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 12\n{scaling}",
         www = dir.join("www").display()
     );

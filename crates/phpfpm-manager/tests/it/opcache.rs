@@ -353,7 +353,7 @@ impl RawFpm {
         };
         let conf = format!(
             "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\n\
-             [p]\n{user}listen = {d}/pool.sock\nlisten.mode = 0666\npm = static\n\
+             [p]\n{user}listen = {d}/pool.sock\nlisten.mode = 0660\npm = static\n\
              pm.max_children = 1\npm.status_path = /status\n\
              pm.status_listen = {d}/status.sock\nping.path = /ping\n{extra}\n"
         );

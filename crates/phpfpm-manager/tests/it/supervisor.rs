@@ -25,8 +25,8 @@ pub(crate) fn config(dir: &TestDir, a_workers: u32) -> String {
         "monitoring:\n  collect_interval: 1s\n\
          phpfpm:\n  process_control_timeout: 10s\n\
          pools:\n\
-         \x20 - name: a\n    pm: static\n    max_workers: {a_workers}\n    listen_mode: \"0666\"\n    chdir: {www}\n\
-         \x20 - name: b\n    pm: static\n    max_workers: 2\n    listen_mode: \"0666\"\n    chdir: {www}\n",
+         \x20 - name: a\n    pm: static\n    max_workers: {a_workers}\n    chdir: {www}\n\
+         \x20 - name: b\n    pm: static\n    max_workers: 2\n    chdir: {www}\n",
         www = dir.join("www").display()
     )
 }
@@ -271,6 +271,7 @@ fn killing_the_manager_drops_nothing_and_the_next_one_adopts() {
     let b_pid = pool_field(&d, "b", "/master/pid");
     let a_opcache = php(&d.dir, "a", "oc.php");
     let port = d.addr.port();
+    let first_manager = d.child.id();
 
     let load = wrk(&nginx.url("/work.php"), 8, 6);
     std::thread::sleep(Duration::from_millis(1500));
@@ -280,6 +281,15 @@ fn killing_the_manager_drops_nothing_and_the_next_one_adopts() {
     std::thread::sleep(Duration::from_millis(1000));
     let d = TestDaemon::start_at(dir, port, None, &[]);
     pools_up(&d, &["a", "b"]);
+    // The SIGKILLed manager left its record: the new one says so.
+    let unclean = format!("\"pid\":{first_manager}");
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .get("/api/v1/events/recent?type=manager_unclean_stop")
+            .is_ok_and(|(_, body)| body.contains(&unclean))),
+        "no manager_unclean_stop event for pid {first_manager}; log:\n{}",
+        d.log()
+    );
     let res = load.join().unwrap();
     assert!(res.requests > 300, "too little load: {}", res.output);
     assert_eq!(
@@ -330,6 +340,15 @@ fn killing_the_manager_drops_nothing_and_the_next_one_adopts() {
         d.log()
     );
     assert_ne!(pool_field(&d, "a", "/master/pid"), a_pid);
+    // The master now runs is this manager's own, not the adopted one; b's is.
+    assert_eq!(
+        pool_field(&d, "a", "/master/adopted"),
+        serde_json::json!(false)
+    );
+    assert_eq!(
+        pool_field(&d, "b", "/master/adopted"),
+        serde_json::json!(true)
+    );
     let res = load.join().unwrap();
     assert!(res.requests > 200, "too little load: {}", res.output);
     assert_eq!(
@@ -344,12 +363,75 @@ fn killing_the_manager_drops_nothing_and_the_next_one_adopts() {
         "nginx saw upstream errors:\n{err_log}"
     );
     drop(nginx);
-    // And the adopting manager still stops everything cleanly.
+    // And the adopting manager still stops everything cleanly, and leaves
+    // no record: the next start finds nothing to report.
     let mut d = d;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
     let left = d.dir.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!d.dir.join("var/phpfpm-manager/manager.pid").exists());
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Pool sockets are 0660, owned by the pool user and the web server's group
+/// (www-data when run as root), so nginx running as www-data connects with
+/// no world-writable socket; private runtime files are not world-readable;
+/// a pool configured 0666 is reported at start.
+#[test]
+fn sockets_and_runtime_files_have_narrow_modes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = prepare("modes");
+    let root = dir.join("www");
+    let cfg = format!(
+        "{}\x20 - name: open\n    pm: static\n    max_workers: 1\n    listen_mode: \"0666\"\n    chdir: {}\n",
+        config(&dir, 1),
+        root.display()
+    );
+    std::fs::write(dir.join("config.yaml"), cfg).unwrap();
+    let d = TestDaemon::start_in(dir, None, &[]);
+    pools_up(&d, &["a", "b", "open"]);
+    let sa = sock(&d.dir, "a");
+    assert_eq!(mode_of(&sa), 0o660, "pool socket mode");
+    if nix::unistd::geteuid().is_root() {
+        let www = nix::unistd::Group::from_name("www-data").unwrap().unwrap();
+        let user = nix::unistd::User::from_name("www-data").unwrap().unwrap();
+        let meta = std::fs::metadata(&sa).unwrap();
+        assert_eq!(meta.gid(), www.gid.as_raw(), "socket group");
+        assert_eq!(meta.uid(), user.uid.as_raw(), "socket owner");
+        // nginx runs as www-data (testkit) and reaches the 0660 socket.
+        let nginx = TestNginx::start(&d.dir, &[("/", sa.as_path(), root.as_path())]);
+        let res = wrk(&nginx.url("/work.php"), 2, 1).join().unwrap();
+        assert!(res.requests > 10, "{}", res.output);
+        assert_eq!(res.failures(), 0, "{}", res.output);
+    }
+    let rt = d.dir.join("var/phpfpm-manager");
+    for (file, mode) in [
+        ("manager.pid", 0o640),
+        ("masters/a.conf", 0o600),
+        ("pids/a.master", 0o600),
+        ("pools.d/a.conf", 0o640),
+        ("data.db", 0o600),
+    ] {
+        assert_eq!(mode_of(&rt.join(file)), mode, "{file}");
+    }
+    assert_eq!(mode_of(&sock(&d.dir, "open")), 0o666);
+    let (_, ev) = d.get("/api/v1/events/recent?type=insecure_socket").unwrap();
+    assert!(ev.contains("open.sock"), "{ev}");
+    assert!(!ev.contains("a.sock"), "{ev}");
+    assert!(
+        d.log().contains("every local user can run PHP"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -531,4 +613,130 @@ fn a_master_that_keeps_dying_is_marked_crash_looping_and_retried_slowly() {
         pool_field(&d, "b", "/master/running"),
         serde_json::json!(true)
     );
+}
+
+/// A pool on TCP is adopted with its listener (recovered from the master
+/// with pidfd_getfd, found by address in /proc/net/tcp): after a SIGKILL of
+/// the manager, the next one hands the pool over on a config change instead
+/// of restarting it, and a loopback client sees no failure throughout.
+#[test]
+fn a_tcp_pool_is_adopted_with_its_listener_and_changed_by_hand_over() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = prepare("adopt-tcp");
+    let fcgi_port = crate::support::free_port();
+    let cfg = |workers: u32| {
+        format!(
+            "monitoring:\n  collect_interval: 1s\n\
+             phpfpm:\n  process_control_timeout: 10s\n\
+             pools:\n\
+             \x20 - name: t\n    pm: static\n    max_workers: {workers}\n    fastcgi_endpoint: 127.0.0.1:{fcgi_port}\n    chdir: {}\n",
+            dir.join("www").display()
+        )
+    };
+    std::fs::write(dir.join("config.yaml"), cfg(2)).unwrap();
+    let changed = cfg(3);
+    let mut d = TestDaemon::start_in(dir, None, &[]);
+    pools_up(&d, &["t"]);
+    let t_pid = pool_field(&d, "t", "/master/pid");
+    let t_pid_u32 = u32::try_from(t_pid.as_u64().unwrap()).unwrap();
+    let port = d.addr.port();
+
+    // One request after another on the pool's TCP address for the whole run
+    // (bounded in time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let ep = Endpoint::Tcp(format!("127.0.0.1:{fcgi_port}"));
+        let script = d.dir.join("www/work.php").display().to_string();
+        std::thread::spawn(move || {
+            let rt = rt();
+            let t = Timeouts {
+                connect: Duration::from_secs(2),
+                total: Duration::from_secs(10),
+            };
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match rt.block_on(fastcgi::get(&ep, &script, "", t)) {
+                    Ok(r) if String::from_utf8_lossy(&r.stdout).ends_with("ok") => {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let dir = d.into_dir();
+    std::thread::sleep(Duration::from_millis(500));
+    let d = TestDaemon::start_at(dir, port, None, &[]);
+    pools_up(&d, &["t"]);
+    // The pool can answer before its supervisor has finished adopting it.
+    assert!(
+        wait_for(Duration::from_secs(30), || pool_field(
+            &d,
+            "t",
+            "/master/pid"
+        ) == t_pid),
+        "t was restarted (not {t_pid}); log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        pool_field(&d, "t", "/master/adopted"),
+        serde_json::json!(true)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .get("/api/v1/events/recent?type=adoption")
+            .is_ok_and(|(_, ev)| ev.contains("\"sockets_recovered\":true"))),
+        "the TCP listener was not recovered; log:\n{}",
+        d.log()
+    );
+
+    let gen = pool_field(&d, "t", "/master/generation").as_u64().unwrap();
+    std::fs::write(d.dir.join("config.yaml"), changed).unwrap();
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            pool_field(&d, "t", "/master/generation")
+                .as_u64()
+                .unwrap_or(0)
+                > gen
+        }),
+        "change after adoption not applied; log:\n{}",
+        d.log()
+    );
+    // Events reach the API a moment after the state changes.
+    let handed_over = format!("\"old_pid\":{t_pid_u32}");
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .get("/api/v1/events/recent?type=pool_change")
+            .is_ok_and(|(_, ev)| ev.contains(&handed_over))),
+        "no pool_change event from {t_pid_u32}; log:\n{}",
+        d.log()
+    );
+    assert!(
+        !d.log().contains("Restarting the pool"),
+        "restarted instead of handed over:\n{}",
+        d.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || !is_fpm_master(t_pid_u32)),
+        "the old master {t_pid_u32} is still running"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 20, "too few requests to mean anything: {ok}");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    let mut d = d;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
+    let left = d.dir.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
