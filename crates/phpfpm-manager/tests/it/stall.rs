@@ -145,5 +145,6 @@ fn a_master_continued_before_the_grace_is_kept() {
         serde_json::json!(0)
     );
     assert!(!stall_events(&d).contains("\"action\":\"restart\""));
-    assert_eq!(php(&d.dir, "a", "pid.php").is_empty(), false);
+    let served = php(&d.dir, "a", "pid.php");
+    assert!(served.parse::<u32>() == Ok(pid), "{served:?}");
 }
