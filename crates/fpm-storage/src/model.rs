@@ -273,6 +273,9 @@ string_enum!(
         CrashLoop => "crash_loop",
         ChangeRefused => "change_refused",
         PoolChange => "pool_change",
+        /// A master stopped making progress (stopped by a signal, or hung
+        /// while connections wait), recovered, or was restarted for it.
+        MasterStall => "master_stall",
     }
 );
 

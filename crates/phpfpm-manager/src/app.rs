@@ -483,12 +483,14 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 "The new configuration is invalid ({} problems); nothing was changed.",
                 e.problems.len()
             );
+            let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+            state.record_reload(false, problems.clone());
             state.events.emit(ManagerEvent::new(
                 None,
                 "config",
                 What::ConfigReload {
                     accepted: false,
-                    problems: e.problems.iter().map(ToString::to_string).collect(),
+                    problems,
                 },
             ));
             return;
@@ -512,12 +514,14 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 tracing::error!(
                     "Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed."
                 );
+                let problems = vec![format!("cannot run php-fpm: {e:#}")];
+                state.record_reload(false, problems.clone());
                 state.events.emit(ManagerEvent::new(
                     None,
                     "config",
                     What::ConfigReload {
                         accepted: false,
-                        problems: vec![format!("cannot run php-fpm: {e:#}")],
+                        problems,
                     },
                 ));
                 return;
@@ -526,6 +530,7 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
     }
     let monitoring_changed = old.monitoring != new.monitoring;
     state.set_config(new.clone());
+    state.record_reload(true, Vec::new());
     state.events.emit(ManagerEvent::new(
         None,
         "config",

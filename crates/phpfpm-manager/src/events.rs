@@ -93,6 +93,18 @@ pub enum What {
         until_ms: Option<i64>,
         reason: Option<String>,
     },
+    /// A pool's master stopped making progress, recovered, or was
+    /// restarted by the supervisor because of it.
+    MasterStall {
+        pid: u32,
+        /// `stopped` (the master is stopped by a signal, state T/t) or
+        /// `no_progress` (connections wait, nothing is accepted).
+        reason: &'static str,
+        /// `detected`, `recovered` or `restart`.
+        action: &'static str,
+        /// How long the master had made no progress.
+        stalled_ms: u64,
+    },
     /// The configuration was reloaded (SIGHUP) or the reload was refused.
     ConfigReload {
         accepted: bool,
@@ -173,6 +185,7 @@ impl ManagerEvent {
             What::ScaleDecision(_) => EventKind::ScaleDecision,
             What::ScalingControl { .. } => EventKind::ApiAction,
             What::ConfigReload { .. } => EventKind::ConfigChange,
+            What::MasterStall { .. } => EventKind::MasterStall,
             What::ManagerStart { .. } => EventKind::ManagerStart,
             What::ManagerStop { .. } => EventKind::ManagerStop,
             What::PreviousManagerUnclean { .. } => EventKind::ManagerUncleanStop,
@@ -206,6 +219,10 @@ impl ManagerEvent {
             What::PreviousManagerUnclean { .. } | What::WorldWritableSocket { .. } => {
                 Severity::Warning
             }
+            What::MasterStall { action, .. } => match *action {
+                "recovered" => Severity::Info,
+                _ => Severity::Error,
+            },
             What::ConfigReload { accepted, .. } => {
                 if *accepted {
                     Severity::Info
@@ -242,6 +259,23 @@ impl ManagerEvent {
                 "pool settings applied by hand-over in {took_ms} ms (pm {pm}, max_children {max_children}): {reason}"
             ),
             What::Adoption { pid, .. } => format!("adopted the running php-fpm master {pid}"),
+            What::MasterStall {
+                pid,
+                reason,
+                action,
+                stalled_ms,
+            } => {
+                let why = match *reason {
+                    "stopped" => "is stopped by a signal",
+                    _ => "accepts nothing while connections wait",
+                };
+                let secs = stalled_ms / 1000;
+                match *action {
+                    "recovered" => format!("php-fpm master {pid} makes progress again after {secs} s"),
+                    "restart" => format!("php-fpm master {pid} {why} since {secs} s; killing and restarting it"),
+                    _ => format!("php-fpm master {pid} {why} since {secs} s; the pool is not ready"),
+                }
+            }
             What::ScaleDecision(d) => d
                 .get("summary")
                 .and_then(|s| s.as_str())
@@ -327,6 +361,14 @@ impl ManagerEvent {
             }
             What::ConfigReload { accepted, problems } => {
                 json!({"accepted": accepted, "problems": problems})
+            }
+            What::MasterStall {
+                pid,
+                reason,
+                action,
+                stalled_ms,
+            } => {
+                json!({"pid": pid, "reason": reason, "action": action, "stalled_ms": stalled_ms})
             }
             What::ManagerStart { pid, pools } => json!({"pid": pid, "pools": pools}),
             What::ManagerStop { pid, detached } => json!({"pid": pid, "detached": detached}),

@@ -81,6 +81,10 @@ pub struct Look {
     pub circuit_open: bool,
     /// OPcache of the pool's master, when `monitoring.enable_opcache`.
     pub opcache: Option<Result<OpcacheStats, Arc<OpcacheError>>>,
+    /// Set while the pool's master makes no progress (stopped, or hung
+    /// while connections wait): the pool is not ready, and a supervised
+    /// master is restarted after `phpfpm.stall_restart_after`.
+    pub stalled: Option<crate::collect::stall::Stalled>,
 }
 
 /// The pool as the kernel sees it: the listen backlog and the workers' CPU
@@ -204,6 +208,17 @@ pub struct AppState {
     /// The storage writer, while storage runs (taken at shutdown so that the
     /// writer drains and commits).
     pub storage: RwLock<Option<fpm_storage::WriterHandle>>,
+    /// The outcome of the last configuration reload (SIGHUP), if any.
+    last_reload: RwLock<Option<ReloadOutcome>>,
+}
+
+/// What the last configuration reload did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    pub accepted: bool,
+    /// Every problem of a refused config, each naming its key.
+    pub problems: Vec<String>,
 }
 
 impl AppState {
@@ -228,6 +243,7 @@ impl AppState {
             looks: Mutex::new(BTreeMap::new()),
             handles: RwLock::new(BTreeMap::new()),
             storage: RwLock::new(None),
+            last_reload: RwLock::new(None),
         })
     }
 
@@ -340,6 +356,29 @@ impl AppState {
         {
             w.record(ts_ms, samples);
         }
+    }
+
+    /// Records a reload's outcome for the API and `/metrics`.
+    pub fn record_reload(&self, accepted: bool, problems: Vec<String>) {
+        if accepted {
+            self.metrics.config_last_reload_success.set(1);
+        } else {
+            self.metrics.config_reload_failures.inc();
+            self.metrics.config_last_reload_success.set(0);
+        }
+        *self.last_reload.write().unwrap_or_else(|e| e.into_inner()) = Some(ReloadOutcome {
+            at: SystemTime::now(),
+            accepted,
+            problems,
+        });
+    }
+
+    /// The last reload's outcome (`None` until the first SIGHUP).
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Storage writer figures for /metrics and the API.

@@ -10,6 +10,8 @@
 //! is bounded by the pool's connect and total timeouts, so a pool that accepts
 //! connections and never answers costs only its own task's time.
 
+pub mod stall;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -96,6 +98,7 @@ pub struct PoolCollector {
     /// The last OPcache reading, kept while the pool is not read.
     last_opcache: Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>>,
     tally: Tally,
+    stall: stall::StallDetector,
     seq: u64,
 }
 
@@ -136,6 +139,7 @@ impl PoolCollector {
             opcache: opcache_mode(&pool, mon, &state),
             last_opcache: None,
             tally: Tally::default(),
+            stall: stall::StallDetector::new(mon.stall_after),
             seq: 0,
             pool,
             state,
@@ -233,6 +237,26 @@ impl PoolCollector {
             },
         };
 
+        // Is the master making progress? Its hidden status pool answers
+        // even when it is stopped or hung (see `stall`).
+        let signs = stall::Signs {
+            master_pid: master,
+            master_state: master
+                .and_then(fpm_kernel::procfs::read_stat)
+                .map(|st| st.state),
+            queue: queue.as_ref().ok().map(|(n, _)| *n),
+            accepted: status.as_ref().map(|st| st.accepted_conn),
+            idle: status.as_ref().map(|_| derived.idle),
+            live_workers: workers.is_ok().then(|| {
+                per_worker
+                    .iter()
+                    .filter(|w| !matches!(w.proc_state, 'Z' | 'X'))
+                    .count()
+            }),
+        };
+        let (stalled, stall_change) = self.stall.observe(&signs, now_ms);
+        self.report_stall(stall_change);
+
         let (busy, total) = (derived.active, derived.total);
         // A page with a since-start counter dropped would read as a reset:
         // events skip that look and compare the next with the last.
@@ -258,7 +282,7 @@ impl PoolCollector {
         } else {
             self.policy.normal.min(DOWN_RETRY)
         };
-        if events.iter().any(PoolEvent::wants_collection) {
+        if events.iter().any(PoolEvent::wants_collection) || self.stall.watching() {
             interval = interval.min(self.policy.busy);
         }
         if ok {
@@ -275,6 +299,7 @@ impl PoolCollector {
         look.interval = interval;
         look.circuit_open = self.circuit.is_open();
         look.opcache = if ok { self.last_opcache.clone() } else { None };
+        look.stalled = stalled;
         let samples = history_samples(&name, &look, max_children);
         self.state.publish_look(&name, look);
         for ev in &events {
@@ -284,6 +309,31 @@ impl PoolCollector {
         }
         self.state.store(now_ms as i64, samples);
         interval
+    }
+
+    /// Logs and records a stall that began or ended.
+    fn report_stall(&self, change: Option<stall::Change>) {
+        let (st, action, stalled_ms) = match change {
+            None => return,
+            Some(stall::Change::Detected(st)) => {
+                let ms = epoch_ms().saturating_sub(st.since_ms);
+                (st, "detected", ms)
+            }
+            Some(stall::Change::Recovered {
+                stalled,
+                stalled_ms,
+            }) => (stalled, "recovered", stalled_ms),
+        };
+        self.state.events.emit(ManagerEvent::new(
+            Some(self.pool.name.as_str()),
+            "collector",
+            crate::events::What::MasterStall {
+                pid: st.pid,
+                reason: st.reason.as_str(),
+                action,
+                stalled_ms,
+            },
+        ));
     }
 
     /// Samples the master and its workers (off the async threads: reading
@@ -738,6 +788,7 @@ impl Tally {
             interval: Duration::ZERO,
             circuit_open: false,
             opcache: None,
+            stalled: None,
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct PhpFpm {
     pub crash_loop_exits: u32,
     pub crash_loop_window: Duration,
     pub warm_handover: bool,
+    /// Zero: a stalled master is only reported.
+    pub stall_restart_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -218,6 +220,9 @@ pub struct Monitoring {
     pub enable_opcache: bool,
     pub enable_system_metrics: bool,
     pub per_process_metrics: bool,
+    /// Workers with per-process series per scrape, over all pools.
+    pub max_process_series: usize,
+    pub stall_after: Duration,
     pub expose_query_strings: bool,
 }
 

@@ -77,6 +77,10 @@ pub struct RawPhpFpm {
     /// failed; it is then retried once a minute.
     pub crash_loop_exits: u32,
     pub crash_loop_window: String,
+    /// A supervised master stalled this long (stopped by a signal, or
+    /// accepting nothing while connections wait) is killed and restarted;
+    /// `0s` only reports it.
+    pub stall_restart_after: String,
 }
 
 impl Default for RawPhpFpm {
@@ -93,6 +97,7 @@ impl Default for RawPhpFpm {
             restart_backoff_max: "30s".into(),
             crash_loop_exits: 5,
             crash_loop_window: "2m".into(),
+            stall_restart_after: "30s".into(),
         }
     }
 }
@@ -359,6 +364,12 @@ pub struct RawMonitoring {
     pub enable_system_metrics: bool,
     /// Per-worker `phpfpm_process_*` series (labelled by slot, not pid).
     pub per_process_metrics: bool,
+    /// Most workers, over all pools, with `phpfpm_process_*` series in one
+    /// scrape (five series each); the rest are counted, not exported.
+    pub max_process_series: u32,
+    /// How long a master must show no progress before its pool is marked
+    /// stalled (not ready).
+    pub stall_after: String,
     /// Largest FastCGI reply (status page, ping, OPcache probe) read from a
     /// pool, in bytes; a longer one is abandoned and counted as
     /// `reply_too_large`. The default fits a 10,000-worker `?json&full` page.
@@ -384,6 +395,8 @@ impl Default for RawMonitoring {
             enable_opcache: false,
             enable_system_metrics: true,
             per_process_metrics: false,
+            max_process_series: 1000,
+            stall_after: "10s".into(),
             max_reply_bytes: crate::fastcgi::DEFAULT_MAX_REPLY_BYTES,
             expose_query_strings: false,
         }

@@ -188,8 +188,9 @@ fn observed_pool_uses_its_endpoint_for_status() {
     assert_eq!(p.scrape_uri(), "tcp://127.0.0.1:9000/status");
 }
 
-/// Runs every file of `tests/invalid_configs/`. Each must fail to load, and
-/// every `# expect: <text>` line must be a substring of the report.
+/// Runs every file of `tests/invalid_configs/`. Each must fail to load,
+/// every `# expect: <text>` line must be a substring of the report, and no
+/// `# not: <text>` line may be.
 #[test]
 fn invalid_config_corpus() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/invalid_configs");
@@ -225,6 +226,15 @@ fn invalid_config_corpus() {
             assert!(
                 report.contains(want),
                 "{}: expected {want:?} in\n{report}",
+                path.display()
+            );
+        }
+        // `# not: <text>` lines name follow-on problems that must not be
+        // reported (each bad value is reported once, at its own key).
+        for unwanted in text.lines().filter_map(|l| l.strip_prefix("# not: ")) {
+            assert!(
+                !report.contains(unwanted),
+                "{}: did not expect {unwanted:?} in\n{report}",
                 path.display()
             );
         }
@@ -306,4 +316,24 @@ fn respawn_storm_threshold_is_a_monitoring_key() {
         p,
         ["monitoring.respawn_storm_threshold: '0': must be at least 1; the default is 5"]
     );
+}
+
+#[test]
+fn stall_and_process_series_keys_have_defaults_and_zero_disables_the_restart() {
+    let cfg = load(&input("pools:\n  - name: www\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.phpfpm.stall_restart_after,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(
+        cfg.monitoring.stall_after,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(cfg.monitoring.max_process_series, 1000);
+    let cfg = load(&input(
+        "phpfpm:\n  stall_restart_after: 0s\nmonitoring:\n  max_process_series: 50\npools:\n  - name: www\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.phpfpm.stall_restart_after.is_zero());
+    assert_eq!(cfg.monitoring.max_process_series, 50);
 }

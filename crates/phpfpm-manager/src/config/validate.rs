@@ -80,7 +80,12 @@ pub(super) fn validate(
         Duration::from_millis(1),
         Duration::from_secs(3600),
     );
-    if backoff_initial > backoff_max {
+    if backoff_initial > backoff_max
+        && c.usable(&[
+            "phpfpm.restart_backoff_initial",
+            "phpfpm.restart_backoff_max",
+        ])
+    {
         c.problem(
             "phpfpm.restart_backoff_initial",
             &raw.phpfpm.restart_backoff_initial,
@@ -100,6 +105,12 @@ pub(super) fn validate(
         "phpfpm.crash_loop_window",
         &raw.phpfpm.crash_loop_window,
         Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    );
+    let stall_restart_after = c.duration(
+        "phpfpm.stall_restart_after",
+        &raw.phpfpm.stall_restart_after,
+        Duration::ZERO,
         Duration::from_secs(86_400),
     );
     c.one_of(
@@ -206,7 +217,9 @@ pub(super) fn validate(
         ms(100),
         Duration::from_secs(3600),
     );
-    if busy_interval > collect_interval {
+    if busy_interval > collect_interval
+        && c.usable(&["monitoring.busy_interval", "monitoring.collect_interval"])
+    {
         c.problem(
             "monitoring.busy_interval",
             &raw.monitoring.busy_interval,
@@ -214,7 +227,9 @@ pub(super) fn validate(
             "a busy pool is looked at more often: make busy_interval <= collect_interval",
         );
     }
-    if idle_interval < collect_interval {
+    if idle_interval < collect_interval
+        && c.usable(&["monitoring.idle_interval", "monitoring.collect_interval"])
+    {
         c.problem(
             "monitoring.idle_interval",
             &raw.monitoring.idle_interval,
@@ -222,6 +237,12 @@ pub(super) fn validate(
             "an idle pool is looked at less often: make idle_interval >= collect_interval",
         );
     }
+    let stall_after = c.duration(
+        "monitoring.stall_after",
+        &raw.monitoring.stall_after,
+        ms(100),
+        Duration::from_secs(3600),
+    );
     let (bu, iu) = (
         raw.monitoring.busy_utilization,
         raw.monitoring.idle_utilization,
@@ -313,7 +334,9 @@ pub(super) fn validate(
         day,
         3650 * day,
     );
-    if retention_minute < retention_raw {
+    if retention_minute < retention_raw
+        && c.usable(&["storage.retention.minute", "storage.retention.raw"])
+    {
         c.problem(
             "storage.retention.minute",
             &raw.storage.retention.minute,
@@ -321,7 +344,9 @@ pub(super) fn validate(
             "keep 1-minute rollups at least as long as raw samples",
         );
     }
-    if retention_hour < retention_minute {
+    if retention_hour < retention_minute
+        && c.usable(&["storage.retention.hour", "storage.retention.minute"])
+    {
         c.problem(
             "storage.retention.hour",
             &raw.storage.retention.hour,
@@ -382,7 +407,8 @@ pub(super) fn validate(
     for (i, rp) in raw.pools.iter().enumerate() {
         if let Some(mut pool) = c.pool(i, rp, &runtime_dir, pct) {
             pool.max_reply_bytes = max_reply_bytes;
-            if !names.insert(pool.name.clone()) {
+            let unique = names.insert(pool.name.clone());
+            if !unique {
                 c.problem(
                     &format!("pools[{i}].name"),
                     pool.name.as_str(),
@@ -391,7 +417,12 @@ pub(super) fn validate(
                 );
             }
             // Two pools cannot share one pm.status_listen address (fact 8).
-            if pool.spec.is_some() && !status_addrs.insert(pool.status_endpoint.to_string()) {
+            // A duplicate name is reported once: its default addresses,
+            // derived from the name, clash as a consequence.
+            if unique
+                && pool.spec.is_some()
+                && !status_addrs.insert(pool.status_endpoint.to_string())
+            {
                 c.problem(
                     &format!("pools[{i}].status_endpoint"),
                     &pool.status_endpoint.to_string(),
@@ -449,6 +480,7 @@ pub(super) fn validate(
             crash_loop_exits: raw.phpfpm.crash_loop_exits,
             crash_loop_window,
             warm_handover: raw.phpfpm.warm_handover,
+            stall_restart_after,
         },
         server: Server {
             bind_address,
@@ -482,6 +514,8 @@ pub(super) fn validate(
             enable_opcache: raw.monitoring.enable_opcache,
             enable_system_metrics: raw.monitoring.enable_system_metrics,
             per_process_metrics: raw.monitoring.per_process_metrics,
+            max_process_series: raw.monitoring.max_process_series as usize,
+            stall_after,
             expose_query_strings: raw.monitoring.expose_query_strings,
         },
         storage: Storage {
@@ -509,6 +543,14 @@ impl Checker<'_> {
     fn problem(&mut self, key: &str, value: &str, what: &str, fix: &str) {
         self.problems
             .push(Problem::new(key, Some(value.to_owned()), what, fix));
+    }
+
+    /// Whether none of `keys` has a problem so far. A relation between two
+    /// values is checked only when both were usable: a value that failed to
+    /// parse stands in as a placeholder, and comparing it would report a
+    /// second, misleading problem.
+    fn usable(&self, keys: &[&str]) -> bool {
+        !self.problems.iter().any(|p| keys.contains(&p.key.as_str()))
     }
 
     fn one_of(&mut self, key: &str, value: &str, allowed: &[&str]) {
@@ -780,7 +822,9 @@ impl Checker<'_> {
             Duration::from_millis(1),
             Duration::from_secs(300),
         );
-        if connect_timeout > request_timeout {
+        if connect_timeout > request_timeout
+            && self.usable(&[&k("timeouts.connect"), &k("timeouts.request")])
+        {
             self.problem(
                 &k("timeouts.connect"),
                 &rp.timeouts.connect,

@@ -402,6 +402,13 @@ impl Master {
         ours && kill(Pid::from_raw(self.pid as i32), sig).is_ok()
     }
 
+    /// Kills the master's process group at once: a master that is stopped
+    /// or hung acts on neither SIGQUIT nor SIGTERM, and its workers must
+    /// not outlive it.
+    pub fn kill(&mut self) {
+        self.kill_group();
+    }
+
     fn kill_group(&mut self) {
         // The group id is the master's pid (process_group(0) at spawn, kept
         // by an adopted master too). Checked first: never signal a group

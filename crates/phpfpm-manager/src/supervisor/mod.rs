@@ -43,6 +43,8 @@ use sockets::{Access, PoolSocket};
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How often a crash-looping pool is still retried.
 const SLOW_RETRY: Duration = Duration::from_secs(60);
+/// How often the supervisor checks whether its master was found stalled.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a new master may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -191,6 +193,8 @@ pub struct Supervisor {
     /// Unexpected exits within `crash_loop_window` that mark the pool failed.
     crash_loop_exits: usize,
     crash_loop_window: Duration,
+    /// A stalled master is killed and restarted after this (zero: never).
+    stall_restart_after: Duration,
     rx: mpsc::Receiver<Command>,
 }
 
@@ -201,6 +205,8 @@ enum Event {
     Cmd(Option<Command>),
     Exited(String),
     Retry,
+    /// Time to check whether the collector found the master stalled.
+    StallCheck,
 }
 
 impl Supervisor {
@@ -235,6 +241,7 @@ impl Supervisor {
             ),
             crash_loop_exits: cfg.phpfpm.crash_loop_exits as usize,
             crash_loop_window: cfg.phpfpm.crash_loop_window,
+            stall_restart_after: cfg.phpfpm.stall_restart_after,
             rx,
         };
         (sup, handle)
@@ -290,6 +297,11 @@ impl Supervisor {
             }
         }
         let mut commands_open = true;
+        let mut stall_tick = tokio::time::interval(STALL_CHECK);
+        stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let check_stalls = !self.stall_restart_after.is_zero();
+        // The stalled master already killed, until its exit is collected.
+        let mut killed: Option<u32> = None;
         loop {
             let event = tokio::select! {
                 biased;
@@ -298,6 +310,7 @@ impl Supervisor {
                 cmd = self.rx.recv(), if commands_open => Event::Cmd(cmd),
                 status = wait_master(&mut current) => Event::Exited(status),
                 _ = sleep_until(retry_at) => Event::Retry,
+                _ = stall_tick.tick(), if check_stalls && current.is_some() => Event::StallCheck,
             };
             match event {
                 Event::Cancel => {
@@ -350,6 +363,13 @@ impl Supervisor {
                     }
                     retry_at = Some(self.on_crash(pid, &status));
                 }
+                Event::StallCheck => {
+                    if let Some(m) = current.as_mut() {
+                        if killed != Some(m.pid) && self.restart_if_stalled(m) {
+                            killed = Some(m.pid);
+                        }
+                    }
+                }
                 Event::Retry => {
                     retry_at = None;
                     let spec = self.spec.clone().unwrap_or_else(|| wanted.clone());
@@ -360,6 +380,38 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Kills `m` when the collector has found it stalled for
+    /// `stall_restart_after`; its exit then takes the normal restart path.
+    /// Returns whether it was killed.
+    fn restart_if_stalled(&self, m: &mut Master) -> bool {
+        let Some(st) = self.state.pool(&self.pool.name).and_then(|p| p.stalled) else {
+            return false;
+        };
+        let now_ms = crate::events::unix_ms(std::time::SystemTime::now()) as u64;
+        // A look about an earlier master says nothing about this one.
+        if st.pid != m.pid
+            || !crate::collect::stall::restart_due(&st, self.stall_restart_after, now_ms)
+        {
+            return false;
+        }
+        let stalled_ms = now_ms.saturating_sub(st.since_ms);
+        tracing::error!(
+            pool = self.name(),
+            pid = m.pid,
+            reason = st.reason.as_str(),
+            "php-fpm master has made no progress for {} s; killing its process group and restarting it.",
+            stalled_ms / 1000
+        );
+        self.event(What::MasterStall {
+            pid: m.pid,
+            reason: st.reason.as_str(),
+            action: "restart",
+            stalled_ms,
+        });
+        m.kill();
+        true
     }
 
     /// Fills in what the config leaves to the supervisor: the account to run

@@ -17,7 +17,8 @@
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use fpm_kernel::budget::Budget;
@@ -37,6 +38,11 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub events_dropped: IntCounter,
     pub scale_changes: IntCounterVec,
+    /// Configuration reloads (SIGHUP) refused.
+    pub config_reload_failures: IntCounter,
+    /// 1 when the last reload was applied (or none was asked for), 0 when
+    /// it was refused.
+    pub config_last_reload_success: IntGauge,
 }
 
 impl Default for Metrics {
@@ -104,8 +110,21 @@ impl Metrics {
             &["pool", "rule"],
         )
         .expect("static counter options are valid");
+        let config_reload_failures = IntCounter::new(
+            "phpfpm_manager_config_reload_failures_total",
+            "Configuration reloads (SIGHUP) refused because the new configuration is invalid; nothing was changed.",
+        )
+        .expect("static counter options are valid");
+        let config_last_reload_success = IntGauge::new(
+            "phpfpm_manager_config_last_reload_success",
+            "Whether the last configuration reload was applied (1; also before any reload) or refused (0).",
+        )
+        .expect("static gauge options are valid");
+        config_last_reload_success.set(1);
         for c in [
             Box::new(scale_changes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reload_failures.clone()),
+            Box::new(config_last_reload_success.clone()),
             Box::new(scrape_duration.clone()),
             Box::new(scrape_errors.clone()),
             Box::new(status_fields_dropped.clone()),
@@ -126,6 +145,8 @@ impl Metrics {
             events,
             events_dropped,
             scale_changes,
+            config_reload_failures,
+            config_last_reload_success,
         }
     }
 
@@ -138,7 +159,7 @@ impl Metrics {
     pub fn render(
         &self,
         pools: &[&PoolState],
-        per_process: bool,
+        per_process: Option<usize>,
         host: Option<&Result<Budget, String>>,
         storage: Option<&fpm_storage::WriterStatus>,
     ) -> String {
@@ -375,9 +396,38 @@ impl Family {
     }
 }
 
+/// The series of a pool that is down (`phpfpm_up 0`): besides `up` and the
+/// failure counter, only gauges that describe the failure itself. Every
+/// other figure would be a reading from an earlier look, shown as current.
+const WHILE_DOWN: &[&str] = &[
+    "phpfpm_manager_pool_failed",
+    "phpfpm_manager_circuit_open",
+    "phpfpm_manager_master_stalled",
+];
+
+/// How many workers of each pool get per-process series when all pools
+/// together may have at most `cap`: every pool gets an equal share, and
+/// what a small pool leaves is shared by the larger ones. `counts` are the
+/// pools' workers; the result has the same order.
+pub fn process_series_shares(counts: &[usize], cap: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&i| counts[i]);
+    let mut shares = vec![0; counts.len()];
+    let mut left = cap;
+    for (done, &i) in order.iter().enumerate() {
+        let fair = left / (counts.len() - done);
+        shares[i] = counts[i].min(fair);
+        left -= shares[i];
+    }
+    shares
+}
+
 /// The exporter-compatible pool series and the manager's per-pool gauges.
-/// Pure: built from the state passed in.
-pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamily> {
+/// Pure: built from the state passed in. `per_process`: export the
+/// `phpfpm_process_*` series for at most this many workers in all (each
+/// worker is five series); the workers left out are counted in
+/// `phpfpm_manager_process_series_omitted`.
+pub fn pool_families(pools: &[&PoolState], per_process: Option<usize>) -> Vec<MetricFamily> {
     use MetricType::GAUGE;
     // Cumulative exporter series; see the module docs for why not `counter`.
     const CUMULATIVE: MetricType = MetricType::GAUGE;
@@ -427,6 +477,7 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ("phpfpm_manager_accept_queue_limit", "Backlog limit of the pool's listening socket, from the kernel.", GAUGE, |s| s.kernel.accept_queue.as_ref().ok().and_then(|(_, l)| l.map(f64::from))),
         ("phpfpm_manager_collect_interval_seconds", "The collector's current (adaptive) interval for the pool.", GAUGE, |s| (!s.interval.is_zero()).then_some(s.interval.as_secs_f64())),
         ("phpfpm_manager_circuit_open", "1 while the pool's circuit breaker is open (collections paused after repeated failures).", GAUGE, |s| Some(if s.circuit_open { 1.0 } else { 0.0 })),
+        ("phpfpm_manager_master_stalled", "1 while the pool's php-fpm master makes no progress (stopped by a signal, or accepting nothing while connections wait); the pool is then not ready.", GAUGE, |s| Some(if s.stalled.is_some() { 1.0 } else { 0.0 })),
         (names::WORKER_CPU_PERCENT, "CPU used by the pool's workers, percent of one core, over the last interval.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.cpu_percent_total)),
         ("phpfpm_manager_master_cpu_percent", "CPU used by the pool's master process, percent of one core.", GAUGE, |s| s.kernel.workers.as_ref().ok().and_then(|a| a.master_cpu_percent)),
         ("phpfpm_manager_workers_sampled", "Workers found by process ancestry and read from /proc.", GAUGE, |s| s.kernel.workers.as_ref().ok().map(|a| a.workers as f64)),
@@ -499,14 +550,30 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         "State of the worker in this slot; the series with the current state is 1.",
         GAUGE,
     );
+    let mut omitted = Family::new(
+        "phpfpm_manager_process_series_omitted",
+        "Workers of the pool left out of the phpfpm_process_* series in this scrape (monitoring.max_process_series).",
+        GAUGE,
+    );
+    let counts: Vec<usize> = pools
+        .iter()
+        .map(|s| match (s.up, &s.status) {
+            (true, Some(st)) => st.processes.len(),
+            _ => 0,
+        })
+        .collect();
+    let shares = process_series_shares(&counts, per_process.unwrap_or(0));
 
-    for s in pools {
+    for (s, share) in pools.iter().zip(shares) {
         let pool = s.name.as_str();
         let uri = s.scrape_uri.as_str();
         let labels = [("pool", pool), ("scrape_uri", uri)];
         up.push(&labels, if s.up { 1.0 } else { 0.0 });
         failures.push(&labels, s.scrape_failures as f64);
         for (fam, (name, _, _, get)) in families.iter_mut().zip(pool_series) {
+            if !s.up && !WHILE_DOWN.contains(name) {
+                continue;
+            }
             if let Some(v) = get(s) {
                 // The manager's own series are labelled by pool only;
                 // scrape_uri belongs to the exporter-compatible ones.
@@ -516,6 +583,9 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
                     fam.push(&labels, v);
                 }
             }
+        }
+        if !s.up {
+            continue;
         }
         for (what, ok) in [
             ("accept_queue", s.kernel.accept_queue.is_ok()),
@@ -563,12 +633,14 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         ] {
             reported.push(&[("pool", pool), ("state", state)], v as f64);
         }
-        if !per_process {
+        if per_process.is_none() {
             continue;
         }
+        omitted.push(&[("pool", pool)], (st.processes.len() - share) as f64);
         // Labelled by slot index, not pid, so the number of series stays
-        // bounded by max_children however often workers are recycled.
-        for (slot, p) in st.processes.iter().enumerate() {
+        // bounded by max_children however often workers are recycled; the
+        // first `share` slots, so the same series stay from scrape to scrape.
+        for (slot, p) in st.processes.iter().enumerate().take(share) {
             let child = slot.to_string();
             let l = [
                 ("pool", pool),
@@ -607,9 +679,10 @@ pub fn pool_families(pools: &[&PoolState], per_process: bool) -> Vec<MetricFamil
         uss.done(),
     ];
     out.extend(families.into_iter().map(Family::done));
-    if per_process {
+    if per_process.is_some() {
         out.extend(process_families.into_iter().map(Family::done));
         out.push(process_state.done());
+        out.push(omitted.done());
     }
     // A family with no sample prints a bare HELP/TYPE pair, which promtool
     // accepts but which says nothing: leave it out.
@@ -651,6 +724,7 @@ mod tests {
                 interval: std::time::Duration::from_secs(5),
                 circuit_open: false,
                 opcache: None,
+                stalled: None,
             }),
         }
     }
@@ -658,7 +732,7 @@ mod tests {
     #[test]
     fn exporter_names_and_labels_are_exact() {
         let s = state(true);
-        let text = Metrics::new().render(&[&s], false, None, None);
+        let text = Metrics::new().render(&[&s], None, None, None);
         for line in [
             r#"phpfpm_up{pool="www",scrape_uri="unix:///run/www.sock;/status"} 1"#,
             r#"phpfpm_accepted_connections{pool="www",scrape_uri="unix:///run/www.sock;/status"} 3"#,
@@ -680,7 +754,7 @@ mod tests {
     #[test]
     fn per_process_series_use_slots() {
         let s = state(true);
-        let text = Metrics::new().render(&[&s], true, None, None);
+        let text = Metrics::new().render(&[&s], Some(1000), None, None);
         assert!(text.contains(
             r#"phpfpm_process_state{child="1",pool="www",scrape_uri="unix:///run/www.sock;/status",state="Running"} 1"#
         ) || text.contains(
@@ -692,7 +766,7 @@ mod tests {
     #[test]
     fn a_down_pool_exports_only_up_and_failures() {
         let s = state(false);
-        let text = Metrics::new().render(&[&s], false, None, None);
+        let text = Metrics::new().render(&[&s], None, None, None);
         assert!(
             text.contains(r#"phpfpm_up{pool="www",scrape_uri="unix:///run/www.sock;/status"} 0"#)
         );
@@ -703,5 +777,87 @@ mod tests {
         // frozen figures that look current.
         assert!(!text.contains("phpfpm_accepted_connections{"), "{text}");
         assert!(!text.contains("phpfpm_active_processes{"), "{text}");
+    }
+
+    /// A down pool with readings from earlier looks (kernel, settings,
+    /// collect interval) exports none of them: only `up`, the failure
+    /// counter and the gauges that describe the failure.
+    #[test]
+    fn a_down_pool_exports_nothing_stale() {
+        let mut s = state(false);
+        let mut look = (*s.look).clone();
+        look.kernel.accept_queue = Ok((4, Some(511)));
+        look.stalled = Some(crate::collect::stall::Stalled {
+            pid: 7,
+            reason: crate::collect::stall::Reason::Stopped,
+            since_ms: 1,
+        });
+        s.look = std::sync::Arc::new(look);
+        s.master.supervised = true;
+        let text = Metrics::new().render(&[&s], Some(1000), None, None);
+        let allowed = [
+            "phpfpm_up{",
+            "phpfpm_scrape_failures{",
+            "phpfpm_manager_pool_failed{",
+            "phpfpm_manager_circuit_open{",
+            "phpfpm_manager_master_stalled{",
+        ];
+        let mut seen = Vec::new();
+        for line in text.lines().filter(|l| l.contains("pool=\"www\"")) {
+            assert!(
+                allowed.iter().any(|a| line.starts_with(a)),
+                "stale series of a down pool: {line}\n{text}"
+            );
+            seen.push(line);
+        }
+        assert!(
+            text.contains("phpfpm_manager_master_stalled{pool=\"www\"} 1"),
+            "{text}"
+        );
+        assert_eq!(seen.len(), allowed.len(), "{seen:#?}");
+    }
+
+    #[test]
+    fn process_series_shares_are_fair_and_within_the_cap() {
+        assert_eq!(process_series_shares(&[10_000], 1000), vec![1000]);
+        assert_eq!(
+            process_series_shares(&[10, 5000, 3000], 1000),
+            vec![10, 495, 495]
+        );
+        assert_eq!(process_series_shares(&[10, 20], 1000), vec![10, 20]);
+        assert_eq!(process_series_shares(&[], 1000), Vec::<usize>::new());
+        assert_eq!(process_series_shares(&[3, 3], 0), vec![0, 0]);
+    }
+
+    /// 10,000 workers: without the cap 50,000 per-process series; with the
+    /// default cap of 1,000 workers, 5,000, and the rest counted.
+    #[test]
+    fn per_process_series_are_capped_with_the_overflow_counted() {
+        let mut s = state(true);
+        let mut look = (*s.look).clone();
+        let st = look.status.as_mut().unwrap();
+        let one = st.processes[0].clone();
+        st.processes = vec![one; 10_000];
+        s.look = std::sync::Arc::new(look);
+        let uncapped = Metrics::new().render(&[&s], Some(usize::MAX), None, None);
+        let capped = Metrics::new().render(&[&s], Some(1000), None, None);
+        let series = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with("phpfpm_process_"))
+                .count()
+        };
+        assert_eq!(series(&uncapped), 50_000);
+        assert_eq!(series(&capped), 5_000);
+        assert!(
+            capped.contains("phpfpm_manager_process_series_omitted{pool=\"www\"} 9000"),
+            "no overflow count"
+        );
+        assert!(uncapped.contains("phpfpm_manager_process_series_omitted{pool=\"www\"} 0"));
+        eprintln!(
+            "10,000 workers: {} bytes per scrape uncapped, {} with the default cap",
+            uncapped.len(),
+            capped.len()
+        );
+        assert!(capped.len() * 5 < uncapped.len());
     }
 }

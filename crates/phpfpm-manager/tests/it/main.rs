@@ -30,7 +30,12 @@ mod http_limits;
 mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// A refused SIGHUP reload, visible over HTTP with every problem.
+mod reload;
 /// `run --replace`: finding the running manager by its lock, never by name.
 mod replace;
+/// A master stopped by SIGSTOP: not ready, an event, and a restart after
+/// the grace unless it resumes.
+mod stall;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;

@@ -95,7 +95,12 @@ pub fn redact_query(uri: &str) -> Cow<'_, str> {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let per_process = state.config().monitoring.per_process_metrics;
+    let per_process = {
+        let cfg = state.config();
+        cfg.monitoring
+            .per_process_metrics
+            .then_some(cfg.monitoring.max_process_series)
+    };
     let body = {
         let host = state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
         let pools = state.pools();
@@ -112,16 +117,35 @@ async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when every pool answers its ping.
+/// Why a pool is not ready, if it is not.
+fn not_ready(p: &PoolState) -> Option<String> {
+    // A stalled master's hidden status pool still answers the ping with a
+    // frozen scoreboard while nothing is served; a pool marked failed
+    // (crash loop, config refused) is not ready even if an old master
+    // still answers.
+    if let Some(st) = &p.stalled {
+        Some(format!(
+            "{}: php-fpm master {} is stalled ({})",
+            p.name,
+            st.pid,
+            st.reason.as_str()
+        ))
+    } else if p.master.failed.is_some() {
+        Some(format!("{}: failed", p.name))
+    } else if !p.ping_ok {
+        Some(format!("{}: not answering ping", p.name))
+    } else {
+        None
+    }
+}
+
+/// Ready when every pool answers its ping and no master is stalled.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let pools = state.pools();
-    // A pool marked failed (crash loop, config refused) is not ready even
-    // if an old master still answers.
-    let failing: Vec<&str> = pools
+    let (failing, reasons): (Vec<&str>, Vec<String>) = pools
         .values()
-        .filter(|p| !p.ping_ok || p.master.failed.is_some())
-        .map(|p| p.name.as_str())
-        .collect();
+        .filter_map(|p| not_ready(p).map(|why| (p.name.as_str(), why)))
+        .unzip();
     if failing.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
@@ -129,7 +153,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
             "status": "not_ready",
             "error": {
                 "code": "pools_not_ready",
-                "message": format!("pools not answering ping: {}", failing.join(", ")),
+                "message": format!("pools not ready: {}", reasons.join("; ")),
             },
             "pools": failing,
         });
@@ -157,6 +181,8 @@ struct PoolDto {
     kernel: KernelDto,
     collect_interval_ms: u64,
     circuit_open: bool,
+    /// Set while the pool's master makes no progress.
+    stalled: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -282,6 +308,9 @@ impl PoolDto {
             },
             collect_interval_ms: s.interval.as_millis() as u64,
             circuit_open: s.circuit_open,
+            stalled: s.stalled.map(
+                |st| json!({"pid": st.pid, "reason": st.reason.as_str(), "since_ms": st.since_ms}),
+            ),
             pm: s.running_spec().map(|p| PmDto {
                 pm: p.pm.as_str(),
                 max_children: p.max_children,
@@ -322,11 +351,21 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "last_error": s.last_error,
         })
     });
+    // Time as RFC 3339, like the rest of the API's answers for people.
+    let last_reload = state.last_reload().map(|r| {
+        json!({
+            "at": humantime::format_rfc3339_millis(r.at).to_string(),
+            "at_ms": crate::events::unix_ms(r.at),
+            "accepted": r.accepted,
+            "problems": r.problems,
+        })
+    });
     let pools = state.pools();
     let up = pools.values().filter(|p| p.up).count();
     Json(json!({
         "host": host,
         "storage": storage,
+        "last_reload": last_reload,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "mode": if state.config().zero_config { "zero-config" } else { "config" },
