@@ -77,4 +77,4 @@ pub use learn::Estimates;
 pub use observe::{accepted_delta, Observation};
 pub use policy::{LearningSpec, Policy, PolicyError, PolicyProblem, PolicySpec};
 pub use share::{share_budget, share_budget_protecting_needs, PoolDemand, PoolShare};
-pub use sim::{simulate_report, SimError, TraceSpec};
+pub use sim::{simulate_report, simulate_report_policy, SimError, TraceSpec};

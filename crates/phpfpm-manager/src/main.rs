@@ -42,8 +42,9 @@ enum Command {
     /// (in 0600 files under env/) unless --include-secrets.
     Import(ImportArgs),
     /// Run the autoscaler and php-fpm's own process managers side by side in
-    /// a deterministic simulation and print p50/p95/p99 wait, worker- and
-    /// memory-seconds and changes per policy.
+    /// a deterministic simulation and print p50/p99 response, wait,
+    /// memory-seconds and changes per policy. With --config, the policy is a
+    /// pool's `scaling:` section and the budget `scaling.memory_budget`.
     Simulate(SimulateArgs),
     /// Pin, unpin, pause or resume a pool's autoscaler in the running
     /// manager (through its API on server.bind_address).
@@ -94,8 +95,17 @@ struct SimulateArgs {
     #[arg(long, default_value = "spike")]
     trace: String,
     /// YAML autoscaler policy (validated like the main config).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     policy: Option<PathBuf>,
+    /// The manager's config: the policy comes from a pool's `scaling:`
+    /// section (limits, target_utilization, weight, priority) and the budget
+    /// from `scaling.memory_budget`, as the daemon reads them.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The pool of --config to simulate (default: the first autoscaled pool,
+    /// else the first pool).
+    #[arg(long, requires = "config")]
+    pool: Option<String>,
     /// Random seed; the same seed gives the same table.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -296,10 +306,82 @@ fn import(args: ImportArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The policy and budget of one pool of the manager's config, through the
+/// daemon's own reading of them (`scale::policy_for`); prints what it
+/// simulates. Exit 64 for an invalid config (as `validate`), 2 for an
+/// unknown pool.
+fn simulate_policy_from_config(
+    path: &std::path::Path,
+    pool: Option<&str>,
+) -> Result<(fpm_autoscale::Policy, Option<u64>), ExitCode> {
+    let cfg = load(&ConfigArgs {
+        config: Some(path.to_owned()),
+        runtime_dir: None,
+    })?;
+    let chosen = match pool {
+        Some(name) => cfg.pools.iter().find(|p| p.name.as_str() == name),
+        None => cfg
+            .pools
+            .iter()
+            .find(|p| p.spec.is_some() && p.scaling.enabled)
+            .or(cfg.pools.first()),
+    };
+    let Some(chosen) = chosen else {
+        let names: Vec<&str> = cfg.pools.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "error: --pool {}: no such pool in {}; its pools are: {}",
+            pool.unwrap_or(""),
+            path.display(),
+            names.join(", ")
+        );
+        return Err(ExitCode::from(2));
+    };
+    let policy = phpfpm_manager::scale::policy_for(chosen).map_err(|e| {
+        eprintln!("error: pool {}: scaling: {e}", chosen.name);
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let spec = policy.spec();
+    let (budget, budget_note) = match cfg.scaling.memory_budget {
+        config::MemoryBudget::Fixed(bytes) => (
+            Some(bytes),
+            format!("scaling.memory_budget {} MiB", bytes / (1024 * 1024)),
+        ),
+        config::MemoryBudget::Auto { .. } => (
+            None,
+            "scaling.memory_budget is auto (this machine's memory): the simulation uses the scenario's default budget instead".to_owned(),
+        ),
+    };
+    println!(
+        "pool {} of {}: min_workers {}, max_workers {}, headroom {:.2} (target_utilization {}), weight {}, priority {}; {budget_note}; the pool alone under the budget",
+        chosen.name,
+        path.display(),
+        spec.min_workers,
+        spec.max_workers,
+        spec.headroom,
+        chosen.scaling.target_utilization,
+        spec.weight,
+        spec.priority,
+    );
+    if spec.advise_only {
+        println!(
+            "note: the manager only advises on pool {} (observed, or scaling.enabled is false); simulated as if autoscaling were on",
+            chosen.name
+        );
+    }
+    Ok((policy, budget))
+}
+
 /// `simulate`: exit 2 for a trace that is neither built in nor a readable
-/// file (a usage error), 64 for a bad policy or trace file, 1 if the policy
-/// is unreadable.
+/// file, or an unknown --pool (usage errors), 64 for a bad policy, config or
+/// trace file, 1 if the policy is unreadable.
 fn simulate(args: SimulateArgs) -> ExitCode {
+    let from_config = match &args.config {
+        None => None,
+        Some(path) => match simulate_policy_from_config(path, args.pool.as_deref()) {
+            Ok(found) => Some(found),
+            Err(code) => return code,
+        },
+    };
     let policy = match &args.policy {
         None => None,
         Some(p) => match std::fs::read_to_string(p) {
@@ -325,7 +407,13 @@ fn simulate(args: SimulateArgs) -> ExitCode {
                 }
             },
         };
-        match fpm_autoscale::simulate_report(trace, policy.as_deref(), args.seed) {
+        let report = match &from_config {
+            Some((policy, budget)) => {
+                fpm_autoscale::simulate_report_policy(trace, policy, *budget, args.seed)
+            }
+            None => fpm_autoscale::simulate_report(trace, policy.as_deref(), args.seed),
+        };
+        match report {
             Ok(table) => println!("{table}"),
             Err(e) => {
                 eprintln!("error: {e}");

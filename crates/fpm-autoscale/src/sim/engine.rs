@@ -4,12 +4,17 @@
 //! Time is kept in integer microseconds so that event order is exact and
 //! runs are bit-for-bit reproducible; ties are broken by insertion order.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::rc::Rc;
 
 use super::rng::Pcg32;
 use super::trace::TraceSpec;
 use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
+use crate::caps::{
+    next_cap, CapStep, Damping, PlanMemory, PoolPlanInput, Pressure, ASSUMED_WORKER_BYTES,
+};
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
 use crate::policy::Policy;
@@ -113,7 +118,19 @@ struct PolicyDriver {
     previous_served: Vec<Option<(u64, u64)>>,
     in_flight: bool,
     file_cache: bool,
+    /// The daemon's manager: `caps::next_cap` moves the cap, `decide` is
+    /// only the model. Otherwise `decide`'s resizes are the cap.
+    daemon: bool,
+    /// The cap the pool runs with (the daemon's applied cap).
+    cap: u32,
+    /// The cap planner's memory between looks.
+    plan: PlanMemory,
 }
+
+/// Every pool's planning input, keyed by pool name like the daemon's
+/// board: each pool writes its own entry at its look and plans against
+/// the others' latest entries.
+type Board = Rc<RefCell<BTreeMap<String, PoolPlanInput>>>;
 
 /// What one collection saw, before it becomes an [`Observation`].
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +156,10 @@ struct Sim<'a> {
     last_wanted: Option<u32>,
     /// What the pool needs (the model without headroom).
     last_needed: Option<u32>,
+    /// The pool's name on the board.
+    name: String,
+    /// The board the daemon's manager plans over (its own for one pool).
+    board: Board,
     duration_us: u64,
     now_us: u64,
     integrated_to_us: u64,
@@ -238,8 +259,10 @@ pub struct SharedPool {
     pub name: String,
     /// Its arrivals.
     pub trace: TraceSpec,
-    /// Who manages it. The policy's managers get their cap from
-    /// [`crate::share_budget`]; the others run as configured.
+    /// Who manages it. The daemon's manager plans its cap over the board
+    /// of every pool; the model-cap design gets a share from
+    /// [`crate::share_budget_protecting_needs`]; the others run as
+    /// configured.
     pub manager: Manager,
     /// `pm.max_children` of this pool (`max_workers` of its policy).
     pub max_workers: u32,
@@ -265,16 +288,30 @@ pub struct SharedResult {
     pub over_budget_s: f64,
 }
 
-/// Runs several pools under one memory budget
+/// Runs several pools under one memory budget for their workers
 /// (`scenario.memory_budget_bytes` less every pool's shared memory and the
-/// first policy's reserve). Every second
-/// [`crate::share_budget_protecting_needs`] splits the budget between the
-/// pools the policy manages (the others' caps are taken off first): each
-/// pool's need first, by priority, then wants by priority and weight; each
-/// scaler receives its
-/// share as `share_cap_workers`. Memory is compared with the budget every
-/// 100 ms.
+/// first policy's reserve). Pools run by the daemon's manager plan their
+/// caps with [`crate::caps::next_cap`] over one board holding every such
+/// pool's latest input, with that worker budget as `scaling.memory_budget`,
+/// each at its own looks, as the pool actors do. For the model-cap design,
+/// every second [`crate::share_budget_protecting_needs`] splits the budget
+/// between its pools (the others' caps are taken off first): each pool's
+/// need first, by priority, then wants by priority and weight; each scaler
+/// receives its share as `share_cap_workers`. Pools are advanced in
+/// lockstep, 100 ms at a time (so a board entry may be up to 100 ms ahead
+/// of the pool reading it), and their workers' memory is compared with the
+/// budget every 100 ms.
 pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedResult, SimError> {
+    let reserve = pools
+        .iter()
+        .find_map(|pool| pool.manager.policy())
+        .map_or(0.0, |policy| policy.spec().memory_reserve_mb)
+        * 1024.0
+        * 1024.0;
+    let worker_budget_bytes = scenario
+        .memory_budget_bytes
+        .saturating_sub(scenario.shared_bytes * pools.len() as u64)
+        .saturating_sub(reserve as u64);
     let scenarios: Vec<Scenario> = pools
         .iter()
         .enumerate()
@@ -283,6 +320,11 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
             // Different pools get different requests from the same seed.
             own.seed = scenario.seed.wrapping_add(index as u64 * 1_000_003);
             own.max_workers = pool.max_workers;
+            if matches!(pool.manager, Manager::Daemon { .. }) {
+                // The daemon's `scaling.memory_budget` is the memory for
+                // the workers of all autoscaled pools.
+                own.memory_budget_bytes = worker_budget_bytes;
+            }
             own
         })
         .collect();
@@ -299,16 +341,11 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
             Sim::new(requests, *duration_us, &pool.manager, own)
         })
         .collect();
-    let reserve = pools
-        .iter()
-        .find_map(|pool| pool.manager.policy())
-        .map_or(0.0, |policy| policy.spec().memory_reserve_mb)
-        * 1024.0
-        * 1024.0;
-    let worker_budget_bytes = scenario
-        .memory_budget_bytes
-        .saturating_sub(scenario.shared_bytes * pools.len() as u64)
-        .saturating_sub(reserve as u64);
+    let board = Board::default();
+    for (sim, pool) in sims.iter_mut().zip(pools) {
+        sim.name = pool.name.clone();
+        sim.board = Rc::clone(&board);
+    }
     let mut granted_peak = vec![0; pools.len()];
     let mut granted_low = vec![u32::MAX; pools.len()];
     let mut peak_memory_bytes = 0;
@@ -326,19 +363,34 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
         if memory > worker_budget_bytes {
             over_budget_s += SHARED_STEP_US as f64 / 1e6;
         }
+        for (index, sim) in sims.iter().enumerate() {
+            let cap = sim
+                .share_cap
+                .or(sim.driver.as_ref().filter(|d| d.daemon).map(|d| d.cap))
+                .unwrap_or(pools[index].max_workers);
+            granted_peak[index] = granted_peak[index].max(cap);
+            granted_low[index] = granted_low[index].min(cap);
+        }
         if until % SHARE_EVERY_US != 0 {
             continue;
         }
-        // Pools the policy does not manage keep their configured cap.
+        // Pools the model-cap design does not manage keep their cap.
+        let model_cap = |sim: &Sim<'_>| sim.driver.as_ref().is_some_and(|d| !d.daemon);
+        let managed: Vec<usize> = (0..pools.len())
+            .filter(|&index| model_cap(&sims[index]))
+            .collect();
+        if managed.is_empty() {
+            continue;
+        }
         let fixed: u64 = sims
             .iter()
             .zip(pools)
-            .filter(|(sim, _)| sim.driver.is_none())
-            .map(|(_, pool)| u64::from(pool.max_workers) * scenario.pss_mean_bytes as u64)
+            .filter(|(sim, _)| !model_cap(sim))
+            .map(|(sim, pool)| {
+                let cap = sim.driver.as_ref().map_or(pool.max_workers, |d| d.cap);
+                u64::from(cap) * scenario.pss_mean_bytes as u64
+            })
             .sum();
-        let managed: Vec<usize> = (0..pools.len())
-            .filter(|&index| sims[index].driver.is_some())
-            .collect();
         let demands: Vec<PoolDemand> = managed
             .iter()
             .filter_map(|&index| {
@@ -379,11 +431,6 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
         for (&index, share) in managed.iter().zip(shares) {
             sims[index].share_cap = Some(share.granted_workers);
         }
-        for (index, sim) in sims.iter().enumerate() {
-            let cap = sim.share_cap.unwrap_or(pools[index].max_workers);
-            granted_peak[index] = granted_peak[index].max(cap);
-            granted_low[index] = granted_low[index].min(cap);
-        }
     }
     Ok(SharedResult {
         pools: sims.into_iter().map(Sim::finish).collect(),
@@ -402,7 +449,7 @@ impl<'a> Sim<'a> {
         manager: &'a Manager,
         scenario: &'a Scenario,
     ) -> Sim<'a> {
-        let ondemand = matches!(manager, Manager::Ondemand | Manager::PolicyOndemand { .. });
+        let ondemand = !matches!(manager, Manager::Static | Manager::Dynamic(_));
         let (initial, cap, driver) = match manager {
             Manager::Static => (scenario.max_workers, scenario.max_workers, None),
             Manager::Dynamic(spec) => (
@@ -411,27 +458,33 @@ impl<'a> Sim<'a> {
                 None,
             ),
             Manager::Ondemand => (0, scenario.max_workers, None),
-            Manager::PolicyStatic(policy) | Manager::PolicyOndemand { policy, .. } => {
-                // The manager takes over a pool at its learning cap.
-                let workers = policy.learning_cap();
+            Manager::Daemon { policy, file_cache } | Manager::ModelCap { policy, file_cache } => {
+                let daemon = matches!(manager, Manager::Daemon { .. });
+                let spec = policy.spec();
+                let (min, max) = (spec.min_workers, spec.max_workers.max(spec.min_workers));
+                // The daemon starts a pool at what the budget allows at the
+                // assumed worker size; the earlier design at its learning
+                // cap.
+                let cap = if daemon {
+                    let fits = scenario.memory_budget_bytes / ASSUMED_WORKER_BYTES;
+                    u32::try_from(fits).unwrap_or(u32::MAX).clamp(min, max)
+                } else {
+                    policy.learning_cap()
+                };
                 let driver = PolicyDriver {
                     policy: policy.clone(),
-                    state: ScalerState::new(0, workers),
+                    state: ScalerState::new(0, cap),
                     last_collect_us: None,
                     interval_us: NORMAL_INTERVAL_US,
                     previous_accepted: None,
                     previous_served: Vec::new(),
                     in_flight: false,
-                    file_cache: matches!(
-                        manager,
-                        Manager::PolicyOndemand {
-                            file_cache: true,
-                            ..
-                        }
-                    ),
+                    file_cache: *file_cache,
+                    daemon,
+                    cap,
+                    plan: PlanMemory::default(),
                 };
-                let initial = if ondemand { 0 } else { workers };
-                (initial, workers, Some(driver))
+                (0, cap, Some(driver))
             }
         };
         let mut sim = Sim {
@@ -443,6 +496,8 @@ impl<'a> Sim<'a> {
             share_cap: None,
             last_wanted: None,
             last_needed: None,
+            name: "pool".to_owned(),
+            board: Board::default(),
             duration_us,
             now_us: 0,
             integrated_to_us: 0,
@@ -518,8 +573,10 @@ impl<'a> Sim<'a> {
                 Event::Tick => {
                     match self.manager {
                         Manager::Dynamic(_) => self.dynamic_maintenance(),
-                        Manager::Ondemand | Manager::PolicyOndemand { .. } => self.ondemand_reap(),
-                        Manager::Static | Manager::PolicyStatic(_) => {}
+                        Manager::Ondemand | Manager::Daemon { .. } | Manager::ModelCap { .. } => {
+                            self.ondemand_reap()
+                        }
+                        Manager::Static => {}
                     }
                     if self.more_to_do() {
                         self.schedule(self.now_us + TICK_US, Event::Tick);
@@ -871,6 +928,12 @@ impl<'a> Sim<'a> {
         let Some(driver) = self.driver.as_ref() else {
             return;
         };
+        // The daemon's pool actor awaits the supervisor during a
+        // hand-over: the looks meanwhile are not seen, the next one after
+        // it is.
+        if driver.daemon && driver.in_flight {
+            return;
+        }
         let due = driver
             .last_collect_us
             .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
@@ -883,23 +946,31 @@ impl<'a> Sim<'a> {
         let Some(driver) = self.driver.as_mut() else {
             return;
         };
+        let daemon = driver.daemon;
+        // The daemon reports the applied cap as the pool's size: ondemand
+        // forks up to it, so "every worker busy" means the cap is hit.
+        let (idle, total) = if daemon {
+            (driver.cap.saturating_sub(look.busy), driver.cap.max(1))
+        } else {
+            (look.idle, look.total)
+        };
         let observation = Observation {
             now_ms: now / 1000,
             accepted: look.accepted,
             queue_len: look.queue_len,
             busy: look.busy,
-            idle: look.idle,
-            total: look.total,
+            idle,
+            total,
             worker_pss_bytes: &look.pss,
             finished_service_s: &look.finished,
             cpu_cores_used: None,
             cpu_cores_limit: None,
             memory_budget_bytes: Some(self.scenario.memory_budget_bytes),
             shared_memory_bytes: self.scenario.shared_bytes,
-            share_cap_workers: self.share_cap,
-            change_in_flight: driver.in_flight,
+            share_cap_workers: if daemon { None } else { self.share_cap },
+            change_in_flight: !daemon && driver.in_flight,
         };
-        let (queue_len, busy, total) = (look.queue_len, look.busy, look.total);
+        let (queue_len, busy) = (look.queue_len, look.busy);
         let before = driver.state.workers();
         let (decision, state) = decide(&driver.policy, &driver.state, &observation);
         driver.state = state;
@@ -912,18 +983,65 @@ impl<'a> Sim<'a> {
         } else {
             NORMAL_INTERVAL_US
         };
-        if let Action::Resize { workers, reason } = decision.action {
+        let change = if daemon {
+            // As the pool actor does: its entry on the board, then the cap
+            // over every pool's latest entry.
+            let spec = driver.policy.spec();
+            let input = PoolPlanInput {
+                name: self.name.clone(),
+                priority: spec.priority,
+                weight: spec.weight,
+                min_workers: spec.min_workers.max(1),
+                max_workers: spec.max_workers.max(1),
+                wanted_workers: decision.figures.model_workers,
+                worker_bytes: decision.figures.p95_pss_bytes,
+                applied_cap: driver.cap,
+                fixed: false,
+            };
+            let all: Vec<PoolPlanInput> = {
+                let mut board = self.board.borrow_mut();
+                board.insert(self.name.clone(), input);
+                board.values().cloned().collect()
+            };
+            let me = all.iter().position(|p| p.name == self.name).unwrap_or(0);
+            let (step, memory) = next_cap(
+                now / 1000,
+                self.scenario.memory_budget_bytes,
+                &all,
+                me,
+                Pressure {
+                    busy,
+                    queue: queue_len,
+                },
+                Damping::default(),
+                driver.plan,
+            );
+            driver.plan = memory;
+            match step {
+                CapStep::Change { to, rule } => {
+                    let from = driver.cap;
+                    driver.cap = to;
+                    Some((from, to, rule))
+                }
+                CapStep::Hold(_) => None,
+            }
+        } else if let Action::Resize { workers, reason } = decision.action {
+            Some((before, workers, reason.rule()))
+        } else {
+            None
+        };
+        if let Some((from, to, rule)) = change {
             driver.in_flight = true;
-            let direction = if workers > before { 1 } else { -1 };
+            let direction = if to > from { 1 } else { -1 };
             self.change_log.push((now as f64 / 1e6, direction));
             self.changes_detail.push(ChangeRecord {
                 at_s: now as f64 / 1e6,
-                from: before,
-                to: workers,
-                reason,
+                from,
+                to,
+                rule,
             });
             let apply_us = (self.scenario.apply_delay_s * 1e6) as u64;
-            self.schedule(now + apply_us, Event::Apply { workers });
+            self.schedule(now + apply_us, Event::Apply { workers: to });
         }
     }
 
@@ -1044,7 +1162,7 @@ mod tests {
         scenario.duration_s = Some(120.0);
         let (requests, duration_us) =
             draw_requests(&TraceSpec::Steady, &scenario).expect("requests");
-        let manager = Manager::PolicyOndemand {
+        let manager = Manager::ModelCap {
             policy: Policy::default(),
             file_cache: false,
         };

@@ -50,13 +50,12 @@ mod trace;
 
 use thiserror::Error;
 
-use crate::decide::ResizeReason;
 use crate::policy::{Policy, PolicyError};
 
 pub use engine::{run, run_shared, SharedPool, SharedResult};
 pub use report::{
-    render_shared, render_table, shared_runs, simulate_all, simulate_report, simulate_report_with,
-    simulate_shared,
+    render_shared, render_table, shared_runs, simulate_all, simulate_report,
+    simulate_report_policy, simulate_report_with, simulate_shared,
 };
 pub use trace::{TraceSpec, BASE_RATE};
 
@@ -129,18 +128,31 @@ impl DynamicSpec {
 /// Which process manager runs the simulated pool.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Manager {
-    /// The product design: `pm = ondemand` under a cap (`pm.max_children`)
-    /// that the policy sets and moves by hand-over. With `file_cache` the
-    /// new master's OPcache starts from the previous master's file cache.
-    PolicyOndemand {
+    /// The daemon as it runs an autoscaled pool: `pm = ondemand` under a
+    /// cap (`pm.max_children`). At each look `decide` runs as the model
+    /// only (its figures: recommended workers, p95 PSS; its resizes are
+    /// not applied), then [`crate::caps::next_cap`] plans the cap as the
+    /// pool's share of the memory budget with the default damping, and a
+    /// change is applied by a hand-over. The first cap is what the budget
+    /// allows at the assumed worker size, within the pool's limits, as the
+    /// daemon starts a pool. With `file_cache` the new master's OPcache
+    /// starts from the previous master's file cache (the daemon's
+    /// `phpfpm.warm_handover`, on by default).
+    Daemon {
+        /// The pool's policy (limits, headroom, weight, priority).
+        policy: Policy,
+        /// `opcache.file_cache` filled by the previous master.
+        file_cache: bool,
+    },
+    /// An earlier design, kept for comparison: `decide`'s resizes applied
+    /// as the cap, starting at the learning cap (in a shared budget the
+    /// cap also comes from [`crate::share_budget_protecting_needs`]).
+    ModelCap {
         /// The policy.
         policy: Policy,
         /// `opcache.file_cache` filled by the previous master.
         file_cache: bool,
     },
-    /// The policy sizing a `pm = static` pool (every change a hand-over
-    /// to a new master that forks that many cold workers).
-    PolicyStatic(Policy),
     /// `pm = static` with `max_workers` workers.
     Static,
     /// `pm = dynamic`.
@@ -153,13 +165,18 @@ impl Manager {
     /// Short name for tables.
     pub fn name(&self) -> &'static str {
         match self {
-            Manager::PolicyOndemand {
-                file_cache: false, ..
-            } => "manager",
-            Manager::PolicyOndemand {
+            Manager::Daemon {
                 file_cache: true, ..
-            } => "manager+file_cache",
-            Manager::PolicyStatic(_) => "manager-static",
+            } => "manager",
+            Manager::Daemon {
+                file_cache: false, ..
+            } => "manager-cold-handover",
+            Manager::ModelCap {
+                file_cache: true, ..
+            } => "model-cap",
+            Manager::ModelCap {
+                file_cache: false, ..
+            } => "model-cap-cold-handover",
             Manager::Static => "static@max",
             Manager::Dynamic(spec) => spec.name,
             Manager::Ondemand => "ondemand@max",
@@ -169,23 +186,27 @@ impl Manager {
     /// The policy, for the managers that have one.
     pub fn policy(&self) -> Option<&Policy> {
         match self {
-            Manager::PolicyOndemand { policy, .. } | Manager::PolicyStatic(policy) => Some(policy),
+            Manager::Daemon { policy, .. } | Manager::ModelCap { policy, .. } => Some(policy),
             _ => None,
+        }
+    }
+
+    /// The daemon's manager with a warm hand-over, as it runs by default.
+    pub fn daemon(policy: &Policy) -> Manager {
+        Manager::Daemon {
+            policy: policy.clone(),
+            file_cache: true,
         }
     }
 
     /// Every contender of the comparison table, in table order.
     pub fn contenders(policy: &Policy) -> Vec<Manager> {
         vec![
-            Manager::PolicyOndemand {
-                policy: policy.clone(),
-                file_cache: false,
-            },
-            Manager::PolicyOndemand {
+            Manager::daemon(policy),
+            Manager::ModelCap {
                 policy: policy.clone(),
                 file_cache: true,
             },
-            Manager::PolicyStatic(policy.clone()),
             Manager::Static,
             Manager::Dynamic(DynamicSpec::tuned()),
             Manager::Dynamic(DynamicSpec::debian()),
@@ -235,7 +256,10 @@ pub struct Scenario {
     pub pss_sd_bytes: f64,
     /// Master plus OPcache shared memory, bytes.
     pub shared_bytes: u64,
-    /// Memory budget of the pool, bytes.
+    /// Memory budget, bytes. The daemon's manager plans its cap over it
+    /// as `scaling.memory_budget` (memory for the workers); the model-cap
+    /// design passes it to `decide`, which takes the shared memory and
+    /// the policy's reserve off first.
     pub memory_budget_bytes: u64,
     /// Period of the collector's accept-queue probe, seconds. 0.25 in the
     /// standard scenario: 4 sock_diag reads a second cost about 0.01 % of
@@ -284,8 +308,8 @@ pub struct ChangeRecord {
     pub from: u32,
     /// Size (or cap) after the change.
     pub to: u32,
-    /// Why the policy changed the size.
-    pub reason: ResizeReason,
+    /// The rule behind the change (`caps::next_cap`'s or `decide`'s).
+    pub rule: &'static str,
 }
 
 /// What one manager achieved on one trace.

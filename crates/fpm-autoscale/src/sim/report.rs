@@ -41,6 +41,30 @@ pub fn simulate_report_with(
     Ok(render_table(&trace, &scenario, &results))
 }
 
+/// Runs the contenders with a policy already built (for example from the
+/// daemon's configuration) and the memory budget the manager plans its cap
+/// over (`None`: the standard scenario's), on `trace` with `seed`, and
+/// returns the printed table. The simulated manager runs the pool, so an
+/// advise-only policy is simulated as if its changes were applied.
+pub fn simulate_report_policy(
+    trace: TraceSpec,
+    policy: &Policy,
+    memory_budget_bytes: Option<u64>,
+    seed: u64,
+) -> Result<String, SimError> {
+    let mut spec = policy.spec().clone();
+    spec.advise_only = false;
+    let policy = Policy::new(spec)?;
+    let mut scenario = Scenario::standard(seed);
+    if let Some(budget) = memory_budget_bytes {
+        scenario.memory_budget_bytes = budget;
+    }
+    scenario.max_workers = policy.spec().max_workers;
+    scenario.slow_wait_s = policy.emergency_wait_s();
+    let results = simulate_all(&trace, &policy, &scenario)?;
+    Ok(render_table(&trace, &scenario, &results))
+}
+
 /// Runs every contender ([`Manager::contenders`]) on one trace, in table
 /// order.
 pub fn simulate_all(
@@ -63,12 +87,14 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
     let _ = writeln!(
         out,
         "trace {} ({duration:.0} s), seed {}, pm.max_children {} for every manager (the manager moves its cap within it); \
+         memory budget {} MiB (the manager's cap is its share of it, 64 MiB a worker until PSS is measured); \
          hand-over: new master ready {:.1} s after its start, old one stopped then; \
          cold OPcache: +{:.2} s on a new master's first request (+{:.2} s with file_cache), falling to 1/e after {:.0} requests; \
          queue probe every {:.0} ms",
         trace.name(),
         scenario.seed,
         scenario.max_workers,
+        scenario.memory_budget_bytes / (1024 * 1024),
         scenario.master_start_s,
         scenario.cold_start_s,
         scenario.file_cache_cold_start_s,
@@ -122,10 +148,7 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
             .map(|change| {
                 format!(
                     "{:.1} s {}->{} {}",
-                    change.at_s,
-                    change.from,
-                    change.to,
-                    change.reason.rule()
+                    change.at_s, change.from, change.to, change.rule
                 )
             })
             .collect();
@@ -135,17 +158,20 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
 }
 
 /// The two-pool budget comparison: "shop" (priority 1, spike trace) and
-/// "admin" (priority 0, steady trace) under one budget that fits about 35
-/// workers of 60 MiB, managed three ways: the manager's `ondemand` caps
-/// split by [`crate::share_budget_protecting_needs`]; `static` pools splitting the budget
-/// equally; `ondemand` pools whose caps (32 each) add up to more than
-/// the budget. Returns the printed tables.
+/// "admin" (priority 0, steady trace) under one budget that leaves 2100
+/// MiB for the workers of both (about 35 workers of 60 MiB), managed four
+/// ways: the daemon's manager (`ondemand` caps from
+/// [`crate::caps::next_cap`] over one board, the worker budget as
+/// `scaling.memory_budget`); the earlier model-cap design (caps from
+/// `decide` and [`crate::share_budget_protecting_needs`]); `static` pools
+/// splitting the budget equally; `ondemand` pools whose caps (32 each) add
+/// up to more than the budget. Returns the printed tables.
 pub fn simulate_shared(seed: u64) -> Result<String, SimError> {
     let results = shared_runs(seed)?;
     Ok(render_shared(seed, &results))
 }
 
-/// The three configurations of [`simulate_shared`], by name.
+/// The configurations of [`simulate_shared`], by name, in table order.
 pub fn shared_runs(seed: u64) -> Result<Vec<(&'static str, SharedResult)>, SimError> {
     const MIB: u64 = 1024 * 1024;
     let mut scenario = Scenario::standard(seed);
@@ -168,23 +194,35 @@ pub fn shared_runs(seed: u64) -> Result<Vec<(&'static str, SharedResult)>, SimEr
     };
     let configurations = [
         (
-            "manager: ondemand, caps shared (needs first)",
+            "manager: ondemand, caps from caps::next_cap over one board",
+            [
+                pool("shop", TraceSpec::Spike, Manager::daemon(&shop_policy), 32),
+                pool(
+                    "admin",
+                    TraceSpec::Steady,
+                    Manager::daemon(&admin_policy),
+                    32,
+                ),
+            ],
+        ),
+        (
+            "model-cap: caps from decide within shares (earlier design)",
             [
                 pool(
                     "shop",
                     TraceSpec::Spike,
-                    Manager::PolicyOndemand {
+                    Manager::ModelCap {
                         policy: shop_policy.clone(),
-                        file_cache: false,
+                        file_cache: true,
                     },
                     32,
                 ),
                 pool(
                     "admin",
                     TraceSpec::Steady,
-                    Manager::PolicyOndemand {
+                    Manager::ModelCap {
                         policy: admin_policy.clone(),
-                        file_cache: false,
+                        file_cache: true,
                     },
                     32,
                 ),

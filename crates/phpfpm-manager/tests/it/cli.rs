@@ -196,7 +196,7 @@ fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
     assert_eq!(out.status.code(), Some(0), "{t}");
     for row in [
         "| manager |",
-        "| manager+file_cache |",
+        "| model-cap |",
         "| static@max |",
         "| dynamic-tuned |",
         "| dynamic-debian |",
@@ -224,6 +224,83 @@ fn simulate_prints_every_policy_and_rejects_a_bad_policy() {
         "{}",
         text(&out)
     );
+}
+
+/// One front door for the policy: `simulate --config` reads a pool's
+/// `scaling:` section and `scaling.memory_budget` the way the daemon does.
+#[test]
+fn simulate_takes_the_policy_and_budget_from_the_config() {
+    let dir = TestDir::new("cli-sim-config");
+    std::fs::write(dir.join("t.csv"), "time,rate\n0,20\n90,20\n").unwrap();
+    let pools = "pools:\n\
+                 \x20 - name: admin\n\
+                 \x20 - name: shop\n    max_workers: 12\n    scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 12\n      target_utilization: 0.8\n      priority: 1\n";
+    std::fs::write(
+        dir.join("c.yaml"),
+        format!("scaling:\n  memory_budget: 256MiB\n{pools}"),
+    )
+    .unwrap();
+    let sim = |extra: &[&str]| {
+        let mut args = vec!["simulate", "--trace", "t.csv"];
+        args.extend_from_slice(extra);
+        run(&args, &dir)
+    };
+    // Without --pool: the first autoscaled pool.
+    let out = sim(&["--config", "c.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for want in [
+        "pool shop of c.yaml: min_workers 1, max_workers 12, headroom 0.25 (target_utilization 0.8), weight 1, priority 1; scaling.memory_budget 256 MiB",
+        "pm.max_children 12 for every manager",
+        "memory budget 256 MiB",
+        "| manager | ",
+        "| ondemand@max | ",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    let again = sim(&["--config", "c.yaml", "--pool", "shop"]);
+    assert_eq!(out.stdout, again.stdout);
+    // A pool the daemon only advises on is simulated as if it were on.
+    let out = sim(&["--config", "c.yaml", "--pool", "admin"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("pool admin of c.yaml"), "{t}");
+    assert!(t.contains("simulated as if autoscaling were on"), "{t}");
+    // An unknown pool is a usage error naming the pools.
+    let out = sim(&["--config", "c.yaml", "--pool", "nope"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("--pool nope: no such pool"), "{t}");
+    assert!(t.contains("admin, shop"), "{t}");
+    // `auto` is this machine's memory: the scenario's budget is used, and
+    // the output says so.
+    std::fs::write(
+        dir.join("auto.yaml"),
+        format!("scaling:\n  memory_budget: auto\n{pools}"),
+    )
+    .unwrap();
+    let out = sim(&["--config", "auto.yaml", "--pool", "shop"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("the simulation uses the scenario's default budget"),
+        "{t}"
+    );
+    assert!(t.contains("memory budget 3072 MiB"), "{t}");
+    // An invalid config exits 64 as `validate` does, with its problems.
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "pools:\n  - name: a\n    scaling:\n      target_utilization: 7\n      bogus: 1\n",
+    )
+    .unwrap();
+    let out = sim(&["--config", "bad.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(64), "{t}");
+    assert!(t.contains("invalid configuration"), "{t}");
+    assert!(t.contains("pools[0].scaling.bogus"), "{t}");
+    // --policy and --config are two doors: not both.
+    let out = sim(&["--config", "c.yaml", "--policy", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 #[test]
