@@ -183,16 +183,16 @@ pub fn next_cap(
         .sum();
     let room = budget_bytes.saturating_sub(others) / pool.bytes();
     let room = u32::try_from(room).unwrap_or(u32::MAX);
-    let band = {
-        let b = (f64::from(cap) * damping.band).round() as u32;
-        b.max(if cap > 10 { 2 } else { 1 })
-    };
+    let band = band_of(cap, damping);
     let cooling = memory
         .last_change_ms
         .is_some_and(|t| now_ms.saturating_sub(t) < damping.cooldown_ms);
     // Over the budget already (the budget shrank, or workers grew): down at
     // once, whatever the damping says.
-    let fits_now = u64::from(cap) * pool.bytes() + others <= budget_bytes;
+    // Learned worker sizes move by a few percent from look to look: only an
+    // overrun beyond that is a reason for a new master.
+    let slack = budget_bytes / 50;
+    let fits_now = u64::from(cap) * pool.bytes() + others <= budget_bytes + slack;
     if !fits_now && cap > pool.min_workers {
         let to = share.min(room).max(pool.min_workers).min(cap - 1);
         return change(now_ms, memory, to, "over_budget");
@@ -225,12 +225,15 @@ pub fn next_cap(
     }
     if share < cap {
         let since = *memory.below_since_ms.get_or_insert(now_ms);
-        // Another pool waits for memory this one's cap holds.
+        // Another pool waits for memory this one's cap holds: its share is
+        // beyond its own band (a worker or two of leftover is no need).
         let needed_elsewhere = pools
             .iter()
             .zip(&all)
             .enumerate()
-            .any(|(i, (p, (granted, _)))| i != me && !p.fixed && *granted > p.applied_cap);
+            .any(|(i, (p, (granted, _)))| {
+                i != me && !p.fixed && *granted >= p.applied_cap + band_of(p.applied_cap, damping)
+            });
         if cooling {
             return (CapStep::Hold("cooldown"), memory);
         }
@@ -283,6 +286,12 @@ fn trim(
     memory.last_trim_ms = Some(now_ms);
     memory.last_change_ms = Some(now_ms);
     (CapStep::Renew { rule: "trim_idle" }, memory)
+}
+
+/// Changes smaller than this are not worth a new master: `band` of the
+/// cap, and at least 2 workers.
+fn band_of(cap: u32, damping: Damping) -> u32 {
+    ((f64::from(cap) * damping.band).round() as u32).max(2)
 }
 
 fn change(

@@ -1009,9 +1009,14 @@ impl<'a> Sim<'a> {
                 self.scenario.memory_budget_bytes,
                 &all,
                 me,
+                // The simulated ondemand master reaps a worker idle for
+                // process_idle_timeout (the real one rarely does: the kernel
+                // spreads requests over all workers), so it never carries the
+                // idle surplus that makes the daemon renew a master.
                 Pressure {
                     busy,
                     queue: queue_len,
+                    workers: busy,
                 },
                 Damping::default(),
                 driver.plan,
@@ -1023,7 +1028,7 @@ impl<'a> Sim<'a> {
                     driver.cap = to;
                     Some((from, to, rule))
                 }
-                CapStep::Hold(_) => None,
+                CapStep::Hold(_) | CapStep::Renew { .. } => None,
             }
         } else if let Action::Resize { workers, reason } = decision.action {
             Some((before, workers, reason.rule()))

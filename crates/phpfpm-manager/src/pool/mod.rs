@@ -47,6 +47,15 @@ pub struct Board {
 }
 
 impl Board {
+    /// Records a pool's new applied cap at once, so the other pools plan
+    /// against it rather than against its previous one.
+    fn set_applied(&self, name: &PoolName, cap: u32) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get_mut(name) {
+            p.applied_cap = cap;
+        }
+    }
+
     fn set(&self, name: &PoolName, input: PoolPlanInput) -> Vec<PoolPlanInput> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.insert(name.clone(), input);
@@ -320,8 +329,18 @@ impl PoolActor {
             return cap;
         }
         let budget = self.budget();
+        // Pools that start together split the budget until their shares are
+        // planned, so they do not all start at the whole of it.
+        let autoscaled = self
+            .state
+            .config()
+            .pools
+            .iter()
+            .filter(|p| p.spec.is_some() && p.scaling.enabled)
+            .count()
+            .max(1) as u64;
         let fits = budget.map_or(max, |b| {
-            u32::try_from(b / plan::ASSUMED_WORKER_BYTES).unwrap_or(u32::MAX)
+            u32::try_from(b / plan::ASSUMED_WORKER_BYTES / autoscaled).unwrap_or(u32::MAX)
         });
         fits.clamp(min, max)
     }
@@ -653,6 +672,7 @@ impl PoolActor {
         let reason = format!("autoscaler: {rule} ({from} -> {to} workers)");
         match self.apply(spec, &reason).await {
             Ok(()) => {
+                self.board.set_applied(&self.pool.name, to);
                 self.changes += 1;
                 self.last_change = Some(SystemTime::now());
                 self.refused = None;
