@@ -342,6 +342,8 @@ struct PoolOut {
     user: Option<String>,
     group: Option<String>,
     listen_mode: String,
+    /// `listen.group`: the socket's group, the pool key `listen_group`.
+    listen_group: Option<String>,
     chdir: Option<String>,
     php_values: BTreeMap<String, String>,
     php_admin_values: BTreeMap<String, String>,
@@ -497,6 +499,7 @@ fn map_pool(
         // php-fpm's default.
         None => "0660".to_owned(),
     };
+    let listen_group = get("listen.group").map(|d| d.value.trim().to_owned());
     let account = |k: &str| -> Result<Option<String>, ImportError> {
         match get(k) {
             None => Ok(None),
@@ -646,6 +649,7 @@ fn map_pool(
         match d.key.as_str() {
             "listen"
             | "listen.mode"
+            | "listen.group"
             | "user"
             | "group"
             | "pm"
@@ -714,6 +718,7 @@ fn map_pool(
         user,
         group,
         listen_mode,
+        listen_group,
         chdir,
         php_values,
         php_admin_values,
@@ -991,6 +996,9 @@ fn render_yaml(
             kv("group", quote(g));
         }
         kv("listen_mode", quote(&p.listen_mode));
+        if let Some(g) = &p.listen_group {
+            kv("listen_group", quote(g));
+        }
         if let Some(c) = &p.chdir {
             kv("chdir", quote(c));
         }

@@ -206,6 +206,11 @@ fn compare_pool(orig: &Dump, imp: &Dump, pool: &str, pm: PmMode, problems: &mut 
         if MANAGER_OWNED.iter().any(|(k, _)| k == key) {
             continue;
         }
+        // The manager owns the pool's socket and gives it this group itself
+        // (pool key `listen_group`); php-fpm never sees the directive.
+        if key == "listen.group" {
+            continue;
+        }
         let spare = matches!(
             key.as_str(),
             "pm.start_servers" | "pm.min_spare_servers" | "pm.max_spare_servers"

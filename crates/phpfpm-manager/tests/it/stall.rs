@@ -145,6 +145,12 @@ fn a_master_continued_before_the_grace_is_kept() {
         serde_json::json!(0)
     );
     assert!(!stall_events(&d).contains("\"action\":\"restart\""));
-    let served = php(&d.dir, "a", "pid.php");
-    assert!(served.parse::<u32>() == Ok(pid), "{served:?}");
+    // The worker that serves is a child of that same master.
+    let served: u32 = php(&d.dir, "a", "pid.php").parse().unwrap();
+    let parent = fpm_kernel::procfs::read_stat(served).map(|st| st.ppid);
+    assert_eq!(
+        parent,
+        Some(pid),
+        "worker {served} is not the kept master's"
+    );
 }
