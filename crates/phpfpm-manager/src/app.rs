@@ -483,16 +483,7 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 "The new configuration is invalid ({} problems); nothing was changed.",
                 e.problems.len()
             );
-            let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
-            state.record_reload(false, problems.clone());
-            state.events.emit(ManagerEvent::new(
-                None,
-                "config",
-                What::ConfigReload {
-                    accepted: false,
-                    problems,
-                },
-            ));
+            refuse_reload(state, e.problems.iter().map(ToString::to_string).collect());
             return;
         }
     };
@@ -514,16 +505,7 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
                 tracing::error!(
                     "Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed."
                 );
-                let problems = vec![format!("cannot run php-fpm: {e:#}")];
-                state.record_reload(false, problems.clone());
-                state.events.emit(ManagerEvent::new(
-                    None,
-                    "config",
-                    What::ConfigReload {
-                        accepted: false,
-                        problems,
-                    },
-                ));
+                refuse_reload(state, vec![format!("cannot run php-fpm: {e:#}")]);
                 return;
             }
         }
@@ -596,4 +578,18 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
         let pool = pool.clone();
         tokio::spawn(async move { actor.apply_config(pool).await });
     }
+}
+
+/// Records a refused reload: for `GET /api/v1/status`, the metrics and
+/// the events.
+fn refuse_reload(state: &AppState, problems: Vec<String>) {
+    state.record_reload(false, problems.clone());
+    state.events.emit(ManagerEvent::new(
+        None,
+        "config",
+        What::ConfigReload {
+            accepted: false,
+            problems,
+        },
+    ));
 }

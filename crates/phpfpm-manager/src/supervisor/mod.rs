@@ -489,14 +489,7 @@ impl Supervisor {
     /// reload applies at once) or when starts keep failing, else with backoff.
     fn on_start_failure(&mut self, e: &anyhow::Error) -> Instant {
         let now = Instant::now();
-        self.crashes.push_back(now);
-        while self
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.crash_loop_window)
-        {
-            self.crashes.pop_front();
-        }
+        self.note_exit(now);
         let refused = e.downcast_ref::<child::ConfigRefused>().is_some();
         let delay = self.backoff.start_failed();
         let delay = if refused || self.crash_looping() {
@@ -513,9 +506,8 @@ impl Supervisor {
         now + delay
     }
 
-    /// Records an unexpected exit and returns when to restart.
-    fn on_crash(&mut self, pid: Option<u32>, status: &str) -> Instant {
-        let now = Instant::now();
+    /// Counts an exit (or failed start) in the crash-loop window.
+    fn note_exit(&mut self, now: Instant) {
         self.crashes.push_back(now);
         while self
             .crashes
@@ -524,6 +516,12 @@ impl Supervisor {
         {
             self.crashes.pop_front();
         }
+    }
+
+    /// Records an unexpected exit and returns when to restart.
+    fn on_crash(&mut self, pid: Option<u32>, status: &str) -> Instant {
+        let now = Instant::now();
+        self.note_exit(now);
         self.state
             .metrics
             .master_restarts
