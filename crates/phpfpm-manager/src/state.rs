@@ -315,15 +315,19 @@ impl AppState {
         self.pools().get(pool).cloned()
     }
 
-    /// The collector's write: replaces the pool's look whole.
-    pub fn publish_look(&self, pool: &PoolName, look: Look) {
+    /// The collector's write: replaces the pool's look whole. Returns the
+    /// published look, which the collector may keep (it never reads it back
+    /// from the state).
+    pub fn publish_look(&self, pool: &PoolName, look: Look) -> Arc<Look> {
+        let look = Arc::new(look);
         {
             let mut guard = self.pools.write().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = guard.get_mut(pool) {
-                s.look = Arc::new(look);
+                s.look = look.clone();
             }
         }
         self.look_handle(pool).notify_one();
+        look
     }
 
     /// The supervisor's write: changes the master part only.

@@ -422,25 +422,7 @@ pub fn parse_status(stdout: &[u8]) -> Result<PoolStatus, ParseError> {
 
 /// The `'static` name of a pool-level key php-fpm prints, or `None`.
 fn pool_key(key: &str) -> Option<&'static str> {
-    const KEYS: &[&str] = &[
-        "pool",
-        "process manager",
-        "start time",
-        "start since",
-        "accepted conn",
-        "listen queue",
-        "max listen queue",
-        "listen queue len",
-        "idle processes",
-        "active processes",
-        "total processes",
-        "max active processes",
-        "max children reached",
-        "slow requests",
-        "memory peak",
-        "processes",
-    ];
-    KEYS.iter().copied().find(|k| *k == key)
+    scan::POOL_KEYS.iter().copied().find(|k| *k == key)
 }
 
 /// A worker key, as the `'static` label it is counted under and its bare name.

@@ -28,9 +28,8 @@ pub(crate) enum Value<'a> {
 /// Key/value pairs in the order php-fpm printed them.
 pub(crate) type Object<'a> = Vec<(&'a str, Value<'a>)>;
 
-/// Every key php-fpm 7.4 to 8.4 prints in `?json&full`. Used to recognise where
-/// an unescaped string value really ends.
-const KNOWN_KEYS: &[&str] = &[
+/// The pool-level keys php-fpm 7.4 to 8.4 prints in `?json&full`.
+pub(crate) const POOL_KEYS: &[&str] = &[
     "pool",
     "process manager",
     "start time",
@@ -47,6 +46,10 @@ const KNOWN_KEYS: &[&str] = &[
     "slow requests",
     "memory peak",
     "processes",
+];
+
+/// The keys of one entry of `processes`.
+const PROCESS_KEYS: &[&str] = &[
     "pid",
     "state",
     "requests",
@@ -230,7 +233,8 @@ fn ends_value(rest: &str) -> bool {
     let rest = rest.trim_start();
     if let Some(after) = rest.strip_prefix(',') {
         let after = after.trim_start();
-        return KNOWN_KEYS.iter().any(|k| {
+        // Every key php-fpm prints: where an unescaped string value really ends.
+        return POOL_KEYS.iter().chain(PROCESS_KEYS).any(|k| {
             after
                 .strip_prefix('"')
                 .and_then(|a| a.strip_prefix(k))

@@ -100,6 +100,9 @@ pub struct PoolCollector {
     tally: Tally,
     stall: stall::StallDetector,
     seq: u64,
+    /// The last look with a status page (shared with the state, not
+    /// copied): its values stand in for values a later page had to drop.
+    last_good: Option<Arc<Look>>,
 }
 
 /// How this pool's OPcache is read.
@@ -141,6 +144,7 @@ impl PoolCollector {
             tally: Tally::default(),
             stall: stall::StallDetector::new(mon.stall_after),
             seq: 0,
+            last_good: None,
             pool,
             state,
         }
@@ -204,6 +208,7 @@ impl PoolCollector {
             status,
             ping_ok,
             started.elapsed(),
+            self.last_good.as_ref().and_then(|l| l.status.as_ref()),
         );
         let ok = status.is_some();
         let derived = status
@@ -301,7 +306,10 @@ impl PoolCollector {
         look.opcache = if ok { self.last_opcache.clone() } else { None };
         look.stalled = stalled;
         let samples = history_samples(&name, &look, max_children);
-        self.state.publish_look(&name, look);
+        let published = self.state.publish_look(&name, look);
+        if published.status.is_some() {
+            self.last_good = Some(published);
+        }
         for ev in &events {
             self.state
                 .events
@@ -639,6 +647,7 @@ pub fn record(
         status,
         ping_ok,
         started.elapsed(),
+        None,
     );
     let up = status.is_some();
     let derived = status
@@ -671,14 +680,12 @@ pub struct Tally {
     /// A `scrape_failing` event was emitted and not yet answered by a
     /// `scrape_recovered`.
     reported_failing: bool,
-    /// The last good page, whose values stand in for values a later page
-    /// had to drop.
-    last_status: Option<PoolStatus>,
 }
 
 impl Tally {
     /// Accounts for one collection's outcome; returns the status page (if
-    /// read) and the transition event, if any.
+    /// read) and the transition event, if any. A value the page had to drop
+    /// is taken from `previous`, the last good page.
     pub fn record(
         &mut self,
         pool: &str,
@@ -686,6 +693,7 @@ impl Tally {
         status: Result<PoolStatus, ScrapeError>,
         ping_ok: bool,
         elapsed: Duration,
+        previous: Option<&PoolStatus>,
     ) -> (Option<PoolStatus>, Option<PoolEvent>) {
         metrics
             .scrape_duration
@@ -701,8 +709,7 @@ impl Tally {
                         .inc_by(d.count);
                 }
                 // A dropped value keeps the last good page's.
-                st.carry_forward(self.last_status.as_ref());
-                self.last_status = Some(st.clone());
+                st.carry_forward(previous);
                 let recovered = (self.reported_failing).then_some(self.consecutive_failures);
                 if recovered.is_some() {
                     tracing::info!(pool, "Pool answers its status page.");
