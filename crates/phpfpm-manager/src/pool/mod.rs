@@ -220,6 +220,10 @@ pub struct PoolActor {
     last_error: Option<String>,
     refused: Option<(u32, tokio::time::Instant, Duration)>,
     last_saved: tokio::time::Instant,
+    /// The model's last decision and the budget share of the last look,
+    /// published again with every change of the control part.
+    last_decision: Option<fpm_autoscale::Decision>,
+    planned_cap: Option<u32>,
 }
 
 impl PoolActor {
@@ -298,6 +302,8 @@ impl PoolActor {
             last_error: None,
             refused: None,
             last_saved: tokio::time::Instant::now(),
+            last_decision: None,
+            planned_cap: None,
         };
         (actor, handle)
     }
@@ -592,7 +598,7 @@ impl PoolActor {
             applied_cap: cap,
             fixed,
         };
-        let mut planned_cap = None;
+        self.planned_cap = None;
         let mut rule: &'static str = if fixed {
             match (&self.override_, self.autoscaled(), self.pool.spec.is_some()) {
                 (_, _, false) => "observed",
@@ -613,7 +619,7 @@ impl PoolActor {
                     .iter()
                     .position(|p| p.name == self.pool.name.as_str())
                     .unwrap_or(0);
-                planned_cap = plan::shares(budget, &all).get(me).map(|s| s.0);
+                self.planned_cap = plan::shares(budget, &all).get(me).map(|s| s.0);
                 let pressure = Pressure {
                     busy: u32::try_from(look.derived.active).unwrap_or(u32::MAX),
                     queue: look.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0),
@@ -648,7 +654,7 @@ impl PoolActor {
                 rule = "no_budget";
             }
         }
-        let view = self.view(planned_cap, rule).with_decision(&decision);
+        let view = self.view(self.planned_cap, rule).with_decision(&decision);
         if let Some(to) = change_to {
             self.change_cap(cap, to, rule, &view).await;
         } else if renew {
@@ -802,38 +808,18 @@ impl PoolActor {
 
     /// Publishes the control part: the desired spec and the scaling view.
     fn publish(&mut self, decision: Option<fpm_autoscale::Decision>) {
+        if decision.is_some() {
+            self.last_decision = decision;
+        }
         let rule = if self.last_rule.is_empty() {
             "starting".to_owned()
         } else {
             self.last_rule.clone()
         };
-        let previous = self
-            .state
-            .pool(&self.pool.name)
-            .and_then(|s| s.control.scaling.clone());
-        let planned = previous.as_ref().and_then(|p| p.planned_cap);
-        let mut view = self.view(planned, &rule);
-        match &decision {
-            Some(d) => view = view.with_decision(d),
-            None => {
-                if let Some(p) = previous {
-                    // Keep the model's last figures until the next look.
-                    view.phase = p.phase;
-                    view.confidence = p.confidence;
-                    view.recommended_workers = p.recommended_workers;
-                    view.short_rate = p.short_rate;
-                    view.long_rate = p.long_rate;
-                    view.mean_service_s = p.mean_service_s;
-                    view.offered_load = p.offered_load;
-                    view.p95_pss_bytes = p.p95_pss_bytes;
-                    view.memory_ceiling = p.memory_ceiling;
-                    view.cpu_ceiling = p.cpu_ceiling;
-                    view.reason = p.reason;
-                    view.model_rule = p.model_rule;
-                    view.action = p.action;
-                    view.cpu_bound = p.cpu_bound;
-                }
-            }
+        let mut view = self.view(self.planned_cap, &rule);
+        // Between looks the model's last figures stand.
+        if let Some(d) = &self.last_decision {
+            view = view.with_decision(d);
         }
         let spec = self.desired();
         self.state.publish_control(
