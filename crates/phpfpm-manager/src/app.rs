@@ -301,22 +301,23 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             }
         });
     }
-    // The host's memory and CPU budget, read on the normal interval.
+    // The host's memory and CPU budget, read on the normal interval (the
+    // first reading was taken before the pools started).
     if cfg.monitoring.enable_system_metrics {
         let st = state.clone();
         let token = cancel.clone();
         let every = cfg.monitoring.collect_interval;
         tokio::spawn(async move {
             loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
                 let budget = tokio::task::spawn_blocking(fpm_kernel::budget::read_budget)
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 *st.host.write().unwrap_or_else(|e| e.into_inner()) = Some(budget);
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
             }
         });
     }
