@@ -28,6 +28,7 @@ bench: deps-test
 	$(CARGO) bench -p phpfpm-manager --bench collect
 	$(CARGO) bench -p phpfpm-manager --bench supervise
 	$(CARGO) bench -p phpfpm-manager --bench realload
+	$(CARGO) bench -p phpfpm-manager --bench handover
 	$(CARGO) bench -p fpm-kernel --bench kernel
 	$(CARGO) bench -p fpm-storage
 	$(CARGO) run -p fpm-autoscale --release --example simulate -- --trace all --seed 1

@@ -106,6 +106,9 @@ pub struct Damping {
     pub trim_after_ms: u64,
     /// At most one renewal per pool this often (ms).
     pub trim_every_ms: u64,
+    /// How long the most busy workers a pool was seen with count as
+    /// evidence of what it uses (ms); see [`board_demand`].
+    pub evidence_ms: u64,
 }
 
 impl Default for Damping {
@@ -116,6 +119,7 @@ impl Default for Damping {
             band: 0.15,
             trim_after_ms: 120_000,
             trim_every_ms: 300_000,
+            evidence_ms: 30_000,
         }
     }
 }
@@ -132,6 +136,10 @@ pub struct PlanMemory {
     pub excess_since_ms: Option<u64>,
     /// When the master was last renewed to shed idle workers (ms).
     pub last_trim_ms: Option<u64>,
+    /// The most busy workers seen since `peak_at_ms` ([`board_demand`]).
+    pub peak_busy: u32,
+    /// When `peak_busy` was last reached (ms).
+    pub peak_at_ms: Option<u64>,
 }
 
 /// The planner's answer for one pool.
@@ -150,6 +158,56 @@ pub enum CapStep {
     Renew {
         rule: &'static str,
     },
+}
+
+/// What a pool claims on the shared board (its `wanted_workers`), from the
+/// model's size and what the pool is seen doing; pure. Returns the claim
+/// and the memory for the next look.
+///
+/// The model sizes a pool for its long-window rate, which is right for one
+/// pool alone but wrong for sharing: after a peak it still asks for the
+/// peak's workers for minutes, and while a pool is saturated its rate reads
+/// low (the accepted-connections counter counts what the workers took, not
+/// what arrived). So the claim is bounded by evidence:
+/// - a pool with a queue of half its cap or more claims its maximum: it is
+///   losing latency now and its true rate is unknown;
+/// - a pool with any queue, or every allowed worker busy, claims half again
+///   its cap (growth by steps while the evidence is thin);
+/// - otherwise the model's size, but no more than the most workers it had
+///   busy within `evidence_ms`, plus a quarter (at least 2) for bursts.
+///
+/// A single pool gets the whole budget up to its maximum whatever it
+/// claims; the claim only decides how pools share.
+pub fn board_demand(
+    now_ms: u64,
+    model: Option<u32>,
+    pressure: Pressure,
+    applied_cap: u32,
+    (min_workers, max_workers): (u32, u32),
+    damping: Damping,
+    memory: PlanMemory,
+) -> (u32, PlanMemory) {
+    let mut memory = memory;
+    let expired = memory
+        .peak_at_ms
+        .is_none_or(|t| now_ms.saturating_sub(t) >= damping.evidence_ms);
+    if expired || pressure.busy >= memory.peak_busy {
+        memory.peak_busy = pressure.busy;
+        memory.peak_at_ms = Some(now_ms);
+    }
+    let max = max_workers.max(min_workers);
+    let claim = if pressure.queue > 0 && pressure.queue >= (applied_cap / 2).max(2) {
+        max
+    } else if pressure.queue > 0 || pressure.busy >= applied_cap {
+        applied_cap
+            .saturating_add(applied_cap / 2)
+            .max(applied_cap + 2)
+    } else {
+        let peak = memory.peak_busy;
+        let seen = peak + (peak / 4).max(2);
+        model.map_or(seen, |m| m.min(seen))
+    };
+    (claim.clamp(min_workers, max), memory)
 }
 
 /// Plans the next cap of `pools[me]` at `now_ms`; pure. Returns the step
@@ -603,5 +661,97 @@ mod tests {
                 rule: "pressing_cap"
             }
         );
+    }
+
+    fn busy(busy: u32, queue: u32) -> Pressure {
+        Pressure {
+            busy,
+            queue,
+            workers: busy,
+        }
+    }
+
+    #[test]
+    fn a_saturated_pool_claims_its_maximum_and_a_pressed_one_half_again_its_cap() {
+        let d = Damping::default();
+        let m = PlanMemory::default();
+        let (claim, _) = board_demand(0, Some(14), busy(12, 6), 12, (1, 24), d, m);
+        assert_eq!(
+            claim, 24,
+            "a queue of half the cap: the true rate is unknown"
+        );
+        let (claim, _) = board_demand(0, Some(14), busy(12, 1), 12, (1, 24), d, m);
+        assert_eq!(claim, 18, "one queued request: grow by half the cap");
+        let (claim, _) = board_demand(0, Some(3), busy(3, 0), 3, (1, 24), d, m);
+        assert_eq!(claim, 5, "every allowed worker busy: at least 2 more");
+    }
+
+    #[test]
+    fn a_quiet_pool_claims_no_more_than_it_was_seen_to_use_lately() {
+        let d = Damping::default();
+        // At its peak 20 workers were busy; the model still sizes for it.
+        let (_, m) = board_demand(
+            0,
+            Some(24),
+            busy(20, 0),
+            24,
+            (1, 24),
+            d,
+            PlanMemory::default(),
+        );
+        let (claim, m) = board_demand(10_000, Some(24), busy(2, 0), 24, (1, 24), d, m);
+        assert_eq!(claim, 24, "within the evidence window the peak counts");
+        // Once the peak is older than the window, what is seen now counts.
+        let (claim, m) = board_demand(31_000, Some(24), busy(2, 0), 24, (1, 24), d, m);
+        assert_eq!(claim, 4, "2 busy plus 2 for bursts");
+        assert_eq!(m.peak_busy, 2);
+        // The model can ask for less than the evidence.
+        let (claim, _) = board_demand(32_000, Some(3), busy(2, 0), 24, (1, 24), d, m);
+        assert_eq!(claim, 3);
+        // And the claim stays within the pool's limits.
+        let (claim, _) = board_demand(33_000, None, busy(0, 0), 24, (2, 24), d, m);
+        assert_eq!(claim, 4);
+    }
+
+    #[test]
+    fn a_pool_after_its_peak_gives_way_to_a_saturated_one() {
+        // Pool a finished its peak (model still 24, 2 busy for longer than
+        // the evidence window); pool b is saturated at a cap of 12.
+        let d = Damping::default();
+        let (_, ma) = board_demand(
+            0,
+            Some(24),
+            busy(12, 0),
+            12,
+            (1, 24),
+            d,
+            PlanMemory::default(),
+        );
+        let (a_claim, _) = board_demand(40_000, Some(24), busy(2, 0), 12, (1, 24), d, ma);
+        let (b_claim, _) = board_demand(
+            40_000,
+            Some(14),
+            busy(12, 40),
+            12,
+            (1, 24),
+            d,
+            PlanMemory::default(),
+        );
+        let budget = 24 * 40 * MB;
+        let pools = [pool("a", 12, Some(a_claim)), pool("b", 12, Some(b_claim))];
+        let (step, _) = next_cap(
+            40_000,
+            budget,
+            &pools,
+            0,
+            busy(2, 0),
+            d,
+            PlanMemory::default(),
+        );
+        let CapStep::Change { to, rule } = step else {
+            panic!("pool a holds {step:?} while b is saturated");
+        };
+        assert_eq!(rule, "needed_elsewhere");
+        assert!(to <= 5, "a keeps what it uses, not its peak: {to}");
     }
 }

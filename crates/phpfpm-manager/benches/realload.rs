@@ -1,9 +1,11 @@
 //! Real-load benchmark: real php-fpm 8.2 behind real nginx on loopback, an
 //! app where OPcache matters, open-loop Poisson load (`fpm-loadgen`), and
-//! four contenders side by side in one run: php-fpm `static`, `dynamic`
-//! (Debian's spare settings) and `ondemand` with caps that fit the memory
-//! budget split equally between pools, and the manager supervising the same
-//! pools with autoscaling on and the same budget
+//! six contenders side by side in one run: php-fpm `static`, `dynamic`
+//! (Debian's spare settings), `dynamic-tuned` (spares an operator would
+//! pick for a surge) and `ondemand` with caps that fit the memory budget
+//! split equally between pools, and the manager supervising the same pools
+//! with autoscaling on and the same budget, with its warm hand-over
+//! (`manager`) and without it (`manager-cold`)
 //! (`cargo bench -p phpfpm-manager --bench realload`, part of `make bench`).
 //!
 //! First the app's own figures: worker memory (PSS from `smaps_rollup`), cold
@@ -19,7 +21,9 @@
 //!
 //! Per contender: p50/p99/max latency, failed requests, memory-seconds and
 //! the largest total PSS of all workers (sampled every 250 ms) against the
-//! budget, master changes and the p99 of the first 5 s after each.
+//! budget, master changes and the p99 of the first 5 s after each. After
+//! each scenario the simulator runs the same traces, calibrated from the
+//! app figures, and its figures are printed beside the real ones.
 //!
 //! `REALLOAD_QUICK=1` shortens every phase for development (spike 15 s,
 //! shared 45 s per peak, steady 2 min); `REALLOAD_ONLY=spike,steady` runs
@@ -39,6 +43,8 @@
 mod app;
 #[path = "realload/fleet.rs"]
 mod fleet;
+#[path = "realload/simulated.rs"]
+mod simulated;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -59,9 +65,16 @@ const SPIKE_FACTOR: f64 = 10.0;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const AFTER_CHANGE: Duration = Duration::from_secs(5);
 const SEED: u64 = 20_261_202;
+/// The listen backlog of every pool (php-fpm's default on Linux, and the
+/// manager's): the simulator's accept queue.
+const BACKLOG: u32 = 511;
+/// Sigma of the app's lognormal wait.
+const WAIT_SIGMA: f64 = 0.5;
 
 struct Settings {
     quick: bool,
+    /// `REALLOAD_CONTENDERS=none`: no real contender, only the simulator.
+    sim_only: bool,
     only: Option<BTreeSet<String>>,
     contenders: Vec<Kind>,
 }
@@ -86,6 +99,7 @@ impl Settings {
         };
         Settings {
             quick,
+            sim_only: list("REALLOAD_CONTENDERS").is_some_and(|n| n.contains("none")),
             only: list("REALLOAD_ONLY"),
             contenders,
         }
@@ -123,14 +137,17 @@ fn main() {
         );
     }
     assert!(
-        !settings.contenders.is_empty(),
-        "REALLOAD_CONTENDERS names none of static, dynamic, ondemand, manager"
+        !settings.contenders.is_empty() || settings.sim_only,
+        "REALLOAD_CONTENDERS names none of static, dynamic, dynamic-tuned, ondemand, manager, manager-cold (or `none`: the simulator only)"
     );
 
     let root = TestDir::new("realload");
     let app_dir = root.join("app");
     let public = app::generate(&app_dir);
-    let figures = app_figures(&rt, &app_dir, &public);
+    let figures = match std::env::var("REALLOAD_FIGURES") {
+        Ok(text) if !text.is_empty() => AppFigures::given(&text),
+        _ => app_figures(&rt, &app_dir, &public),
+    };
     figures.print();
 
     let mean = figures.mean_service.as_secs_f64();
@@ -162,6 +179,24 @@ fn main() {
         ..one_pool.clone()
     };
     let warmup = settings.secs(20, 5);
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        percentile(&v, 0.5).as_secs_f64()
+    };
+    let cal = simulated::Calibration {
+        mean_service_s: mean,
+        sigma: WAIT_SIGMA,
+        cold_extra_s: median(&figures.cold) - median(&figures.warm),
+        file_cache_extra_s: median(&figures.file_cache_cold) - median(&figures.warm),
+        worker_pss_bytes: figures.worker_pss_median,
+        backlog: BACKLOG,
+    };
+    let run = |title: &str, setup: &Setup, phases: &[Vec<Phase>]| {
+        let results = scenario(&rt, &settings, title, setup, phases, base, warmup);
+        let sims = simulated::simulate(&cal, setup, phases, &fleet::Kind::ALL);
+        report_simulated(&results, &sims, setup);
+    };
 
     if settings.wants("spike") {
         let (before, spike, after) = (
@@ -181,7 +216,7 @@ fn main() {
             spike.as_secs(),
             after.as_secs()
         );
-        scenario(&rt, &settings, &title, &one_pool, &[phases], base, warmup);
+        run(&title, &one_pool, &[phases]);
     }
     if settings.wants("shared") {
         let peak = settings.secs(120, 45);
@@ -192,20 +227,12 @@ fn main() {
             "shared budget: two pools, {BUDGET_WORKERS} workers in all; A at {busy:.0} req/s and B at {base:.0} req/s for {}s, then the other way round",
             peak.as_secs()
         );
-        scenario(&rt, &settings, &title, &two_pools, &[a, b], base, warmup);
+        run(&title, &two_pools, &[a, b]);
     }
     if settings.wants("steady") {
         let len = settings.secs(600, 120);
         let title = format!("steady: one pool, {base:.0} req/s for {}s", len.as_secs());
-        scenario(
-            &rt,
-            &settings,
-            &title,
-            &one_pool,
-            &[vec![Phase::new(base, len)]],
-            base,
-            warmup,
-        );
+        run(&title, &one_pool, &[vec![Phase::new(base, len)]]);
     }
 }
 
@@ -225,6 +252,37 @@ struct AppFigures {
 }
 
 impl AppFigures {
+    /// Figures of an earlier run, `mean_ms:cold_ms:warm_ms:file_cache_cold_ms:pss_mib`
+    /// (`REALLOAD_FIGURES`), to run the simulator without measuring the app.
+    fn given(text: &str) -> AppFigures {
+        let v: Vec<f64> = text
+            .split(':')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .expect("REALLOAD_FIGURES: numbers separated by ':'")
+            })
+            .collect();
+        assert_eq!(
+            v.len(),
+            5,
+            "REALLOAD_FIGURES is mean_ms:cold_ms:warm_ms:file_cache_cold_ms:pss_mib"
+        );
+        let d = |ms: f64| Duration::from_secs_f64(ms / 1000.0);
+        let pss = (v[4] * f64::from(1u32 << 20)) as u64;
+        AppFigures {
+            cold: vec![d(v[1])],
+            warm: vec![d(v[2])],
+            file_cache_cold: vec![d(v[3])],
+            mean_service: d(v[0]),
+            no_wait: Duration::ZERO,
+            worker_pss_median: pss,
+            worker_pss_max: pss,
+            worker_rss_median: 0,
+            worker_uss_median: 0,
+        }
+    }
+
     fn print(&self) {
         println!("\n## App figures");
         println!(
@@ -395,7 +453,7 @@ fn scenario(
     phases: &[Vec<Phase>],
     base: f64,
     warmup: Duration,
-) {
+) -> Vec<Result_> {
     println!("\n## {title}");
     let mut results = Vec::new();
     for &kind in &settings.contenders {
@@ -461,7 +519,7 @@ fn scenario(
             r.summary.failed,
             ms(r.summary.p99)
         );
-        if kind == Kind::Manager {
+        if matches!(kind, Kind::Manager | Kind::ManagerCold) {
             let log = c.manager_log();
             let applied = log.matches("Pool change applied.").count();
             let advice = log.lines().filter(|l| l.contains("scal")).count();
@@ -474,6 +532,7 @@ fn scenario(
         std::thread::sleep(Duration::from_secs(2));
     }
     report(&results, setup);
+    results
 }
 
 fn plan(streams: Vec<Stream>, seed: u64) -> Plan {
@@ -654,6 +713,92 @@ fn report(results: &[Result_], setup: &Setup) {
         if let Some(n) = &r.note {
             println!("- {}: {n}", r.kind.name());
         }
+    }
+}
+
+/// The simulator's figures for the same traces beside the real ones, and
+/// every figure where the two differ by more than 2×.
+fn report_simulated(results: &[Result_], sims: &[simulated::Simulated], setup: &Setup) {
+    println!("\nThe simulator on the same traces, calibrated from the app figures above:\n");
+    println!("| contender | failed real / sim | p99 per pool real | p99 per pool sim | mem·s real / sim (GiB·s) | changes real / sim |");
+    println!("|---|---|---|---|---|---|");
+    let mut far = Vec::new();
+    let mut check = |what: String, real: f64, sim: f64| {
+        let (lo, hi) = (real.min(sim), real.max(sim));
+        if hi > 2.0 * lo && hi - lo > 1e-9 {
+            far.push(format!("{what}: real {real:.1}, simulated {sim:.1}"));
+        }
+    };
+    for sim in sims {
+        let name = sim.kind.name();
+        let sim_p99: Vec<String> = setup
+            .pools
+            .iter()
+            .zip(sim.p99_each())
+            .map(|(p, d)| format!("{p} {:.0}", ms(d)))
+            .collect();
+        let Some(r) = results.iter().find(|r| r.kind == sim.kind) else {
+            println!(
+                "| {name} | - / {} of - / {} | not run | {} ms | - / {:.1} | - / {} |",
+                sim.failed(),
+                sim.requests(),
+                sim_p99.join(", "),
+                sim.mem_gib_seconds(),
+                sim.changes(),
+            );
+            continue;
+        };
+        let real_p99: Vec<String> = r
+            .per_pool_p99
+            .iter()
+            .map(|(p, d)| format!("{p} {:.0}", ms(*d)))
+            .collect();
+        let real_mem = r.mem_seconds / f64::from(1u32 << 30);
+        println!(
+            "| {name} | {} / {} of {} / {} | {} ms | {} ms | {:.1} / {:.1} | {} / {} |",
+            r.summary.failed,
+            sim.failed(),
+            r.summary.requests,
+            sim.requests(),
+            real_p99.join(", "),
+            sim_p99.join(", "),
+            real_mem,
+            sim.mem_gib_seconds(),
+            r.changes.len(),
+            sim.changes(),
+        );
+        for ((p, real), simd) in r.per_pool_p99.iter().zip(sim.p99_each()) {
+            check(format!("{name} p99 of pool {p} (ms)"), ms(*real), ms(simd));
+        }
+        check(
+            format!("{name} memory (GiB·s)"),
+            real_mem,
+            sim.mem_gib_seconds(),
+        );
+    }
+    for sim in sims {
+        let changes: Vec<String> = setup
+            .pools
+            .iter()
+            .zip(&sim.pools)
+            .flat_map(|(p, r)| {
+                r.changes_detail
+                    .iter()
+                    .map(move |c| format!("{p}@{:.1}s {}→{} ({})", c.at_s, c.from, c.to, c.rule))
+            })
+            .collect();
+        if !changes.is_empty() {
+            println!(
+                "- simulated {} changes: {}",
+                sim.kind.name(),
+                changes.join(", ")
+            );
+        }
+    }
+    if far.is_empty() {
+        println!("- simulator and real run agree within 2× on every p99 and memory figure");
+    } else {
+        println!("- differ by more than 2×: {}", far.join("; "));
     }
 }
 

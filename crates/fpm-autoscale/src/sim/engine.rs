@@ -13,7 +13,8 @@ use super::rng::Pcg32;
 use super::trace::TraceSpec;
 use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
 use crate::caps::{
-    next_cap, CapStep, Damping, PlanMemory, PoolPlanInput, Pressure, ASSUMED_WORKER_BYTES,
+    board_demand, next_cap, CapStep, Damping, PlanMemory, PoolPlanInput, Pressure,
+    ASSUMED_WORKER_BYTES,
 };
 use crate::decide::{decide, Action, ScalerState};
 use crate::observe::{accepted_delta, Observation};
@@ -987,13 +988,33 @@ impl<'a> Sim<'a> {
             // As the pool actor does: its entry on the board, then the cap
             // over every pool's latest entry.
             let spec = driver.policy.spec();
+            // The simulated ondemand master reaps a worker idle for
+            // process_idle_timeout (the real one rarely does: the kernel
+            // spreads requests over all workers), so it never carries the
+            // idle surplus that makes the daemon renew a master.
+            let pressure = Pressure {
+                busy,
+                queue: queue_len,
+                workers: busy,
+            };
+            let limits = (spec.min_workers.max(1), spec.max_workers.max(1));
+            let (wanted, plan) = board_demand(
+                now / 1000,
+                decision.figures.model_workers,
+                pressure,
+                driver.cap,
+                limits,
+                Damping::default(),
+                driver.plan,
+            );
+            driver.plan = plan;
             let input = PoolPlanInput {
                 name: self.name.clone(),
                 priority: spec.priority,
                 weight: spec.weight,
-                min_workers: spec.min_workers.max(1),
-                max_workers: spec.max_workers.max(1),
-                wanted_workers: decision.figures.model_workers,
+                min_workers: limits.0,
+                max_workers: limits.1,
+                wanted_workers: Some(wanted),
                 worker_bytes: decision.figures.p95_pss_bytes,
                 applied_cap: driver.cap,
                 fixed: false,
@@ -1009,15 +1030,7 @@ impl<'a> Sim<'a> {
                 self.scenario.memory_budget_bytes,
                 &all,
                 me,
-                // The simulated ondemand master reaps a worker idle for
-                // process_idle_timeout (the real one rarely does: the kernel
-                // spreads requests over all workers), so it never carries the
-                // idle surplus that makes the daemon renew a master.
-                Pressure {
-                    busy,
-                    queue: queue_len,
-                    workers: busy,
-                },
+                pressure,
                 Damping::default(),
                 driver.plan,
             );

@@ -587,13 +587,32 @@ impl PoolActor {
         };
         let f = &decision.figures;
         let fixed = !self.autoscaled() || !matches!(self.override_, Override::Auto);
+        let pressure = Pressure {
+            busy: u32::try_from(look.derived.active).unwrap_or(u32::MAX),
+            queue: look.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0),
+            workers: u32::try_from(look.derived.total).unwrap_or(u32::MAX),
+        };
+        let limits = (
+            self.pool.scaling.min_workers.max(1),
+            self.pool.scaling.max_workers.max(1),
+        );
+        let (wanted, plan) = plan::board_demand(
+            now_ms,
+            f.model_workers,
+            pressure,
+            cap,
+            limits,
+            self.damping,
+            self.plan,
+        );
+        self.plan = plan;
         let input = PoolPlanInput {
             name: self.pool.name.to_string(),
             priority: self.pool.scaling.priority,
             weight: self.pool.scaling.weight,
-            min_workers: self.pool.scaling.min_workers.max(1),
-            max_workers: self.pool.scaling.max_workers.max(1),
-            wanted_workers: f.model_workers,
+            min_workers: limits.0,
+            max_workers: limits.1,
+            wanted_workers: Some(wanted),
             worker_bytes: f.p95_pss_bytes,
             applied_cap: cap,
             fixed,
@@ -620,11 +639,6 @@ impl PoolActor {
                     .position(|p| p.name == self.pool.name.as_str())
                     .unwrap_or(0);
                 self.planned_cap = plan::shares(budget, &all).get(me).map(|s| s.0);
-                let pressure = Pressure {
-                    busy: u32::try_from(look.derived.active).unwrap_or(u32::MAX),
-                    queue: look.kernel.accept_queue.as_ref().map(|q| q.0).unwrap_or(0),
-                    workers: u32::try_from(look.derived.total).unwrap_or(u32::MAX),
-                };
                 let (step, memory) =
                     plan::next_cap(now_ms, budget, &all, me, pressure, self.damping, self.plan);
                 match step {
