@@ -205,3 +205,53 @@ fn a_runtime_dir_change_is_refused_with_the_reason() {
     assert!(!elsewhere.exists(), "the new runtime directory was created");
     assert_eq!(pool_field(&d, "a", "/master/pid"), pid);
 }
+
+#[test]
+fn phpfpm_settings_apply_to_the_next_start_and_a_wrong_binary_is_refused() {
+    let dir = prepare("reload-phpfpm");
+    let addr = loopback(free_port());
+    let cfg = config(&dir, addr, "");
+    let d = start(dir, addr, &cfg);
+    pools_up(&d, &["a"]);
+    let pid = pool_field(&d, "a", "/master/pid");
+    let global = d.dir.join("var/phpfpm-manager/php-fpm.conf");
+    let text = std::fs::read_to_string(&global).unwrap();
+    assert!(text.contains("log_level = notice"), "{text}");
+
+    // Not php-fpm: refused, nothing changed.
+    let wrong = config(
+        &d.dir,
+        addr,
+        "phpfpm:\n  binary: /bin/true\n  log_level: debug\n",
+    );
+    std::fs::write(d.dir.join("config.yaml"), wrong).unwrap();
+    let before = now_ms();
+    d.signal(Signal::SIGHUP);
+    let r = wait_reload(&d, addr, false, before - 1000);
+    let p = problems(&r);
+    assert!(
+        p.len() == 1 && p[0].contains("phpfpm.binary") && p[0].contains("/bin/true"),
+        "{p:#?}"
+    );
+    assert!(std::fs::read_to_string(&global)
+        .unwrap()
+        .contains("log_level = notice"));
+
+    // Applied: written for the next master, the running one left alone.
+    let right = config(&d.dir, addr, "phpfpm:\n  log_level: debug\n");
+    std::fs::write(d.dir.join("config.yaml"), right).unwrap();
+    let before = now_ms();
+    d.signal(Signal::SIGHUP);
+    wait_reload(&d, addr, true, before - 1000);
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&global)
+            .is_ok_and(|t| t.contains("log_level = debug"))),
+        "{}",
+        std::fs::read_to_string(&global).unwrap_or_default()
+    );
+    assert_eq!(
+        pool_field(&d, "a", "/master/pid"),
+        pid,
+        "the master was restarted"
+    );
+}
