@@ -29,9 +29,8 @@ use crate::config::{self, Config, Pool};
 use crate::events::{ManagerEvent, What};
 use crate::pool::{Board, PoolActor, PoolHandle};
 use crate::state::AppState;
-use crate::supervisor::child::FpmBinary;
 use crate::supervisor::files::Layout;
-use crate::supervisor::{self, Supervisor};
+use crate::supervisor::{self, BinaryCell, Supervisor};
 use crate::surface::http;
 
 /// How the manager was started, beyond the configuration itself.
@@ -70,7 +69,7 @@ struct PoolRun {
 /// The set of running pools and what is needed to start more.
 struct Pools {
     runs: BTreeMap<PoolName, PoolRun>,
-    runtime: Option<(Layout, FpmBinary)>,
+    runtime: Option<(Layout, BinaryCell)>,
     board: Arc<Board>,
     supervisors: JoinSet<()>,
     actors: JoinSet<()>,
@@ -89,11 +88,11 @@ impl Pools {
         let layout = self.runtime.as_ref().map(|(l, _)| l.clone());
         let remember_at = layout.as_ref().map(|l| l.scale_state(&pool.name));
         let (supervisor, handle) = match (&pool.spec, &self.runtime) {
-            (Some(_), Some((layout, binary))) => {
+            (Some(_), Some((layout, binaries))) => {
                 let (sup, handle) = Supervisor::new(
                     pool.clone(),
                     layout.clone(),
-                    binary.clone(),
+                    binaries.clone(),
                     cfg,
                     state.clone(),
                 );
@@ -204,10 +203,17 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         let (layout, binary) = supervisor::prepare_runtime(&cfg)?;
         let v = binary.check_version().await.map_err(anyhow::Error::msg)?;
         tracing::info!(binary = %binary.path.display(), "Using php-fpm {}.{}.{}.", v.0, v.1, v.2);
-        Some((layout, binary))
+        Some((layout, BinaryCell::new(binary)))
     } else {
         None
     };
+    if runtime.is_none() && cfg.monitoring.enable_opcache {
+        // Observed pools only: probe scripts a killed manager left (with
+        // supervised pools, `prepare_runtime` cleans them).
+        if let Err(e) = crate::opcache::remove_stale(&cfg.phpfpm.runtime_dir.join("opcache")) {
+            tracing::warn!("Cannot clean the OPcache probe directory: {e}.");
+        }
+    }
     let pid_file = Layout::new(&cfg.phpfpm.runtime_dir).manager_pid();
     // Read before this manager's own record replaces it.
     let unclean_previous = runtime
@@ -322,16 +328,20 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         });
     }
 
-    let server = {
-        let token = cancel.clone();
-        let detach = detach.clone();
-        http::serve::spawn(listener, state.clone(), readers, async move {
+    // The HTTP servers stop at shutdown and at a detach alike.
+    let http_stop = CancellationToken::new();
+    {
+        let (token, detach, http_stop) = (cancel.clone(), detach.clone(), http_stop.clone());
+        tokio::spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => {}
                 _ = detach.cancelled() => {}
             }
-        })
-    };
+            http_stop.cancel();
+        });
+    }
+    let mut server = http::serve::HttpServer::start(listener, state.clone(), readers, http_stop)
+        .context("cannot serve HTTP on the bound listener")?;
 
     // Step 1: run until a signal says stop (or detach).
     let detaching = loop {
@@ -339,7 +349,10 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => break false,
             _ = sigint.recv() => break false,
             _ = sigusr1.recv() => break true,
-            _ = sighup.recv() => reload(&opts, &state, &mut pools).await,
+            _ = sighup.recv() => {
+                let mut live = Live { pools: &mut pools, server: &mut server, storage: &storage };
+                reload(&opts, &state, &mut live).await;
+            }
             // Reap finished tasks so the sets do not grow with reloads.
             Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}
             Some(_) = pools.actors.join_next(), if !pools.actors.is_empty() => {}
@@ -393,10 +406,8 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         supervisors.abort_all();
         while supervisors.join_next().await.is_some() {}
     }
-    match tokio::time::timeout(Duration::from_secs(2), server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}."),
-        Err(_) => tracing::warn!("HTTP server did not stop within 2s."),
+    if !server.stopped(Duration::from_secs(2)).await {
+        tracing::warn!("HTTP server did not stop within 2s.");
     }
     // Step 4: storage drains what it received and commits.
     // Pool actors write down what they learned as they stop.
@@ -468,30 +479,162 @@ fn consume_event(state: &AppState, ev: ManagerEvent) {
     state.recent_events.push(ev);
 }
 
-/// SIGHUP: re-read the config. An invalid config changes nothing; a valid one
-/// starts added pools, stops removed ones, hands changed ones over without
-/// dropping requests, and leaves unchanged ones alone.
-async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
+/// What a reload may change besides the configuration in the state.
+struct Live<'a> {
+    pools: &'a mut Pools,
+    server: &'a mut http::serve::HttpServer,
+    /// History readers for a new HTTP server.
+    storage: &'a fpm_storage::Storage,
+}
+
+/// Changes a reload cannot apply while the manager runs, as problems
+/// (`key: 'value': what is wrong; how to fix`). Pure.
+pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.phpfpm.runtime_dir != new.phpfpm.runtime_dir {
+        out.push(
+            config::Problem::new(
+                "phpfpm.runtime_dir",
+                Some(new.phpfpm.runtime_dir.display().to_string()),
+                &format!(
+                    "cannot change while the manager runs (it holds the lock, the pool sockets and the masters' records in {})",
+                    old.phpfpm.runtime_dir.display()
+                ),
+                "restart the manager to use another runtime directory, or put the old value back",
+            )
+            .to_string(),
+        );
+    }
+    out
+}
+
+/// SIGHUP: re-read the config. An invalid config, or one with a change that
+/// cannot be applied live (see [`fixed_changes`], a `server.bind_address`
+/// that cannot be bound, a `phpfpm.binary` that is not php-fpm), changes
+/// nothing: the whole reload is refused with every reason. A valid one moves
+/// the HTTP server when the `server` section changed, takes the `phpfpm`
+/// settings for the next master start or hand-over, starts added pools,
+/// stops removed ones, hands changed ones over without dropping requests,
+/// and leaves unchanged ones alone.
+async fn reload(opts: &RunOptions, state: &Arc<AppState>, live: &mut Live<'_>) {
     tracing::info!("SIGHUP received; reloading the configuration.");
     let new = match config::load_from_system(opts.config_path.as_deref(), opts.runtime_dir.clone())
     {
         Ok(c) => c,
         Err(e) => {
-            for p in &e.problems {
-                tracing::error!("Config reload rejected: {p}");
-            }
-            tracing::error!(
-                "The new configuration is invalid ({} problems); nothing was changed.",
-                e.problems.len()
-            );
-            refuse_reload(state, e.problems.iter().map(ToString::to_string).collect());
+            refuse(state, e.problems.iter().map(ToString::to_string).collect());
             return;
         }
     };
     let old = state.config();
+    let problems = fixed_changes(&old, &new);
+    if !problems.is_empty() {
+        refuse(state, problems);
+        return;
+    }
+    let needs_fpm = new.pools.iter().any(|p| p.spec.is_some());
+    // Everything that can fail is done before anything changes.
+    let binary_changed = old.phpfpm.binary != new.phpfpm.binary;
+    let binary = if needs_fpm && (binary_changed || live.pools.runtime.is_none()) {
+        match check_binary(&new).await {
+            Ok(b) => Some(b),
+            Err(problem) => {
+                refuse(state, vec![problem]);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let moved = old.server.bind_address != new.server.bind_address;
+    let listener = if moved {
+        match tokio::net::TcpListener::bind(new.server.bind_address).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let problem = config::Problem::new(
+                    "server.bind_address",
+                    Some(new.server.bind_address.to_string()),
+                    &format!("cannot listen there: {e}"),
+                    &format!(
+                        "choose a free address; the manager keeps serving on {}",
+                        old.server.bind_address
+                    ),
+                );
+                refuse(state, vec![problem.to_string()]);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let server_changed = old.server != new.server;
+    let readers = if server_changed {
+        match (0..new.server.limits.max_concurrent_queries)
+            .map(|_| live.storage.reader())
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(
+                    state,
+                    vec![format!("storage: cannot open history readers: {e}")],
+                );
+                return;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let pools = &mut *live.pools;
+    if needs_fpm && pools.runtime.is_none() {
+        match supervisor::prepare_runtime(&new) {
+            Ok((layout, found)) => {
+                pools.runtime = Some((layout, BinaryCell::new(binary.unwrap_or(found))));
+            }
+            Err(e) => {
+                refuse(state, vec![format!("cannot run php-fpm: {e:#}")]);
+                return;
+            }
+        }
+    } else if let Some((layout, binaries)) = &pools.runtime {
+        if old.phpfpm.global != new.phpfpm.global {
+            if let Err(e) = supervisor::write_global(layout, &new) {
+                refuse(
+                    state,
+                    vec![format!("cannot write php-fpm's global settings: {e:#}")],
+                );
+                return;
+            }
+        }
+        if let Some(b) = binary {
+            tracing::info!(binary = %b.path.display(), "Masters started from now on use this php-fpm binary.");
+            binaries.set(b);
+        }
+    }
+
+    // From here on the reload is accepted.
+    let monitoring_changed = old.monitoring != new.monitoring;
+    state.set_config(new.clone());
+    if server_changed {
+        match live.server.restart(listener, readers) {
+            Ok(()) if moved => tracing::info!(
+                old = %old.server.bind_address,
+                new = %new.server.bind_address,
+                "Serving /metrics, /health and /api/v1 at the new address."
+            ),
+            Ok(()) => tracing::info!("The HTTP server now runs with the new `server` settings."),
+            // The new listener is bound: this is a descriptor running out.
+            Err(e) => tracing::error!("Cannot restart the HTTP server with the new `server` settings ({e}); the previous one keeps serving."),
+        }
+    }
+    if old.phpfpm != new.phpfpm {
+        tracing::info!(
+            "The `phpfpm` section changed; it applies to the next master start or hand-over of each pool."
+        );
+    }
     for (what, changed) in [
-        ("server", old.server != new.server),
-        ("phpfpm", old.phpfpm != new.phpfpm),
+        ("storage", old.storage != new.storage),
+        ("telemetry", old.telemetry != new.telemetry),
     ] {
         if changed {
             tracing::warn!(
@@ -499,20 +642,6 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
             );
         }
     }
-    if new.pools.iter().any(|p| p.spec.is_some()) && pools.runtime.is_none() {
-        match supervisor::prepare_runtime(&new) {
-            Ok(rt) => pools.runtime = Some(rt),
-            Err(e) => {
-                tracing::error!(
-                    "Config reload rejected: cannot run php-fpm: {e:#}; nothing was changed."
-                );
-                refuse_reload(state, vec![format!("cannot run php-fpm: {e:#}")]);
-                return;
-            }
-        }
-    }
-    let monitoring_changed = old.monitoring != new.monitoring;
-    state.set_config(new.clone());
     state.record_reload(true, Vec::new());
     state.events.emit(ManagerEvent::new(
         None,
@@ -579,6 +708,43 @@ async fn reload(opts: &RunOptions, state: &Arc<AppState>, pools: &mut Pools) {
         let pool = pool.clone();
         tokio::spawn(async move { actor.apply_config(pool).await });
     }
+}
+
+/// Finds the php-fpm binary of `cfg` and checks that it is php-fpm 8 or
+/// newer; the problem otherwise.
+async fn check_binary(cfg: &Config) -> Result<supervisor::child::FpmBinary, String> {
+    let b = supervisor::find_binary(cfg).map_err(|e| {
+        config::Problem::new(
+            "phpfpm.binary",
+            cfg.phpfpm.binary.as_ref().map(|p| p.display().to_string()),
+            &format!("{e:#}"),
+            "name a php-fpm binary (for example /usr/sbin/php-fpm8.2) or `auto`",
+        )
+        .to_string()
+    })?;
+    b.check_version().await.map_err(|e| {
+        config::Problem::new(
+            "phpfpm.binary",
+            Some(b.path.display().to_string()),
+            &e,
+            "name a php-fpm binary (for example /usr/sbin/php-fpm8.2) or `auto`",
+        )
+        .to_string()
+    })?;
+    Ok(b)
+}
+
+/// Logs and records a refused reload; nothing was changed.
+fn refuse(state: &AppState, problems: Vec<String>) {
+    for p in &problems {
+        tracing::error!("Config reload rejected: {p}");
+    }
+    tracing::error!(
+        "The new configuration cannot be applied ({} problem{}); nothing was changed.",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    refuse_reload(state, problems);
 }
 
 /// Records a refused reload: for `GET /api/v1/status`, the metrics and

@@ -50,9 +50,28 @@
 //! the past so that `opcache.file_update_protection` (2 s) does not make
 //! every early run a miss.
 //!
+//! # Observed pools
+//!
+//! A pool the manager does not run gets a probe too (`monitoring.enable_opcache`
+//! covers both). The probe is 0644 in a 0755 directory, so the pool's user
+//! can read it unless the pool is kept away from it, which only php-fpm's own
+//! settings can do. What is known of the pool's config (the php-fpm config
+//! named by `phpfpm.global_config_path`, else the one in the master's title
+//! `php-fpm: master process (<conf>)`) is checked first by [`assess`]:
+//! through the pool's main socket, `chroot`, an `open_basedir` that leaves
+//! out the probe's directory and a `security.limit_extensions` without
+//! `.php` make the probe impossible, and it is not sent ([`Blocker`]);
+//! through `pm.status_listen` none of them applies (the hidden status pool
+//! does not copy them). When nothing is known, the probe is sent and a
+//! refusal is explained by [`explain`]: php-fpm's 404 "File not found."
+//! (chroot, or a directory the user cannot enter), 404 "No input file
+//! specified." (open_basedir) and 403 "Access denied." (limit_extensions,
+//! permissions) become [`OpcacheError::Blocked`]. The collector backs off
+//! after a failed probe ([`ProbeBackoff`]) instead of asking every look.
+//!
 //! # Life cycle
 //!
-//! One [`OpcacheProbe`] per supervised master, created when
+//! One [`OpcacheProbe`] per pool's collector, created when
 //! `monitoring.enable_opcache` is on; [`remove_stale`] once at start-up
 //! cleans files a crashed manager left. After a probe is dropped, OPcache
 //! still runs the deleted file from memory at its (unguessable) path until it
@@ -67,9 +86,9 @@
 //! figures means OPcache is on ([`OpcacheStats::enabled`] is then always
 //! true); everything else is an [`OpcacheError`] whose [`OpcacheError::kind`]
 //! is one of `disabled`, `not_installed`, `restricted` (`opcache.restrict_api`
-//! excludes the probe's directory), `http_status` (for example 404 when the
-//! pool user cannot read the probe, or the pool is chrooted and the main
-//! socket is used), `truncated`, `malformed`, `transport`. [`families`] and
+//! excludes the probe's directory), `http_status` (another error page), the
+//! [`Blocker`] kinds (`chroot`, `open_basedir`, `limit_extensions`,
+//! `not_found`, `access_denied`), `truncated`, `malformed`, `transport`. [`families`] and
 //! [`families_with_unavailable`] render the `phpfpm_manager_opcache_*`
 //! series.
 
@@ -183,6 +202,37 @@ pub enum OpcacheError {
     Transport(#[from] FcgiError),
     #[error("the probe script cannot be created: {0}")]
     ProbeUnavailable(String),
+    /// The pool's workers cannot run the probe; `detail` says why and
+    /// what to change.
+    #[error("the probe cannot run in this pool: {detail}")]
+    Blocked { blocker: Blocker, detail: String },
+}
+
+/// What keeps a pool's workers from running the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocker {
+    /// The pool is chrooted: the probe's path does not exist inside.
+    Chroot,
+    /// `open_basedir` leaves out the probe's directory.
+    OpenBasedir,
+    /// `security.limit_extensions` does not allow `.php`.
+    LimitExtensions,
+    /// php-fpm answered 404: the workers cannot see or open the file.
+    NotFound,
+    /// php-fpm answered 403.
+    AccessDenied,
+}
+
+impl Blocker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocker::Chroot => "chroot",
+            Blocker::OpenBasedir => "open_basedir",
+            Blocker::LimitExtensions => "limit_extensions",
+            Blocker::NotFound => "not_found",
+            Blocker::AccessDenied => "access_denied",
+        }
+    }
 }
 
 impl OpcacheError {
@@ -199,6 +249,7 @@ impl OpcacheError {
             OpcacheError::Transport(e @ FcgiError::ReplyTooLarge { .. }) => e.kind(),
             OpcacheError::Transport(_) => "transport",
             OpcacheError::ProbeUnavailable(_) => "probe_unavailable",
+            OpcacheError::Blocked { blocker, .. } => blocker.as_str(),
         }
     }
 }
@@ -484,6 +535,228 @@ pub fn disabled_by_pool_ini<'a>(values: impl IntoIterator<Item = (&'a str, &'a s
                 "" | "0" | "off" | "false" | "no" | "none"
             )
     })
+}
+
+/// How the probe reaches a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `pm.status_listen`: php-fpm's hidden status pool, which applies
+    /// none of the pool's `chroot`, `php_*value`s or extension limits.
+    StatusListener,
+    /// The pool's own socket: the pool's settings apply, and each probe
+    /// counts in `accepted conn`.
+    MainSocket,
+}
+
+/// What a pool's php-fpm config says that matters to the probe (the
+/// effective value of each directive, as php-fpm would apply it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolFacts {
+    pub chroot: Option<String>,
+    pub open_basedir: Option<String>,
+    pub limit_extensions: Option<String>,
+    /// Values the pool gives `opcache.enable` (php_value, php_flag, admin).
+    pub opcache_enable: Vec<String>,
+}
+
+impl PoolFacts {
+    /// Reads the facts from a pool section of an existing php-fpm config.
+    pub fn from_def(def: &fpm_import::PoolDef) -> PoolFacts {
+        let plain = |k: &str| {
+            def.get(k)
+                .map(|d| d.value.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        // php_admin_value wins over php_value (php-fpm does not let a
+        // php_value override an admin one).
+        let ini = |name: &str| -> Option<String> {
+            let find = |kind: &str| {
+                def.directives
+                    .iter()
+                    .rev()
+                    .find(|d| d.array() == Some((kind, name)))
+                    .map(|d| d.value.trim().to_owned())
+            };
+            find("php_admin_value").or_else(|| find("php_value"))
+        };
+        let opcache_enable = def
+            .directives
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.array(),
+                    Some((
+                        "php_value" | "php_admin_value" | "php_flag" | "php_admin_flag",
+                        "opcache.enable"
+                    ))
+                )
+            })
+            .map(|d| d.value.clone())
+            .collect();
+        PoolFacts {
+            chroot: plain("chroot"),
+            open_basedir: ini("open_basedir").filter(|v| !v.is_empty()),
+            limit_extensions: plain("security.limit_extensions"),
+            opcache_enable,
+        }
+    }
+}
+
+/// Decides, before asking, whether the probe at `probe` can run in a pool
+/// with `facts` reached by `route`. Pure.
+pub fn assess(facts: &PoolFacts, probe: &Path, route: Route) -> Result<(), OpcacheError> {
+    if disabled_by_pool_ini(
+        facts
+            .opcache_enable
+            .iter()
+            .map(|v| ("opcache.enable", v.as_str())),
+    ) {
+        return Err(OpcacheError::Disabled {
+            reason: "opcache.enable is off in the pool's php values".to_owned(),
+        });
+    }
+    if route == Route::StatusListener {
+        return Ok(());
+    }
+    let shown = probe.display();
+    if let Some(root) = &facts.chroot {
+        return Err(OpcacheError::Blocked {
+            blocker: Blocker::Chroot,
+            detail: format!(
+                "the pool is chrooted to {root}, where {shown} does not exist; give the pool a pm.status_listen socket (its status pool is not chrooted) to read OPcache"
+            ),
+        });
+    }
+    if let Some(dirs) = &facts.open_basedir {
+        let path = probe.to_string_lossy();
+        // PHP's rule: each entry is a prefix of allowed paths; relative
+        // entries depend on the request, so they cannot be judged here.
+        let allowed = dirs
+            .split(':')
+            .map(str::trim)
+            .any(|d| !d.starts_with('/') || path.starts_with(d));
+        if !allowed {
+            return Err(OpcacheError::Blocked {
+                blocker: Blocker::OpenBasedir,
+                detail: format!(
+                    "open_basedir ({dirs}) leaves out {shown}; add its directory to open_basedir or give the pool a pm.status_listen socket"
+                ),
+            });
+        }
+    }
+    if let Some(exts) = &facts.limit_extensions {
+        if !exts.split_whitespace().any(|e| e == ".php") {
+            return Err(OpcacheError::Blocked {
+                blocker: Blocker::LimitExtensions,
+                detail: format!(
+                    "security.limit_extensions ({exts}) does not allow .php, the probe's extension; allow .php or give the pool a pm.status_listen socket"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Turns php-fpm's refusal to run the probe (its 404 and 403 pages) into
+/// [`OpcacheError::Blocked`] with the likely causes; other errors are kept.
+/// Pure.
+pub fn explain(e: OpcacheError, probe: &Path) -> OpcacheError {
+    let (status, body) = match e {
+        OpcacheError::HttpStatus { status, body } => (status, body),
+        other => return other,
+    };
+    let shown = probe.display();
+    let dir = probe.parent().unwrap_or(probe).display();
+    let (blocker, why) = match (status, body.as_str()) {
+        (404, "File not found.") => (
+            Blocker::NotFound,
+            format!("the pool's workers do not find {shown}: the pool is chrooted, or its user cannot enter {dir}"),
+        ),
+        (404, _) => (
+            Blocker::NotFound,
+            format!("the pool's workers cannot open {shown}: open_basedir leaves it out, or its user cannot read it"),
+        ),
+        (403, _) => (
+            Blocker::AccessDenied,
+            format!("php-fpm refuses to run {shown}: security.limit_extensions does not allow .php, or file permissions"),
+        ),
+        _ => return OpcacheError::HttpStatus { status, body },
+    };
+    OpcacheError::Blocked {
+        blocker,
+        detail: format!("{why} (php-fpm answered {status} {body:?})"),
+    }
+}
+
+/// When a pool's probe may be sent again after a failure: 30 s, doubling
+/// to 10 minutes, at once again after a success. A pool whose config keeps
+/// the probe out then costs one request every 10 minutes, not one per
+/// look. Pure: times are passed in.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeBackoff {
+    not_before_ms: u64,
+    delay_ms: u64,
+}
+
+impl ProbeBackoff {
+    const FIRST_MS: u64 = 30_000;
+    const MAX_MS: u64 = 600_000;
+
+    /// May a probe be sent at `now_ms`?
+    pub fn allows(&self, now_ms: u64) -> bool {
+        now_ms >= self.not_before_ms
+    }
+
+    pub fn succeeded(&mut self) {
+        *self = ProbeBackoff::default();
+    }
+
+    /// A probe failed at `now_ms`; returns the wait before the next one.
+    pub fn failed(&mut self, now_ms: u64) -> Duration {
+        self.delay_ms = if self.delay_ms == 0 {
+            Self::FIRST_MS
+        } else {
+            (self.delay_ms * 2).min(Self::MAX_MS)
+        };
+        self.not_before_ms = now_ms.saturating_add(self.delay_ms);
+        Duration::from_millis(self.delay_ms)
+    }
+}
+
+/// Probe requests sent through a pool's main socket, to take out of its
+/// `accepted conn` (php-fpm counts them like any request). Counted per
+/// master start (`start time` of the status page): a restarted master
+/// starts again from 0. Pure.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeCount {
+    start_time: Option<u64>,
+    sent: u64,
+}
+
+impl ProbeCount {
+    /// The `accepted conn` of a page with `start_time`, without the probes.
+    pub fn adjust(&mut self, start_time: u64, accepted_conn: u64) -> u64 {
+        if self.start_time != Some(start_time) {
+            self.start_time = Some(start_time);
+            self.sent = 0;
+        }
+        accepted_conn.saturating_sub(self.sent)
+    }
+
+    /// `n` probe requests reached the master whose page was read last.
+    pub fn sent(&mut self, n: u64) {
+        self.sent += n;
+    }
+}
+
+/// The php-fpm config a master was started with, from its title
+/// (`php-fpm: master process (/etc/php/8.2/fpm/php-fpm.conf)`). Pure.
+pub fn config_in_title(cmdline: &[u8]) -> Option<PathBuf> {
+    let text = String::from_utf8_lossy(cmdline);
+    let text = text.trim_end_matches(['\0', ' ']);
+    let rest = &text[text.find("master process (")? + "master process (".len()..];
+    let path = rest.strip_suffix(')')?.trim();
+    path.starts_with('/').then(|| PathBuf::from(path))
 }
 
 /// The probe's JSON envelope.
@@ -850,6 +1123,64 @@ pub fn families_with_unavailable(
     out
 }
 
+/// `GET /api/v1/pools/{pool}/opcache`: the pool's last OPcache reading, or
+/// why there is none. Served with the rest of the API (`server.api.enabled`).
+pub fn routes() -> axum::Router<std::sync::Arc<crate::state::AppState>> {
+    axum::Router::new().route("/api/v1/pools/{pool}/opcache", axum::routing::get(api_pool))
+}
+
+async fn api_pool(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::state::AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, crate::surface::http::ApiError> {
+    let pools = state.pools();
+    let pool = pools
+        .values()
+        .find(|p| p.name.as_str() == name)
+        .ok_or_else(|| {
+            crate::surface::http::ApiError::not_found(format!("no pool named {name:?}"))
+        })?;
+    Ok(axum::Json(opcache_json(
+        state.config().monitoring.enable_opcache,
+        pool.opcache.as_ref(),
+    )))
+}
+
+/// The wire form of one pool's OPcache reading. Pure.
+pub fn opcache_json(
+    enabled_in_config: bool,
+    reading: Option<&Result<OpcacheStats, std::sync::Arc<OpcacheError>>>,
+) -> serde_json::Value {
+    use serde_json::json;
+    match reading {
+        Some(Ok(s)) => json!({
+            "available": true,
+            "enabled": s.enabled,
+            "hits": s.hits,
+            "misses": s.misses,
+            "hit_rate": s.hit_rate,
+            "cached_scripts": s.cached_scripts,
+            "memory_used_bytes": s.memory_used,
+            "memory_free_bytes": s.memory_free,
+            "memory_wasted_bytes": s.memory_wasted,
+            "cache_full": s.cache_full,
+            "start_time": s.start_time,
+        }),
+        Some(Err(e)) => json!({
+            "available": false,
+            "reason": {"kind": e.kind(), "message": e.to_string()},
+        }),
+        None if !enabled_in_config => json!({
+            "available": false,
+            "reason": {"kind": "off", "message": "monitoring.enable_opcache is off"},
+        }),
+        None => json!({
+            "available": false,
+            "reason": {"kind": "pending", "message": "not read yet (the pool is starting or down)"},
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1093,6 +1424,158 @@ mod tests {
         }
         assert!(!disabled_by_pool_ini([("opcache.enable_cli", "0")]));
         assert!(!disabled_by_pool_ini([]));
+    }
+
+    #[test]
+    fn observed_pools_that_keep_the_probe_out_are_told_apart() {
+        let probe = Path::new("/var/lib/pfm/opcache/probe-x.php");
+        let main = Route::MainSocket;
+        let kind = |f: &PoolFacts, r| assess(f, probe, r).err().map(|e| e.kind());
+        assert_eq!(kind(&PoolFacts::default(), main), None);
+        let chroot = PoolFacts {
+            chroot: Some("/srv/jail".into()),
+            ..PoolFacts::default()
+        };
+        assert_eq!(kind(&chroot, main), Some("chroot"));
+        // The hidden status pool is not chrooted.
+        assert_eq!(kind(&chroot, Route::StatusListener), None);
+        let basedir = |v: &str| PoolFacts {
+            open_basedir: Some(v.into()),
+            ..PoolFacts::default()
+        };
+        assert_eq!(kind(&basedir("/srv/www:/tmp"), main), Some("open_basedir"));
+        assert_eq!(kind(&basedir("/srv/www:/var/lib/pfm"), main), None);
+        // PHP matches entries as prefixes; a relative one cannot be judged.
+        assert_eq!(kind(&basedir("/var/lib/pf"), main), None);
+        assert_eq!(kind(&basedir("."), main), None);
+        assert_eq!(kind(&basedir("/srv"), Route::StatusListener), None);
+        let ext = |v: &str| PoolFacts {
+            limit_extensions: Some(v.into()),
+            ..PoolFacts::default()
+        };
+        assert_eq!(kind(&ext(".php5 .phtml"), main), Some("limit_extensions"));
+        assert_eq!(kind(&ext(".php .phar"), main), None);
+        let off = PoolFacts {
+            opcache_enable: vec!["off".into()],
+            ..PoolFacts::default()
+        };
+        assert_eq!(kind(&off, Route::StatusListener), Some("disabled"));
+        let e = assess(&basedir("/srv/www"), probe, main).unwrap_err();
+        assert!(e.to_string().contains("/srv/www"), "{e}");
+    }
+
+    #[test]
+    fn pool_facts_come_from_the_effective_directives() {
+        let src = fpm_import::MemorySource::new([(
+            "/etc/fpm.conf",
+            "[www]\nlisten = /run/www.sock\nchroot = /srv/jail\nphp_value[open_basedir] = /a\nphp_admin_value[open_basedir] = /b\nphp_admin_flag[opcache.enable] = off\nsecurity.limit_extensions = .php .php7\n",
+        )]);
+        let m = fpm_import::load_config(
+            Path::new("/etc/fpm.conf"),
+            &fpm_import::ReadOptions::default(),
+            &src,
+        )
+        .unwrap();
+        let f = PoolFacts::from_def(&m.pools[0]);
+        assert_eq!(f.chroot.as_deref(), Some("/srv/jail"));
+        assert_eq!(f.open_basedir.as_deref(), Some("/b"));
+        assert_eq!(f.limit_extensions.as_deref(), Some(".php .php7"));
+        // PHP's ini reader turns `off` into "", which is off too.
+        assert_eq!(f.opcache_enable, [""]);
+        assert!(disabled_by_pool_ini(
+            f.opcache_enable
+                .iter()
+                .map(|v| ("opcache.enable", v.as_str()))
+        ));
+    }
+
+    #[test]
+    fn refusals_of_the_probe_are_explained() {
+        let probe = Path::new("/r/opcache/probe-x.php");
+        for (status, body, want) in [
+            (404, "File not found.", "not_found"),
+            (404, "No input file specified.", "not_found"),
+            (403, "Access denied.", "access_denied"),
+            (500, "", "http_status"),
+        ] {
+            let e = explain(
+                OpcacheError::HttpStatus {
+                    status,
+                    body: body.into(),
+                },
+                probe,
+            );
+            assert_eq!(e.kind(), want, "{e}");
+        }
+        let e = explain(
+            parse(&fixture("php82-file-not-found.cgi")).unwrap_err(),
+            probe,
+        );
+        assert!(e.to_string().contains("chrooted"), "{e}");
+        assert_eq!(
+            explain(OpcacheError::NotInstalled, probe).kind(),
+            "not_installed"
+        );
+    }
+
+    #[test]
+    fn a_failing_probe_backs_off_and_a_success_resets() {
+        let mut b = ProbeBackoff::default();
+        assert!(b.allows(0));
+        assert_eq!(b.failed(1_000), Duration::from_secs(30));
+        assert!(!b.allows(30_999));
+        assert!(b.allows(31_000));
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            last = b.failed(31_000);
+        }
+        assert_eq!(last, Duration::from_secs(600));
+        b.succeeded();
+        assert!(b.allows(31_000));
+        assert_eq!(b.failed(31_000), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn probe_requests_leave_accepted_conn_per_master_start() {
+        let mut c = ProbeCount::default();
+        assert_eq!(c.adjust(100, 10), 10);
+        c.sent(1);
+        assert_eq!(c.adjust(100, 12), 11);
+        c.sent(1);
+        assert_eq!(c.adjust(100, 14), 12);
+        // A new master start: its counter starts again, so do the probes.
+        assert_eq!(c.adjust(200, 1), 1);
+        c.sent(5);
+        assert_eq!(c.adjust(200, 3), 0, "clamped at zero");
+    }
+
+    #[test]
+    fn the_masters_config_is_read_from_its_title() {
+        assert_eq!(
+            config_in_title(b"php-fpm: master process (/etc/php/8.2/fpm/php-fpm.conf)\0\0"),
+            Some(PathBuf::from("/etc/php/8.2/fpm/php-fpm.conf"))
+        );
+        assert_eq!(
+            config_in_title(b"php-fpm: master process (/tmp/a b/master.conf)    "),
+            Some(PathBuf::from("/tmp/a b/master.conf"))
+        );
+        assert_eq!(config_in_title(b"php-fpm: pool www"), None);
+        assert_eq!(config_in_title(b"php-fpm: master process (rel.conf)"), None);
+    }
+
+    #[test]
+    fn the_api_says_why_there_are_no_figures() {
+        let s = parse(&fixture("php82-warm.cgi")).unwrap();
+        let v = opcache_json(true, Some(&Ok(s.clone())));
+        assert_eq!(v["available"], true);
+        assert_eq!(v["hits"], s.hits);
+        let e = std::sync::Arc::new(OpcacheError::Blocked {
+            blocker: Blocker::OpenBasedir,
+            detail: "x".into(),
+        });
+        let v = opcache_json(true, Some(&Err(e)));
+        assert_eq!(v["reason"]["kind"], "open_basedir");
+        assert_eq!(opcache_json(false, None)["reason"]["kind"], "off");
     }
 
     #[test]

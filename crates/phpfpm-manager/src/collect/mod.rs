@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Endpoint, Monitoring, Pool};
 use crate::events::ManagerEvent;
 use crate::fastcgi::{self, Timeouts};
-use crate::opcache::{OpcacheProbe, OpcacheStats};
+use crate::opcache::{
+    OpcacheError, OpcacheProbe, OpcacheStats, PoolFacts, ProbeBackoff, ProbeCount, Route,
+};
 use crate::state::{AppState, KernelView, Look, ScrapeError};
 use crate::surface::metrics::Metrics;
 use crate::surface::names;
@@ -95,8 +97,20 @@ pub struct PoolCollector {
     last_views: Vec<crate::state::WorkerView>,
     last_ping: Option<(Instant, bool)>,
     opcache: OpcacheMode,
+    /// How the probe reaches the pool (main socket: its requests are taken
+    /// out of `accepted conn`, see `probe_count`).
+    opcache_route: Route,
+    /// After a failed probe, when to try again.
+    opcache_backoff: ProbeBackoff,
+    probe_count: ProbeCount,
+    /// The master the probe last went to: a new one is probed at once.
+    opcache_master: Option<u32>,
+    /// An observed pool's config, judged for the probe, per master pid.
+    assessed: Option<(u32, Result<(), Arc<OpcacheError>>)>,
+    /// The kind of the last OPcache error logged, so each is logged once.
+    opcache_logged: Option<&'static str>,
     /// The last OPcache reading, kept while the pool is not read.
-    last_opcache: Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>>,
+    last_opcache: Option<Result<OpcacheStats, Arc<OpcacheError>>>,
     tally: Tally,
     stall: stall::StallDetector,
     seq: u64,
@@ -111,8 +125,8 @@ enum OpcacheMode {
     /// The pool's own settings switch OPcache off (the status listener,
     /// which runs the probe, would not see that: it ignores php values).
     DisabledByPool,
-    Probe(Box<OpcacheProbe>),
-    Failed(Arc<crate::opcache::OpcacheError>),
+    Probe(Arc<OpcacheProbe>),
+    Failed(Arc<OpcacheError>),
 }
 
 impl PoolCollector {
@@ -140,6 +154,16 @@ impl PoolCollector {
             last_views: Vec::new(),
             last_ping: None,
             opcache: opcache_mode(&pool, mon, &state),
+            opcache_route: if pool.status_endpoint == pool.endpoint {
+                Route::MainSocket
+            } else {
+                Route::StatusListener
+            },
+            opcache_backoff: ProbeBackoff::default(),
+            probe_count: ProbeCount::default(),
+            opcache_master: None,
+            assessed: None,
+            opcache_logged: None,
             last_opcache: None,
             tally: Tally::default(),
             stall: stall::StallDetector::new(mon.stall_after),
@@ -210,6 +234,10 @@ impl PoolCollector {
             started.elapsed(),
             self.last_good.as_ref().and_then(|l| l.status.as_ref()),
         );
+        let mut status = status;
+        if let Some(st) = status.as_mut() {
+            self.without_probes(st);
+        }
         let ok = status.is_some();
         let derived = status
             .as_ref()
@@ -291,7 +319,10 @@ impl PoolCollector {
             interval = interval.min(self.policy.busy);
         }
         if ok {
-            if let Some(oc) = self.read_opcache().await {
+            // A probe through the main socket needs a free worker; with
+            // none, it would wait in the queue until its timeout.
+            let busy = derived.idle == 0 || waiting > 0;
+            if let Some(oc) = self.read_opcache(master, busy).await {
                 self.last_opcache = Some(oc);
             }
         }
@@ -430,54 +461,211 @@ impl PoolCollector {
 }
 
 impl PoolCollector {
+    /// Takes the OPcache probe's own requests out of `accepted conn` when
+    /// they go through the pool's main socket (php-fpm counts them). A
+    /// value carried from the last page was adjusted already.
+    fn without_probes(&mut self, st: &mut PoolStatus) {
+        let probing = matches!(self.opcache, OpcacheMode::Probe(_));
+        let carried = st.dropped.iter().any(|d| d.field == "accepted conn");
+        if self.opcache_route == Route::MainSocket && probing && !carried {
+            st.accepted_conn = self.probe_count.adjust(st.start_time, st.accepted_conn);
+        }
+    }
+
+    /// Reads OPcache, or returns None when it is not read this look (off,
+    /// backing off after a failure, or no free worker on the main socket);
+    /// the last reading then stands.
     async fn read_opcache(
-        &self,
-    ) -> Option<Result<OpcacheStats, Arc<crate::opcache::OpcacheError>>> {
-        match &self.opcache {
-            OpcacheMode::Off => None,
+        &mut self,
+        master: Option<u32>,
+        busy: bool,
+    ) -> Option<Result<OpcacheStats, Arc<OpcacheError>>> {
+        let probe = match &self.opcache {
+            OpcacheMode::Off => return None,
             OpcacheMode::DisabledByPool => {
-                Some(Err(Arc::new(crate::opcache::OpcacheError::Disabled {
+                return Some(Err(Arc::new(OpcacheError::Disabled {
                     reason: "opcache.enable is off in the pool's php values".to_owned(),
                 })))
             }
-            OpcacheMode::Failed(e) => Some(Err(e.clone())),
-            // Through the status listener: the probe's requests then never
-            // count in the pool's `accepted conn`, and it answers while every
-            // worker is busy.
-            OpcacheMode::Probe(probe) => Some(
-                crate::opcache::collect_capped(
-                    &self.pool.status_endpoint,
-                    probe,
-                    timeouts(&self.pool),
-                    self.pool.max_reply_bytes,
-                )
-                .await
-                .map_err(Arc::new),
-            ),
+            OpcacheMode::Failed(e) => return Some(Err(e.clone())),
+            OpcacheMode::Probe(probe) => probe.clone(),
+        };
+        if master != self.opcache_master {
+            // A new master (a restart, a hand-over): whatever kept the probe
+            // out may have changed with it.
+            self.opcache_master = master;
+            self.opcache_backoff.succeeded();
+        }
+        if self.pool.spec.is_none() {
+            if let Some(pid) = master {
+                if self.assessed.as_ref().map(|(p, _)| *p) != Some(pid) {
+                    let verdict = self.assess_observed(pid, probe.path()).await;
+                    self.assessed = Some((pid, verdict));
+                }
+            }
+            if let Some((_, Err(e))) = &self.assessed {
+                let e = e.clone();
+                self.log_opcache_error(&e, None);
+                return Some(Err(e));
+            }
+        }
+        let now = epoch_ms();
+        if !self.opcache_backoff.allows(now) {
+            return None;
+        }
+        if self.opcache_route == Route::MainSocket && busy {
+            return None;
+        }
+        let before = probe.requests_sent();
+        // Through the status listener when the pool has one: the probe's
+        // requests then never count in the pool's `accepted conn`, and it
+        // answers while every worker is busy.
+        let res = crate::opcache::collect_capped(
+            &self.pool.status_endpoint,
+            &probe,
+            timeouts(&self.pool),
+            self.pool.max_reply_bytes,
+        )
+        .await;
+        if self.opcache_route == Route::MainSocket {
+            self.probe_count
+                .sent(probe.requests_sent().saturating_sub(before));
+        }
+        match res {
+            Ok(stats) => {
+                self.opcache_backoff.succeeded();
+                if self.opcache_logged.take().is_some() {
+                    tracing::info!(
+                        pool = self.pool.name.as_str(),
+                        "OPcache figures are readable again."
+                    );
+                }
+                Some(Ok(stats))
+            }
+            Err(e) => {
+                let e = Arc::new(crate::opcache::explain(e, probe.path()));
+                let wait = self.opcache_backoff.failed(now);
+                self.log_opcache_error(&e, Some(wait));
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Logs an OPcache error once per kind (a warning), then at debug.
+    fn log_opcache_error(&mut self, e: &OpcacheError, retry_in: Option<Duration>) {
+        let pool = self.pool.name.as_str();
+        let kind = e.kind();
+        let retry = retry_in.map_or(String::new(), |d| {
+            format!("; asking again in {}s", d.as_secs())
+        });
+        if self.opcache_logged == Some(kind) {
+            tracing::debug!(pool, kind, "OPcache figures unavailable: {e}{retry}.");
+        } else {
+            self.opcache_logged = Some(kind);
+            tracing::warn!(pool, kind, "OPcache figures unavailable: {e}{retry}.");
+        }
+    }
+
+    /// Judges an observed pool's own settings for the probe, from the
+    /// php-fpm config `phpfpm.global_config_path` names, else the one in
+    /// the master's title. Nothing known (no config, unreadable, pool not
+    /// found in it) is no objection: the probe is then sent and php-fpm's
+    /// answer tells.
+    async fn assess_observed(&self, master: u32, probe: &Path) -> Result<(), Arc<OpcacheError>> {
+        let source = self
+            .state
+            .config()
+            .phpfpm
+            .global_config_path
+            .clone()
+            .or_else(|| {
+                std::fs::read(format!("/proc/{master}/cmdline"))
+                    .ok()
+                    .and_then(|c| crate::opcache::config_in_title(&c))
+            });
+        let Some(main) = source else {
+            return Ok(());
+        };
+        let name = self.pool.name.as_str().to_owned();
+        let listen = match &self.pool.endpoint {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tcp(a) => a.clone(),
+        };
+        let read = main.clone();
+        let facts = tokio::task::spawn_blocking(move || {
+            let model = fpm_import::read_config(&read, &fpm_import::ReadOptions::default())
+                .map_err(|e| e.to_string())?;
+            let def = model
+                .pools
+                .iter()
+                .find(|p| p.name == name)
+                .or_else(|| {
+                    model
+                        .pools
+                        .iter()
+                        .find(|p| p.get("listen").is_some_and(|d| d.value.trim() == listen))
+                })
+                .ok_or_else(|| "no pool of that name or address in it".to_owned())?;
+            Ok::<_, String>(PoolFacts::from_def(def))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match facts {
+            Ok(facts) => {
+                crate::opcache::assess(&facts, probe, self.opcache_route).map_err(Arc::new)
+            }
+            Err(why) => {
+                tracing::debug!(
+                    pool = self.pool.name.as_str(),
+                    "The pool's php-fpm config {} tells nothing about the OPcache probe ({why}); asking php-fpm.",
+                    main.display()
+                );
+                Ok(())
+            }
         }
     }
 }
 
 fn opcache_mode(pool: &Pool, mon: &Monitoring, state: &AppState) -> OpcacheMode {
-    let Some(spec) = &pool.spec else {
-        // Observed pools run someone else's config and user; the probe
-        // would need to be readable by them. Supervised pools only.
-        return OpcacheMode::Off;
-    };
     if !mon.enable_opcache {
         return OpcacheMode::Off;
     }
-    let values = spec
-        .php_values
-        .iter()
-        .chain(&spec.php_admin_values)
-        .map(|(k, v)| (k.as_str(), v.as_str()));
-    if crate::opcache::disabled_by_pool_ini(values) {
-        return OpcacheMode::DisabledByPool;
+    if let Some(spec) = &pool.spec {
+        let values = spec
+            .php_values
+            .iter()
+            .chain(&spec.php_admin_values)
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        if crate::opcache::disabled_by_pool_ini(values) {
+            return OpcacheMode::DisabledByPool;
+        }
     }
-    let dir = state.config().phpfpm.runtime_dir.join("opcache");
+    let runtime = state.config().phpfpm.runtime_dir.clone();
+    if pool.spec.is_none() {
+        // Observed pools only: nothing else may have made the runtime
+        // directory yet. A pool's settings that keep the probe out are
+        // judged per master (`assess_observed`).
+        let created = runtime.is_dir()
+            || std::fs::create_dir_all(&runtime)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    // The pool's user must reach the probe inside, as with
+                    // the directories the supervisor makes.
+                    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755))
+                })
+                .is_ok();
+        if !created {
+            tracing::debug!(
+                pool = pool.name.as_str(),
+                "Cannot create the runtime directory {}.",
+                runtime.display()
+            );
+        }
+    }
+    let dir = runtime.join("opcache");
     match OpcacheProbe::create(&dir) {
-        Ok(p) => OpcacheMode::Probe(Box::new(p)),
+        Ok(p) => OpcacheMode::Probe(Arc::new(p)),
         Err(e) => {
             tracing::warn!(
                 pool = pool.name.as_str(),

@@ -29,6 +29,17 @@ impl Backoff {
         }
     }
 
+    /// New first delay and cap (a reload); the delay in progress is kept
+    /// within them.
+    pub(crate) fn set_limits(&mut self, first: Duration, max: Duration) {
+        if (first, max) == (self.first, self.max) {
+            return;
+        }
+        self.first = first;
+        self.max = max;
+        self.next = self.next.clamp(first, max.max(first));
+    }
+
     /// A master became ready at `at`.
     pub(crate) fn started(&mut self, at: Instant) {
         self.running_since = Some(at);
@@ -112,6 +123,20 @@ mod tests {
         b.started(t);
         t += S(60);
         assert_eq!(b.exited(t), MS(100));
+    }
+
+    #[test]
+    fn new_limits_from_a_reload_bound_the_delay_in_progress() {
+        let mut b = Backoff::new(MS(100), S(30), S(60));
+        for _ in 0..8 {
+            b.start_failed();
+        }
+        assert_eq!(b.start_failed(), MS(25_600));
+        b.set_limits(MS(100), S(5));
+        assert_eq!(b.start_failed(), S(5));
+        b.set_limits(S(10), S(20));
+        assert_eq!(b.start_failed(), S(10));
+        assert_eq!(b.start_failed(), S(20));
     }
 
     #[test]

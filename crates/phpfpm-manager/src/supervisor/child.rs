@@ -185,53 +185,11 @@ impl FpmBinary {
             .id()
             .ok_or_else(|| std::io::Error::other("php-fpm exited before its pid was read"))?;
         let (ready_tx, ready_rx) = oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
         if let Some(stderr) = child.stderr.take() {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                let mut summary = LifecycleSummary::new(pool.clone());
-                let mut tick = tokio::time::interval(SUMMARY_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                // Until it is ready, php-fpm writes some notices twice: to
-                // its error_log (our stderr, opened as /proc/self/fd/2) and
-                // to stderr itself. The same line twice in a row then is one.
-                let mut starting = Some(String::new());
-                loop {
-                    tokio::select! {
-                        line = lines.next_line() => {
-                            let Ok(Some(line)) = line else { break };
-                            if let Some(prev) = starting.as_mut() {
-                                if *prev == line {
-                                    continue;
-                                }
-                                prev.clone_from(&line);
-                            }
-                            if line.contains("ready to handle connections") {
-                                starting = None;
-                                if let Some(tx) = ready_tx.take() {
-                                    let _ = tx.send(());
-                                }
-                            }
-                            if let Some(kind) = forward_line(&pool, &line) {
-                                summary.count(kind);
-                            }
-                        }
-                        _ = tick.tick() => summary.flush(),
-                    }
-                }
-                summary.flush();
-            });
+            tokio::spawn(follow_log(pool.clone(), stderr, Some(ready_tx)));
         }
         if let Some(stdout) = child.stdout.take() {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    forward_line(&pool, &line);
-                }
-            });
+            tokio::spawn(follow_log(pool.clone(), stdout, None));
         }
         let start_ticks = start_ticks(pid).unwrap_or(0);
         Ok((
@@ -268,6 +226,98 @@ fn keep_fds_open_across_exec(cmd: &mut Command, fds: Vec<RawFd>) {
             Ok(())
         });
     }
+}
+
+/// Forwards one output pipe of a master to the manager's log, tagged with
+/// the pool, until the pipe closes. Child lifecycle lines are counted and
+/// summarised (see [`LifecycleSummary`]); `ready` fires at php-fpm's "ready
+/// to handle connections".
+async fn follow_log<R>(pool: PoolName, output: R, mut ready: Option<oneshot::Sender<()>>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let mut lines = BufReader::new(output).lines();
+    let mut summary = LifecycleSummary::new(pool.clone());
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    // Until it is ready, php-fpm writes some notices twice: to its
+    // error_log (our stderr, opened as /proc/self/fd/2) and to stderr
+    // itself. The same line twice in a row then is one.
+    let mut starting = ready.is_some().then(String::new);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                if let Some(prev) = starting.as_mut() {
+                    if *prev == line {
+                        continue;
+                    }
+                    prev.clone_from(&line);
+                }
+                if line.contains("ready to handle connections") {
+                    starting = None;
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                if let Some(kind) = forward_line(&pool, &line) {
+                    summary.count(kind);
+                }
+            }
+            _ = tick.tick() => summary.flush(),
+        }
+    }
+    summary.flush();
+}
+
+/// Follows the output of an adopted master again. The pipes it writes its
+/// log to (`error_log = /proc/self/fd/2`, and stdout) were read by the
+/// manager that started it; once that manager is gone they have no reader,
+/// and php-fpm (which ignores SIGPIPE) loses each line with `EPIPE` but keeps
+/// serving. Opening the master's own `/proc/<pid>/fd/{1,2}` for reading
+/// gives such a pipe a reader again (the kernel opens a pipe reached through
+/// `/proc` like a FIFO), so its lines reach this manager's log from then on;
+/// lines written while no manager ran are lost. Only pipes are opened: a
+/// master whose output is a terminal or a file is left alone. Returns how
+/// many pipes are followed.
+pub fn follow_adopted_output(pool: &PoolName, pid: u32) -> Result<usize, String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut followed = 0;
+    let mut problems = Vec::new();
+    for fd in [2, 1] {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        // `metadata` follows the magic link to the pipe itself.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.file_type().is_fifo() => {}
+            Ok(_) => continue,
+            Err(e) => {
+                problems.push(format!("{path}: {e}"));
+                continue;
+            }
+        }
+        let opened = rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::NOCTTY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd);
+        match opened {
+            Ok(rx) => {
+                tokio::spawn(follow_log(pool.clone(), rx, None));
+                followed += 1;
+            }
+            Err(e) => problems.push(format!("{path}: {e}")),
+        }
+    }
+    if followed == 0 && !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok(followed)
 }
 
 /// php-fpm refuses to run workers as root: when the manager runs as root, a
@@ -505,8 +555,8 @@ static WORKER_EXITS: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 
 /// How the workers of `pool` exited so far; None when no master of it was
-/// started by this manager (an observed or only adopted pool: its log is
-/// not read).
+/// started or adopted by this manager (an observed pool: its log is not
+/// read).
 pub fn worker_exits(pool: &PoolName) -> Option<WorkerExits> {
     WORKER_EXITS
         .lock()

@@ -48,13 +48,51 @@ const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a new master may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Creates the runtime directory and the shared files, and finds php-fpm.
-pub fn prepare_runtime(cfg: &Config) -> anyhow::Result<(Layout, FpmBinary)> {
-    let layout = Layout::new(&cfg.phpfpm.runtime_dir);
+/// Finds the php-fpm binary `phpfpm.binary` names (or the usual places).
+pub fn find_binary(cfg: &Config) -> anyhow::Result<FpmBinary> {
     let path = binary::find(
         cfg.phpfpm.binary.as_deref(),
         std::env::var("PATH").ok().as_deref(),
     )?;
+    let as_root = nix::unistd::geteuid().is_root();
+    Ok(FpmBinary { path, as_root })
+}
+
+/// Writes the `[global]` file every master includes. Running masters keep
+/// what they read at their start; the next start or hand-over reads this.
+pub fn write_global(layout: &Layout, cfg: &Config) -> anyhow::Result<()> {
+    write_atomic(
+        &layout.global_conf(),
+        fpm_conf::render_global(&cfg.phpfpm.global).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// The php-fpm binary every supervisor starts its next master with. A
+/// reload that changes `phpfpm.binary` replaces it; masters running keep
+/// the binary they were started from.
+#[derive(Debug, Clone)]
+pub struct BinaryCell(Arc<std::sync::RwLock<FpmBinary>>);
+
+impl BinaryCell {
+    pub fn new(binary: FpmBinary) -> BinaryCell {
+        BinaryCell(Arc::new(std::sync::RwLock::new(binary)))
+    }
+
+    pub fn get(&self) -> FpmBinary {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, binary: FpmBinary) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = binary;
+    }
+}
+
+/// Creates the runtime directory and the shared files, and finds php-fpm.
+pub fn prepare_runtime(cfg: &Config) -> anyhow::Result<(Layout, FpmBinary)> {
+    let layout = Layout::new(&cfg.phpfpm.runtime_dir);
+    let binary = find_binary(cfg)?;
     layout
         .create_dirs()
         .context("cannot create the runtime directory (phpfpm.runtime_dir)")?;
@@ -62,19 +100,14 @@ pub fn prepare_runtime(cfg: &Config) -> anyhow::Result<(Layout, FpmBinary)> {
     if let Err(e) = crate::opcache::remove_stale(&layout.root.join("opcache")) {
         tracing::warn!("Cannot clean the OPcache probe directory: {e}.");
     }
-    write_atomic(
-        &layout.global_conf(),
-        fpm_conf::render_global(&cfg.phpfpm.global).as_bytes(),
-        0o644,
-    )?;
+    write_global(&layout, cfg)?;
     if cfg.zero_config {
         let index = layout.www().join("index.php");
         if !index.exists() {
             write_atomic(&index, DEMO_INDEX.as_bytes(), 0o644)?;
         }
     }
-    let as_root = nix::unistd::geteuid().is_root();
-    Ok((layout, FpmBinary { path, as_root }))
+    Ok((layout, binary))
 }
 
 /// The demo pool's page: a short response with a little work in it.
@@ -172,9 +205,17 @@ impl SupervisorHandle {
 }
 
 /// Runs one pool's master for the life of the manager.
+///
+/// The `phpfpm` settings (binary, timeouts, backoff, crash loop, stall
+/// restart, warm hand-over) are read again from the current configuration
+/// whenever something happens, so a reload applies them to the next start,
+/// hand-over or stop without touching the running master.
 pub struct Supervisor {
     pool: Pool,
     layout: Layout,
+    /// Where a reload puts a new `phpfpm.binary`.
+    binaries: BinaryCell,
+    /// The binary the next master starts from.
     binary: FpmBinary,
     stop_timeout: Duration,
     /// php-fpm's process_control_timeout: how long an old master may take to
@@ -213,7 +254,7 @@ impl Supervisor {
     pub fn new(
         pool: Pool,
         layout: Layout,
-        binary: FpmBinary,
+        binaries: BinaryCell,
         cfg: &Config,
         state: Arc<AppState>,
     ) -> (Supervisor, SupervisorHandle) {
@@ -225,7 +266,8 @@ impl Supervisor {
         let sup = Supervisor {
             pool,
             layout,
-            binary,
+            binary: binaries.get(),
+            binaries,
             stop_timeout: cfg.phpfpm.stop_timeout,
             control_timeout: Duration::from_secs(cfg.phpfpm.global.process_control_timeout_secs),
             warm_handover: cfg.phpfpm.warm_handover,
@@ -249,6 +291,22 @@ impl Supervisor {
 
     fn name(&self) -> &str {
         self.pool.name.as_str()
+    }
+
+    /// Takes the `phpfpm` settings of the configuration in force now (a
+    /// reload may have changed them since this supervisor started).
+    fn refresh_settings(&mut self) {
+        let cfg = self.state.config();
+        let p = &cfg.phpfpm;
+        self.binary = self.binaries.get();
+        self.stop_timeout = p.stop_timeout;
+        self.control_timeout = Duration::from_secs(p.global.process_control_timeout_secs);
+        self.warm_handover = p.warm_handover;
+        self.backoff
+            .set_limits(p.restart_backoff_initial, p.restart_backoff_max);
+        self.crash_loop_exits = p.crash_loop_exits as usize;
+        self.crash_loop_window = p.crash_loop_window;
+        self.stall_restart_after = p.stall_restart_after;
     }
 
     /// Runs until `cancel` (stop the master) or `detach` (leave it running
@@ -299,7 +357,6 @@ impl Supervisor {
         let mut commands_open = true;
         let mut stall_tick = tokio::time::interval(STALL_CHECK);
         stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let check_stalls = !self.stall_restart_after.is_zero();
         // The stalled master already killed, until its exit is collected.
         let mut killed: Option<u32> = None;
         loop {
@@ -310,8 +367,9 @@ impl Supervisor {
                 cmd = self.rx.recv(), if commands_open => Event::Cmd(cmd),
                 status = wait_master(&mut current) => Event::Exited(status),
                 _ = sleep_until(retry_at) => Event::Retry,
-                _ = stall_tick.tick(), if check_stalls && current.is_some() => Event::StallCheck,
+                _ = stall_tick.tick(), if !self.stall_restart_after.is_zero() && current.is_some() => Event::StallCheck,
             };
+            self.refresh_settings();
             match event {
                 Event::Cancel => {
                     if let Some(mut m) = current.take() {
@@ -982,6 +1040,21 @@ impl Supervisor {
             );
             return None;
         };
+        // Its log went to the previous manager through pipes that now have
+        // no reader: read them again.
+        match child::follow_adopted_output(&self.pool.name, pid) {
+            Ok(0) => tracing::info!(
+                pool = self.name(),
+                pid,
+                "The adopted master's output is not a pipe; its log is not followed."
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                pool = self.name(),
+                pid,
+                "Cannot follow the adopted master's log ({e}); its lines are lost until it is restarted."
+            ),
+        }
         let mut recovered = Vec::new();
         for ep in [&self.pool.endpoint, &self.pool.status_endpoint] {
             let res = match ep {

@@ -8,6 +8,8 @@
 
 use fpm_testkit as support;
 
+/// An adopted master's log lines reach the next manager's log.
+mod adopted_log;
 /// The autoscaler acting: caps moved by hand-over, pins, reloads, restarts.
 mod autoscale;
 /// The command line: exit codes, validate, example-config.
@@ -28,10 +30,15 @@ mod http_limits;
 /// A pool's life: graceful and forced stops, the backlog during a restart,
 /// secrets.
 mod lifecycle;
+/// OPcache of observed pools: figures, and the reason when the probe is kept out.
+mod observed_opcache;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
+/// SIGHUP applies the `server` and `phpfpm` sections: a new address, the API
+/// switch, refusals of what cannot change live.
+mod reload_sections;
 /// `run --replace`: finding the running manager by its lock, never by name.
 mod replace;
 /// A master stopped by SIGSTOP: not ready, an event, and a restart after

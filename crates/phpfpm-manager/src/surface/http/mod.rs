@@ -57,7 +57,8 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
                 get(scale).post(scaling_control),
             )
             .route("/api/v1/autoscaling", get(autoscaling))
-            .route("/api/v1/events/recent", get(recent_events));
+            .route("/api/v1/events/recent", get(recent_events))
+            .merge(crate::opcache::routes());
     }
     let mut app = app
         .fallback(|| async { ApiError::not_found("no such route") })

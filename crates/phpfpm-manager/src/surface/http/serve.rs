@@ -145,9 +145,20 @@ pub fn spawn(
     readers: Vec<Reader>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    let stats = HttpStats::new(&state.metrics);
+    launch(listener, &state, readers, &stats, shutdown)
+}
+
+/// One server over `listener` with the state's current `server` settings.
+fn launch(
+    listener: TcpListener,
+    state: &Arc<AppState>,
+    readers: Vec<Reader>,
+    stats: &HttpStats,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let cfg = state.config();
     let limits = &cfg.server.limits;
-    let stats = HttpStats::new(&state.metrics);
     let budget = FdBudget::new(
         current_fd_limit(),
         fd_reserve(cfg.pools.len(), readers.len()),
@@ -176,7 +187,104 @@ pub fn spawn(
         stats.queries_rejected.clone(),
     );
     let app = super::router(state.clone(), Some(gate));
-    tokio::spawn(serve(listener, app, conn_limits, stats, shutdown))
+    tokio::spawn(serve(listener, app, conn_limits, stats.clone(), shutdown))
+}
+
+/// The HTTP surface across configuration reloads. A change of the `server`
+/// section starts a new server with the new settings (router, API switch,
+/// limits), on a new listener when `server.bind_address` changed or on the
+/// same socket otherwise; the previous server stops accepting at once,
+/// closes its idle connections and lets requests in flight finish. The
+/// series of [`HttpStats`] are registered once and shared by every server.
+pub struct HttpServer {
+    state: Arc<AppState>,
+    stats: HttpStats,
+    /// The socket served now; each server accepts on its own duplicate.
+    listener: std::net::TcpListener,
+    current: (tokio::task::JoinHandle<()>, CancellationToken),
+    /// Servers replaced by a reload, finishing their requests.
+    draining: Vec<tokio::task::JoinHandle<()>>,
+    /// Cancelled at shutdown (or detach): every server stops.
+    shutdown: CancellationToken,
+}
+
+impl HttpServer {
+    /// Starts serving on `listener` until `shutdown` is cancelled.
+    pub fn start(
+        listener: TcpListener,
+        state: Arc<AppState>,
+        readers: Vec<Reader>,
+        shutdown: CancellationToken,
+    ) -> io::Result<HttpServer> {
+        let stats = HttpStats::new(&state.metrics);
+        let listener = listener.into_std()?;
+        let current = Self::launch_on(&listener, &state, readers, &stats, &shutdown)?;
+        Ok(HttpServer {
+            state,
+            stats,
+            listener,
+            current,
+            draining: Vec::new(),
+            shutdown,
+        })
+    }
+
+    fn launch_on(
+        listener: &std::net::TcpListener,
+        state: &Arc<AppState>,
+        readers: Vec<Reader>,
+        stats: &HttpStats,
+        shutdown: &CancellationToken,
+    ) -> io::Result<(tokio::task::JoinHandle<()>, CancellationToken)> {
+        let own = TcpListener::from_std(listener.try_clone()?)?;
+        let stop = shutdown.child_token();
+        let token = stop.clone();
+        let task = launch(own, state, readers, stats, async move {
+            token.cancelled().await;
+        });
+        Ok((task, stop))
+    }
+
+    /// The address served now.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves with the state's current `server` settings: on `listener`
+    /// when given (a new `bind_address`, already bound, so a refused bind
+    /// never reaches here), else on the same socket. The previous server
+    /// drains. On error nothing changed.
+    pub fn restart(
+        &mut self,
+        listener: Option<TcpListener>,
+        readers: Vec<Reader>,
+    ) -> io::Result<()> {
+        let listener = match listener {
+            Some(l) => l.into_std()?,
+            None => self.listener.try_clone()?,
+        };
+        let next = Self::launch_on(&listener, &self.state, readers, &self.stats, &self.shutdown)?;
+        let (old_task, old_stop) = std::mem::replace(&mut self.current, next);
+        old_stop.cancel();
+        self.draining.retain(|t| !t.is_finished());
+        self.draining.push(old_task);
+        // The old socket closes once its server has dropped its duplicate.
+        self.listener = listener;
+        Ok(())
+    }
+
+    /// Waits until every server has stopped (after `shutdown` is
+    /// cancelled), at most `limit`; says whether they all did.
+    pub async fn stopped(self, limit: Duration) -> bool {
+        drop(self.listener);
+        let all = async move {
+            let _ = self.current.0.await;
+            for t in self.draining {
+                let _ = t.await;
+            }
+        };
+        tokio::time::timeout(limit, all).await.is_ok()
+    }
 }
 
 /// The listener's timeouts and cap.
