@@ -8,6 +8,7 @@
 //! (`validate.rs`) into the typed [`Config`] the rest of the daemon uses.
 //! Every problem is reported as `key: 'value': what is wrong; how to fix`.
 
+mod auth;
 mod check;
 mod raw;
 mod tree;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use fpm_core::fpm_conf::{GlobalSpec, PoolSpec};
 use fpm_core::PoolName;
 
+pub use auth::{parse_sha256_hex, valid_principal_name, ApiKey, Auth, ClientCert, Scope, Tls};
 pub use check::{check_system, SystemReport};
 pub use raw::RawConfig;
 pub use tree::ENV_PREFIX;
@@ -149,6 +151,12 @@ pub struct Server {
     pub api_enabled: bool,
     pub max_body_bytes: u64,
     pub limits: ServerLimits,
+    /// `server.allow_unauthenticated`: a non-loopback address without
+    /// authentication was asked for on purpose.
+    pub allow_unauthenticated: bool,
+    pub auth: Auth,
+    /// None: plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 /// `server.limits`: what HTTP clients may cost the manager.
@@ -161,6 +169,9 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     pub max_concurrent_queries: usize,
     pub max_queued_queries: usize,
+    /// Per-client request rate and burst (429 beyond).
+    pub client_requests_per_second: u32,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,9 @@
 
 use fpm_testkit as support;
 
+/// Authentication and scopes, TLS and mTLS, per-client limits, the audit
+/// trail, and the refused unsafe default.
+mod auth;
 /// The autoscaler acting: caps moved by hand-over, pins, reloads, restarts.
 mod autoscale;
 /// The command line: exit codes, validate, example-config.
