@@ -231,7 +231,8 @@ pub(super) fn check(
             });
         }
     }
-    if !ra.certificates.is_empty() && !(raw.tls.enabled && raw.tls.client_ca_path.is_some()) {
+    let certificates_asked = raw.tls.enabled && raw.tls.client_ca_path.is_some();
+    if !ra.certificates.is_empty() && !certificates_asked {
         push(
             "server.auth.certificates",
             None,

@@ -68,6 +68,9 @@ fn auth_config(keys: &[&Key], extra_server: &str) -> String {
     text
 }
 
+/// An answer: status, headers (lowercase names), body.
+type Answer = (u16, Vec<(String, String)>, String);
+
 /// An HTTP/1.1 exchange over any stream: status, headers (lowercase
 /// names) and body. Reads by Content-Length, so it works over TLS whether
 /// or not the server sends close_notify.
@@ -77,7 +80,7 @@ fn exchange(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<Answer> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -131,7 +134,7 @@ fn call(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> (u16, Vec<(String, String)>, String) {
+) -> Answer {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     exchange(&mut s, method, path, headers, body).unwrap()
@@ -731,13 +734,7 @@ fn tls_call(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> Result<
-    (
-        (u16, Vec<(String, String)>, String),
-        CertificateDer<'static>,
-    ),
-    String,
-> {
+) -> Result<(Answer, CertificateDer<'static>), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert.der().clone()).unwrap();
