@@ -602,6 +602,22 @@ fn slow_and_idle_clients_do_not_stop_readiness_or_collection() {
         after - before >= 5.0,
         "collection stalled: {before} -> {after}"
     );
+    // The load was real: the manager took the connections and made room.
+    let evicted = d
+        .get("/metrics")
+        .ok()
+        .and_then(|(_, b)| {
+            b.lines()
+                .find(|l| {
+                    l.starts_with(
+                        "phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}",
+                    )
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    assert!(evicted >= 1000.0, "only {evicted} connections evicted");
     stop.cancel();
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(10), load).await;
