@@ -359,7 +359,25 @@ impl Config {
             "from file"
         };
         out.push_str(&format!("configuration is valid ({mode})\n"));
-        out.push_str(&format!("  server: http://{}\n", self.server.bind_address));
+        let scheme = if self.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        out.push_str(&format!(
+            "  server: {scheme}://{}\n",
+            self.server.bind_address
+        ));
+        let auth = &self.server.auth;
+        if auth.enabled {
+            out.push_str(&format!(
+                "  auth: {} key(s), {} client certificate mapping(s)\n",
+                auth.keys.len(),
+                auth.certificates.len()
+            ));
+        } else {
+            out.push_str("  auth: off (changes from loopback clients only)\n");
+        }
         out.push_str(&format!(
             "  runtime dir: {}\n",
             self.phpfpm.runtime_dir.display()
