@@ -68,6 +68,8 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
     if let (true, Some(gate)) = (cfg.server.api_enabled, history) {
         app = app.merge(history::router(gate));
     }
+    // Every route is added above this line: the auth layer wraps only the
+    // routes that exist when it is applied.
     auth::protect(app, guard)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         // A handler that outlives `server.limits.request_timeout` is dropped
