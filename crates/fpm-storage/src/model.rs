@@ -249,6 +249,9 @@ string_enum!(
         ConfigChange => "config_change",
         /// A mutating API call; `actor` is the API key's name.
         ApiAction => "api_action",
+        /// A mutating HTTP call, allowed or refused: principal, route, outcome and request id
+        /// (never a key).
+        Audit => "audit",
         CircuitOpen => "circuit_open",
         CircuitClose => "circuit_close",
         SaturationBegin => "saturation_begin",

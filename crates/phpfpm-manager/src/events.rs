@@ -124,12 +124,43 @@ pub enum What {
     PreviousManagerUnclean {
         pid: u32,
     },
+    /// A mutating HTTP call, allowed or refused (the audit trail). Holds
+    /// who and what, never a credential.
+    Audit(Box<Audit>),
+    /// The HTTP server's TLS certificate was reloaded (SIGHUP), or the
+    /// reload failed and the previous certificate stays in use.
+    TlsReload {
+        accepted: bool,
+        message: String,
+    },
     /// A pool socket any local user can write to (`listen_mode` with the
     /// world-writable bit): anyone on the host can run PHP as the pool user.
     WorldWritableSocket {
         path: String,
         mode: u32,
     },
+}
+
+/// One audited HTTP call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// The key's or certificate's principal name, `cert:<CN>` for a
+    /// certificate that maps to none, or `anonymous`.
+    pub principal: String,
+    /// `key`, `certificate` or `none`.
+    pub via: &'static str,
+    pub method: String,
+    /// The route's pattern (`/api/v1/pools/{pool}/scaling`), or the path
+    /// (shortened) when no route matched.
+    pub route: String,
+    /// `allowed`, `unauthenticated`, `forbidden`, `loopback_only` or
+    /// `rate_limited`.
+    pub outcome: &'static str,
+    /// The HTTP status answered.
+    pub status: u16,
+    pub request_id: String,
+    /// The client's address.
+    pub client: Option<String>,
 }
 
 impl ManagerEvent {
@@ -190,6 +221,8 @@ impl ManagerEvent {
             What::ManagerStop { .. } => EventKind::ManagerStop,
             What::PreviousManagerUnclean { .. } => EventKind::ManagerUncleanStop,
             What::WorldWritableSocket { .. } => EventKind::InsecureSocket,
+            What::Audit(_) => EventKind::Audit,
+            What::TlsReload { .. } => EventKind::ConfigChange,
         }
     }
 
@@ -223,11 +256,18 @@ impl ManagerEvent {
                 "recovered" => Severity::Info,
                 _ => Severity::Error,
             },
-            What::ConfigReload { accepted, .. } => {
+            What::ConfigReload { accepted, .. } | What::TlsReload { accepted, .. } => {
                 if *accepted {
                     Severity::Info
                 } else {
                     Severity::Error
+                }
+            }
+            What::Audit(a) => {
+                if a.outcome == "allowed" {
+                    Severity::Info
+                } else {
+                    Severity::Warning
                 }
             }
             What::PoolChange { .. }
@@ -313,6 +353,17 @@ impl ManagerEvent {
             What::WorldWritableSocket { path, mode } => format!(
                 "pool socket {path} has mode {mode:04o}: every local user can run PHP as the pool user through it"
             ),
+            What::Audit(a) => format!(
+                "{} {} by {}: {} ({})",
+                a.method, a.route, a.principal, a.outcome, a.status
+            ),
+            What::TlsReload { accepted, message } => {
+                if *accepted {
+                    format!("TLS certificate reloaded: {message}")
+                } else {
+                    format!("TLS certificate reload refused, the previous certificate stays in use: {message}")
+                }
+            }
         }
     }
 
@@ -376,6 +427,22 @@ impl ManagerEvent {
             What::WorldWritableSocket { path, mode } => {
                 json!({"path": path, "mode": format!("{mode:04o}")})
             }
+            What::Audit(a) => json!({
+                "principal": a.principal, "via": a.via, "method": a.method,
+                "route": a.route, "outcome": a.outcome, "status": a.status,
+                "request_id": a.request_id, "client": a.client,
+            }),
+            What::TlsReload { accepted, message } => {
+                json!({"tls": true, "accepted": accepted, "message": message})
+            }
+        }
+    }
+
+    /// Ties the event to others caused by the same request.
+    pub fn correlation_id(&self) -> Option<String> {
+        match &self.what {
+            What::Audit(a) => Some(a.request_id.clone()),
+            _ => None,
         }
     }
 
@@ -390,7 +457,7 @@ impl ManagerEvent {
                 Severity::Error => fpm_storage::Severity::Error,
             },
             pool: self.pool.clone(),
-            correlation_id: None,
+            correlation_id: self.correlation_id(),
             actor: Some(self.actor.to_owned()),
             message: self.message(),
             details: self.details(),

@@ -49,6 +49,8 @@ enum Command {
     /// Pin, unpin, pause or resume a pool's autoscaler in the running
     /// manager (through its API on server.bind_address).
     Scaling(ScalingArgs),
+    /// API keys: `key new NAME --scope operate` makes one.
+    Key(phpfpm_manager::cli::key::KeyArgs),
     /// Print the version.
     Version,
 }
@@ -169,6 +171,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import(args),
         Command::Simulate(args) => simulate(args),
         Command::Scaling(args) => scaling(args),
+        Command::Key(args) => phpfpm_manager::cli::key::run(args),
         Command::Validate(args) => match load(&args) {
             Ok(cfg) => validate(&cfg),
             Err(code) => code,
@@ -178,6 +181,12 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
+            // TLS files are read before anything starts: a bad one is a
+            // configuration problem.
+            if let Err(e) = phpfpm_manager::surface::http::tls::check(&cfg) {
+                eprintln!("invalid configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             telemetry::init(&cfg.telemetry);
             let opts = app::RunOptions {
                 config_path: args.config.config.clone(),

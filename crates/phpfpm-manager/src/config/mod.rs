@@ -8,6 +8,7 @@
 //! (`validate.rs`) into the typed [`Config`] the rest of the daemon uses.
 //! Every problem is reported as `key: 'value': what is wrong; how to fix`.
 
+mod auth;
 mod check;
 mod raw;
 mod tree;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use fpm_core::fpm_conf::{GlobalSpec, PoolSpec};
 use fpm_core::PoolName;
 
+pub use auth::{parse_sha256_hex, valid_principal_name, ApiKey, Auth, ClientCert, Scope, Tls};
 pub use check::{check_system, SystemReport};
 pub use raw::RawConfig;
 pub use tree::ENV_PREFIX;
@@ -149,6 +151,12 @@ pub struct Server {
     pub api_enabled: bool,
     pub max_body_bytes: u64,
     pub limits: ServerLimits,
+    /// `server.allow_unauthenticated`: a non-loopback address without
+    /// authentication was asked for on purpose.
+    pub allow_unauthenticated: bool,
+    pub auth: Auth,
+    /// None: plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 /// `server.limits`: what HTTP clients may cost the manager.
@@ -161,6 +169,9 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     pub max_concurrent_queries: usize,
     pub max_queued_queries: usize,
+    /// Per-client request rate and burst (429 beyond).
+    pub client_requests_per_second: u32,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -348,7 +359,25 @@ impl Config {
             "from file"
         };
         out.push_str(&format!("configuration is valid ({mode})\n"));
-        out.push_str(&format!("  server: http://{}\n", self.server.bind_address));
+        let scheme = if self.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        out.push_str(&format!(
+            "  server: {scheme}://{}\n",
+            self.server.bind_address
+        ));
+        let auth = &self.server.auth;
+        if auth.enabled {
+            out.push_str(&format!(
+                "  auth: {} key(s), {} client certificate mapping(s)\n",
+                auth.keys.len(),
+                auth.certificates.len()
+            ));
+        } else {
+            out.push_str("  auth: off (changes from loopback clients only)\n");
+        }
         out.push_str(&format!(
             "  runtime dir: {}\n",
             self.phpfpm.runtime_dir.display()

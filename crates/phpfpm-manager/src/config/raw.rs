@@ -107,6 +107,8 @@ impl Default for RawPhpFpm {
 #[serde(default)]
 pub struct RawServer {
     pub bind_address: String,
+    /// Serve an address beyond loopback without authentication, on purpose.
+    pub allow_unauthenticated: bool,
     pub tls: RawTls,
     pub auth: RawAuth,
     pub api: RawApi,
@@ -117,6 +119,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             bind_address: "127.0.0.1:8080".into(),
+            allow_unauthenticated: false,
             tls: RawTls::default(),
             auth: RawAuth::default(),
             api: RawApi::default(),
@@ -144,6 +147,11 @@ pub struct RawLimits {
     pub max_concurrent_queries: u32,
     /// History queries waiting for a free slot; beyond, 503 with Retry-After.
     pub max_queued_queries: u32,
+    /// Requests per second each client (principal, or address when
+    /// anonymous) may make; beyond, 429 with Retry-After.
+    pub client_requests_per_second: u32,
+    /// Requests a client may make at once above that rate.
+    pub client_burst: u32,
 }
 
 impl Default for RawLimits {
@@ -155,6 +163,8 @@ impl Default for RawLimits {
             idle_timeout: "60s".into(),
             max_concurrent_queries: 4,
             max_queued_queries: 64,
+            client_requests_per_second: 50,
+            client_burst: 100,
         }
     }
 }
@@ -174,6 +184,31 @@ pub struct RawAuth {
     pub enabled: bool,
     pub metrics_require_auth: bool,
     pub health_require_auth: bool,
+    /// API keys, by name, scope and the SHA-256 of the key.
+    pub keys: Vec<RawApiKey>,
+    /// Client certificates (mTLS) mapped to principals by subject CN.
+    pub certificates: Vec<RawClientCert>,
+}
+
+/// One API key as `phpfpm-manager key new` prints it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawApiKey {
+    pub name: String,
+    /// read, operate or admin.
+    pub scope: String,
+    /// SHA-256 of the key, 64 hex digits (never the key itself).
+    pub sha256: String,
+}
+
+/// A client certificate's subject common name and what it may do.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RawClientCert {
+    pub common_name: String,
+    /// The principal's name in the audit trail; defaults to the common name.
+    pub name: Option<String>,
+    pub scope: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -468,8 +503,12 @@ impl Default for RawTelemetry {
 impl RawConfig {
     /// A config with one pool, used to learn the full tree of known keys.
     pub(crate) fn key_tree_example() -> RawConfig {
+        let mut server = RawServer::default();
+        server.auth.keys = vec![RawApiKey::default()];
+        server.auth.certificates = vec![RawClientCert::default()];
         RawConfig {
             pools: vec![RawPool::default()],
+            server,
             ..RawConfig::default()
         }
     }

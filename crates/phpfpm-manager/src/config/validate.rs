@@ -131,22 +131,34 @@ pub(super) fn validate(
             SocketAddr::from(([127, 0, 0, 1], 8080))
         }
     };
-    if raw.server.tls.enabled {
-        c.problem(
-            "server.tls.enabled",
-            "true",
-            "TLS serving is not available in this version",
-            "set it to false and terminate TLS in a reverse proxy on the same host",
-        );
-    }
-    if raw.server.auth.enabled {
-        c.problem(
-            "server.auth.enabled",
-            "true",
-            "API authentication is not available in this version",
-            "set it to false and keep server.bind_address on 127.0.0.1",
-        );
-    }
+    let bind_usable = c.usable(&["server.bind_address"]);
+    let tls_paths = super::auth::TlsPaths {
+        cert: raw
+            .server
+            .tls
+            .cert_path
+            .as_deref()
+            .and_then(|p| c.path("server.tls.cert_path", p, true)),
+        key: raw
+            .server
+            .tls
+            .key_path
+            .as_deref()
+            .and_then(|p| c.path("server.tls.key_path", p, true)),
+        client_ca: raw
+            .server
+            .tls
+            .client_ca_path
+            .as_deref()
+            .and_then(|p| c.path("server.tls.client_ca_path", p, true)),
+    };
+    let (auth, tls) = super::auth::check(
+        &raw.server,
+        bind_address,
+        bind_usable,
+        tls_paths,
+        c.problems,
+    );
     if raw.server.api.max_body_bytes == 0 {
         c.problem(
             "server.api.max_body_bytes",
@@ -186,6 +198,12 @@ pub(super) fn validate(
             lim.max_concurrent_queries,
             64,
         ),
+        (
+            "server.limits.client_requests_per_second",
+            lim.client_requests_per_second,
+            1_000_000,
+        ),
+        ("server.limits.client_burst", lim.client_burst, 1_000_000),
     ] {
         if value == 0 || value > max {
             c.problem(
@@ -493,7 +511,12 @@ pub(super) fn validate(
                 idle_timeout,
                 max_concurrent_queries: lim.max_concurrent_queries.clamp(1, 64) as usize,
                 max_queued_queries: lim.max_queued_queries as usize,
+                client_requests_per_second: lim.client_requests_per_second.max(1),
+                client_burst: lim.client_burst.max(1),
             },
+            allow_unauthenticated: raw.server.allow_unauthenticated,
+            auth,
+            tls,
         },
         pools,
         scaling: ScalingGlobal { memory_budget },

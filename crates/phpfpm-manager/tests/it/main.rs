@@ -10,6 +10,9 @@ use fpm_testkit as support;
 
 /// An adopted master's log lines reach the next manager's log.
 mod adopted_log;
+/// Authentication and scopes, TLS and mTLS, per-client limits, the audit
+/// trail, and the refused unsafe default.
+mod auth;
 /// The autoscaler acting: caps moved by hand-over, pins, reloads, restarts.
 mod autoscale;
 /// The command line: exit codes, validate, example-config.

@@ -2,19 +2,22 @@
 //! `/api/v1`, including the history routes (`history`) answered from
 //! `fpm-storage`'s queries. Every error answers with one JSON shape,
 //! `{"error": {"code": "<stable_code>", "message": "<text>"}}` (`error`).
-//! The listener, its timeouts and its connection cap live in `serve`.
+//! The listener, its timeouts and its connection cap live in `serve`;
+//! authentication, scopes, per-client limits and the audit trail in `auth`.
 
+pub mod auth;
 pub mod error;
 pub mod gate;
 pub mod history;
+pub mod limit;
 pub mod params;
 pub mod serve;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::ConnectInfo;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +25,6 @@ use axum::routing::get;
 use axum::{BoxError, Json, Router};
 use serde::Serialize;
 use serde_json::json;
-use std::net::SocketAddr;
 
 pub use error::ApiError;
 pub use gate::QueryGate;
@@ -37,6 +39,7 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
     let cfg = state.config();
     let max_body = usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX);
     let request_timeout = cfg.server.limits.request_timeout;
+    let guard = auth::Guard::new(&state);
     let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(ready))
@@ -66,7 +69,10 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
     if let (true, Some(gate)) = (cfg.server.api_enabled, history) {
         app = app.merge(history::router(gate));
     }
-    app.layer(axum::extract::DefaultBodyLimit::max(max_body))
+    // Every route is added above this line: the auth layer wraps only the
+    // routes that exist when it is applied.
+    auth::protect(app, guard)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         // A handler that outlives `server.limits.request_timeout` is dropped
         // and answered with 503 `timeout`.
         .layer(
@@ -571,22 +577,14 @@ struct ScalingRequest {
 }
 
 /// `POST /api/v1/pools/{pool}/scaling`: pin, unpin, pause or resume a pool's
-/// autoscaler. Answered for loopback clients only until the API has
-/// authentication.
+/// autoscaler. Needs the `operate` scope (loopback clients only while
+/// authentication is off: `auth`).
 async fn scaling_control(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     body: Result<Json<ScalingRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use crate::pool::{ControlAction, ControlError};
-    if !peer.ip().is_loopback() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "scaling controls are served to loopback clients only",
-        ));
-    }
     let Json(req) = body.map_err(|e| ApiError::invalid_parameter(e.body_text()))?;
     let handle = {
         let handles = state.handles.read().unwrap_or_else(|e| e.into_inner());

@@ -23,6 +23,11 @@
 //! the idle timeout), and no maintained tower or hyper-util layer closes the
 //! idlest connection to admit a new one.
 //!
+//! TLS (`server.tls`, `tls.rs`): the handshake runs in the connection's own
+//! task, bounded by the header read timeout, after the connection was
+//! admitted; the timeouts and the cap then apply to the TLS connection as to
+//! a plain one. A failed handshake is counted (`tls_handshake`).
+//!
 //! File descriptors: [`raise_fd_limit`] lifts the soft `RLIMIT_NOFILE` to the
 //! hard one at start, and [`FdBudget`] sizes the cap so that a reserve is
 //! always left for supervision, collection and storage (see [`fd_reserve`]).
@@ -50,6 +55,7 @@ use tower::ServiceExt as _;
 use fpm_storage::Reader;
 
 use super::gate::QueryGate;
+use super::tls::{PeerCert, TlsServer};
 use crate::state::AppState;
 use crate::surface::metrics::Metrics;
 
@@ -187,7 +193,30 @@ fn launch(
         stats.queries_rejected.clone(),
     );
     let app = super::router(state.clone(), Some(gate));
-    tokio::spawn(serve(listener, app, conn_limits, stats.clone(), shutdown))
+    let tls = match &cfg.server.tls {
+        None => None,
+        Some(t) => match TlsServer::load(t) {
+            Ok(server) => Some(Arc::new(server)),
+            Err(e) => {
+                // Checked at start; the files changed since. Never fall
+                // back to plain HTTP: serve nothing.
+                tracing::error!("The HTTP server does not start: {e}.");
+                return tokio::spawn(async move {
+                    drop(listener);
+                    shutdown.await;
+                });
+            }
+        },
+    };
+    let reloads = CancellationToken::new();
+    if let Some(server) = &tls {
+        super::tls::reload_on_sighup(server.clone(), state.clone(), reloads.clone());
+    }
+    let stats = stats.clone();
+    tokio::spawn(async move {
+        serve(listener, app, conn_limits, stats, tls, shutdown).await;
+        reloads.cancel();
+    })
 }
 
 /// The HTTP surface across configuration reloads. A change of the `server`
@@ -310,6 +339,9 @@ pub enum CloseReason {
     Evicted,
     /// Closed at once: the cap was reached and every connection was busy.
     OverLimit,
+    /// The TLS handshake failed or did not finish within the header read
+    /// timeout (no client certificate, one from another CA, not TLS).
+    TlsHandshake,
 }
 
 impl CloseReason {
@@ -319,6 +351,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Evicted => "evicted",
             CloseReason::OverLimit => "over_limit",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -408,7 +441,7 @@ impl HttpStats {
             closed: IntCounterVec::new(
                 Opts::new(
                     "phpfpm_manager_http_connections_closed_total",
-                    "HTTP connections closed by the manager, by reason (header_timeout, idle_timeout, evicted, over_limit).",
+                    "HTTP connections closed by the manager, by reason (header_timeout, idle_timeout, evicted, over_limit, tls_handshake).",
                 ),
                 &["reason"],
             )
@@ -429,6 +462,7 @@ impl HttpStats {
             CloseReason::IdleTimeout,
             CloseReason::Evicted,
             CloseReason::OverLimit,
+            CloseReason::TlsHandshake,
         ] {
             stats.closed.with_label_values(&[reason.as_str()]);
         }
@@ -524,7 +558,8 @@ impl Drop for Handling {
     }
 }
 
-/// A TCP stream that records when bytes move.
+/// A TCP stream that records when bytes move (under TLS: the encrypted
+/// bytes, so a handshake trickling in counts as a head being read).
 struct Tracked {
     inner: TcpStream,
     conn: Arc<Conn>,
@@ -640,6 +675,7 @@ pub async fn serve(
     app: Router,
     limits: ConnLimits,
     stats: HttpStats,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let table = Arc::new(Table {
@@ -685,9 +721,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (app, stats, table, stop) = (app.clone(), stats.clone(), table.clone(), stop.clone());
+        // The configuration in use when the connection came (a reload
+        // applies to later connections).
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tracker.spawn(async move {
             let id = conn.id;
-            serve_connection(stream, conn, app, limits, &stats, stop).await;
+            serve_connection(stream, conn, app, limits, &stats, stop, acceptor).await;
             table.remove(id, &stats);
         });
     }
@@ -705,20 +744,69 @@ async fn serve_connection(
     limits: ConnLimits,
     stats: &HttpStats,
     stop: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let io = TokioIo::new(Tracked {
+    // The peer's address, for the auth layer (loopback, per-client limits).
+    let peer = stream.peer_addr().ok();
+    let tracked = Tracked {
         inner: stream,
         conn: conn.clone(),
-    });
+    };
+    let Some(acceptor) = tls else {
+        return drive(tracked, None, peer, conn, app, limits, stats, stop).await;
+    };
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked));
+    let stream = tokio::select! {
+        res = handshake => match res {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}.");
+                stats.closed(CloseReason::TlsHandshake);
+                return;
+            }
+            Err(_) => {
+                stats.closed(CloseReason::TlsHandshake);
+                return;
+            }
+        },
+        () = conn.close.cancelled() => return,
+        () = stop.cancelled() => return,
+    };
+    let cert = PeerCert {
+        common_name: super::tls::peer_common_name(stream.get_ref().1.peer_certificates()),
+    };
+    // The handshake's bytes started a "head"; the request's own head starts
+    // with its first byte.
+    conn.phase.store(WAITING, Ordering::SeqCst);
+    drive(stream, Some(cert), peer, conn, app, limits, stats, stop).await;
+}
+
+/// Serves HTTP/1.1 on `io` until the client leaves, a timeout ends the
+/// connection, it is evicted, or the server stops.
+#[allow(clippy::too_many_arguments)]
+async fn drive<I>(
+    io: I,
+    cert: Option<PeerCert>,
+    peer: Option<std::net::SocketAddr>,
+    conn: Arc<Conn>,
+    app: Router,
+    limits: ConnLimits,
+    stats: &HttpStats,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let svc_conn = conn.clone();
-    // The peer's address, for handlers that answer loopback clients only.
-    let peer = io.inner().inner.peer_addr().ok();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let handling = Handling::begin(&svc_conn);
         let app = app.clone();
         if let Some(peer) = peer {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+        }
+        if let Some(cert) = &cert {
+            req.extensions_mut().insert(cert.clone());
         }
         async move {
             let resp = app.oneshot(req).await;
