@@ -249,6 +249,8 @@ string_enum!(
         ConfigChange => "config_change",
         /// A mutating API call; `actor` is the API key's name.
         ApiAction => "api_action",
+        /// An operator's mark (a deploy); details hold its `tags`.
+        Annotation => "annotation",
         CircuitOpen => "circuit_open",
         CircuitClose => "circuit_close",
         SaturationBegin => "saturation_begin",

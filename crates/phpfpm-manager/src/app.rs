@@ -333,6 +333,8 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         })
     };
 
+    // Reloads asked over the API take the same path as SIGHUP.
+    let mut api_reloads = state.config_reloads.take_receiver();
     // Step 1: run until a signal says stop (or detach).
     let detaching = loop {
         tokio::select! {
@@ -340,6 +342,12 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             _ = sigint.recv() => break false,
             _ = sigusr1.recv() => break true,
             _ = sighup.recv() => reload(&opts, &state, &mut pools).await,
+            Some(reply) = api_reloads.recv() => {
+                reload(&opts, &state, &mut pools).await;
+                if let Some(outcome) = state.last_reload() {
+                    let _ = reply.send(outcome);
+                }
+            }
             // Reap finished tasks so the sets do not grow with reloads.
             Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}
             Some(_) = pools.actors.join_next(), if !pools.actors.is_empty() => {}

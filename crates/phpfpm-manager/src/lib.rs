@@ -4,6 +4,7 @@
 //! use the same modules.
 
 pub mod app;
+pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod control;

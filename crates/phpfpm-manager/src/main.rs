@@ -49,6 +49,13 @@ enum Command {
     /// Pin, unpin, pause or resume a pool's autoscaler in the running
     /// manager (through its API on server.bind_address).
     Scaling(ScalingArgs),
+    /// Print a table of the running manager's pools: state, busy/idle/total
+    /// workers, accept queue, requests/s, p95 request time, worker PSS,
+    /// recommended/applied size, last event (--watch, --json).
+    Status(phpfpm_manager::cli::StatusArgs),
+    /// Reload POOL by hand-over in the running manager, or without POOL
+    /// its configuration (as SIGHUP).
+    Reload(phpfpm_manager::cli::ReloadArgs),
     /// Print the version.
     Version,
 }
@@ -169,6 +176,8 @@ fn main() -> ExitCode {
         Command::Import(args) => import(args),
         Command::Simulate(args) => simulate(args),
         Command::Scaling(args) => scaling(args),
+        Command::Status(args) => phpfpm_manager::cli::status(args),
+        Command::Reload(args) => phpfpm_manager::cli::reload(args),
         Command::Validate(args) => match load(&args) {
             Ok(cfg) => validate(&cfg),
             Err(code) => code,

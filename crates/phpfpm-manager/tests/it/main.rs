@@ -30,6 +30,11 @@ mod http_limits;
 mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// The OpenAPI document fuzzed by schemathesis against a running manager.
+mod openapi;
+/// The operator's routes and commands: pool reload and restart, config
+/// reload, annotations, `status`, and hostile requests at the socket.
+mod operate;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// `run --replace`: finding the running manager by its lock, never by name.

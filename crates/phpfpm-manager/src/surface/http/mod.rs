@@ -7,7 +7,10 @@
 pub mod error;
 pub mod gate;
 pub mod history;
+pub mod openapi;
+pub mod operate;
 pub mod params;
+pub mod reject;
 pub mod serve;
 
 use std::borrow::Cow;
@@ -61,9 +64,12 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
     }
     let mut app = app
         .fallback(|| async { ApiError::not_found("no such route") })
-        .with_state(state);
+        .with_state(state.clone());
     if let (true, Some(gate)) = (cfg.server.api_enabled, history) {
         app = app.merge(history::router(gate));
+    }
+    if cfg.server.api_enabled {
+        app = operate::extend(app.merge(openapi::router()), state);
     }
     app.layer(axum::extract::DefaultBodyLimit::max(max_body))
         // A handler that outlives `server.limits.request_timeout` is dropped
@@ -73,6 +79,7 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
                 .layer(HandleErrorLayer::new(on_timeout))
                 .timeout(request_timeout),
         )
+        .layer(axum::middleware::map_response(reject::error_shape))
 }
 
 async fn on_timeout(err: BoxError) -> ApiError {
