@@ -468,8 +468,8 @@ pub mod contract {
     /// One Grafana annotation (times in ms).
     #[derive(ToSchema, serde::Serialize)]
     pub struct Annotation {
-        /// SimpleJSON requests only: their `annotation` object, echoed.
-        #[schema(required = false, value_type = Object)]
+        /// SimpleJSON requests only: their `annotation`, echoed as sent.
+        #[schema(required = false, value_type = Value)]
         pub annotation: (),
         pub id: i64,
         pub pool: Option<String>,
