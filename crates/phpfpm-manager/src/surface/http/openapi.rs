@@ -382,6 +382,7 @@ pub mod contract {
         /// With `pin`: when it ends, RFC 3339 or a duration from now (`30m`).
         pub until: Option<String>,
         /// Why, for the event (at most 500 characters; stored and shown).
+        #[schema(max_length = 500)]
         pub reason: Option<String>,
     }
 

@@ -149,6 +149,7 @@ impl Peer {
 pub struct ActionRequest {
     /// Why, for the event and the log (at most 1000 characters; stored and
     /// shown, so never a secret).
+    #[schema(max_length = 1000)]
     reason: Option<String>,
 }
 
@@ -182,10 +183,12 @@ pub struct ConfigReloadReply {
 #[serde(deny_unknown_fields)]
 pub struct AnnotationRequest {
     /// What happened (`deploy 4.2.1`), at most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000)]
     text: String,
     /// The pool it concerns, if one.
     pool: Option<String>,
     /// Extra tags for Grafana: at most 16, each 1 to 64 of `A-Za-z0-9_.:/-`.
+    #[schema(max_items = 16)]
     tags: Option<Vec<String>>,
 }
 
