@@ -501,13 +501,14 @@ fn create_annotation(
     })
 }
 
-/// A JSON body: `None` when empty, 415 when not sent as JSON, 400 naming
-/// the problem (a syntax error, an unknown or mistyped field) otherwise.
+/// A JSON body: `None` when empty (or JSON `null`, as the document allows
+/// for optional bodies), 415 when not sent as JSON, 400 naming the problem
+/// (a syntax error, an unknown or mistyped field) otherwise.
 fn parse_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         return Ok(None);
     }
     let json = headers

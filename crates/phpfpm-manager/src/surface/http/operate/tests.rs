@@ -187,20 +187,22 @@ async fn a_pool_reload_is_a_hand_over_with_the_current_spec() {
         (Some(100), Some(123))
     );
     assert_eq!(v["took_ms"], 42);
-    // No body at all is fine too.
-    let call = tokio::spawn({
-        let app = app.clone();
-        async move {
-            send(
-                &app,
-                request("POST", "/api/v1/pools/sup/reload", None, "", LOOPBACK),
-            )
-            .await
-        }
-    });
-    let (reason, _) = answer_next(&mut rx, Ok(report(124))).await;
-    assert_eq!(reason, "reload by api");
-    assert_eq!(call.await.unwrap().0, StatusCode::ACCEPTED);
+    // No body at all, or JSON null, is fine too.
+    for (ct, body) in [(None, ""), (Some("application/json"), "null")] {
+        let call = tokio::spawn({
+            let app = app.clone();
+            async move {
+                send(
+                    &app,
+                    request("POST", "/api/v1/pools/sup/reload", ct, body, LOOPBACK),
+                )
+                .await
+            }
+        });
+        let (reason, _) = answer_next(&mut rx, Ok(report(124))).await;
+        assert_eq!(reason, "reload by api");
+        assert_eq!(call.await.unwrap().0, StatusCode::ACCEPTED);
+    }
 }
 
 #[tokio::test]
