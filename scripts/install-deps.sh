@@ -8,6 +8,10 @@ set -euo pipefail
 
 purpose="${1:-test}"
 missing=()
+# Python tools the tests drive (schemathesis fuzzes the API from its OpenAPI
+# document), pinned so a new release cannot change what CI checks.
+SCHEMATHESIS_VERSION=4.32.5
+pip_missing=()
 
 have_php_fpm() {
     command -v php-fpm >/dev/null 2>&1 && return 0
@@ -30,9 +34,24 @@ if [ "$purpose" != run ]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v cgi-fcgi >/dev/null 2>&1 || missing+=(libfcgi-bin)
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+    python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" >/dev/null 2>&1 \
+        || pip_missing+=("schemathesis==$SCHEMATHESIS_VERSION")
 fi
 
+if [ ${#pip_missing[@]} -gt 0 ]; then
+    command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+fi
+install_pip() {
+    [ ${#pip_missing[@]} -eq 0 ] && return 0
+    echo "Installing from PyPI: ${pip_missing[*]}" >&2
+    # Debian's own Python refuses pip installs outside a virtualenv unless
+    # told otherwise; other Pythons (pyenv, a venv) take the plain form.
+    python3 -m pip install --quiet "${pip_missing[@]}" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "${pip_missing[@]}"
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+    install_pip
     exit 0
 fi
 
@@ -54,3 +73,4 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+install_pip

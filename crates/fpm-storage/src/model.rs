@@ -252,6 +252,8 @@ string_enum!(
         /// A mutating HTTP call, allowed or refused: principal, route, outcome and request id
         /// (never a key).
         Audit => "audit",
+        /// An operator's mark (a deploy); details hold its `tags`.
+        Annotation => "annotation",
         CircuitOpen => "circuit_open",
         CircuitClose => "circuit_close",
         SaturationBegin => "saturation_begin",

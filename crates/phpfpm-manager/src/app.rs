@@ -343,6 +343,8 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut server = http::serve::HttpServer::start(listener, state.clone(), readers, http_stop)
         .context("cannot serve HTTP on the bound listener")?;
 
+    // Reloads asked over the API take the same path as SIGHUP.
+    let mut api_reloads = state.config_reloads.take_receiver();
     // Step 1: run until a signal says stop (or detach).
     let detaching = loop {
         tokio::select! {
@@ -352,6 +354,13 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
             _ = sighup.recv() => {
                 let mut live = Live { pools: &mut pools, server: &mut server, storage: &storage };
                 reload(&opts, &state, &mut live).await;
+            }
+            Some(reply) = api_reloads.recv() => {
+                let mut live = Live { pools: &mut pools, server: &mut server, storage: &storage };
+                reload(&opts, &state, &mut live).await;
+                if let Some(outcome) = state.last_reload() {
+                    let _ = reply.send(outcome);
+                }
             }
             // Reap finished tasks so the sets do not grow with reloads.
             Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}

@@ -93,6 +93,11 @@ pub enum What {
         until_ms: Option<i64>,
         reason: Option<String>,
     },
+    /// An operator's mark (a deploy), shown in history and Grafana.
+    Annotation {
+        text: String,
+        tags: Vec<String>,
+    },
     /// A pool's master stopped making progress, recovered, or was
     /// restarted by the supervisor because of it.
     MasterStall {
@@ -215,6 +220,7 @@ impl ManagerEvent {
             What::Adoption { .. } => EventKind::Adoption,
             What::ScaleDecision(_) => EventKind::ScaleDecision,
             What::ScalingControl { .. } => EventKind::ApiAction,
+            What::Annotation { .. } => EventKind::Annotation,
             What::ConfigReload { .. } => EventKind::ConfigChange,
             What::MasterStall { .. } => EventKind::MasterStall,
             What::ManagerStart { .. } => EventKind::ManagerStart,
@@ -274,6 +280,7 @@ impl ManagerEvent {
             | What::Adoption { .. }
             | What::ScaleDecision(_)
             | What::ScalingControl { .. }
+            | What::Annotation { .. }
             | What::ManagerStart { .. }
             | What::ManagerStop { .. } => Severity::Info,
         }
@@ -327,6 +334,7 @@ impl ManagerEvent {
                 Some(n) => format!("scaling {action} to {n} workers"),
                 None => format!("scaling {action}"),
             },
+            What::Annotation { text, .. } => text.clone(),
             What::ConfigReload { accepted, problems } => {
                 if *accepted {
                     "configuration reloaded".to_owned()
@@ -410,6 +418,7 @@ impl ManagerEvent {
             } => {
                 json!({"action": action, "workers": workers, "until_ms": until_ms, "reason": reason})
             }
+            What::Annotation { tags, .. } => json!({ "tags": tags }),
             What::ConfigReload { accepted, problems } => {
                 json!({"accepted": accepted, "problems": problems})
             }

@@ -51,6 +51,13 @@ enum Command {
     Scaling(ScalingArgs),
     /// API keys: `key new NAME --scope operate` makes one.
     Key(phpfpm_manager::cli::key::KeyArgs),
+    /// Print a table of the running manager's pools: state, busy/idle/total
+    /// workers, accept queue, requests/s, p95 request time, worker PSS,
+    /// recommended/applied size, last event (--watch, --json).
+    Status(phpfpm_manager::cli::StatusArgs),
+    /// Reload POOL by hand-over in the running manager, or without POOL
+    /// its configuration (as SIGHUP).
+    Reload(phpfpm_manager::cli::ReloadArgs),
     /// Print the version.
     Version,
 }
@@ -172,6 +179,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Scaling(args) => scaling(args),
         Command::Key(args) => phpfpm_manager::cli::key::run(args),
+        Command::Status(args) => phpfpm_manager::cli::status(args),
+        Command::Reload(args) => phpfpm_manager::cli::reload(args),
         Command::Validate(args) => match load(&args) {
             Ok(cfg) => validate(&cfg),
             Err(code) => code,

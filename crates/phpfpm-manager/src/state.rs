@@ -210,6 +210,8 @@ pub struct AppState {
     pub storage: RwLock<Option<fpm_storage::WriterHandle>>,
     /// The outcome of the last configuration reload (SIGHUP), if any.
     last_reload: RwLock<Option<ReloadOutcome>>,
+    /// Configuration reloads asked over the API, for the reload loop.
+    pub config_reloads: crate::surface::http::operate::ConfigReloads,
 }
 
 /// What the last configuration reload did.
@@ -244,6 +246,7 @@ impl AppState {
             handles: RwLock::new(BTreeMap::new()),
             storage: RwLock::new(None),
             last_reload: RwLock::new(None),
+            config_reloads: Default::default(),
         })
     }
 

@@ -16,7 +16,11 @@ use super::Problem;
 pub const ENV_PREFIX: &str = "PHPFPM_MANAGER_";
 
 /// Environment variables with this prefix that are CLI flags, not overrides.
-const CLI_ENV_VARS: &[&str] = &["PHPFPM_MANAGER_CONFIG"];
+const CLI_ENV_VARS: &[&str] = &[
+    "PHPFPM_MANAGER_CONFIG",
+    "PHPFPM_MANAGER_URL",
+    "PHPFPM_MANAGER_KEY",
+];
 
 /// One step of a path in the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use crate::scale::persist::{self, Remembered};
 use crate::scale::plan::{self, CapStep, Damping, PlanMemory, PoolPlanInput, Pressure};
 use crate::scale::{budget_bytes, policy_for, Override, ScalingView};
 use crate::state::{AppState, Control};
-use crate::supervisor::{ApplyError, SupervisorHandle};
+use crate::supervisor::{ApplyError, ApplyReport, SupervisorHandle};
 
 /// How long a cap the supervisor refused is not tried again (doubles up to
 /// an hour): a refused change is an event and backs off, never a loop.
@@ -122,6 +122,38 @@ pub struct ControlOutcome {
     pub applied_workers: Option<u32>,
 }
 
+/// An operator's action on a supervised pool's master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterAction {
+    /// A hand-over to a new master with the pool's current spec: every
+    /// worker starts afresh, nothing is dropped.
+    Reload,
+    /// The same, with the pool's compiled-script cache (`opcache.file_cache`)
+    /// emptied first, so the new master compiles every script again.
+    Restart,
+}
+
+impl MasterAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            MasterAction::Reload => "reload",
+            MasterAction::Restart => "restart",
+        }
+    }
+}
+
+/// Why an action on a master was refused. The running master (if any)
+/// keeps serving as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MasterError {
+    #[error("pool {0} is observed: the manager does not run its master, so it cannot reload or restart it; do that where the pool runs")]
+    Observed(String),
+    #[error("{0}")]
+    Apply(ApplyError),
+    #[error("the pool is being stopped")]
+    Gone,
+}
+
 /// What a pool actor can be asked.
 #[derive(Debug)]
 pub enum PoolCommand {
@@ -131,6 +163,14 @@ pub enum PoolCommand {
         action: ControlAction,
         actor: &'static str,
         reply: oneshot::Sender<Result<ControlOutcome, ControlError>>,
+    },
+    /// An operator's reload or restart of the pool's master.
+    Master {
+        action: MasterAction,
+        actor: &'static str,
+        /// Why, for the `pool_change` event.
+        reason: Option<String>,
+        reply: oneshot::Sender<Result<ApplyReport, MasterError>>,
     },
 }
 
@@ -157,6 +197,27 @@ impl PoolHandle {
             .await
             .map_err(|_| ControlError::Gone)?;
         rx.await.map_err(|_| ControlError::Gone)?
+    }
+
+    /// Reloads or restarts the pool's master by a hand-over; answers when the
+    /// new master serves (or the change was refused).
+    pub async fn master(
+        &self,
+        action: MasterAction,
+        actor: &'static str,
+        reason: Option<String>,
+    ) -> Result<ApplyReport, MasterError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(PoolCommand::Master {
+                action,
+                actor,
+                reason,
+                reply,
+            })
+            .await
+            .map_err(|_| MasterError::Gone)?;
+        rx.await.map_err(|_| MasterError::Gone)?
     }
 
     /// Hands the actor a reloaded config for its pool.
@@ -376,6 +437,10 @@ impl PoolActor {
                         let res = self.on_control(action, actor).await;
                         let _ = reply.send(res);
                     }
+                    Some(PoolCommand::Master { action, actor, reason, reply }) => {
+                        let res = self.on_master(action, actor, reason).await;
+                        let _ = reply.send(res);
+                    }
                 },
                 _ = looked.notified() => self.on_look().await,
                 _ = sleep_for(pin_ends) => {
@@ -512,6 +577,53 @@ impl PoolActor {
             override_: self.override_.clone(),
             applied_workers: self.applied_workers(),
         })
+    }
+
+    /// A reload or restart asked by an operator: a hand-over with the spec
+    /// the pool should run now (a failed pool is started again).
+    async fn on_master(
+        &mut self,
+        action: MasterAction,
+        actor: &'static str,
+        reason: Option<String>,
+    ) -> Result<ApplyReport, MasterError> {
+        let (Some(sup), Some(spec)) = (self.supervisor.clone(), self.desired()) else {
+            return Err(MasterError::Observed(self.name().to_owned()));
+        };
+        if action == MasterAction::Restart {
+            // The supervisor creates the directory again for the new master.
+            let cache =
+                crate::supervisor::files::Layout::new(&self.state.config().phpfpm.runtime_dir)
+                    .opcache_file_cache(&self.pool.name);
+            match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cache)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(Err(e)) => tracing::warn!(
+                    pool = self.name(),
+                    "Cannot empty the pool's OPcache file cache before the restart: {e}; the new master may reuse compiled scripts."
+                ),
+                Err(e) => tracing::warn!(pool = self.name(), "Cannot empty the OPcache file cache: {e}."),
+            }
+        }
+        let why = match &reason {
+            Some(r) => format!("{} by {actor}: {r}", action.name()),
+            None => format!("{} by {actor}", action.name()),
+        };
+        match sup.renew(spec, &why).await {
+            Ok(report) => {
+                self.last_error = None;
+                Ok(report)
+            }
+            Err(e) => {
+                tracing::error!(
+                    pool = self.name(),
+                    "Pool {} not done: {e}; the pool keeps running as it was.",
+                    action.name()
+                );
+                self.last_error = Some(e.to_string());
+                Err(MasterError::Apply(e))
+            }
+        }
     }
 
     fn applied_workers(&self) -> Option<u32> {

@@ -37,6 +37,11 @@ mod lifecycle;
 mod observed_opcache;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// The OpenAPI document fuzzed by schemathesis against a running manager.
+mod openapi;
+/// The operator's routes and commands: pool reload and restart, config
+/// reload, annotations, `status`, and hostile requests at the socket.
+mod operate;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// SIGHUP applies the `server` and `phpfpm` sections: a new address, the API

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use fpm_storage::rollup::{self, MAX_STEP_MS};
-use fpm_storage::{EventFilter, SeriesPoints, Severity, StoredEvent, Tier, TimestampMs};
+use fpm_storage::{EventFilter, EventKind, SeriesPoints, Severity, StoredEvent, Tier, TimestampMs};
 
 use super::error::ApiError;
 use super::gate::QueryGate;
@@ -128,6 +128,16 @@ impl<'a> Annotation<'a> {
         let mut tags = vec![e.kind.as_str().to_owned(), e.severity.as_str().to_owned()];
         if let Some(p) = &e.pool {
             tags.push(format!("pool:{p}"));
+        }
+        // An operator's annotation carries its own tags.
+        if e.kind == EventKind::Annotation {
+            let own = e.details.get("tags").and_then(Value::as_array);
+            tags.extend(
+                own.into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned),
+            );
         }
         Annotation {
             annotation,

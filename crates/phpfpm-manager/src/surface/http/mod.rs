@@ -10,7 +10,10 @@ pub mod error;
 pub mod gate;
 pub mod history;
 pub mod limit;
+pub mod openapi;
+pub mod operate;
 pub mod params;
+pub mod reject;
 pub mod serve;
 pub mod tls;
 
@@ -65,9 +68,12 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
     }
     let mut app = app
         .fallback(|| async { ApiError::not_found("no such route") })
-        .with_state(state);
+        .with_state(state.clone());
     if let (true, Some(gate)) = (cfg.server.api_enabled, history) {
         app = app.merge(history::router(gate));
+    }
+    if cfg.server.api_enabled {
+        app = operate::extend(app.merge(openapi::router()), state);
     }
     // Every route is added above this line: the auth layer wraps only the
     // routes that exist when it is applied.
@@ -80,6 +86,7 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
                 .layer(HandleErrorLayer::new(on_timeout))
                 .timeout(request_timeout),
         )
+        .layer(axum::middleware::map_response(reject::error_shape))
 }
 
 async fn on_timeout(err: BoxError) -> ApiError {
