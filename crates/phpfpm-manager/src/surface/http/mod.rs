@@ -7,6 +7,7 @@
 pub mod error;
 pub mod gate;
 pub mod history;
+pub mod page;
 pub mod params;
 pub mod serve;
 
@@ -57,7 +58,8 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
                 get(scale).post(scaling_control),
             )
             .route("/api/v1/autoscaling", get(autoscaling))
-            .route("/api/v1/events/recent", get(recent_events));
+            .route("/api/v1/events/recent", get(recent_events))
+            .merge(page::router());
     }
     let mut app = app
         .fallback(|| async { ApiError::not_found("no such route") })
