@@ -30,6 +30,7 @@ if [ "$purpose" != run ]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v cgi-fcgi >/dev/null 2>&1 || missing+=(libfcgi-bin)
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -18,6 +18,8 @@
   const POLL_MAX_MS = 5000;
   /** History charts are redrawn at most this often. */
   const CHART_REFRESH_MS = { hour: 15000, day: 60000, week: 300000 };
+  /** The overview's small charts (two short queries per pool). */
+  const SPARK_REFRESH_MS = 5000;
   const RANGES = {
     hour: { from: "now-1h", label: "Last hour" },
     day: { from: "now-24h", label: "Last day" },
@@ -744,7 +746,7 @@
           loadStatus(),
         ]);
         render(pools, scaling, extra, events, status);
-        if (Date.now() - lastSparks >= CHART_REFRESH_MS.hour) {
+        if (Date.now() - lastSparks >= SPARK_REFRESH_MS) {
           lastSparks = Date.now();
           await refreshSparks(pools);
         }

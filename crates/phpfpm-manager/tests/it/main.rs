@@ -30,6 +30,9 @@ mod http_limits;
 mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// The web page in headless chromium: live overview, history charts,
+/// events, markup shown as text, no request beyond the manager.
+mod page;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// `run --replace`: finding the running manager by its lock, never by name.

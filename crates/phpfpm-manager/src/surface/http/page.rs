@@ -94,7 +94,10 @@ fn page_headers(content_type: &'static str) -> [(HeaderName, HeaderValue); 5] {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
         // The files change only with the binary; revalidating each load
         // keeps a browser from running an older page against a newer API.
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
