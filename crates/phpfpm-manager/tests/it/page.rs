@@ -408,9 +408,9 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
         // Load: shop's two workers held busy and three connections waiting
         // behind them. The page follows without a reload, within two
         // collection intervals of the API showing it.
-        let held = hold(&d, "shop", &www.join("hold.php"), 5);
+        let held = hold(d, "shop", &www.join("hold.php"), 5);
         let api_busy = wait_for("the API to show shop busy", Duration::from_secs(60), move || async move {
-            let p = api(&d, "/api/v1/pools/shop");
+            let p = api(d, "/api/v1/pools/shop");
             let busy = p["workers"]["active"].as_u64() == Some(2);
             let queue = p["kernel"]["accept_queue"].as_u64().unwrap_or(0);
             (busy && queue >= 1).then_some(queue)
@@ -443,11 +443,11 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
 
         // A request whose URI is markup, held on shop; a SIGHUP change of
         // api's size, applied by hand-over.
-        let markup = hold(&d, "shop", &www.join(MARKUP_SCRIPT), 1);
+        let markup = hold(d, "shop", &www.join(MARKUP_SCRIPT), 1);
         std::fs::write(d.dir.join("config.yaml"), config(&d.dir, 3, &www_text)).unwrap();
         d.signal(Signal::SIGHUP);
         wait_for("api to run 3 workers", Duration::from_secs(60), move || async move {
-            let p = api(&d, "/api/v1/pools/api");
+            let p = api(d, "/api/v1/pools/api");
             (p["pm"]["max_children"] == 3 && p["workers"]["total"] == 3).then_some(())
         })
         .await;
