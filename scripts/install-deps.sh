@@ -36,6 +36,7 @@ if [ "$purpose" != run ]; then
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
     python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" >/dev/null 2>&1 \
         || pip_missing+=("schemathesis==$SCHEMATHESIS_VERSION")
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 fi
 
 if [ ${#pip_missing[@]} -gt 0 ]; then

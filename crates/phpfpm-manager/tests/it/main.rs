@@ -42,6 +42,9 @@ mod openapi;
 /// The operator's routes and commands: pool reload and restart, config
 /// reload, annotations, `status`, and hostile requests at the socket.
 mod operate;
+/// The web page in headless chromium: live overview, history charts,
+/// events, markup shown as text, no request beyond the manager.
+mod page;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// SIGHUP applies the `server` and `phpfpm` sections: a new address, the API

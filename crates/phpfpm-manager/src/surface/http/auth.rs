@@ -56,6 +56,11 @@ pub enum Need {
 pub const ROUTE_SCOPES: &[(&str, &str, Need)] = &[
     // The whole configuration, every pool: an administrator's action.
     ("POST", "/api/v1/config/reload", Need::Scope(Scope::Admin)),
+    // The web page and its assets hold no data (the page reads the API with
+    // the key it asks for), and must load for the page to ask for a key.
+    ("GET", "/", Need::Open),
+    ("GET", "/assets/{name}", Need::Open),
+    ("GET", "/favicon.ico", Need::Open),
 ];
 
 /// Liveness and readiness, open unless `server.auth.health_require_auth`.

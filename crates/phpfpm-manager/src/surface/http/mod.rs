@@ -12,6 +12,7 @@ pub mod history;
 pub mod limit;
 pub mod openapi;
 pub mod operate;
+pub mod page;
 pub mod params;
 pub mod reject;
 pub mod serve;
@@ -64,7 +65,8 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
             )
             .route("/api/v1/autoscaling", get(autoscaling))
             .route("/api/v1/events/recent", get(recent_events))
-            .merge(crate::opcache::routes());
+            .merge(crate::opcache::routes())
+            .merge(page::router());
     }
     let mut app = app
         .fallback(|| async { ApiError::not_found("no such route") })
