@@ -85,6 +85,11 @@ async fn serve() -> Response {
         contract::annotations_post,
         contract::event_stats,
         contract::openapi_json,
+        contract::pool_opcache,
+        contract::overview,
+        contract::page,
+        contract::page_asset,
+        contract::favicon,
         super::operate::pool_reload,
         super::operate::pool_restart,
         super::operate::config_reload,
@@ -99,6 +104,7 @@ async fn serve() -> Response {
         (name = "operate", description = "Operator actions: reload and restart pools, reload the configuration, mark deploys. Answered to loopback clients only until the API has authentication."),
         (name = "history", description = "Metrics and events over time, from the history database; Grafana annotations."),
         (name = "meta", description = "This document."),
+        (name = "page", description = "The web page served at `/` and its assets (embedded in the binary)."),
     )
 )]
 struct ApiDoc;
@@ -507,6 +513,53 @@ pub mod contract {
         Create(AnnotationRequest),
         Query(SimpleJsonQuery),
     }
+
+    /// `GET /api/v1/pools/{pool}/opcache`: the pool's OPcache figures, or
+    /// why there are none (`state`, `reason`).
+    #[derive(ToSchema)]
+    pub struct PoolOpcache {
+        pub pool: String,
+        #[schema(value_type = Object, required = false)]
+        pub opcache: (),
+    }
+
+    /// `GET /api/v1/overview`: per pool, what the web page's overview shows
+    /// beyond `/api/v1/pools` (OPcache, request times of the scoreboard).
+    #[derive(ToSchema)]
+    pub struct Overview {
+        #[schema(value_type = Vec<Object>)]
+        pub pools: (),
+    }
+
+    #[utoipa::path(get, path = "/api/v1/pools/{pool}/opcache", tag = "pools", summary = "A pool's OPcache",
+        description = "Hits, misses, memory and fill of the pool master's OPcache, or the reason they cannot be read (disabled, restricted, chroot, ...).",
+        params(("pool" = String, Path, description = "The pool's name.", example = "www")),
+        responses(
+            (status = 200, description = "The figures or the reason.", body = Object),
+            (status = 404, description = "No pool has this name.", body = Error)))]
+    pub(super) fn pool_opcache() {}
+
+    #[utoipa::path(get, path = "/api/v1/overview", tag = "pools", summary = "What the web page's overview shows",
+        responses((status = 200, description = "One entry per pool.", body = Overview)))]
+    pub(super) fn overview() {}
+
+    #[utoipa::path(get, path = "/", tag = "page", summary = "The web page",
+        responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
+    pub(super) fn page() {}
+
+    #[utoipa::path(get, path = "/assets/{name}", tag = "page", summary = "A file of the web page",
+        params(("name" = String, Path, description = "The file's name.", example = "app.js")),
+        responses(
+            (status = 200, description = "The file.", content(
+                (String = "text/javascript"),
+                (String = "text/css"),
+                (String = "image/svg+xml"))),
+            (status = 404, description = "No such file.", body = Error)))]
+    pub(super) fn page_asset() {}
+
+    #[utoipa::path(get, path = "/favicon.ico", tag = "page", summary = "The page's icon",
+        responses((status = 200, description = "The icon.", body = String, content_type = "image/svg+xml")))]
+    pub(super) fn favicon() {}
 
     /// `GET /api/v1/openapi.json`.
     #[derive(ToSchema)]

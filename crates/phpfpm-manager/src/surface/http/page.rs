@@ -111,12 +111,7 @@ async fn index() -> Response {
 async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == name) {
         Some(a) => (page_headers(a.content_type), a.body).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            page_headers("text/plain; charset=utf-8"),
-            "no such file\n",
-        )
-            .into_response(),
+        None => super::ApiError::not_found("no such file").into_response(),
     }
 }
 
