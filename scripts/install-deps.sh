@@ -30,9 +30,30 @@ if [ "$purpose" != run ]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v cgi-fcgi >/dev/null 2>&1 || missing+=(libfcgi-bin)
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+    # deploy/: the unit (systemd-analyze), the Debian package (lintian; the
+    # package check talks to the installed manager with curl), and the
+    # Prometheus server that evaluates the dashboard and the rules.
+    command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
 fi
 
+# Tools from crates.io and PyPI for the checks of deploy/, pinned: cargo-deb
+# builds the Debian package, kubernetes-validate and yamllint check the
+# manifests and YAML.
+install_tools() {
+    [ "$purpose" = run ] && return 0
+    cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --version 3.8.0 --locked
+    if ! command -v yamllint >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1; then
+        python3 -m pip install --quiet 'yamllint==1.38.0' 'kubernetes-validate==1.37.0'
+        # pyenv finds new commands only after a rehash.
+        if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+    fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+    install_tools
     exit 0
 fi
 
@@ -54,3 +75,4 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+install_tools

@@ -333,18 +333,26 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         })
     };
 
-    // Step 1: run until a signal says stop (or detach).
+    // Step 1: run until a signal says stop (or detach). systemd hears of
+    // readiness, reloads and the stop, and gets its watchdog from this loop.
+    let mut notifier = crate::notify::Notifier::from_env();
     let detaching = loop {
         tokio::select! {
             _ = sigterm.recv() => break false,
             _ = sigint.recv() => break false,
             _ = sigusr1.recv() => break true,
-            _ = sighup.recv() => reload(&opts, &state, &mut pools).await,
+            _ = sighup.recv() => {
+                notifier.reloading();
+                reload(&opts, &state, &mut pools).await;
+                notifier.reloaded(&state);
+            }
+            _ = notifier.tick() => notifier.on_tick(&state),
             // Reap finished tasks so the sets do not grow with reloads.
             Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}
             Some(_) = pools.actors.join_next(), if !pools.actors.is_empty() => {}
         }
     };
+    notifier.stopping();
     if detaching {
         tracing::info!(
             "SIGUSR1 received; exiting and leaving php-fpm running for the next manager."

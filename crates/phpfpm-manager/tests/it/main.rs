@@ -25,11 +25,17 @@ mod deep;
 mod hostile;
 /// The HTTP surface under slow, idle and numerous clients; query strings.
 mod http_limits;
+/// deploy/'s YAML: kubernetes-validate, yamllint, manifests against the
+/// manager and the rules.
+mod kubernetes;
 /// A pool's life: graceful and forced stops, the backlog during a restart,
 /// secrets.
 mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// The dashboard and the alert rules: promtool, and a real Prometheus
+/// scraping a real manager.
+mod prometheus;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// `run --replace`: finding the running manager by its lock, never by name.
@@ -39,3 +45,5 @@ mod replace;
 mod stall;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;
+/// The systemd unit (systemd-analyze) and the sd_notify protocol.
+mod systemd;
