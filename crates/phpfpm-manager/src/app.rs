@@ -345,28 +345,36 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     // Reloads asked over the API take the same path as SIGHUP.
     let mut api_reloads = state.config_reloads.take_receiver();
-    // Step 1: run until a signal says stop (or detach).
+    // Step 1: run until a signal says stop (or detach). systemd hears of
+    // readiness, reloads and the stop, and gets its watchdog from this loop.
+    let mut notifier = crate::notify::Notifier::from_env();
     let detaching = loop {
         tokio::select! {
             _ = sigterm.recv() => break false,
             _ = sigint.recv() => break false,
             _ = sigusr1.recv() => break true,
             _ = sighup.recv() => {
+                notifier.reloading();
                 let mut live = Live { pools: &mut pools, server: &mut server, storage: &storage };
                 reload(&opts, &state, &mut live).await;
+                notifier.reloaded(&state);
             }
             Some(reply) = api_reloads.recv() => {
+                notifier.reloading();
                 let mut live = Live { pools: &mut pools, server: &mut server, storage: &storage };
                 reload(&opts, &state, &mut live).await;
+                notifier.reloaded(&state);
                 if let Some(outcome) = state.last_reload() {
                     let _ = reply.send(outcome);
                 }
             }
+            _ = notifier.tick() => notifier.on_tick(&state),
             // Reap finished tasks so the sets do not grow with reloads.
             Some(_) = pools.collectors.join_next(), if !pools.collectors.is_empty() => {}
             Some(_) = pools.actors.join_next(), if !pools.actors.is_empty() => {}
         }
     };
+    notifier.stopping();
     if detaching {
         tracing::info!(
             "SIGUSR1 received; exiting and leaving php-fpm running for the next manager."

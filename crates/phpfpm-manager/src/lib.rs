@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod fastcgi;
+pub mod notify;
 pub mod opcache;
 pub mod pool;
 pub mod replace;

@@ -30,6 +30,9 @@ mod deep;
 mod hostile;
 /// The HTTP surface under slow, idle and numerous clients; query strings.
 mod http_limits;
+/// deploy/'s YAML: kubernetes-validate, yamllint, manifests against the
+/// manager and the rules.
+mod kubernetes;
 /// A pool's life: graceful and forced stops, the backlog during a restart,
 /// secrets.
 mod lifecycle;
@@ -45,6 +48,9 @@ mod operate;
 /// The web page in headless chromium: live overview, history charts,
 /// events, markup shown as text, no request beyond the manager.
 mod page;
+/// The dashboard and the alert rules: promtool, and a real Prometheus
+/// scraping a real manager.
+mod prometheus;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// SIGHUP applies the `server` and `phpfpm` sections: a new address, the API
@@ -57,3 +63,5 @@ mod replace;
 mod stall;
 /// The supervisor under load through nginx: hand-overs, crashes, adoption.
 mod supervisor;
+/// The systemd unit (systemd-analyze) and the sd_notify protocol.
+mod systemd;

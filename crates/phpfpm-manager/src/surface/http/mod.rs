@@ -134,7 +134,7 @@ async fn live() -> Json<serde_json::Value> {
 }
 
 /// Why a pool is not ready, if it is not.
-fn not_ready(p: &PoolState) -> Option<String> {
+pub(crate) fn not_ready(p: &PoolState) -> Option<String> {
     // A stalled master's hidden status pool still answers the ping with a
     // frozen scoreboard while nothing is served; a pool marked failed
     // (crash loop, config refused) is not ready even if an old master
