@@ -30,6 +30,9 @@ mod http_limits;
 mod lifecycle;
 /// The OPcache probe against real php-fpm, nginx in front for reachability.
 mod opcache;
+/// OpenTelemetry traces against a real OTLP receiver (gRPC and HTTP); a
+/// refusing or hanging collector costs no collection and no memory.
+mod otel;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// `run --replace`: finding the running manager by its lock, never by name.

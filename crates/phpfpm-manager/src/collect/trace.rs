@@ -1,0 +1,30 @@
+//! The collector's spans: one `collect` span per look at a pool, with the
+//! steps as children (`collect.status`, `collect.ping`, `collect.queue`,
+//! `collect.proc`, `collect.opcache`). The `collect` span carries what the
+//! look found; a failed status request marks it as an error.
+
+use crate::state::Look;
+
+/// Records on the current `collect` span what `look` found.
+pub(super) fn record_look(look: &Look) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("seq", look.seq);
+    span.record("up", look.up);
+    span.record("circuit_open", look.circuit_open);
+    span.record(
+        "interval_ms",
+        u64::try_from(look.interval.as_millis()).unwrap_or(u64::MAX),
+    );
+    span.record("workers.busy", look.derived.active);
+    span.record("workers.total", look.derived.total);
+    if let Ok((waiting, _)) = &look.kernel.accept_queue {
+        span.record("queue", *waiting);
+    }
+    if let Some(e) = look.last_error.as_ref().filter(|_| !look.up) {
+        span.record("scrape.error", e.kind);
+        span.record("otel.status_code", "error");
+    }
+}
