@@ -4,6 +4,7 @@
 //! look found; a failed status request marks it as an error.
 
 use crate::state::Look;
+use crate::telemetry::int;
 
 /// Records on the current `collect` span what `look` found.
 pub(super) fn record_look(look: &Look) {
@@ -11,17 +12,17 @@ pub(super) fn record_look(look: &Look) {
     if span.is_disabled() {
         return;
     }
-    span.record("seq", look.seq);
+    span.record("seq", int(look.seq));
     span.record("up", look.up);
     span.record("circuit_open", look.circuit_open);
     span.record(
         "interval_ms",
-        u64::try_from(look.interval.as_millis()).unwrap_or(u64::MAX),
+        i64::try_from(look.interval.as_millis()).unwrap_or(i64::MAX),
     );
-    span.record("workers.busy", look.derived.active);
-    span.record("workers.total", look.derived.total);
+    span.record("workers.busy", int(look.derived.active));
+    span.record("workers.total", int(look.derived.total));
     if let Ok((waiting, _)) = &look.kernel.accept_queue {
-        span.record("queue", *waiting);
+        span.record("queue", i64::from(*waiting));
     }
     if let Some(e) = look.last_error.as_ref().filter(|_| !look.up) {
         span.record("scrape.error", e.kind);

@@ -388,7 +388,12 @@ pub(super) fn validate(
     };
     if let Some(ep) = &raw.telemetry.otlp_endpoint {
         if let Err((what, fix)) = check_otlp_endpoint(ep, otlp_protocol) {
-            c.problem("telemetry.otlp_endpoint", &without_credentials(ep), &what, fix);
+            c.problem(
+                "telemetry.otlp_endpoint",
+                &without_credentials(ep),
+                &what,
+                fix,
+            );
         }
     }
     let otlp_timeout = c.duration(

@@ -9,6 +9,7 @@ use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use super::{ApplyError, ApplyReport, Master, Supervisor};
+use crate::telemetry::int;
 
 impl Supervisor {
     /// [`Supervisor::apply`] inside a `pool.handover` span under `parent`.
@@ -39,7 +40,7 @@ impl Supervisor {
             .await;
         match &res {
             Ok(r) => {
-                span.record("generation", r.generation);
+                span.record("generation", int(r.generation));
                 span.record(
                     "outcome",
                     if r.unchanged {
@@ -48,12 +49,15 @@ impl Supervisor {
                         "handed_over"
                     },
                 );
-                span.record("old_pid", r.old_pid);
-                span.record("new_pid", r.new_pid);
-                span.record("took_ms", u64::try_from(r.took.as_millis()).unwrap_or(u64::MAX));
+                span.record("old_pid", r.old_pid.map(i64::from));
+                span.record("new_pid", i64::from(r.new_pid));
+                span.record(
+                    "took_ms",
+                    i64::try_from(r.took.as_millis()).unwrap_or(i64::MAX),
+                );
             }
             Err(e) => {
-                span.record("generation", self.generation);
+                span.record("generation", int(self.generation));
                 span.record("outcome", outcome_of(e));
                 span.record("otel.status_code", "error");
             }
@@ -90,9 +94,9 @@ impl Supervisor {
         let res = self.cold_start(spec).instrument(span.clone()).await;
         match &res {
             Ok(m) => {
-                span.record("generation", self.generation);
+                span.record("generation", int(self.generation));
                 span.record("outcome", "started");
-                span.record("pid", m.pid);
+                span.record("pid", i64::from(m.pid));
             }
             Err(_) => {
                 span.record("outcome", "failed");

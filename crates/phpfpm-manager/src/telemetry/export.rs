@@ -76,7 +76,10 @@ impl Counters {
     }
 
     pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![Box::new(self.exported.clone()), Box::new(self.dropped.clone())]
+        vec![
+            Box::new(self.exported.clone()),
+            Box::new(self.dropped.clone()),
+        ]
     }
 
     fn drop_spans(&self, reason: &str, n: u64) {
@@ -143,7 +146,11 @@ fn queue_with(settings: Settings, counters: Counters, capacity: usize) -> (Queue
 
 impl QueueProcessor {
     /// Sends `make(ack)` to the exporter and waits for the ack.
-    fn ask(&self, make: fn(std::sync::mpsc::SyncSender<()>) -> Control, timeout: Duration) -> OTelSdkResult {
+    fn ask(
+        &self,
+        make: fn(std::sync::mpsc::SyncSender<()>) -> Control,
+        timeout: Duration,
+    ) -> OTelSdkResult {
         let (ack, done) = std::sync::mpsc::sync_channel(1);
         self.control
             .send(make(ack))
@@ -395,7 +402,9 @@ mod tests {
     }
 
     fn sampled_span() -> SpanData {
-        use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+        };
         SpanData {
             span_context: SpanContext::new(
                 TraceId::from(1u128),
@@ -463,6 +472,8 @@ mod tests {
         }
         processor.force_flush().unwrap();
         assert_eq!(counters.dropped("export_failed"), 3);
-        processor.shutdown_with_timeout(Duration::from_secs(5)).unwrap();
+        processor
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
     }
 }

@@ -77,6 +77,7 @@ pub fn init(cfg: &Telemetry) {
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
+            .with_target(false)
             .with_filter(filter_fn(traced))
     });
     // A second init (tests) is not an error worth reporting.
@@ -208,6 +209,12 @@ pub fn register_metrics(metrics: &Metrics) {
     }
 }
 
+/// An integer as a span attribute: the trace layer records unsigned values
+/// as text, so they are given to it as i64.
+pub fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The URL spans are sent to: the endpoint itself for gRPC; for HTTP the
 /// endpoint when it names a path, else `<endpoint>/v1/traces` (as
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is read by other OpenTelemetry SDKs).
@@ -249,15 +256,16 @@ mod tests {
 
     #[test]
     fn only_this_crates_spans_and_warnings_are_traced() {
-        // Metadata of real callsites: one span and two events here, plus
-        // the same shapes under a foreign target.
-        let span = tracing::info_span!("probe");
-        let ours_span = span.metadata().map(traced);
-        // Disabled spans (no subscriber in this test) still carry metadata.
-        assert_eq!(ours_span, Some(true));
-        let foreign = tracing::info_span!(target: "h2::proto", "probe");
-        assert_eq!(foreign.metadata().map(traced), Some(false));
-        let debug = tracing::debug_span!("probe");
-        assert_eq!(debug.metadata().map(traced), Some(false));
+        // A subscriber that enables everything, so each span has metadata.
+        tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            let traced_by = |span: tracing::Span| span.metadata().map(traced);
+            assert_eq!(traced_by(tracing::info_span!("probe")), Some(true));
+            assert_eq!(traced_by(tracing::warn_span!("probe")), Some(true));
+            assert_eq!(traced_by(tracing::debug_span!("probe")), Some(false));
+            assert_eq!(
+                traced_by(tracing::info_span!(target: "h2::proto", "probe")),
+                Some(false)
+            );
+        });
     }
 }

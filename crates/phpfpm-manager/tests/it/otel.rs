@@ -367,9 +367,14 @@ fn check_collection(rx: &Received, d: &TestDaemon) -> Got {
     assert!(collect.int("seq").is_some_and(|n| n >= 1), "{collect:?}");
     assert!(collect.int("interval_ms").is_some(), "{collect:?}");
     assert!(collect.int("workers.total").is_some(), "{collect:?}");
-    assert_eq!(collect.parent_span_id, "", "a collection starts its own trace");
+    assert_eq!(
+        collect.parent_span_id, "",
+        "a collection starts its own trace"
+    );
     for step in ["collect.status", "collect.queue", "collect.proc"] {
-        let child = rx.wait(step, d, |s| s.name == step && s.parent_span_id == collect.span_id);
+        let child = rx.wait(step, d, |s| {
+            s.name == step && s.parent_span_id == collect.span_id
+        });
         assert_eq!(child.trace_id, collect.trace_id, "{child:?}");
     }
     // The resource names the service, its version and the host.
@@ -384,7 +389,11 @@ fn check_collection(rx: &Received, d: &TestDaemon) -> Got {
         Some(&Attr::Str(env!("CARGO_PKG_VERSION").to_owned())),
         "{res:?}"
     );
-    assert_eq!(res.get("host.name"), Some(&Attr::Str(hostname())), "{res:?}");
+    assert_eq!(
+        res.get("host.name"),
+        Some(&Attr::Str(hostname())),
+        "{res:?}"
+    );
     collect
 }
 
@@ -395,7 +404,11 @@ fn check_api_span(rx: &Received, d: &TestDaemon, name: &str, method: &str, statu
     // SPAN_KIND_SERVER
     assert_eq!(api.kind, 2, "{api:?}");
     assert_eq!(api.str("http.request.method"), Some(method), "{api:?}");
-    assert_eq!(api.int("http.response.status_code"), Some(status), "{api:?}");
+    assert_eq!(
+        api.int("http.response.status_code"),
+        Some(status),
+        "{api:?}"
+    );
     api
 }
 
@@ -447,11 +460,12 @@ fn a_collection_a_handover_and_an_api_request_arrive_over_grpc() {
         handover.int("generation").is_some_and(|g| g >= 2),
         "{handover:?}"
     );
-    assert!(handover.int("new_pid").is_some_and(|p| p > 0), "{handover:?}");
     assert!(
-        handover
-            .str("reason")
-            .is_some_and(|r| r.contains("pin")),
+        handover.int("new_pid").is_some_and(|p| p > 0),
+        "{handover:?}"
+    );
+    assert!(
+        handover.str("reason").is_some_and(|r| r.contains("pin")),
         "{handover:?}"
     );
 
@@ -500,7 +514,13 @@ fn an_api_request_and_a_collection_arrive_over_http_protobuf() {
     let d = TestDaemon::start_in(dir, Some(&cfg), &[]);
     pools_up(&d, &["a"]);
     check_collection(&rx.got, &d);
-    let (code, body) = request(d.addr, "GET", "/api/v1/pools/a?token=secret", &traceparent(), "");
+    let (code, body) = request(
+        d.addr,
+        "GET",
+        "/api/v1/pools/a?token=secret",
+        &traceparent(),
+        "",
+    );
     assert_eq!(code, 200, "{body}");
     let api = check_api_span(&rx.got, &d, "GET /api/v1/pools/{pool}", "GET", 200);
     // The query string (tokens) never leaves the manager.
@@ -576,10 +596,7 @@ fn collector_down(tag: &str, telemetry: &str) {
         seen.len(),
         d.log()
     );
-    let worst = seen
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0_f64, f64::max);
+    let worst = seen.windows(2).map(|w| w[1] - w[0]).fold(0.0_f64, f64::max);
     assert!(
         worst <= 5.0,
         "a gap of {worst:.1}s between collections (interval 1s): {seen:?}"

@@ -73,7 +73,9 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
                 .layer(HandleErrorLayer::new(on_timeout))
                 .timeout(request_timeout),
         )
-        .layer(axum::middleware::from_fn(crate::telemetry::http::trace_request))
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::http::trace_request,
+        ))
 }
 
 async fn on_timeout(err: BoxError) -> ApiError {
