@@ -601,11 +601,12 @@ fn collector_down(tag: &str, telemetry: &str) {
         worst <= 5.0,
         "a gap of {worst:.1}s between collections (interval 1s): {seen:?}"
     );
-    // The queue holds at most a few thousand spans: a few MiB. A leak of
-    // every span of the period would be far more.
+    // The queue holds at most 2048 spans: a few MiB (about 4 MiB measured,
+    // exporter included). Keeping every span of the period (over ten
+    // thousand, about 1 KiB each) would pass the bound.
     let grew_mib = after.saturating_sub(before) / 1024;
     assert!(
-        grew_mib < 24,
+        grew_mib < 16,
         "RSS grew by {grew_mib} MiB ({before} -> {after} KiB)"
     );
     let page = d
@@ -621,6 +622,19 @@ fn collector_down(tag: &str, telemetry: &str) {
     assert_eq!(
         metric(&page, "phpfpm_manager_otlp_exported_spans_total"),
         Some(0.0)
+    );
+    let dropped = |reason: &str| {
+        metric(
+            &page,
+            &format!("phpfpm_manager_otlp_dropped_spans_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    eprintln!(
+        "{tag}: {} collections in {period:?}, largest gap {worst:.2}s, RSS {before} -> {after} KiB, spans dropped: export_failed {}, queue_full {}",
+        seen.len(),
+        dropped("export_failed"),
+        dropped("queue_full"),
     );
     assert!(
         wait_for(Duration::from_secs(30), || d
