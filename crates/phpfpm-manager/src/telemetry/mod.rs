@@ -53,6 +53,14 @@ static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
 /// Installs the global subscriber: logs always, traces when an OTLP
 /// endpoint is configured. `RUST_LOG` overrides the configured log level.
 pub fn init(cfg: &Telemetry) {
+    // A second init (tests) is not an error worth reporting.
+    let _ = subscriber(cfg).try_init();
+}
+
+/// Logs always; traces when an OTLP endpoint is configured. Without one the
+/// trace layer is left out rather than present as `None`: a `None` layer
+/// still leaves every span callsite enabled.
+fn subscriber(cfg: &Telemetry) -> Box<dyn tracing::Subscriber + Send + Sync> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},hyper=warn", cfg.log_level)));
     let fmt = tracing_subscriber::fmt::layer()
@@ -65,7 +73,11 @@ pub fn init(cfg: &Telemetry) {
     };
     // Spans are for traces: the log lines stay as they are without them.
     let fmt = fmt.with_filter(filter.and(filter_fn(|meta| meta.is_event())));
-    let traces = cfg.otlp_endpoint.as_ref().map(|endpoint| {
+    let logs = tracing_subscriber::registry().with(fmt);
+    let Some(endpoint) = &cfg.otlp_endpoint else {
+        return Box::new(logs);
+    };
+    let traces = {
         let pipeline = PIPELINE.get_or_init(|| pipeline(cfg, endpoint));
         let tracer = pipeline.provider.tracer_with_scope(
             opentelemetry::InstrumentationScope::builder("phpfpm-manager")
@@ -79,12 +91,8 @@ pub fn init(cfg: &Telemetry) {
             .with_tracked_inactivity(false)
             .with_target(false)
             .with_filter(filter_fn(traced))
-    });
-    // A second init (tests) is not an error worth reporting.
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(traces)
-        .try_init();
+    };
+    Box::new(logs.with(traces))
 }
 
 /// What the trace layer sees: this crate's spans, and its warnings and
@@ -252,6 +260,27 @@ mod tests {
             traces_url("http://127.0.0.1:4317/", OtlpProtocol::Grpc),
             "http://127.0.0.1:4317"
         );
+    }
+
+    #[test]
+    fn without_an_endpoint_no_span_is_created() {
+        let cfg = Telemetry {
+            log_level: "trace".to_owned(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            otlp_timeout: Duration::from_secs(1),
+            sampling_ratio: 1.0,
+            service_name: "test".to_owned(),
+        };
+        tracing::subscriber::with_default(subscriber(&cfg), || {
+            // Even with every log level on, spans stay disabled: the log
+            // layer takes events only, and there is no trace layer.
+            assert!(tracing::info_span!("collect", pool = "a").is_disabled());
+            assert!(tracing::error_span!("pool.handover").is_disabled());
+            // Log events still are.
+            assert!(tracing::event_enabled!(tracing::Level::INFO));
+        });
     }
 
     #[test]
