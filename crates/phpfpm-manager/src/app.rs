@@ -8,7 +8,8 @@
 //! 2. The HTTP server stops accepting and the collectors stop.
 //! 3. Supervisors stop their masters: SIGQUIT, up to `phpfpm.stop_timeout`,
 //!    then SIGTERM, then SIGKILL of the master's process group.
-//! 4. `run` returns and `main` maps the outcome to an exit code.
+//! 4. The runtime is dropped, then the trace exporter sends what is queued
+//!    (bounded); `run` returns and `main` maps the outcome to an exit code.
 //!
 //! SIGUSR1 instead *detaches*: the manager exits and leaves every php-fpm
 //! master serving, for a new manager to adopt (`run --replace` sends it).
@@ -54,8 +55,18 @@ pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(cfg, opts))
+    // Spans queued since logging started go out from here on; the exporter
+    // stops last, after every pool and the storage, so the spans of the
+    // stop itself are sent too.
+    let traces = crate::telemetry::start_export();
+    let res = rt.block_on(run_async(cfg, opts));
+    drop(rt);
+    traces.shutdown(TRACES_FLUSH);
+    res
 }
+
+/// How long the last spans may take to reach the collector at a stop.
+const TRACES_FLUSH: Duration = Duration::from_secs(5);
 
 /// Everything running for one pool.
 struct PoolRun {
@@ -249,9 +260,7 @@ async fn run_async(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let state = AppState::new(cfg);
     *state.storage.write().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let cfg = state.config();
-    if let Some(ep) = &cfg.telemetry.otlp_endpoint {
-        tracing::warn!("telemetry.otlp_endpoint is set ({ep}), but OpenTelemetry export is not available in this version; traces are not sent.");
-    }
+    crate::telemetry::register_metrics(&state.metrics);
     if cfg.monitoring.enable_system_metrics {
         // The budget is read before the pools start: an autoscaled pool's
         // first cap is planned from it.

@@ -11,6 +11,7 @@
 //! connections and never answers costs only its own task's time.
 
 pub mod stall;
+mod trace;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,6 +27,7 @@ use fpm_kernel::workers::{
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::{Endpoint, Monitoring, Pool};
 use crate::events::ManagerEvent;
@@ -190,6 +192,13 @@ impl PoolCollector {
     }
 
     /// One look at the pool; returns how long to wait before the next one.
+    #[tracing::instrument(name = "collect", skip_all, fields(
+        pool = %self.pool.name, seq = tracing::field::Empty, up = tracing::field::Empty,
+        circuit_open = tracing::field::Empty, interval_ms = tracing::field::Empty,
+        workers.busy = tracing::field::Empty, workers.total = tracing::field::Empty,
+        queue = tracing::field::Empty, scrape.error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    ))]
     pub async fn collect(&mut self) -> Duration {
         let name = self.pool.name.clone();
         let now_ms = epoch_ms();
@@ -202,11 +211,14 @@ impl PoolCollector {
             look.kernel.accept_queue = q;
             look.circuit_open = true;
             look.interval = DOWN_RETRY;
+            trace::record_look(&look);
             self.state.publish_look(&name, look);
             return DOWN_RETRY;
         }
         let started = Instant::now();
-        let status = fetch_status(&self.pool, &self.probe).await;
+        let status = fetch_status(&self.pool, &self.probe)
+            .instrument(tracing::info_span!("collect.status"))
+            .await;
         // The ping goes to the same listener as the status page, so a status
         // page that answered says as much; ping again only when it did not,
         // or every PING_EVERY (it is what readiness reports).
@@ -215,7 +227,9 @@ impl PoolCollector {
                 .last_ping
                 .is_none_or(|(at, ok)| !ok || at.elapsed() >= PING_EVERY);
         let ping_ok = if ping_due {
-            let ok = ping(&self.pool).await;
+            let ok = ping(&self.pool)
+                .instrument(tracing::info_span!("collect.ping"))
+                .await;
             self.last_ping = Some((Instant::now(), ok));
             ok
         } else {
@@ -250,7 +264,7 @@ impl PoolCollector {
 
         // The kernel's view: the listen backlog, then the workers. The
         // master's pid is the supervisor's part of the state.
-        let queue = self.read_queue();
+        let queue = tracing::info_span!("collect.queue").in_scope(|| self.read_queue());
         let (master, max_children) = {
             let pools = self.state.pools();
             let s = pools.get(&name);
@@ -264,7 +278,11 @@ impl PoolCollector {
         let (workers, per_worker) = match (&self.proc_ctx, master) {
             (Err(e), _) => (Err(e.clone()), Vec::new()),
             (Ok(_), None) => (Err("master pid unknown".to_owned()), Vec::new()),
-            (Ok(ctx), Some(master)) => match self.sample_workers(*ctx, master).await {
+            (Ok(ctx), Some(master)) => match self
+                .sample_workers(*ctx, master)
+                .instrument(tracing::info_span!("collect.proc"))
+                .await
+            {
                 Ok((agg, views)) => (Ok(agg), views),
                 Err(e) => (Err(e), Vec::new()),
             },
@@ -322,7 +340,11 @@ impl PoolCollector {
             // A probe through the main socket needs a free worker; with
             // none, it would wait in the queue until its timeout.
             let busy = derived.idle == 0 || waiting > 0;
-            if let Some(oc) = self.read_opcache(master, busy).await {
+            if let Some(oc) = self
+                .read_opcache(master, busy)
+                .instrument(tracing::info_span!("collect.opcache"))
+                .await
+            {
                 self.last_opcache = Some(oc);
             }
         }
@@ -336,6 +358,7 @@ impl PoolCollector {
         look.circuit_open = self.circuit.is_open();
         look.opcache = if ok { self.last_opcache.clone() } else { None };
         look.stalled = stalled;
+        trace::record_look(&look);
         let samples = history_samples(&name, &look, max_children);
         let published = self.state.publish_look(&name, look);
         if published.status.is_some() {

@@ -257,8 +257,21 @@ pub enum LogFormat {
 pub struct Telemetry {
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Where traces go; `None`: no traces (spans are not even created).
     pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    pub otlp_timeout: Duration,
+    pub sampling_ratio: f64,
     pub service_name: String,
+}
+
+/// How traces reach the OTLP collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+    Grpc,
+    /// OTLP/HTTP: protobuf bodies POSTed to `<endpoint>/v1/traces`.
+    HttpProtobuf,
 }
 
 /// What the loader needs from the outside world, passed in so that tests

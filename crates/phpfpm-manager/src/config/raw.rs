@@ -486,6 +486,16 @@ pub struct RawTelemetry {
     pub log_format: String,
     /// OTLP collector for traces, for example http://127.0.0.1:4317.
     pub otlp_endpoint: Option<String>,
+    /// grpc (OTLP/gRPC, usually port 4317) or http (OTLP/HTTP with
+    /// protobuf bodies, usually port 4318).
+    pub otlp_protocol: String,
+    /// How long one export may take before it is abandoned and its spans
+    /// are counted as dropped.
+    pub otlp_timeout: String,
+    /// The share of traces the manager starts that are kept, 0.0 to 1.0. A
+    /// trace started by an API client keeps the client's decision.
+    pub sampling_ratio: f64,
+    /// `service.name` of the traces.
     pub service_name: String,
 }
 
@@ -495,6 +505,9 @@ impl Default for RawTelemetry {
             log_level: "info".into(),
             log_format: "text".into(),
             otlp_endpoint: None,
+            otlp_protocol: "grpc".into(),
+            otlp_timeout: "10s".into(),
+            sampling_ratio: 1.0,
             service_name: "phpfpm-manager".into(),
         }
     }

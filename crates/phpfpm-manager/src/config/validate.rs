@@ -11,8 +11,8 @@ use fpm_core::PoolName;
 
 use super::raw::{RawConfig, RawPool};
 use super::{
-    Config, Endpoint, LogFormat, MemoryBudget, Monitoring, PhpFpm, Pool, Problem, Scaling,
-    ScalingGlobal, Server, ServerLimits, Storage, Telemetry,
+    Config, Endpoint, LogFormat, MemoryBudget, Monitoring, OtlpProtocol, PhpFpm, Pool, Problem,
+    Scaling, ScalingGlobal, Server, ServerLimits, Storage, Telemetry,
 };
 
 /// Less memory than any php-fpm worker takes (a bare php-fpm 8.2 worker
@@ -391,15 +391,43 @@ pub(super) fn validate(
             LogFormat::Text
         }
     };
+    let otlp_protocol = match raw.telemetry.otlp_protocol.as_str() {
+        "grpc" => OtlpProtocol::Grpc,
+        "http" | "http/protobuf" => OtlpProtocol::HttpProtobuf,
+        other => {
+            c.problem(
+                "telemetry.otlp_protocol",
+                other,
+                "unknown OTLP protocol",
+                "use grpc (port 4317) or http (HTTP/protobuf, port 4318)",
+            );
+            OtlpProtocol::Grpc
+        }
+    };
     if let Some(ep) = &raw.telemetry.otlp_endpoint {
-        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+        if let Err((what, fix)) = check_otlp_endpoint(ep, otlp_protocol) {
             c.problem(
                 "telemetry.otlp_endpoint",
-                ep,
-                "not an http(s) URL",
-                "write it as http://127.0.0.1:4317",
+                &without_credentials(ep),
+                &what,
+                fix,
             );
         }
+    }
+    let otlp_timeout = c.duration(
+        "telemetry.otlp_timeout",
+        &raw.telemetry.otlp_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    );
+    let sampling_ratio = raw.telemetry.sampling_ratio;
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        c.problem(
+            "telemetry.sampling_ratio",
+            &sampling_ratio.to_string(),
+            "must be between 0 and 1",
+            "use 1 to keep every trace, 0.1 to keep one in ten",
+        );
     }
 
     if raw.pools.is_empty() {
@@ -552,8 +580,61 @@ pub(super) fn validate(
             log_level: raw.telemetry.log_level.clone(),
             log_format,
             otlp_endpoint: raw.telemetry.otlp_endpoint.clone(),
+            otlp_protocol,
+            otlp_timeout,
+            sampling_ratio,
             service_name: raw.telemetry.service_name.clone(),
         },
+    }
+}
+
+/// The OTLP collector's URL: plain http with a host (the exporter speaks
+/// no TLS yet), no credentials (the URL is logged), and no path for gRPC
+/// (the service path is fixed). For HTTP a path is the full traces URL; an
+/// empty one means `/v1/traces`.
+fn check_otlp_endpoint(ep: &str, protocol: OtlpProtocol) -> Result<(), (String, &'static str)> {
+    const FIX: &str = "write it as http://127.0.0.1:4317 (grpc) or http://127.0.0.1:4318 (http)";
+    let url = url::Url::parse(ep.trim()).map_err(|e| (format!("not a URL ({e})"), FIX))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err((
+                "TLS to the collector is not available in this version".to_owned(),
+                "send to a collector on this host or a trusted network over http://, for example an OpenTelemetry Collector",
+            ))
+        }
+        other => return Err((format!("not an http:// URL (scheme {other})"), FIX)),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(("the URL has no host".to_owned(), FIX));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err((
+            "the URL carries credentials".to_owned(),
+            "remove them: the endpoint is written to the log",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(("the URL has a query or a fragment".to_owned(), FIX));
+    }
+    if protocol == OtlpProtocol::Grpc && url.path() != "/" {
+        return Err((
+            format!("a gRPC endpoint has no path (found {})", url.path()),
+            "write only the scheme, host and port, for example http://127.0.0.1:4317",
+        ));
+    }
+    Ok(())
+}
+
+/// The URL as it may be shown: user and password replaced.
+fn without_credentials(ep: &str) -> String {
+    match url::Url::parse(ep.trim()) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_password(None);
+            let _ = url.set_username("redacted");
+            url.to_string()
+        }
+        _ => ep.to_owned(),
     }
 }
 

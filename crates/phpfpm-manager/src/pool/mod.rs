@@ -14,6 +14,8 @@
 //! Observed pools get an actor too: the model advises on them; pins and
 //! resizes are refused because the manager does not run them.
 
+mod trace;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,7 @@ use fpm_core::fpm_conf::{PmMode, PoolSpec};
 use fpm_core::PoolName;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::Pool;
 use crate::events::{unix_ms, ManagerEvent, What};
@@ -163,6 +166,8 @@ pub enum PoolCommand {
         action: ControlAction,
         actor: &'static str,
         reply: oneshot::Sender<Result<ControlOutcome, ControlError>>,
+        /// The requester's span (an API request): the change is its child.
+        span: tracing::Span,
     },
     /// An operator's reload or restart of the pool's master.
     Master {
@@ -193,6 +198,7 @@ impl PoolHandle {
                 action,
                 actor,
                 reply,
+                span: tracing::Span::current(),
             })
             .await
             .map_err(|_| ControlError::Gone)?;
@@ -433,8 +439,8 @@ impl PoolActor {
                 cmd = self.rx.recv() => match cmd {
                     None => break,
                     Some(PoolCommand::ApplyConfig { pool }) => self.on_config(*pool).await,
-                    Some(PoolCommand::Control { action, actor, reply }) => {
-                        let res = self.on_control(action, actor).await;
+                    Some(PoolCommand::Control { action, actor, reply, span }) => {
+                        let res = self.on_control(action, actor).instrument(span).await;
                         let _ = reply.send(res);
                     }
                     Some(PoolCommand::Master { action, actor, reason, reply }) => {
@@ -781,10 +787,11 @@ impl PoolActor {
             }
         }
         let view = self.view(self.planned_cap, rule).with_decision(&decision);
+        let span = trace::decision(self.name(), cap, change_to, renew, &view);
         if let Some(to) = change_to {
-            self.change_cap(cap, to, rule, &view).await;
+            self.change_cap(cap, to, rule, &view).instrument(span).await;
         } else if renew {
-            self.renew_master(cap, rule, &view).await;
+            self.renew_master(cap, rule, &view).instrument(span).await;
         } else if rule != self.last_rule {
             // A decision is an event when its rule changes; the same hold
             // repeated every look is not news.

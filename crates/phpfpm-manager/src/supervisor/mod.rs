@@ -18,6 +18,7 @@ pub mod binary;
 pub mod child;
 pub mod files;
 pub mod sockets;
+mod trace;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,8 @@ pub enum Command {
         /// shed the idle workers an ondemand master keeps).
         renew: bool,
         reply: oneshot::Sender<Result<ApplyReport, ApplyError>>,
+        /// The requester's span: the hand-over's span is its child.
+        span: tracing::Span,
     },
 }
 
@@ -197,6 +200,7 @@ impl SupervisorHandle {
                 reason: reason.to_owned(),
                 renew,
                 reply,
+                span: tracing::Span::current(),
             })
             .await
             .map_err(|_| ApplyError::Gone)?;
@@ -327,18 +331,19 @@ impl Supervisor {
         let mut current = self.adopt(&wanted).await;
         let mut retry_at = None;
         if current.is_none() {
-            match self.cold_start(&wanted).await {
+            match self.start_traced(&wanted, false).await {
                 Ok(m) => current = Some(m),
                 Err(e) => retry_at = Some(self.on_start_failure(&e)),
             }
         } else if self.spec.as_ref() != Some(&wanted) {
             // Adopted a master whose settings differ from the config now.
             match self
-                .apply(
+                .apply_traced(
                     &mut current,
                     wanted.clone(),
                     "adopted master differs from the desired settings",
                     false,
+                    &tracing::Span::none(),
                 )
                 .await
             {
@@ -403,9 +408,12 @@ impl Supervisor {
                     reason,
                     renew,
                     reply,
+                    span,
                 })) => {
                     let spec = self.complete_spec(*spec);
-                    let res = self.apply(&mut current, spec, &reason, renew).await;
+                    let res = self
+                        .apply_traced(&mut current, spec, &reason, renew, &span)
+                        .await;
                     if res.is_ok() {
                         retry_at = None;
                     }
@@ -431,7 +439,7 @@ impl Supervisor {
                 Event::Retry => {
                     retry_at = None;
                     let spec = self.spec.clone().unwrap_or_else(|| wanted.clone());
-                    match self.cold_start(&spec).await {
+                    match self.start_traced(&spec, true).await {
                         Ok(m) => current = Some(m),
                         Err(e) => retry_at = Some(self.on_start_failure(&e)),
                     }

@@ -51,6 +51,9 @@ mod page;
 /// The dashboard and the alert rules: promtool, and a real Prometheus
 /// scraping a real manager.
 mod prometheus;
+/// OpenTelemetry traces against a real OTLP receiver (gRPC and HTTP); a
+/// refusing or hanging collector costs no collection and no memory.
+mod otel;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// SIGHUP applies the `server` and `phpfpm` sections: a new address, the API

@@ -89,6 +89,9 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
                 .timeout(request_timeout),
         )
         .layer(axum::middleware::map_response(reject::error_shape))
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::http::trace_request,
+        ))
 }
 
 async fn on_timeout(err: BoxError) -> ApiError {
