@@ -208,7 +208,7 @@ impl Pool {
         };
         let global = fpm_conf::render_global(&GlobalSpec {
             process_control_timeout_secs: 10,
-            log_level: "warning".into(),
+            log_level: "notice".into(),
         });
         let pool = fpm_conf::render_pool(&spec).unwrap();
         let pid_file = self.dir.join(format!("{tag}.pid"));

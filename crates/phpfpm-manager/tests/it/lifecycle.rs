@@ -151,6 +151,12 @@ fn connections_made_while_a_crashed_master_restarts_wait_and_are_served() {
             .any(|st| st.pgrp == pid as u32 && st.state != 'Z')
     };
     assert!(wait_for(Duration::from_secs(30), || !group_alive()));
+    // The manager notices the death on its own time (a loaded machine may
+    // take a moment): wait until it reports the master down, or a new one.
+    assert!(wait_for(Duration::from_secs(30), || {
+        pool_field(&d, "a", "/master/running") == serde_json::json!(false)
+            || pool_field(&d, "a", "/master/pid").as_u64() != Some(pid as u64)
+    }));
     assert_eq!(
         pool_field(&d, "a", "/master/running"),
         serde_json::json!(false),

@@ -45,15 +45,15 @@ mod openapi;
 /// The operator's routes and commands: pool reload and restart, config
 /// reload, annotations, `status`, and hostile requests at the socket.
 mod operate;
+/// OpenTelemetry traces against a real OTLP receiver (gRPC and HTTP); a
+/// refusing or hanging collector costs no collection and no memory.
+mod otel;
 /// The web page in headless chromium: live overview, history charts,
 /// events, markup shown as text, no request beyond the manager.
 mod page;
 /// The dashboard and the alert rules: promtool, and a real Prometheus
 /// scraping a real manager.
 mod prometheus;
-/// OpenTelemetry traces against a real OTLP receiver (gRPC and HTTP); a
-/// refusing or hanging collector costs no collection and no memory.
-mod otel;
 /// A refused SIGHUP reload, visible over HTTP with every problem.
 mod reload;
 /// SIGHUP applies the `server` and `phpfpm` sections: a new address, the API
