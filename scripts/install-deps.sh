@@ -59,7 +59,8 @@ if [ "$purpose" != run ]; then
         || pip_missing+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
 fi
 if [ ${#pip_missing[@]} -gt 0 ]; then
-    command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+    # A fresh Debian has python3 but not always pip.
+    python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
 fi
 
 # What comes from PyPI and crates.io, after the system packages.
