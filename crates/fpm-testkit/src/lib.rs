@@ -382,11 +382,23 @@ pub fn stop_master(child: &mut Child) {
 /// A free loopback port (bound then released; a race with other processes
 /// is possible but harmless in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The kernel may hand the same ephemeral port to two calls in a row when
+    // nothing holds the first one yet (a test that picks a pool's port, then
+    // the manager's): never return a port this process returned before.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in 100 tries")
 }
 
 /// A minimal HTTP/1.1 GET; returns the status code and the body.
