@@ -13,18 +13,18 @@
 //!   without `text` stays Grafana SimpleJSON's annotation query (answered by
 //!   `history`), so this one is a layer that takes only its own bodies.
 //!
-//! Answers: 202 done, 400 bad input, 403 not loopback, 404 unknown pool, 409
-//! a change to the same target already in flight (or an observed pool), 415
-//! not JSON, 422 refused (`php-fpm -t`'s message, or the config's problems),
-//! 503 not ready. Until the API has authentication these routes answer
-//! loopback clients only, like the scaling controls.
+//! Answers: 202 done, 400 bad input, 404 unknown pool, 409 a change to the
+//! same target already in flight (or an observed pool), 415 not JSON, 422
+//! refused (`php-fpm -t`'s message, or the config's problems), 503 not
+//! ready. Who may call them is the `auth` layer's decision (the `operate`
+//! scope, `admin` for the config reload; loopback clients only while
+//! authentication is off), as for every route.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -108,41 +108,6 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// The client's address, when the listener recorded it.
-pub(crate) struct Peer(Option<SocketAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Self::Rejection> {
-        Ok(Peer::of(parts))
-    }
-}
-
-impl Peer {
-    fn of(parts: &Parts) -> Peer {
-        Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        )
-    }
-
-    /// The rule of the scaling controls: until the API has authentication,
-    /// actions are served to loopback clients only.
-    fn require_loopback(&self) -> Result<(), ApiError> {
-        match self.0 {
-            Some(a) if a.ip().is_loopback() => Ok(()),
-            _ => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "operator actions are served to loopback clients only",
-            )),
-        }
-    }
-}
-
 /// Body of the pool and configuration actions (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -211,7 +176,7 @@ pub struct AnnotationCreated {
     responses(
         (status = 202, description = "Done: the new master serves.", body = PoolActionReply),
         (status = 400, description = "A malformed body or an unknown field (named).", body = super::openapi::contract::Error),
-        (status = 403, description = "Not a loopback client.", body = super::openapi::contract::Error),
+        (status = 403, description = "The caller lacks the scope, or, with authentication off, is not on loopback.", body = super::openapi::contract::Error),
         (status = 404, description = "No pool has this name.", body = super::openapi::contract::Error),
         (status = 409, description = "A change of this pool is already in flight (`conflict`), or the pool is observed, not run by the manager (`observed`).", body = super::openapi::contract::Error),
         (status = 413, description = "The body is larger than server.max_body_bytes.", body = super::openapi::contract::Error),
@@ -220,12 +185,11 @@ pub struct AnnotationCreated {
         (status = 503, description = "The pool cannot take a change now (starting, stopping, or its new master did not start).", body = super::openapi::contract::Error)))]
 pub(crate) async fn pool_reload(
     State(ops): State<Arc<Operate>>,
-    peer: Peer,
     Path(pool): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PoolActionReply>), ApiError> {
-    pool_action(&ops, &peer, &pool, &headers, &body, MasterAction::Reload).await
+    pool_action(&ops, &pool, &headers, &body, MasterAction::Reload).await
 }
 
 #[utoipa::path(post, path = "/api/v1/pools/{pool}/restart", tag = "operate",
@@ -236,7 +200,7 @@ pub(crate) async fn pool_reload(
     responses(
         (status = 202, description = "Done: the new master serves.", body = PoolActionReply),
         (status = 400, description = "A malformed body or an unknown field (named).", body = super::openapi::contract::Error),
-        (status = 403, description = "Not a loopback client.", body = super::openapi::contract::Error),
+        (status = 403, description = "The caller lacks the scope, or, with authentication off, is not on loopback.", body = super::openapi::contract::Error),
         (status = 404, description = "No pool has this name.", body = super::openapi::contract::Error),
         (status = 409, description = "A change of this pool is already in flight (`conflict`), or the pool is observed (`observed`).", body = super::openapi::contract::Error),
         (status = 413, description = "The body is larger than server.max_body_bytes.", body = super::openapi::contract::Error),
@@ -245,23 +209,20 @@ pub(crate) async fn pool_reload(
         (status = 503, description = "The pool cannot take a change now.", body = super::openapi::contract::Error)))]
 pub(crate) async fn pool_restart(
     State(ops): State<Arc<Operate>>,
-    peer: Peer,
     Path(pool): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PoolActionReply>), ApiError> {
-    pool_action(&ops, &peer, &pool, &headers, &body, MasterAction::Restart).await
+    pool_action(&ops, &pool, &headers, &body, MasterAction::Restart).await
 }
 
 async fn pool_action(
     ops: &Operate,
-    peer: &Peer,
     pool: &str,
     headers: &HeaderMap,
     body: &[u8],
     action: MasterAction,
 ) -> Result<(StatusCode, Json<PoolActionReply>), ApiError> {
-    peer.require_loopback()?;
     let req: ActionRequest = parse_body(headers, body)?.unwrap_or_default();
     check_text("reason", req.reason.as_deref(), false)?;
     let handle = pool_handle(&ops.state, pool)?;
@@ -325,7 +286,7 @@ fn pool_handle(state: &AppState, pool: &str) -> Result<PoolHandle, ApiError> {
     responses(
         (status = 202, description = "The configuration was accepted and applied.", body = ConfigReloadReply),
         (status = 400, description = "A malformed body or an unknown field (named).", body = super::openapi::contract::Error),
-        (status = 403, description = "Not a loopback client.", body = super::openapi::contract::Error),
+        (status = 403, description = "The caller lacks the scope, or, with authentication off, is not on loopback.", body = super::openapi::contract::Error),
         (status = 409, description = "A reload asked over the API is already in flight.", body = super::openapi::contract::Error),
         (status = 413, description = "The body is larger than server.max_body_bytes.", body = super::openapi::contract::Error),
         (status = 415, description = "A body not sent as application/json.", body = super::openapi::contract::Error),
@@ -333,11 +294,9 @@ fn pool_handle(state: &AppState, pool: &str) -> Result<PoolHandle, ApiError> {
         (status = 503, description = "The manager is starting or stopping.", body = super::openapi::contract::Error)))]
 pub(crate) async fn config_reload(
     State(ops): State<Arc<Operate>>,
-    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ConfigReloadReply>), ApiError> {
-    peer.require_loopback()?;
     let req: ActionRequest = parse_body(&headers, &body)?.unwrap_or_default();
     check_text("reason", req.reason.as_deref(), false)?;
     let _claim = ops.claim("config".to_owned(), "a configuration reload")?;
@@ -456,7 +415,6 @@ fn create_annotation(
     parts: &Parts,
     body: &[u8],
 ) -> Result<AnnotationCreated, ApiError> {
-    Peer::of(parts).require_loopback()?;
     let req: AnnotationRequest = parse_body(&parts.headers, body)?
         .ok_or_else(|| ApiError::invalid_parameter("text: required"))?;
     check_text("text", Some(&req.text), true)?;

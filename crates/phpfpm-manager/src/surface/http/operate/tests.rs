@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::Request;
 use fpm_storage::{Storage, StorageConfig};
 use prometheus::IntCounter;
