@@ -2,12 +2,13 @@
 //! as they were, and the refusal with every problem is visible over HTTP
 //! (`/api/v1/status`, `/metrics`), not only in the log.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::supervisor::{pool_field, pools_up, prepare};
-use crate::support::{promtool_check, TestDaemon};
+use crate::support::{http_get, promtool_check, TestDaemon};
 
 fn good(dir: &crate::support::TestDir) -> String {
     format!(
@@ -19,15 +20,31 @@ fn good(dir: &crate::support::TestDir) -> String {
 }
 
 fn last_reload(d: &TestDaemon) -> serde_json::Value {
-    let (_, body) = d.get("/api/v1/status").unwrap_or_default();
+    last_reload_at(d.addr)
+}
+
+/// The `last_reload` of `/api/v1/status` at `addr` (Null when none).
+pub(crate) fn last_reload_at(addr: SocketAddr) -> serde_json::Value {
+    let (_, body) = http_get(addr, "/api/v1/status").unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     v.get("last_reload").cloned().unwrap_or_default()
 }
 
 fn wait_reload(d: &TestDaemon, accepted: bool, after_ms: i64) -> serde_json::Value {
+    wait_reload_at(d, d.addr, accepted, after_ms)
+}
+
+/// Waits up to 30 s for a reload with `accepted` recorded at or after
+/// `after_ms`, asking the manager at `addr` (which a reload may move).
+pub(crate) fn wait_reload_at(
+    d: &TestDaemon,
+    addr: SocketAddr,
+    accepted: bool,
+    after_ms: i64,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let r = last_reload(d);
+        let r = last_reload_at(addr);
         if r["accepted"] == serde_json::json!(accepted)
             && r["at_ms"].as_i64().is_some_and(|t| t >= after_ms)
         {
@@ -36,13 +53,13 @@ fn wait_reload(d: &TestDaemon, accepted: bool, after_ms: i64) -> serde_json::Val
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "no reload with accepted={accepted}: {}\n{}",
-        last_reload(d),
+        "no reload with accepted={accepted} at {addr}: {}\n{}",
+        last_reload_at(addr),
         d.log()
     );
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

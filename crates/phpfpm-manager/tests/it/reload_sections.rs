@@ -6,10 +6,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::reload::{now_ms, wait_reload_at as wait_reload};
 use crate::supervisor::{pool_field, pools_up, prepare, wait_for};
 use crate::support::{free_port, http_get, manager_bin, TestDaemon, TestDir};
 
@@ -43,42 +44,6 @@ fn start(dir: TestDir, addr: SocketAddr, cfg: &str) -> TestDaemon {
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn last_reload(addr: SocketAddr) -> serde_json::Value {
-    let (_, body) = http_get(addr, "/api/v1/status").unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v.get("last_reload").cloned().unwrap_or_default()
-}
-
-fn wait_reload(
-    d: &TestDaemon,
-    addr: SocketAddr,
-    accepted: bool,
-    after_ms: i64,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let r = last_reload(addr);
-        if r["accepted"] == serde_json::json!(accepted)
-            && r["at_ms"].as_i64().is_some_and(|t| t >= after_ms)
-        {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "no reload with accepted={accepted} at {addr}: {}\n{}",
-        last_reload(addr),
-        d.log()
-    );
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn answers(addr: SocketAddr) -> bool {
