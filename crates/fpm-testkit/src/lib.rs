@@ -403,12 +403,33 @@ pub fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 GET; returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "", None, Duration::from_secs(5))
+}
+
+/// A minimal HTTP/1.1 request over a new connection: `headers` are extra
+/// header lines, each ending in `\r\n`; a `body` is sent as JSON. Returns the
+/// status code (0 when there is none) and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&str>,
+    read_timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    s.set_read_timeout(Some(read_timeout))?;
+    match body {
+        None => write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+        )?,
+        Some(body) => write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?,
+    }
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let code = buf

@@ -4,8 +4,7 @@
 //! and is adopted, an operator's pin holds and is released, a reload keeps
 //! what was learned, and bad controls are refused without changing anything.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -88,23 +87,7 @@ fn running_cap(d: &TestDaemon, pool: &str) -> Option<u64> {
 }
 
 fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let payload = out.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(payload).unwrap_or_default())
+    crate::operate::call(addr, "POST", path, Some(body))
 }
 
 fn events(d: &TestDaemon, kind: &str) -> Vec<serde_json::Value> {

@@ -29,25 +29,21 @@ fn config(dir: &TestDir, api_workers: u32) -> String {
 }
 
 /// One raw HTTP/1.1 request; the status and the JSON body (null if none).
-fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+pub(crate) fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    // Operator actions send JSON; a body-less one still says so.
+    let (status, payload) = crate::support::http_request(
+        addr,
+        method,
+        path,
+        "",
+        Some(body.unwrap_or("")),
+        Duration::from_secs(60),
     )
     .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let payload = out.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(payload).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_str(&payload).unwrap_or(Value::Null),
+    )
 }
 
 fn cli(args: &[&str], dir: &TestDir) -> Output {
