@@ -438,7 +438,6 @@ struct Result_ {
     changes: Vec<(String, Duration)>,
     after_change_p99: Option<Duration>,
     after_change_each: Vec<Duration>,
-    note: Option<String>,
     /// The host's 1-minute load average before and after the run (the
     /// machine may be shared; a figure far above the core count means the
     /// run competed for CPU).
@@ -503,15 +502,7 @@ fn scenario(
                 kind.name()
             );
         }
-        let r = evaluate(
-            kind,
-            setup,
-            &plan,
-            &run.records,
-            run.started,
-            &samples,
-            c.note.clone(),
-        );
+        let r = evaluate(kind, setup, &plan, &run.records, run.started, &samples);
         eprintln!(
             "{}: {} requests, {} failed, p99 {:.1} ms",
             kind.name(),
@@ -553,7 +544,6 @@ fn evaluate(
     records: &[Record],
     started: Instant,
     samples: &[MemSample],
-    note: Option<String>,
 ) -> Result_ {
     let summary = summarize(records);
     let per_pool_p99 = setup
@@ -631,7 +621,6 @@ fn evaluate(
         after_change_p99: (!changes.is_empty()).then(|| percentile(&after_all, 0.99)),
         changes,
         after_change_each,
-        note,
         load: (0.0, 0.0),
     }
 }
@@ -710,9 +699,6 @@ fn report(results: &[Result_], setup: &Setup) {
             r.load.0,
             r.load.1
         );
-        if let Some(n) = &r.note {
-            println!("- {}: {n}", r.kind.name());
-        }
     }
 }
 

@@ -89,7 +89,6 @@ pub(crate) struct Contender {
     nginx_log: PathBuf,
     fpms: Vec<TestFpm>,
     daemon: Option<TestDaemon>,
-    pub(crate) note: Option<String>,
 }
 
 impl Contender {
@@ -180,7 +179,6 @@ fn start_fpm(kind: Kind, setup: &Setup) -> Contender {
         nginx_log,
         fpms,
         daemon: None,
-        note: None,
     }
 }
 
@@ -232,7 +230,6 @@ fn start_manager(setup: &Setup, warm: bool) -> Contender {
         nginx_log,
         fpms: vec![],
         daemon: Some(daemon),
-        note: None,
     }
 }
 
