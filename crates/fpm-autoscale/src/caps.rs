@@ -11,14 +11,16 @@
 //! hand-over), so the cap moves only when the share really changed:
 //! - up at once when the pool presses against its cap (a queue, or nearly
 //!   every allowed worker busy), otherwise when it is beyond the band;
+//!   cooldown or not when requests pile up (a queue of half the cap);
 //! - down when the share stayed below the cap for `shrink_after`, or at once
-//!   when another pool is waiting for the memory;
-//! - never within `cooldown` of the previous change;
+//!   (cooldown or not) when another pool's requests wait for the memory;
+//! - otherwise never within `cooldown` of the previous change;
 //! - never so that the caps of all pools together exceed the budget: a pool
 //!   grows only into memory the others' *applied* caps leave free, so the
-//!   others shrink first.
+//!   others shrink first (and their previous masters' workers have
+//!   finished: `draining`).
 
-use crate::share::{share_budget, PoolDemand};
+use crate::share::{share_budget_protecting_needs, PoolDemand};
 
 /// Memory assumed for one worker until its PSS has been measured.
 pub const ASSUMED_WORKER_BYTES: u64 = 64 << 20;
@@ -31,27 +33,49 @@ pub struct PoolPlanInput {
     pub weight: f64,
     pub min_workers: u32,
     pub max_workers: u32,
-    /// What the model says the pool needs now (its recommended workers),
-    /// `None` while unknown.
+    /// What the pool would like ([`Claim::want`]), `None` while unknown.
     pub wanted_workers: Option<u32>,
+    /// What the pool needs now ([`Claim::need`]), `None` while unknown.
+    pub needed_workers: Option<u32>,
+    /// Requests wait in this pool now ([`Claim::pressing`]).
+    pub pressing: bool,
     /// Learned memory of one worker (p95 PSS), `None` until measured.
     pub worker_bytes: Option<u64>,
     /// The cap the pool's master runs with now.
     pub applied_cap: u32,
+    /// Workers a previous master still runs after a hand-over to a smaller
+    /// cap (they finish their requests, then exit), 0 otherwise: their
+    /// memory is not free for another pool yet.
+    pub draining: u32,
     /// Pinned, paused or not autoscaled: its cap does not move, and its
     /// memory counts as it is.
     pub fixed: bool,
 }
 
 impl PoolPlanInput {
+    /// The pool's entry on the board from its claim.
+    pub fn claiming(mut self, claim: Claim) -> Self {
+        self.wanted_workers = Some(claim.want);
+        self.needed_workers = Some(claim.need);
+        self.pressing = claim.pressing;
+        self
+    }
+
     fn bytes(&self) -> u64 {
         self.worker_bytes.unwrap_or(ASSUMED_WORKER_BYTES).max(1)
     }
 }
 
 /// The share of the budget each pool would get now: `(granted, gives_way)`
-/// in the order of `pools`.
+/// in the order of `pools`. Every pool's need is served first (fixed pools
+/// need what they hold), then wants, then what is left up to each maximum.
+/// When the needs of one priority level do not fit in what the higher
+/// levels leave, each is cut in proportion: a pool that needs 24 beside
+/// one that needs 7 in a budget of 24 gets 18 and the other 5, where an
+/// equal split of workers would leave the busy pool short by a third and
+/// the quiet one with idle memory.
 pub fn shares(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<(u32, bool)> {
+    let needs = fitted_needs(budget_bytes, pools);
     let demands: Vec<PoolDemand> = pools
         .iter()
         .map(|p| {
@@ -76,10 +100,61 @@ pub fn shares(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<(u32, bool)> {
             }
         })
         .collect();
-    share_budget(budget_bytes, &demands)
+    share_budget_protecting_needs(budget_bytes, &demands, &needs)
         .into_iter()
         .map(|s| (s.granted_workers, s.gives_way))
         .collect()
+}
+
+/// Every pool's need ([`PoolPlanInput::needed_workers`]), cut in
+/// proportion within a priority level when the level's needs do not fit
+/// in the memory the fixed pools and higher levels leave.
+fn fitted_needs(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<u32> {
+    let mut needs: Vec<u32> = pools
+        .iter()
+        .map(|p| {
+            if p.fixed {
+                p.applied_cap
+            } else {
+                p.needed_workers.unwrap_or(p.min_workers).max(p.min_workers)
+            }
+        })
+        .collect();
+    let fixed: u64 = pools
+        .iter()
+        .filter(|p| p.fixed)
+        .map(|p| u64::from(p.applied_cap) * p.bytes())
+        .sum();
+    let mut left = budget_bytes.saturating_sub(fixed);
+    let mut levels: Vec<i32> = pools
+        .iter()
+        .filter(|p| !p.fixed)
+        .map(|p| p.priority)
+        .collect();
+    levels.sort_unstable_by(|a, b| b.cmp(a));
+    levels.dedup();
+    for level in levels {
+        let members: Vec<usize> = (0..pools.len())
+            .filter(|&i| !pools[i].fixed && pools[i].priority == level)
+            .collect();
+        let wanted: u64 = members
+            .iter()
+            .map(|&i| u64::from(needs[i]) * pools[i].bytes())
+            .sum();
+        if wanted > left {
+            let fraction = left as f64 / wanted as f64;
+            for &i in &members {
+                // Rounded down, so that the cut needs fit together.
+                needs[i] = (f64::from(needs[i]) * fraction).floor() as u32;
+            }
+        }
+        let used: u64 = members
+            .iter()
+            .map(|&i| u64::from(needs[i]) * pools[i].bytes())
+            .sum();
+        left = left.saturating_sub(used);
+    }
+    needs
 }
 
 /// What the pool is doing now, as far as the cap is concerned.
@@ -140,6 +215,8 @@ pub struct PlanMemory {
     pub peak_busy: u32,
     /// When `peak_busy` was last reached (ms).
     pub peak_at_ms: Option<u64>,
+    /// Requests were queued at the previous look ([`board_demand`]).
+    pub queued: bool,
 }
 
 /// The planner's answer for one pool.
@@ -160,33 +237,75 @@ pub enum CapStep {
     },
 }
 
-/// What a pool claims on the shared board (its `wanted_workers`), from the
-/// model's size and what the pool is seen doing; pure. Returns the claim
-/// and the memory for the next look.
+/// What the model says about a pool's size, as [`board_demand`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelSizes {
+    /// The model's size with headroom for the long window's rate
+    /// (`Figures::model_workers`).
+    pub model: Option<u32>,
+    /// Workers the rate of now needs, read high (`Figures::needed_now`)
+    /// and low (`Figures::needed_now_low`).
+    pub needed_now: Option<u32>,
+    pub needed_now_low: Option<u32>,
+}
+
+impl From<&crate::Figures> for ModelSizes {
+    fn from(f: &crate::Figures) -> Self {
+        ModelSizes {
+            model: f.model_workers,
+            needed_now: f.needed_now,
+            needed_now_low: f.needed_now_low,
+        }
+    }
+}
+
+/// What a pool asks of the shared board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Workers it needs now: every pool's need is served before any pool
+    /// gets more than it needs.
+    pub need: u32,
+    /// Workers it would like (bursts, the model's headroom): served from
+    /// what is left once every need is met. At least `need`.
+    pub want: u32,
+    /// Requests wait for a worker now (or every allowed worker is busy):
+    /// only such a pool makes another give up memory it holds.
+    pub pressing: bool,
+}
+
+/// What a pool claims on the shared board, from the model's sizes and what
+/// the pool is seen doing; pure. Returns the claim and the memory for the
+/// next look.
 ///
 /// The model sizes a pool for its long-window rate, which is right for one
 /// pool alone but wrong for sharing: after a peak it still asks for the
 /// peak's workers for minutes, and while a pool is saturated its rate reads
 /// low (the accepted-connections counter counts what the workers took, not
-/// what arrived). So the claim is bounded by evidence:
-/// - a pool with a queue of half its cap or more claims its maximum: it is
-///   losing latency now and its true rate is unknown;
-/// - a pool with any queue, or every allowed worker busy, claims half again
-///   its cap (growth by steps while the evidence is thin);
-/// - otherwise the model's size, but no more than the most workers it had
-///   busy within `evidence_ms`, plus a quarter (at least 2) for bursts.
+/// what arrived). So:
+/// - the *need* is what the rate of now needs (`ModelSizes`, read high
+///   for a pool whose requests pile up and low for any other; without
+///   it, the busy workers plus a quarter): it moves within a look or two
+///   of a peak's start or end, so the memory moves with the load;
+/// - a pool with a queue of half its cap or more, queued at the previous
+///   look too, wants its maximum and needs at least half again its cap:
+///   it is losing latency now and its true rate may be unknown;
+/// - a pool with any queue, or every allowed worker busy, needs at least
+///   one more worker than its cap and wants half again its cap;
+/// - otherwise it wants the model's size, but no more than the most
+///   workers it had busy within `evidence_ms`, plus a quarter (at least 2)
+///   for bursts.
 ///
 /// A single pool gets the whole budget up to its maximum whatever it
 /// claims; the claim only decides how pools share.
 pub fn board_demand(
     now_ms: u64,
-    model: Option<u32>,
+    sizes: ModelSizes,
     pressure: Pressure,
     applied_cap: u32,
     (min_workers, max_workers): (u32, u32),
     damping: Damping,
     memory: PlanMemory,
-) -> (u32, PlanMemory) {
+) -> (Claim, PlanMemory) {
     let mut memory = memory;
     let expired = memory
         .peak_at_ms
@@ -196,18 +315,39 @@ pub fn board_demand(
         memory.peak_at_ms = Some(now_ms);
     }
     let max = max_workers.max(min_workers);
-    let claim = if pressure.queue > 0 && pressure.queue >= (applied_cap / 2).max(2) {
-        max
-    } else if pressure.queue > 0 || pressure.busy >= applied_cap {
-        applied_cap
-            .saturating_add(applied_cap / 2)
-            .max(applied_cap + 2)
+    let with_margin = |busy: u32| busy + (busy / 4).max(2);
+    let pressing = pressure.queue > 0 || pressure.busy >= applied_cap;
+    // A queue seen at one look can be a burst the workers drain within
+    // the second; seen at two looks in a row, it is a pool short of
+    // workers.
+    let starving =
+        memory.queued && pressure.queue > 0 && pressure.queue >= (applied_cap / 2).max(2);
+    memory.queued = pressure.queue > 0;
+    let now = if starving {
+        sizes.needed_now
     } else {
-        let peak = memory.peak_busy;
-        let seen = peak + (peak / 4).max(2);
-        model.map_or(seen, |m| m.min(seen))
+        sizes.needed_now_low
+    }
+    .unwrap_or_else(|| with_margin(pressure.busy))
+    .max(pressure.busy);
+    let (need, want) = if starving {
+        // The rate reads low once the listen backlog overflows (refused
+        // connections are not counted anywhere the manager can see).
+        (now.max(applied_cap.saturating_add(applied_cap / 2)), max)
+    } else if pressing {
+        let more = applied_cap.saturating_add((applied_cap / 2).max(2));
+        (now.max(applied_cap + 1), more)
+    } else {
+        let seen = with_margin(memory.peak_busy);
+        (now, sizes.model.map_or(seen, |m| m.min(seen)))
     };
-    (claim.clamp(min_workers, max), memory)
+    let need = need.clamp(min_workers, max);
+    let claim = Claim {
+        need,
+        want: want.clamp(min_workers, max).max(need),
+        pressing,
+    };
+    (claim, memory)
 }
 
 /// Plans the next cap of `pools[me]` at `now_ms`; pure. Returns the step
@@ -237,7 +377,7 @@ pub fn next_cap(
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != me)
-        .map(|(_, p)| u64::from(p.applied_cap) * p.bytes())
+        .map(|(_, p)| u64::from(p.applied_cap.max(p.draining)) * p.bytes())
         .sum();
     let room = budget_bytes.saturating_sub(others) / pool.bytes();
     let room = u32::try_from(room).unwrap_or(u32::MAX);
@@ -262,11 +402,19 @@ pub fn next_cap(
             return (CapStep::Hold("waiting_for_memory"), memory);
         }
         let pressing = pressure.queue > 0 || pressure.busy + 1 >= cap;
-        if cooling {
+        // Requests pile up (a queue of half the cap): waiting out the
+        // cooldown would let it grow for seconds more.
+        let piling = pressure.queue > 0 && pressure.queue >= (cap / 2).max(2);
+        if cooling && !piling {
             return (CapStep::Hold("cooldown"), memory);
         }
-        if pressing {
+        // While other pools still give way, a step short of the share and
+        // of the band would be one hand-over of several: wait for the room.
+        if pressing && (target == share || target - cap >= band) {
             return change(now_ms, memory, target, "pressing_cap");
+        }
+        if pressing {
+            return (CapStep::Hold("waiting_for_memory"), memory);
         }
         if target - cap >= band {
             return change(now_ms, memory, target, "share_grew");
@@ -283,20 +431,29 @@ pub fn next_cap(
     }
     if share < cap {
         let since = *memory.below_since_ms.get_or_insert(now_ms);
-        // Another pool waits for memory this one's cap holds: its share is
-        // beyond its own band (a worker or two of leftover is no need).
+        // Another pool has requests waiting for memory this one's cap
+        // holds: its share is beyond its own band (a worker or two of
+        // leftover is no need, and a pool that is not pressing can wait for
+        // this one's own slower shrink).
         let needed_elsewhere = pools
             .iter()
             .zip(&all)
             .enumerate()
             .any(|(i, (p, (granted, _)))| {
-                i != me && !p.fixed && *granted >= p.applied_cap + band_of(p.applied_cap, damping)
+                i != me
+                    && !p.fixed
+                    && p.pressing
+                    && *granted >= p.applied_cap + band_of(p.applied_cap, damping)
             });
+        // Giving memory to a pool whose requests wait does not wait for
+        // the cooldown: the cooldown keeps a pool from chasing its own
+        // noise, and this change is the other pool's, which its own
+        // cooldown and band already damp.
+        if needed_elsewhere && cap - share >= band {
+            return change(now_ms, memory, share, "needed_elsewhere");
+        }
         if cooling {
             return (CapStep::Hold("cooldown"), memory);
-        }
-        if needed_elsewhere {
-            return change(now_ms, memory, share, "needed_elsewhere");
         }
         if cap - share < band {
             return (CapStep::Hold("within_band"), memory);
@@ -377,8 +534,11 @@ mod tests {
             min_workers: 1,
             max_workers: 24,
             wanted_workers: wanted,
+            needed_workers: wanted,
+            pressing: false,
             worker_bytes: Some(40 * MB),
             applied_cap: cap,
+            draining: 0,
             fixed: false,
         }
     }
@@ -429,9 +589,11 @@ mod tests {
 
     #[test]
     fn caps_of_all_pools_never_exceed_the_budget() {
-        // b holds 20 workers; a wants 20 too: a may grow only into what b
-        // leaves, and b is told to shrink because a waits.
-        let pools = [pool("a", 4, Some(20)), pool("b", 20, Some(2))];
+        // b holds 20 workers; a's requests wait and it needs 20: a may grow
+        // only into what b leaves, and b is told to shrink because a waits.
+        let mut waiting = pool("a", 4, Some(20));
+        waiting.pressing = true;
+        let pools = [waiting.clone(), pool("b", 20, Some(2))];
         let budget = 24 * 40 * MB;
         let (step_a, _) = next_cap(
             0,
@@ -461,7 +623,7 @@ mod tests {
         };
         assert_eq!(rule, "needed_elsewhere");
         // Once b has shrunk, a grows into the room and the sum fits.
-        let pools = [pool("a", 4, Some(20)), pool("b", to, Some(2))];
+        let pools = [waiting, pool("b", to, Some(2))];
         let (step_a, _) = next_cap(
             0,
             budget,
@@ -505,40 +667,34 @@ mod tests {
     }
 
     #[test]
-    fn cooldown_holds_growth_even_when_pressing() {
+    fn cooldown_holds_growth_unless_requests_pile_up() {
         let d = Damping::default();
         let pools = [pool("a", 4, Some(20))];
         let mem = PlanMemory {
             last_change_ms: Some(1_000),
             ..PlanMemory::default()
         };
-        let (step, _) = next_cap(
-            2_000,
-            960 * MB,
-            &pools,
-            0,
-            Pressure {
-                busy: 4,
-                queue: 9,
-                workers: 4,
-            },
-            d,
-            mem,
-        );
+        let pressed = Pressure {
+            busy: 4,
+            queue: 1,
+            workers: 4,
+        };
+        let (step, _) = next_cap(2_000, 960 * MB, &pools, 0, pressed, d, mem);
         assert_eq!(step, CapStep::Hold("cooldown"));
-        let (step, _) = next_cap(
-            7_000,
-            960 * MB,
-            &pools,
-            0,
-            Pressure {
-                busy: 4,
-                queue: 9,
-                workers: 4,
-            },
-            d,
-            mem,
+        let (step, _) = next_cap(7_000, 960 * MB, &pools, 0, pressed, d, mem);
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 24,
+                rule: "pressing_cap"
+            }
         );
+        // A queue of half the cap or more does not wait out the cooldown.
+        let piling = Pressure {
+            queue: 9,
+            ..pressed
+        };
+        let (step, _) = next_cap(2_000, 960 * MB, &pools, 0, piling, d, mem);
         assert_eq!(
             step,
             CapStep::Change {
@@ -577,8 +733,11 @@ mod tests {
                 rule: "share_shrank"
             }
         );
-        // With b waiting for memory a's cap holds, a gives it up at once.
-        let pools = [pool("a", 20, Some(2)), pool("b", 4, Some(12))];
+        // With b's requests waiting for memory a's cap holds, a gives it up
+        // at once.
+        let mut b = pool("b", 4, Some(12));
+        b.pressing = true;
+        let pools = [pool("a", 20, Some(2)), b];
         let (s, _) = next_cap(0, budget, &pools, 0, IDLE, d, PlanMemory::default());
         let CapStep::Change { to, rule } = s else {
             panic!("{s:?}")
@@ -671,87 +830,265 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_saturated_pool_claims_its_maximum_and_a_pressed_one_half_again_its_cap() {
-        let d = Damping::default();
-        let m = PlanMemory::default();
-        let (claim, _) = board_demand(0, Some(14), busy(12, 6), 12, (1, 24), d, m);
-        assert_eq!(
-            claim, 24,
-            "a queue of half the cap: the true rate is unknown"
-        );
-        let (claim, _) = board_demand(0, Some(14), busy(12, 1), 12, (1, 24), d, m);
-        assert_eq!(claim, 18, "one queued request: grow by half the cap");
-        let (claim, _) = board_demand(0, Some(3), busy(3, 0), 3, (1, 24), d, m);
-        assert_eq!(claim, 5, "every allowed worker busy: at least 2 more");
+    fn sizes(model: Option<u32>, now: Option<u32>, low: Option<u32>) -> ModelSizes {
+        ModelSizes {
+            model,
+            needed_now: now,
+            needed_now_low: low,
+        }
     }
 
     #[test]
-    fn a_quiet_pool_claims_no_more_than_it_was_seen_to_use_lately() {
+    fn a_pool_whose_requests_pile_up_wants_its_maximum_and_a_pressed_one_more_than_its_cap() {
+        let d = Damping::default();
+        let s = sizes(Some(14), Some(20), Some(14));
+        // A queue of half the cap, seen once: a burst until seen again.
+        let (claim, m) = board_demand(0, s, busy(12, 6), 12, (1, 24), d, PlanMemory::default());
+        assert_eq!(
+            claim,
+            Claim {
+                need: 14,
+                want: 18,
+                pressing: true
+            }
+        );
+        // Seen at the next look too: the high reading, and at least half
+        // again the cap (the rate reads low once the backlog overflows).
+        let (claim, _) = board_demand(1_000, s, busy(12, 6), 12, (1, 24), d, m);
+        assert_eq!(
+            claim,
+            Claim {
+                need: 20,
+                want: 24,
+                pressing: true
+            }
+        );
+        let (claim, _) = board_demand(
+            1_000,
+            sizes(None, None, Some(18)),
+            busy(12, 6),
+            12,
+            (1, 24),
+            d,
+            m,
+        );
+        assert_eq!(claim.need, 18);
+        // Every allowed worker busy, nothing known: one more than the cap
+        // at least, two more wanted.
+        let (claim, _) = board_demand(
+            0,
+            ModelSizes::default(),
+            busy(3, 0),
+            3,
+            (1, 24),
+            d,
+            PlanMemory::default(),
+        );
+        assert_eq!(
+            claim,
+            Claim {
+                need: 5,
+                want: 5,
+                pressing: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_quiet_pool_wants_no_more_than_it_was_seen_to_use_lately() {
         let d = Damping::default();
         // At its peak 20 workers were busy; the model still sizes for it.
         let (_, m) = board_demand(
             0,
-            Some(24),
+            sizes(Some(24), None, None),
             busy(20, 0),
             24,
             (1, 24),
             d,
             PlanMemory::default(),
         );
-        let (claim, m) = board_demand(10_000, Some(24), busy(2, 0), 24, (1, 24), d, m);
-        assert_eq!(claim, 24, "within the evidence window the peak counts");
+        let s = sizes(Some(24), Some(5), Some(5));
+        let (claim, m) = board_demand(10_000, s, busy(2, 0), 24, (1, 24), d, m);
+        assert_eq!(claim.want, 24, "within the evidence window the peak counts");
+        assert_eq!(claim.need, 5, "the need is the rate of now");
+        assert!(!claim.pressing);
         // Once the peak is older than the window, what is seen now counts.
-        let (claim, m) = board_demand(31_000, Some(24), busy(2, 0), 24, (1, 24), d, m);
-        assert_eq!(claim, 4, "2 busy plus 2 for bursts");
+        let (claim, m) = board_demand(
+            31_000,
+            sizes(Some(24), None, None),
+            busy(2, 0),
+            24,
+            (1, 24),
+            d,
+            m,
+        );
+        assert_eq!(claim.want, 4, "2 busy plus 2 for bursts");
         assert_eq!(m.peak_busy, 2);
         // The model can ask for less than the evidence.
-        let (claim, _) = board_demand(32_000, Some(3), busy(2, 0), 24, (1, 24), d, m);
-        assert_eq!(claim, 3);
+        let (claim, _) = board_demand(
+            32_000,
+            sizes(Some(3), Some(3), Some(3)),
+            busy(2, 0),
+            24,
+            (1, 24),
+            d,
+            m,
+        );
+        assert_eq!(claim.want, 3);
         // And the claim stays within the pool's limits.
-        let (claim, _) = board_demand(33_000, None, busy(0, 0), 24, (2, 24), d, m);
-        assert_eq!(claim, 4);
+        let (claim, _) = board_demand(33_000, ModelSizes::default(), busy(0, 0), 24, (2, 24), d, m);
+        assert_eq!((claim.need, claim.want), (2, 4));
     }
 
     #[test]
-    fn a_pool_after_its_peak_gives_way_to_a_saturated_one() {
-        // Pool a finished its peak (model still 24, 2 busy for longer than
-        // the evidence window); pool b is saturated at a cap of 12.
+    fn a_pool_after_its_peak_gives_way_at_once_to_one_whose_requests_pile_up() {
+        // Pool a finished its peak a moment ago: its windows still remember
+        // it, the rate of now does not. Pool b's requests pile up at a cap
+        // of 6.
         let d = Damping::default();
         let (_, ma) = board_demand(
             0,
-            Some(24),
-            busy(12, 0),
-            12,
+            sizes(Some(24), Some(24), Some(24)),
+            busy(16, 0),
+            18,
             (1, 24),
             d,
             PlanMemory::default(),
         );
-        let (a_claim, _) = board_demand(40_000, Some(24), busy(2, 0), 12, (1, 24), d, ma);
-        let (b_claim, _) = board_demand(
-            40_000,
-            Some(14),
-            busy(12, 40),
-            12,
+        let (a_claim, _) = board_demand(
+            1_000,
+            sizes(Some(24), Some(20), Some(5)),
+            busy(2, 0),
+            18,
             (1, 24),
             d,
-            PlanMemory::default(),
+            ma,
         );
+        let s = sizes(Some(8), Some(24), Some(8));
+        let (_, mb) = board_demand(0, s, busy(6, 40), 6, (1, 24), d, PlanMemory::default());
+        let (b_claim, _) = board_demand(1_000, s, busy(6, 60), 6, (1, 24), d, mb);
         let budget = 24 * 40 * MB;
-        let pools = [pool("a", 12, Some(a_claim)), pool("b", 12, Some(b_claim))];
+        let pools = [
+            pool("a", 18, None).claiming(a_claim),
+            pool("b", 6, None).claiming(b_claim),
+        ];
+        // a changed its cap a second ago: giving way does not wait for
+        // its cooldown.
+        let recent = PlanMemory {
+            last_change_ms: Some(0),
+            ..PlanMemory::default()
+        };
+        let (step, _) = next_cap(1_000, budget, &pools, 0, busy(2, 0), d, recent);
+        let CapStep::Change { to, rule } = step else {
+            panic!("pool a holds {step:?} while b's requests pile up");
+        };
+        assert_eq!(rule, "needed_elsewhere");
+        assert!(to <= 5, "a keeps what it needs now, not its peak: {to}");
+        let granted = shares(budget, &pools);
+        assert!(granted[1].0 >= 18, "b gets the rest: {granted:?}");
+    }
+
+    #[test]
+    fn needs_that_do_not_fit_are_cut_in_proportion() {
+        let budget = 24 * 40 * MB;
+        let mut a = pool("a", 12, Some(24));
+        a.needed_workers = Some(24);
+        let mut b = pool("b", 12, Some(7));
+        b.needed_workers = Some(7);
+        let granted = shares(budget, &[a.clone(), b.clone()]);
+        assert_eq!(granted[0].0 + granted[1].0, 24);
+        assert!((18..=19).contains(&granted[0].0), "{granted:?}");
+        assert!((5..=6).contains(&granted[1].0), "{granted:?}");
+        // A higher priority's need is met whole first.
+        b.priority = 1;
+        let granted = shares(budget, &[a, b]);
+        assert_eq!(granted[1].0, 7, "{granted:?}");
+        assert_eq!(granted[0].0, 17, "{granted:?}");
+    }
+
+    #[test]
+    fn a_pool_gives_way_only_to_one_whose_requests_wait() {
+        let d = Damping::default();
+        let budget = 24 * 40 * MB;
+        let a = pool("a", 18, Some(8)).claiming(Claim {
+            need: 5,
+            want: 8,
+            pressing: false,
+        });
+        let quiet_b = pool("b", 6, None).claiming(Claim {
+            need: 16,
+            want: 16,
+            pressing: false,
+        });
         let (step, _) = next_cap(
-            40_000,
+            0,
             budget,
-            &pools,
+            &[a.clone(), quiet_b.clone()],
             0,
             busy(2, 0),
             d,
             PlanMemory::default(),
         );
-        let CapStep::Change { to, rule } = step else {
-            panic!("pool a holds {step:?} while b is saturated");
+        assert!(matches!(step, CapStep::Hold(_)), "{step:?}");
+        let waiting_b = Claim {
+            need: 16,
+            want: 16,
+            pressing: true,
         };
-        assert_eq!(rule, "needed_elsewhere");
-        assert!(to <= 5, "a keeps what it uses, not its peak: {to}");
+        let pools = [a, quiet_b.claiming(waiting_b)];
+        let (step, _) = next_cap(0, budget, &pools, 0, busy(2, 0), d, PlanMemory::default());
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 8,
+                rule: "needed_elsewhere"
+            }
+        );
+    }
+
+    #[test]
+    fn a_previous_masters_workers_are_not_room_until_they_exit() {
+        let d = Damping::default();
+        let budget = 24 * 40 * MB;
+        let pressing = Claim {
+            need: 20,
+            want: 24,
+            pressing: true,
+        };
+        let quiet = Claim {
+            need: 4,
+            want: 4,
+            pressing: false,
+        };
+        // a just went from 18 to 4; its old master still runs 15 workers.
+        let mut a = pool("a", 4, None).claiming(quiet);
+        a.draining = 15;
+        let b = pool("b", 6, None).claiming(pressing);
+        let (step, _) = next_cap(
+            0,
+            budget,
+            &[a.clone(), b.clone()],
+            1,
+            busy(6, 30),
+            d,
+            PlanMemory::default(),
+        );
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 9,
+                rule: "pressing_cap"
+            },
+            "only what the draining workers leave"
+        );
+        a.draining = 0;
+        let (step, _) = next_cap(0, budget, &[a, b], 1, busy(6, 30), d, PlanMemory::default());
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 20,
+                rule: "pressing_cap"
+            }
+        );
     }
 }

@@ -60,6 +60,11 @@ use crate::policy::Policy;
 /// counter delta then spans an unknown gap (a stalled collector, a
 /// suspended machine) and would distort the average.
 const MAX_RATE_GAP_MS: u64 = 60_000;
+/// The span of looks `Figures::needed_now` reads its rate from: a few
+/// seconds, so that it drops within seconds of a peak's end while one
+/// look's noise does not decide it (and a quarter of it for the fast
+/// reading).
+const NOW_WINDOW_MS: u64 = 4_000;
 
 /// An observation this much older than the previous one is not a stale
 /// look but a clock that stepped back (the daemon passes wall-clock time,
@@ -259,6 +264,17 @@ pub struct Figures {
     pub needed_workers: Option<u32>,
     /// `needed_workers` plus headroom: the size a change goes to.
     pub model_workers: Option<u32>,
+    /// Fewest workers that meet the wait target at the rate of now: the
+    /// larger of the last second's and the last four seconds' (queue
+    /// growth included), without the windows' memory of a past peak. A
+    /// pool with waiting requests claims this on a shared budget
+    /// (`caps::board_demand`).
+    pub needed_now: Option<u32>,
+    /// The same at the last four seconds' rate, or the last second's when
+    /// that fell below half of it: what a pool without waiting requests
+    /// claims, so that it gives way within a look or two of its peak's
+    /// end.
+    pub needed_now_low: Option<u32>,
     /// Workers that fit in the memory budget, if known.
     pub memory_ceiling: Option<u32>,
     /// Workers the CPU limit can keep busy, if known.
@@ -646,6 +662,27 @@ fn figures(
     };
     let needed_workers = sizes.map(|(needed, _)| needed);
     let model_workers = sizes.map(|(_, with_headroom)| with_headroom);
+    // The last second's rate moves first (a look can be a fraction of a
+    // second after the previous one: too few arrivals to read a rate
+    // from); the last few seconds' is steadier. The larger of the two is
+    // what a pool with waiting requests needs; a pool without reads the
+    // steadier one unless the last second fell below half of it (a peak
+    // ended: Poisson noise at ten requests a second goes that low about
+    // once in thirty seconds).
+    let steady = estimates.window_rate(NOW_WINDOW_MS);
+    let fast = estimates.window_rate(NOW_WINDOW_MS / 4).or(recent_rate);
+    let now_size = |rate: Option<f64>| {
+        let service = mean_service_s?;
+        Some(model_size(policy, rate? * service, service, service_scv).0)
+    };
+    let needed_now = now_size(match (steady, fast) {
+        (Some(s), Some(f)) => Some(s.max(f)),
+        (s, f) => s.or(f),
+    });
+    let needed_now_low = now_size(match (steady, fast) {
+        (Some(s), Some(f)) if f < s / 2.0 => Some(f),
+        (s, f) => s.or(f),
+    });
     Figures {
         phase: state.phase,
         confidence: estimates.confidence(),
@@ -662,6 +699,8 @@ fn figures(
         offered_load,
         needed_workers,
         model_workers,
+        needed_now,
+        needed_now_low,
         memory_ceiling,
         cpu_ceiling,
         upper,

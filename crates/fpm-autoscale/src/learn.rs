@@ -140,7 +140,7 @@ impl Estimates {
 
     /// Exact rate over the most recent looks spanning at least `window_ms`
     /// (all looks if fewer): arrivals divided by the time they cover.
-    fn window_rate(&self, window_ms: u64) -> Option<f64> {
+    pub(crate) fn window_rate(&self, window_ms: u64) -> Option<f64> {
         let (mut arrivals, mut span_ms) = (0.0, 0u64);
         for sample in self.window.iter().rev() {
             if span_ms >= window_ms.max(1) {

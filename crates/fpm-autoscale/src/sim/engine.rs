@@ -6,14 +6,14 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 use super::rng::Pcg32;
 use super::trace::TraceSpec;
 use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
 use crate::caps::{
-    board_demand, next_cap, CapStep, Damping, PlanMemory, PoolPlanInput, Pressure,
+    board_demand, next_cap, CapStep, Damping, ModelSizes, PlanMemory, PoolPlanInput, Pressure,
     ASSUMED_WORKER_BYTES,
 };
 use crate::decide::{decide, Action, ScalerState};
@@ -32,6 +32,8 @@ const NORMAL_INTERVAL_US: u64 = 5_000_000;
 const SHARED_STEP_US: u64 = 100_000;
 /// Budget shares are recomputed this often, like the daemon would.
 const SHARE_EVERY_US: u64 = 1_000_000;
+/// A pool waiting for memory kicks the others at most this often.
+const KICK_EVERY_US: u64 = 1_000_000;
 /// A request counts as served cold when its penalty is above this.
 const COLD_SERVED_S: f64 = 0.01;
 
@@ -126,12 +128,23 @@ struct PolicyDriver {
     cap: u32,
     /// The cap planner's memory between looks.
     plan: PlanMemory,
+    /// When this pool last kicked the others' looks (µs).
+    last_kick_us: Option<u64>,
 }
 
 /// Every pool's planning input, keyed by pool name like the daemon's
 /// board: each pool writes its own entry at its look and plans against
-/// the others' latest entries.
-type Board = Rc<RefCell<BTreeMap<String, PoolPlanInput>>>;
+/// the others' latest entries. A pool whose requests wait for memory
+/// another pool's cap holds kicks the others' collectors, as the pool
+/// actor does, so that they look (and give way) now rather than at their
+/// next regular look.
+#[derive(Debug, Default)]
+struct BoardState {
+    entries: BTreeMap<String, PoolPlanInput>,
+    kicked: BTreeSet<String>,
+}
+
+type Board = Rc<RefCell<BoardState>>;
 
 /// What one collection saw, before it becomes an [`Observation`].
 #[derive(Debug, Clone, PartialEq)]
@@ -484,6 +497,7 @@ impl<'a> Sim<'a> {
                     daemon,
                     cap,
                     plan: PlanMemory::default(),
+                    last_kick_us: None,
                 };
                 (0, cap, Some(driver))
             }
@@ -935,9 +949,11 @@ impl<'a> Sim<'a> {
         if driver.daemon && driver.in_flight {
             return;
         }
-        let due = driver
-            .last_collect_us
-            .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
+        let kicked = driver.daemon && self.board.borrow_mut().kicked.remove(&self.name);
+        let due = kicked
+            || driver
+                .last_collect_us
+                .is_none_or(|last| now.saturating_sub(last) >= driver.interval_us);
         if !due && self.queue.is_empty() {
             return;
         }
@@ -984,6 +1000,16 @@ impl<'a> Sim<'a> {
         } else {
             NORMAL_INTERVAL_US
         };
+        // Workers of earlier masters still finishing their requests.
+        let retiring = self
+            .workers
+            .iter()
+            .filter(|w| w.state != WorkerState::Dead && w.master != self.active)
+            .count();
+        let alive = self.alive;
+        let Some(driver) = self.driver.as_mut() else {
+            return;
+        };
         let change = if daemon {
             // As the pool actor does: its entry on the board, then the cap
             // over every pool's latest entry.
@@ -998,9 +1024,9 @@ impl<'a> Sim<'a> {
                 workers: busy,
             };
             let limits = (spec.min_workers.max(1), spec.max_workers.max(1));
-            let (wanted, plan) = board_demand(
+            let (claim, plan) = board_demand(
                 now / 1000,
-                decision.figures.model_workers,
+                ModelSizes::from(&decision.figures),
                 pressure,
                 driver.cap,
                 limits,
@@ -1014,15 +1040,19 @@ impl<'a> Sim<'a> {
                 weight: spec.weight,
                 min_workers: limits.0,
                 max_workers: limits.1,
-                wanted_workers: Some(wanted),
+                wanted_workers: None,
+                needed_workers: None,
+                pressing: false,
                 worker_bytes: decision.figures.p95_pss_bytes,
                 applied_cap: driver.cap,
+                draining: if retiring > 0 { alive } else { 0 },
                 fixed: false,
-            };
+            }
+            .claiming(claim);
             let all: Vec<PoolPlanInput> = {
                 let mut board = self.board.borrow_mut();
-                board.insert(self.name.clone(), input);
-                board.values().cloned().collect()
+                board.entries.insert(self.name.clone(), input);
+                board.entries.values().cloned().collect()
             };
             let me = all.iter().position(|p| p.name == self.name).unwrap_or(0);
             let (step, memory) = next_cap(
@@ -1035,10 +1065,29 @@ impl<'a> Sim<'a> {
                 driver.plan,
             );
             driver.plan = memory;
+            let kick_due = driver
+                .last_kick_us
+                .is_none_or(|t| now.saturating_sub(t) >= KICK_EVERY_US);
+            if claim.pressing && step == CapStep::Hold("waiting_for_memory") && kick_due {
+                driver.last_kick_us = Some(now);
+                let mut board = self.board.borrow_mut();
+                let others: Vec<String> = board
+                    .entries
+                    .keys()
+                    .filter(|name| **name != self.name)
+                    .cloned()
+                    .collect();
+                board.kicked.extend(others);
+            }
             match step {
                 CapStep::Change { to, rule } => {
                     let from = driver.cap;
                     driver.cap = to;
+                    // As the pool actor does: growth is reserved on the
+                    // board at once, so that no other pool plans into it.
+                    if let Some(entry) = self.board.borrow_mut().entries.get_mut(&self.name) {
+                        entry.applied_cap = entry.applied_cap.max(to);
+                    }
                     Some((from, to, rule))
                 }
                 CapStep::Hold(_) | CapStep::Renew { .. } => None,

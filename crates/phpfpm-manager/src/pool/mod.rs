@@ -34,7 +34,7 @@ use crate::scale::persist::{self, Remembered};
 use crate::scale::plan::{self, CapStep, Damping, PlanMemory, PoolPlanInput, Pressure};
 use crate::scale::{budget_bytes, policy_for, Override, ScalingView};
 use crate::state::{AppState, Control};
-use crate::supervisor::{ApplyError, ApplyReport, SupervisorHandle};
+use crate::supervisor::{ApplyError, ApplyReport, Stopped, SupervisorHandle};
 
 /// How long a cap the supervisor refused is not tried again (doubles up to
 /// an hour): a refused change is an event and backs off, never a loop.
@@ -57,6 +57,19 @@ impl Board {
         if let Some(p) = pools.get_mut(name) {
             p.applied_cap = cap;
         }
+    }
+
+    fn set_draining(&self, name: &PoolName, workers: u32) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get_mut(name) {
+            p.draining = workers;
+        }
+    }
+
+    /// The other pools on the board.
+    fn others(&self, name: &PoolName) -> Vec<PoolName> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.keys().filter(|n| *n != name).cloned().collect()
     }
 
     fn set(&self, name: &PoolName, input: PoolPlanInput) -> Vec<PoolPlanInput> {
@@ -291,7 +304,17 @@ pub struct PoolActor {
     /// published again with every change of the control part.
     last_decision: Option<fpm_autoscale::Decision>,
     planned_cap: Option<u32>,
+    /// After a hand-over to a smaller cap: the cap before, until the
+    /// replaced master has exited.
+    draining: Option<(u32, Stopped)>,
+    /// When this pool last kicked the others' collectors.
+    last_kick: Option<tokio::time::Instant>,
 }
+
+/// A pool whose requests wait for memory other pools hold kicks their
+/// collectors at most this often, so that they look (and give way) now
+/// instead of at their next regular look.
+const KICK_EVERY: Duration = Duration::from_secs(1);
 
 impl PoolActor {
     /// Builds the actor and restores what an earlier manager remembered.
@@ -371,12 +394,35 @@ impl PoolActor {
             last_saved: tokio::time::Instant::now(),
             last_decision: None,
             planned_cap: None,
+            draining: None,
+            last_kick: None,
         };
         (actor, handle)
     }
 
     fn name(&self) -> &str {
         self.pool.name.as_str()
+    }
+
+    /// Workers a replaced master may still run (its cap), 0 once it has
+    /// exited.
+    fn draining_workers(&mut self) -> u32 {
+        if self.draining.as_ref().is_some_and(|(_, s)| s.is_set()) {
+            self.draining = None;
+        }
+        self.draining.as_ref().map_or(0, |(n, _)| *n)
+    }
+
+    /// Kicks the other pools' collectors (at most every [`KICK_EVERY`]).
+    fn kick_others(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.last_kick.is_some_and(|t| now - t < KICK_EVERY) {
+            return;
+        }
+        self.last_kick = Some(now);
+        for other in self.board.others(&self.pool.name) {
+            self.state.kick(&other);
+        }
     }
 
     /// The memory budget of all autoscaled pools now.
@@ -638,15 +684,16 @@ impl PoolActor {
             .and_then(|s| s.master.applied.as_ref().map(|a| a.max_children))
     }
 
-    /// Hands a spec to the supervisor; records a refusal.
-    async fn apply(&mut self, spec: PoolSpec, reason: &str) -> Result<(), ApplyError> {
+    /// Hands a spec to the supervisor; records a refusal. Returns the flag
+    /// set once the master it replaced has exited.
+    async fn apply(&mut self, spec: PoolSpec, reason: &str) -> Result<Option<Stopped>, ApplyError> {
         let Some(sup) = &self.supervisor else {
-            return Ok(());
+            return Ok(None);
         };
         match sup.apply(spec, reason).await {
-            Ok(_) => {
+            Ok(report) => {
                 self.last_error = None;
-                Ok(())
+                Ok(report.previous_stopped)
             }
             Err(e) => {
                 tracing::error!(
@@ -714,9 +761,9 @@ impl PoolActor {
             self.pool.scaling.min_workers.max(1),
             self.pool.scaling.max_workers.max(1),
         );
-        let (wanted, plan) = plan::board_demand(
+        let (claim, plan) = plan::board_demand(
             now_ms,
-            f.model_workers,
+            plan::ModelSizes::from(f),
             pressure,
             cap,
             limits,
@@ -730,11 +777,15 @@ impl PoolActor {
             weight: self.pool.scaling.weight,
             min_workers: limits.0,
             max_workers: limits.1,
-            wanted_workers: Some(wanted),
+            wanted_workers: None,
+            needed_workers: None,
+            pressing: false,
             worker_bytes: f.p95_pss_bytes,
             applied_cap: cap,
+            draining: self.draining_workers(),
             fixed,
-        };
+        }
+        .claiming(claim);
         self.planned_cap = None;
         let mut rule: &'static str = if fixed {
             match (&self.override_, self.autoscaled(), self.pool.spec.is_some()) {
@@ -763,6 +814,9 @@ impl PoolActor {
                     CapStep::Hold(r) => {
                         self.plan = memory;
                         rule = r;
+                        if r == "waiting_for_memory" && claim.pressing {
+                            self.kick_others();
+                        }
                     }
                     CapStep::Renew { rule: r } => {
                         rule = r;
@@ -809,9 +863,21 @@ impl PoolActor {
         self.cap = Some(to);
         let Some(spec) = self.desired() else { return };
         let reason = format!("autoscaler: {rule} ({from} -> {to} workers)");
+        // Growth is reserved on the board before the hand-over, so that no
+        // other pool plans into the same memory meanwhile.
+        if to > from {
+            self.board.set_applied(&self.pool.name, to);
+        }
         match self.apply(spec, &reason).await {
-            Ok(()) => {
+            Ok(stopped) => {
                 self.board.set_applied(&self.pool.name, to);
+                // The previous master's workers hold their memory until
+                // they finish; until then it is not free for other pools.
+                if to < from {
+                    self.draining = stopped.map(|s| (from, s));
+                    let held = self.draining.as_ref().map_or(0, |(n, _)| *n);
+                    self.board.set_draining(&self.pool.name, held);
+                }
                 self.changes += 1;
                 self.last_change = Some(SystemTime::now());
                 self.refused = None;
@@ -825,6 +891,7 @@ impl PoolActor {
             }
             Err(e) => {
                 self.cap = before;
+                self.board.set_applied(&self.pool.name, from);
                 let wait = self
                     .refused
                     .map(|(_, _, w)| (w * 2).min(Duration::from_secs(3600)))

@@ -159,6 +159,29 @@ pub struct ApplyReport {
     pub generation: u64,
     /// Nothing needed to change.
     pub unchanged: bool,
+    /// Set once the master this change replaced has exited: until then its
+    /// workers finish their requests and their memory is not free.
+    pub previous_stopped: Option<Stopped>,
+}
+
+/// A flag set once a replaced master has exited.
+#[derive(Debug, Clone, Default)]
+pub struct Stopped(Arc<std::sync::atomic::AtomicBool>);
+
+impl Stopped {
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl PartialEq for Stopped {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// The way to talk to a running supervisor.
@@ -742,6 +765,7 @@ impl Supervisor {
                 took: started.elapsed(),
                 generation: self.generation,
                 unchanged: true,
+                previous_stopped: None,
             });
         }
         let backup = self.read_files();
@@ -799,10 +823,14 @@ impl Supervisor {
             .update_master(&self.pool.name, |m| m.last_apply_error = None);
         let old = current.replace(new);
         let old_pid = old.as_ref().map(|m| m.pid);
+        let mut previous_stopped = None;
         if let Some(mut old) = old {
             // The old master finishes its requests in flight, then exits.
             let grace = self.control_timeout + Duration::from_secs(2);
             let pool = self.pool.name.clone();
+            let stopped = Stopped::default();
+            previous_stopped = Some(stopped.clone());
+            let state = self.state.clone();
             tokio::spawn(async move {
                 let pid = old.pid;
                 let outcome = old.stop(grace, &CancellationToken::new()).await;
@@ -811,6 +839,9 @@ impl Supervisor {
                     pid,
                     "Previous php-fpm master stopped after hand-over ({outcome:?})."
                 );
+                stopped.set();
+                // A look now publishes the memory as free to other pools.
+                state.kick(&pool);
             });
         }
         tracing::info!(
@@ -836,6 +867,7 @@ impl Supervisor {
             took,
             generation: self.generation,
             unchanged: false,
+            previous_stopped,
         })
     }
 

@@ -132,6 +132,7 @@ fn report(new_pid: u32) -> ApplyReport {
         took: Duration::from_millis(42),
         generation: 2,
         unchanged: false,
+        previous_stopped: None,
     }
 }
 
