@@ -409,3 +409,107 @@ fn two_pools_one_budget() {
         assert!(over.peak_memory_bytes > over.worker_budget_bytes);
     }
 }
+
+/// Two pools under a budget of 24 workers whose peaks alternate (16 busy
+/// workers' worth for two minutes, then 2, and the other way round), as
+/// the real-load benchmark's `shared` scenario, with its app's figures
+/// (mean request 172.5 ms, lognormal sigma 0.5, 20.2 MiB per worker,
+/// cold OPcache +223 ms, +139 ms from the file cache). The equal static
+/// split (12 + 12) cannot serve a peak; the manager moves the memory to
+/// the busy pool within seconds of each switch.
+#[test]
+fn alternating_peaks_move_the_budget_to_the_busy_pool() {
+    use fpm_autoscale::sim::{run_shared, SharedPool};
+    use fpm_autoscale::PolicySpec;
+
+    let pss = 20.2 * MIB as f64;
+    let (base, peak, warm_up, phase) = (11.6, 92.8, 20.0, 120.0);
+    let csv = |rates: [f64; 3]| {
+        let mut out = String::from("time_s,rate\n");
+        let mut t = 0.0;
+        for (rate, length) in rates.into_iter().zip([warm_up, phase, phase]) {
+            out.push_str(&format!(
+                "{t:.3},{rate}\n{:.3},{rate}\n",
+                t + length - 0.001
+            ));
+            t += length;
+        }
+        TraceSpec::Csv(out)
+    };
+    let policy = Policy::new(PolicySpec {
+        min_workers: 1,
+        max_workers: 24,
+        headroom: 1.0 / 0.7 - 1.0,
+        memory_reserve_mb: 0.0,
+        ..PolicySpec::default()
+    })
+    .expect("policy");
+    let run_seed = |seed: u64| {
+        let mut scenario = Scenario::standard(seed);
+        scenario.mean_service_s = 0.1725;
+        scenario.service_sigma = 0.5;
+        scenario.cold_start_s = 0.223;
+        scenario.file_cache_cold_start_s = 0.139;
+        scenario.backlog = 511;
+        scenario.pss_mean_bytes = pss;
+        scenario.pss_sd_bytes = pss * 0.02;
+        scenario.shared_bytes = 0;
+        scenario.memory_budget_bytes = (24.0 * pss) as u64;
+        let pools = |manager: &Manager, max_workers: u32| {
+            [
+                (csv([base, peak, base]), "a"),
+                (csv([base, base, peak]), "b"),
+            ]
+            .map(|(trace, name)| SharedPool {
+                name: name.to_owned(),
+                trace,
+                manager: manager.clone(),
+                max_workers,
+            })
+        };
+        let managed =
+            run_shared(&pools(&Manager::daemon(&policy), 24), &scenario).expect("manager runs");
+        let split = run_shared(&pools(&Manager::Static, 12), &scenario).expect("static runs");
+        (managed, split)
+    };
+    let seeds: Vec<u64> = (1..=10).collect();
+    let (odd, even): (Vec<u64>, Vec<u64>) = seeds.iter().partition(|&&s| s % 2 == 1);
+    let run_seed = &run_seed;
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let first = scope.spawn(move || odd.iter().map(|&s| (s, run_seed(s))).collect::<Vec<_>>());
+        let mut all: Vec<_> = even.iter().map(|&s| (s, run_seed(s))).collect();
+        all.extend(first.join().expect("thread"));
+        all
+    });
+    for (seed, (managed, split)) in results {
+        for (index, (mine, equal)) in managed.pools.iter().zip(&split.pools).enumerate() {
+            assert!(
+                equal.failed > 1000,
+                "seed {seed}: the equal split should not keep up ({} failed)",
+                equal.failed
+            );
+            assert_eq!(mine.failed, 0, "seed {seed} pool {index}");
+            assert!(
+                mine.p99_response_s <= 0.5 * equal.p99_response_s,
+                "seed {seed} pool {index}: p99 {:.0} ms managed, {:.0} ms equal split",
+                ms(mine.p99_response_s),
+                ms(equal.p99_response_s)
+            );
+            // Each switch moves the memory in a few hand-overs, not a
+            // stream of them.
+            assert!(
+                mine.changes <= 20,
+                "seed {seed} pool {index}: {} changes {:?}",
+                mine.changes,
+                mine.changes_detail
+            );
+        }
+        // Within the budget but for hand-over transients and the workers'
+        // own spread of memory (the budget is exactly 24 mean workers).
+        assert!(
+            managed.over_budget_s < 5.0,
+            "seed {seed}: {} s over",
+            managed.over_budget_s
+        );
+    }
+}
