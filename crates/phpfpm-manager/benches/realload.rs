@@ -26,7 +26,8 @@
 //! app figures, and its figures are printed beside the real ones.
 //!
 //! `REALLOAD_QUICK=1` shortens every phase for development (spike 15 s,
-//! shared 45 s per peak, steady 2 min); `REALLOAD_ONLY=spike,steady` runs
+//! shared 45 s per peak, steady 2 min); `REALLOAD_LOG=DIR` keeps the
+//! managers' logs there; `REALLOAD_ONLY=spike,steady` runs
 //! only the named scenarios; `REALLOAD_CONTENDERS=static,manager` only the
 //! named contenders.
 
@@ -512,9 +513,18 @@ fn scenario(
         );
         if matches!(kind, Kind::Manager | Kind::ManagerCold) {
             let log = c.manager_log();
-            let applied = log.matches("Pool change applied.").count();
+            let applied = log
+                .matches("Applied new pool settings by hand-over")
+                .count();
             let advice = log.lines().filter(|l| l.contains("scal")).count();
             println!("(manager: {applied} pool changes applied, {advice} log lines about scaling)");
+            // REALLOAD_LOG=DIR keeps each manager's log for a closer look.
+            if let Some(dir) = std::env::var_os("REALLOAD_LOG") {
+                let path = std::path::Path::new(&dir).join(format!("{}.log", kind.name()));
+                if let Err(e) = std::fs::write(&path, &log) {
+                    eprintln!("REALLOAD_LOG: cannot write {}: {e}", path.display());
+                }
+            }
         }
         let mut r = r;
         r.load = (load_before, load_after);

@@ -42,6 +42,11 @@ use crate::surface::names;
 /// How often a pool that answers its status page is also pinged.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
+/// For this long after a master starts, its workers' memory is read at
+/// least every [`YOUNG_MEMORY_INTERVAL`].
+const YOUNG_MASTER: Duration = Duration::from_secs(60);
+const YOUNG_MEMORY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// While a pool is down it is retried at least this often, so a pool that
 /// is starting (or recovering) shows up within a second.
 const DOWN_RETRY: Duration = Duration::from_secs(1);
@@ -88,6 +93,8 @@ pub struct PoolCollector {
     probe: ProbeMarker,
     policy: IntervalPolicy,
     memory_interval: Duration,
+    /// The master whose workers' memory is read, and since when.
+    memory_master: Option<(u32, Instant)>,
     watcher: Watcher,
     circuit: Circuit,
     queue: Result<(QueueReader, Listener), String>,
@@ -142,6 +149,7 @@ impl PoolCollector {
             probe: ProbeMarker::new(),
             policy: mon.interval.clone(),
             memory_interval: mon.memory_interval,
+            memory_master: None,
             watcher: Watcher::new(u64::from(mon.respawn_storm_threshold)),
             circuit: Circuit::new(
                 mon.circuit_failures,
@@ -405,10 +413,24 @@ impl PoolCollector {
         ctx: SampleContext,
         master: u32,
     ) -> Result<(PoolAggregate, Vec<crate::state::WorkerView>), String> {
+        // A new master's workers grow to their working size with their
+        // first requests, and the autoscaler sizes the budget by them: read
+        // memory every few seconds for the first minute of a master.
+        if self.memory_master.is_none_or(|(pid, _)| pid != master) {
+            self.memory_master = Some((master, Instant::now()));
+        }
+        let young = self
+            .memory_master
+            .is_some_and(|(_, since)| since.elapsed() < YOUNG_MASTER);
+        let every = if young {
+            self.memory_interval.min(YOUNG_MEMORY_INTERVAL)
+        } else {
+            self.memory_interval
+        };
         let with_memory = self
             .last_memory
             .as_ref()
-            .is_none_or(|(t, _)| t.elapsed() >= self.memory_interval);
+            .is_none_or(|(t, _)| t.elapsed() >= every);
         let detail = if with_memory {
             MemoryDetail::SmapsRollup
         } else {

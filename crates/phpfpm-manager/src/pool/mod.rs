@@ -72,10 +72,33 @@ impl Board {
         pools.keys().filter(|n| *n != name).cloned().collect()
     }
 
-    fn set(&self, name: &PoolName, input: PoolPlanInput) -> Vec<PoolPlanInput> {
+    fn set(&self, name: &PoolName, input: PoolPlanInput) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.insert(name.clone(), input);
-        pools.values().cloned().collect()
+    }
+
+    /// Puts the pool's entry on the board and plans its cap over every
+    /// entry, under one lock: two pools planning at the same moment never
+    /// both grow into the same free memory, because a growth `plan`
+    /// decides to make (its last answer) is reserved before the lock is let
+    /// go. `plan` gets the entries and the pool's index among them.
+    fn plan(
+        &self,
+        name: &PoolName,
+        input: PoolPlanInput,
+        plan: impl FnOnce(&[PoolPlanInput], usize) -> (Option<u32>, CapStep, PlanMemory, bool),
+    ) -> (Option<u32>, CapStep, PlanMemory) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.insert(name.clone(), input);
+        let all: Vec<PoolPlanInput> = pools.values().cloned().collect();
+        let me = pools.keys().position(|n| n == name).unwrap_or(0);
+        let (share, step, memory, reserve) = plan(&all, me);
+        if let (CapStep::Change { to, .. }, true) = (&step, reserve) {
+            if let Some(p) = pools.get_mut(name) {
+                p.applied_cap = p.applied_cap.max(*to);
+            }
+        }
+        (share, step, memory)
     }
 
     /// Forgets a removed pool: its memory is free for the others.
@@ -801,15 +824,21 @@ impl PoolActor {
         let mut change_to = None;
         let mut renew = false;
         if self.pool.spec.is_some() || !fixed {
-            let all = self.board.set(&self.pool.name, input);
             if let (Some(budget), false) = (budget, fixed) {
-                let me = all
-                    .iter()
-                    .position(|p| p.name == self.pool.name.as_str())
-                    .unwrap_or(0);
-                self.planned_cap = plan::shares(budget, &all).get(me).map(|s| s.0);
-                let (step, memory) =
-                    plan::next_cap(now_ms, budget, &all, me, pressure, self.damping, self.plan);
+                let (damping, memory) = (self.damping, self.plan);
+                let refused = self.refused;
+                let (share, step, memory) = self.board.plan(&self.pool.name, input, |all, me| {
+                    let share = plan::shares(budget, all).get(me).map(|s| s.0);
+                    let (step, memory) =
+                        plan::next_cap(now_ms, budget, all, me, pressure, damping, memory);
+                    // A change backing off after a refusal reserves nothing.
+                    let backing_off = matches!(step, CapStep::Change { to, .. }
+                    if refused.is_some_and(|(target, until, _)| {
+                        target == to && tokio::time::Instant::now() < until
+                    }));
+                    (share, step, memory, !backing_off)
+                });
+                self.planned_cap = share;
                 match step {
                     CapStep::Hold(r) => {
                         self.plan = memory;
@@ -836,8 +865,11 @@ impl PoolActor {
                         }
                     }
                 }
-            } else if budget.is_none() && !fixed {
-                rule = "no_budget";
+            } else {
+                self.board.set(&self.pool.name, input);
+                if budget.is_none() && !fixed {
+                    rule = "no_budget";
+                }
             }
         }
         let view = self.view(self.planned_cap, rule).with_decision(&decision);

@@ -112,7 +112,21 @@ impl Model {
         }
         self.prev_ms = Some(now_ms);
         let workers = &look.kernel.per_worker;
-        let pss: Vec<u64> = workers.iter().filter_map(|w| w.pss_bytes).collect();
+        // A worker that has not served a request yet has not built the
+        // memory a request leaves behind (a fresh ondemand worker is a few
+        // MiB against tens once it has served one): sizing the budget by it
+        // would plan several times too many workers.
+        let served: std::collections::HashSet<u32> = status
+            .processes
+            .iter()
+            .filter(|p| p.requests > 0)
+            .map(|p| p.pid)
+            .collect();
+        let pss: Vec<u64> = workers
+            .iter()
+            .filter(|w| status.processes.is_empty() || served.contains(&w.pid))
+            .filter_map(|w| w.pss_bytes)
+            .collect();
         let cpu: Option<f64> = {
             let known: Vec<f64> = workers.iter().filter_map(|w| w.cpu_percent).collect();
             (!known.is_empty()).then(|| known.iter().sum::<f64>() / 100.0)
