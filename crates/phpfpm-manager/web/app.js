@@ -41,10 +41,38 @@
     }
   }
 
+  /**
+   * The API key of this tab: in sessionStorage only (never localStorage, a
+   * cookie or an address), so it is gone when the tab closes. A browser
+   * that refuses storage keeps it in this page's memory instead.
+   */
+  let keyInMemory = null;
+
+  function readKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORE);
+    } catch (e) {
+      return keyInMemory;
+    }
+  }
+
+  function storeKey(key) {
+    keyInMemory = null;
+    try {
+      if (key) {
+        sessionStorage.setItem(KEY_STORE, key);
+      } else {
+        sessionStorage.removeItem(KEY_STORE);
+      }
+    } catch (e) {
+      keyInMemory = key || null;
+    }
+  }
+
   /** GET `path` from the manager's API as JSON. The only place that fetches. */
   async function api(path) {
     const headers = { Accept: "application/json" };
-    const key = sessionStorage.getItem(KEY_STORE);
+    const key = readKey();
     if (key) {
       headers.Authorization = "Bearer " + key;
     }
@@ -55,7 +83,15 @@
       redirect: "error",
     });
     if (res.status === 401) {
-      askForKey(key ? "The manager refused this key." : "The manager asks for an API key.");
+      // Only the answer to the key in use now counts: a request sent before
+      // a new key was entered must not ask again. A refused key is dropped,
+      // so the same wrong key is not sent again.
+      if (readKey() === key) {
+        if (key) {
+          storeKey(null);
+        }
+        askForKey(!!key);
+      }
       throw new AuthNeeded("an API key is needed");
     }
     let body = null;
@@ -419,12 +455,13 @@
     // The queried window in seconds: a chart of the last hour spans the
     // hour even while the history holds only a few minutes.
     let bounds = null;
-    const axisColor = cssVar("--muted");
-    const grid = { stroke: cssVar("--grid"), width: 1 };
     const build = () => {
       if (!data || typeof uPlot === "undefined") {
         return;
       }
+      // Colours are read at each build: a change of theme rebuilds.
+      const axisColor = cssVar("--muted");
+      const grid = { stroke: cssVar("--grid"), width: 1 };
       // Sparklines have a fixed size: sized to their cell, they would
       // widen the cell they are sized to.
       const width = opts.spark ? 160 : Math.max(120, Math.floor(host.clientWidth || 300));
@@ -472,6 +509,8 @@
       }
     });
     observer.observe(host);
+    const scheme = window.matchMedia("(prefers-color-scheme: dark)");
+    scheme.addEventListener("change", build);
     return {
       setData(cols, window) {
         data = cols;
@@ -490,6 +529,7 @@
       },
       destroy() {
         observer.disconnect();
+        scheme.removeEventListener("change", build);
         if (plot) {
           plot.destroy();
         }
@@ -1205,9 +1245,9 @@
               "tr",
               { "data-type": e.type },
               h("td", { "data-label": "Time" }, when(e.ts_ms)),
-              h("td", { "data-label": "Pool" }, e.pool ? h("a", { href: poolHref(e.pool) }, e.pool) : "–"),
-              h("td", { "data-label": "Kind" }, e.type),
-              h("td", { "data-label": "Severity", class: "sev-" + e.severity }, e.severity),
+              h("td", { "data-label": "Pool", "data-field": "pool" }, e.pool ? h("a", { href: poolHref(e.pool) }, e.pool) : "–"),
+              h("td", { "data-label": "Kind", "data-field": "kind" }, e.type),
+              h("td", { "data-label": "Severity", "data-field": "severity", class: "sev-" + e.severity }, e.severity),
               h("td", { "data-label": "Actor" }, e.actor || "–"),
               h("td", { "data-label": "Message", class: "msg", "data-field": "message" }, e.message),
               h("td", { "data-label": "Details", class: "msg" }, detailsText(e.details))
@@ -1233,6 +1273,7 @@
 
   function report(err) {
     if (err instanceof AuthNeeded) {
+      live.classList.remove("error");
       live.textContent = "Waiting for an API key.";
       return;
     }
@@ -1256,7 +1297,14 @@
       live.classList.remove("error");
       live.textContent = "Updated " + clock(Date.now()) + " · every " + num(next / 1000, 1) + " s";
       live.dataset.updated = String(Date.now());
+      // How many refreshes have completed and how often they come: the
+      // page's own account of its polling, for whoever checks it follows.
+      live.dataset.polls = String(Number(live.dataset.polls || 0) + 1);
+      live.dataset.every = String(next);
     } catch (err) {
+      if (gen !== generation) {
+        return;
+      }
       report(err);
       if (err instanceof AuthNeeded) {
         return;
@@ -1314,14 +1362,31 @@
 
   const dialog = document.getElementById("key-dialog");
   const input = document.getElementById("key-input");
+  const keyWhy = document.getElementById("key-why");
+  const keyError = document.getElementById("key-error");
 
-  function askForKey(why) {
-    paused = true;
-    document.getElementById("key-why").textContent = why + " It is kept in this tab's session storage only.";
+  function openKeyDialog(why, refused) {
+    keyWhy.textContent = why;
+    if (refused) {
+      keyError.textContent = "The manager refused this key. Check it and enter it again.";
+      keyError.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+    } else {
+      keyError.textContent = "";
+      keyError.hidden = true;
+      input.removeAttribute("aria-invalid");
+    }
+    input.value = "";
     if (!dialog.open) {
-      input.value = "";
       dialog.showModal();
     }
+    input.focus();
+  }
+
+  /** The manager answered 401: stop polling and ask for a key. */
+  function askForKey(refused) {
+    paused = true;
+    openKeyDialog("The manager asks for an API key to show its figures.", refused);
   }
 
   function resume() {
@@ -1329,31 +1394,35 @@
     show();
   }
 
-  document.getElementById("key-form").addEventListener("submit", () => {
+  // No form submission (the policy allows none): the key is taken here.
+  document.getElementById("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
     const key = input.value.trim();
-    if (key) {
-      sessionStorage.setItem(KEY_STORE, key);
-    }
     input.value = "";
+    if (!key) {
+      return;
+    }
+    storeKey(key);
+    dialog.close();
     resume();
   });
   document.getElementById("key-forget").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORE);
+    storeKey(null);
+    input.value = "";
     dialog.close();
     resume();
   });
   document.getElementById("key-cancel").addEventListener("click", () => {
+    input.value = "";
     dialog.close();
+  });
+  dialog.addEventListener("close", () => {
     if (paused) {
-      live.textContent = "Waiting for an API key.";
+      live.textContent = "Waiting for an API key (the API key button asks again).";
     }
   });
   document.getElementById("key-button").addEventListener("click", () => {
-    document.getElementById("key-why").textContent = "Set the API key the manager asks for. It is kept in this tab's session storage only.";
-    input.value = "";
-    if (!dialog.open) {
-      dialog.showModal();
-    }
+    openKeyDialog("Set the API key the manager asks for.", false);
   });
 
   window.addEventListener("hashchange", show);
