@@ -296,6 +296,39 @@
   }
 
   /**
+   * The autoscaler's rules (the `rule` of /scale and of a decision) in
+   * words. A rule not listed here is shown by its name.
+   */
+  const RULE_WORDS = {
+    observed: "the pool is observed, not run by the manager",
+    unknown_pool: "the pool is not yet among those sharing the budget",
+    not_autoscaled: "autoscaling is off for this pool",
+    fixed: "the pool's size is fixed",
+    pinned: "an operator pinned the size",
+    paused: "an operator paused autoscaling",
+    hold: "nothing calls for a change",
+    no_budget: "no memory budget is known, so the size is left alone",
+    refused_backing_off: "the last change was refused, so the same change waits before it is tried again",
+    over_budget: "the pool's workers no longer fit in its share of the memory budget",
+    waiting_for_memory: "it needs more workers, but other pools hold the memory",
+    cooldown: "a change was made a short while ago",
+    pressing_cap: "connections wait or every worker is busy, so the cap grows to the pool's share",
+    share_grew: "its share of the memory budget grew",
+    within_band: "the difference is too small to be worth a new master",
+    needed_elsewhere: "another pool needs the memory this one holds beyond its share",
+    share_shrank: "its share of the memory budget has been smaller for a while",
+    stabilising: "its share is smaller, and it waits to see that this lasts",
+    at_share: "the cap is the pool's share of the memory budget",
+    trim_idle: "a new master sheds the idle workers kept well beyond the need",
+  };
+
+  function ruleText(rule, reason) {
+    const words = RULE_WORDS[rule];
+    const why = words ? "Why: " + words + " (rule " + rule + ")" : "Rule: " + rule;
+    return why + (reason && reason !== rule ? "; the model says: " + reason : "") + ".";
+  }
+
+  /**
    * The autoscaler's view of a pool in sentences a person reads: what the
    * traffic needs, what memory and CPU allow, and the rule that decided.
    * Takes /api/v1/pools/{pool}/scale or a scale_decision event's details.
@@ -367,7 +400,7 @@
       out.push(t + ".");
     }
     if (s.rule) {
-      out.push("Rule: " + s.rule + (s.reason ? ": " + s.reason : "") + ".");
+      out.push(ruleText(s.rule, s.reason));
     }
     const err = s.last_error !== undefined ? s.last_error : s.error;
     if (err) {
@@ -962,8 +995,9 @@
       )
     );
 
-    function fact(label, value, field) {
-      return h("div", null, h("dt", null, label), h("dd", { "data-field": field }, value));
+    /** One figure; `wide` ones (long text) take a whole row of the grid. */
+    function fact(label, value, field, wide) {
+      return h("div", { class: wide ? "wide" : null }, h("dt", null, label), h("dd", { "data-field": field }, value));
     }
 
     function renderFacts(p, s, extra) {
@@ -975,7 +1009,7 @@
       fill(
         facts,
         fact("State", h("span", { class: "state-" + st, "data-state": st }, st), "state"),
-        stateWhy(p) ? fact("Why", stateWhy(p), "why") : null,
+        stateWhy(p) ? fact("Why", stateWhy(p), "why", true) : null,
         fact("Busy / idle / total", w ? w.active + " / " + w.idle + " / " + w.total : "–", "workers"),
         fact("Accept queue", queueText(p) + (k.accept_queue_limit ? " of " + k.accept_queue_limit : ""), "queue"),
         fact("Process manager", p.pm ? p.pm.pm + ", max_children " + p.pm.max_children : p.process_manager || "–", "pm"),
@@ -985,7 +1019,7 @@
         fact("Request time", rt ? "p50 " + num(rt.p50_ms) + " ms · p95 " + num(rt.p95_ms) + " ms" : "–", "request-time"),
         fact("OPcache", oc.text, "opcache"),
         fact("Recommended / applied", (s && s.recommended_workers !== null ? s.recommended_workers : "–") + " / " + (s && s.applied_workers !== null ? s.applied_workers : p.pm ? p.pm.max_children : "–"), "size"),
-        p.master && p.master.last_apply_error ? fact("Last change refused", p.master.last_apply_error, "apply-error") : null
+        p.master && p.master.last_apply_error ? fact("Last change refused", p.master.last_apply_error, "apply-error", true) : null
       );
       fill(reasoning, explain(s).map((t) => h("p", null, t)));
     }
@@ -1043,8 +1077,8 @@
             "tr",
             null,
             h("td", { "data-label": "Time" }, when(e.ts_ms)),
-            h("td", { "data-label": "Decision", class: "msg" }, e.message),
-            h("td", { "data-label": "The figures behind it", class: "msg" }, explain(e.details).join(" "))
+            h("td", { "data-label": "Decision", class: "msg", "data-field": "decision" }, e.message),
+            h("td", { "data-label": "The figures behind it", class: "msg", "data-field": "figures" }, explain(e.details).join(" "))
           )
         )
       );

@@ -771,12 +771,43 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
                 want.push(format!("cap of {n} workers"));
             }
             if let Some(r) = s["rule"].as_str().filter(|r| !r.is_empty()) {
-                want.push(format!("Rule: {r}"));
+                want.push(format!("(rule {r})"));
             }
             (want.len() >= 2 && want.iter().all(|w| text.contains(w.as_str()))).then(|| format!("{text}\n(from {s})"))
         })
         .await;
         eprintln!("shop's reasoning: {why}");
+
+        // The dark theme follows the system's (emulated here): a dark
+        // background with readable text, and back.
+        for (scheme, dark) in [("dark", true), ("light", false)] {
+            cdp(c, "Emulation.setEmulatedMedia", json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] })).await;
+            let colours = wait_for(&format!("the {scheme} theme"), Duration::from_secs(30), move || async move {
+                let v = js(c, COLOURS).await;
+                (v["dark"] == dark).then_some(v)
+            })
+            .await;
+            let l = colours["background_luminance"].as_f64().unwrap();
+            assert!(if dark { l < 0.05 } else { l > 0.9 }, "{scheme} theme: {colours}");
+            for k in ["text", "muted", "link"] {
+                let r = colours[k].as_f64().unwrap();
+                assert!(r >= 4.5, "{scheme} theme: {k} contrast {r:.2} below 4.5: {colours}");
+            }
+            eprintln!("{scheme} theme: {colours}");
+            if dark {
+                c.goto(&format!("{base}/#/pools/api")).await.unwrap();
+                wait_for("api's charts in the dark", Duration::from_secs(60), move || async move {
+                    let v = js(c, "return document.querySelectorAll('[data-chart] canvas').length;").await;
+                    (v == 5).then_some(())
+                })
+                .await;
+                c.set_window_size(1280, 1500).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                save_screenshot(&c.screenshot().await.unwrap(), "pool-dark.png");
+                c.set_window_size(1280, 900).await.unwrap();
+            }
+        }
+        cdp(c, "Emulation.setEmulatedMedia", json!({ "features": [] })).await;
 
         // An event message with markup: a pool directory php-fpm refuses.
         std::fs::write(d.dir.join("config.yaml"), config(&d.dir, 3, MARKUP_DIR)).unwrap();
@@ -836,36 +867,6 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
         .await;
         eprintln!("unfiltered timeline: pools {all:?}");
 
-        // The dark theme follows the system's (emulated here): a dark
-        // background with readable text, and back.
-        for (scheme, dark) in [("dark", true), ("light", false)] {
-            cdp(c, "Emulation.setEmulatedMedia", json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] })).await;
-            let colours = wait_for(&format!("the {scheme} theme"), Duration::from_secs(30), move || async move {
-                let v = js(c, COLOURS).await;
-                (v["dark"] == dark).then_some(v)
-            })
-            .await;
-            let l = colours["background_luminance"].as_f64().unwrap();
-            assert!(if dark { l < 0.05 } else { l > 0.9 }, "{scheme} theme: {colours}");
-            for k in ["text", "muted", "link"] {
-                let r = colours[k].as_f64().unwrap();
-                assert!(r >= 4.5, "{scheme} theme: {k} contrast {r:.2} below 4.5: {colours}");
-            }
-            eprintln!("{scheme} theme: {colours}");
-            if dark {
-                c.goto(&format!("{base}/#/pools/api")).await.unwrap();
-                wait_for("api's charts in the dark", Duration::from_secs(60), move || async move {
-                    let v = js(c, "return document.querySelectorAll('[data-chart] canvas').length;").await;
-                    (v == 5).then_some(())
-                })
-                .await;
-                c.set_window_size(1280, 1500).await.unwrap();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                save_screenshot(&c.screenshot().await.unwrap(), "pool-dark.png");
-                c.set_window_size(1280, 900).await.unwrap();
-            }
-        }
-        cdp(c, "Emulation.setEmulatedMedia", json!({ "features": [] })).await;
 
         // A crafted address: a pool name made of markup is shown as text, and
         // so is the API's answer that there is no such pool.

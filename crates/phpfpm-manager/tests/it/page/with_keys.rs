@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{
-    browser, config, console_errors, js, overview_agrees, requests, wait_for, ENTER, READ_OVERVIEW,
+    browser, config, console_errors, js, overview_agrees, requests, save_screenshot, wait_for,
+    ENTER, READ_OVERVIEW,
 };
 use crate::auth::key_new;
 use crate::supervisor::pools_up;
@@ -68,9 +69,14 @@ fn with_keys_the_page_asks_for_one_keeps_it_in_the_tab_and_reads_everything_with
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hold.php"), HOLD_PHP).unwrap();
+    // shop autoscaled, so that it has decisions to explain.
+    let pools = config(&dir, 2, &www.display().to_string()).replace(
+        "- name: shop\n    pm: static\n    max_workers: 2\n",
+        "- name: shop\n    max_workers: 4\n    scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 4\n",
+    );
+    assert!(pools.contains("scaling:"), "{pools}");
     let cfg = format!(
-        "{}server:\n  auth:\n    enabled: true\n    keys:\n{}",
-        config(&dir, 2, &www.display().to_string()),
+        "{pools}server:\n  auth:\n    enabled: true\n    keys:\n{}",
         reader.entry
     );
     let d = TestDaemon::start_in(dir, Some(&cfg), &[]);
@@ -130,6 +136,7 @@ fn with_keys_the_page_asks_for_one_keeps_it_in_the_tab_and_reads_everything_with
         })
         .await;
         eprintln!("wrong key: {refused}");
+        save_screenshot(&c.screenshot().await.unwrap(), "key.png");
         assert_eq!(refused["error_role"], "alert", "{refused}");
         assert_eq!(refused["invalid"], "true", "{refused}");
         assert!(refused["input_description"].as_str().is_some_and(|t| t.contains("refused")), "{refused}");
@@ -164,7 +171,9 @@ fn with_keys_the_page_asks_for_one_keeps_it_in_the_tab_and_reads_everything_with
         let charts = wait_for("shop's page with the key", Duration::from_secs(60), move || async move {
             let v = js(
                 c,
-                "const o = { workers: document.querySelectorAll('#workers tbody tr[data-pid]').length,
+                // (shop runs ondemand: without traffic its table may say it
+                // has no worker, a row all the same)
+                "const o = { workers: document.querySelectorAll('#workers tbody tr').length,
                              reasoning: document.getElementById('reasoning').textContent, charts: {} };
                  for (const el of document.querySelectorAll('[data-chart]')) o.charts[el.dataset.chart] = Number(el.dataset.points || 0);
                  return o;",
@@ -175,6 +184,34 @@ fn with_keys_the_page_asks_for_one_keeps_it_in_the_tab_and_reads_everything_with
         })
         .await;
         eprintln!("shop with the key: {charts}");
+        // Its decisions, each with the figures behind it in words: the
+        // newest as the API records it.
+        let decision = wait_for("shop's decisions with their figures", Duration::from_secs(60), move || async move {
+            let events = api_with(d, secret, "/api/v1/events?pool=shop&type=scale_decision&from=now-1h&limit=50");
+            let newest = events["events"].as_array()?.iter().max_by_key(|e| e["ts_ms"].as_u64())?.clone();
+            let rows = js(
+                c,
+                "return Array.from(document.querySelectorAll('#decisions tbody tr')).map(tr => {
+                   const f = (k) => { const e = tr.querySelector('[data-field=' + k + ']'); return e ? e.textContent : null; };
+                   return { decision: f('decision'), figures: f('figures') }; });",
+            )
+            .await;
+            let first = rows.as_array()?.first()?.clone();
+            let details = &newest["details"];
+            let figures = first["figures"].as_str()?;
+            let mut want = vec![format!("(rule {})", details["rule"].as_str()?)];
+            if let Some(n) = details["recommended_workers"].as_u64() {
+                let sized = !details["long_rate_per_s"].is_null() && !details["mean_service_s"].is_null();
+                want.push(if sized { format!("Needs {n} workers for ") } else { format!("Recommends {n} workers") });
+            }
+            if let Some(n) = details["memory_ceiling"].as_u64() {
+                want.push(format!(" allows {n} workers"));
+            }
+            (first["decision"] == newest["message"] && want.iter().all(|w| figures.contains(w.as_str())))
+                .then(|| format!("{first}\n(from {details})"))
+        })
+        .await;
+        eprintln!("shop's newest decision: {decision}");
         c.goto(&format!("{base}/#/events?range=hour")).await.unwrap();
         wait_for("the events with the key", Duration::from_secs(60), move || async move {
             let n = js(c, "return document.querySelectorAll('#events tbody tr[data-type]').length;").await;
