@@ -1436,6 +1436,15 @@
     if (!key) {
       return;
     }
+    // A header carries printable ASCII only; anything else cannot be a key
+    // (and fetch would refuse to send it).
+    if (!/^[\x21-\x7e]+$/.test(key)) {
+      keyError.textContent = "A key is letters, digits and punctuation, with no space: check what was pasted.";
+      keyError.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return;
+    }
     storeKey(key);
     dialog.close();
     resume();

@@ -764,7 +764,7 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
                 want.push(if sized { format!("Needs {n} workers for ") } else { format!("Recommends {n} workers") });
             }
             if let (Some(_), Some(n)) = (s["memory_budget_bytes"].as_u64(), s["memory_ceiling_workers"].as_u64()) {
-                want.push(format!("The memory budget of "));
+                want.push("The memory budget of ".to_owned());
                 want.push(format!(" allows {n} workers"));
             }
             if let Some(n) = s["applied_workers"].as_u64() {

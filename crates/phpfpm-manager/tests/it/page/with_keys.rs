@@ -125,6 +125,16 @@ fn with_keys_the_page_asks_for_one_keeps_it_in_the_tab_and_reads_everything_with
         assert_eq!(asked["shop_shown"], false, "pool data before a key: {asked}");
         assert_eq!(asked["session_keys"], json!([]), "{asked}");
 
+        // Something that cannot be a key (a space inside): said at once,
+        // nothing sent.
+        c.active_element().await.unwrap().send_keys(&format!("pfm_half a key{ENTER}")).await.unwrap();
+        let malformed = wait_for("the refusal of a key with a space", Duration::from_secs(30), move || async move {
+            let v = js(c, READ_STATE).await;
+            (v["open"] == true && v["error"].as_str().is_some_and(|t| t.contains("no space"))).then_some(v)
+        })
+        .await;
+        assert_eq!(malformed["session_keys"], json!([]), "{malformed}");
+
         // A wrong key, typed and entered from the keyboard: refused, said
         // so in an alert, not kept, asked for again.
         let wrong = "pfm_this-key-is-not-configured-here";
@@ -262,6 +272,7 @@ fn with_keys_the_page_asks_for_one_keeps_it_in_the_tab_and_reads_everything_with
             }
             assert!(url.starts_with(&format!("{base}/")), "a request beyond the manager: {url}");
             assert!(!url.contains(secret) && !url.contains(wrong), "a key in an address: {url}");
+            assert!(auth.as_deref().is_none_or(|a| !a.contains("half")), "{url} sent a malformed key");
             if !url.starts_with(&format!("{base}/api/")) {
                 assert_eq!(auth, &None, "{url} sent a key");
                 continue;
