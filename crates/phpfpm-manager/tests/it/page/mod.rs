@@ -232,32 +232,55 @@ async fn console_errors(c: &Client) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Every request the browser sent since the performance log was last read:
-/// (URL, its `Authorization` header, the URL of the document that sent it).
-async fn requests(c: &Client) -> Vec<(String, Option<String>, String)> {
-    let mut out = Vec::new();
+/// A request the browser sent, from DevTools' network events.
+#[derive(Debug)]
+struct Sent {
+    url: String,
+    /// Its `Authorization` header.
+    authorization: Option<String>,
+    /// The URL of the document that sent it.
+    document: String,
+    /// The answer's status; None while no answer came.
+    status: Option<u64>,
+}
+
+/// Every request the browser sent since the performance log was last read.
+async fn requests(c: &Client) -> Vec<Sent> {
+    let mut out: Vec<(String, Sent)> = Vec::new();
     for entry in log(c, "performance").await {
         let Some(text) = entry["message"].as_str() else {
             continue;
         };
         let m: Value = serde_json::from_str(text).unwrap_or_default();
-        if m["message"]["method"] != "Network.requestWillBeSent" {
-            continue;
-        }
         let p = &m["message"]["params"];
-        let headers = p["request"]["headers"].as_object();
-        let authorization = headers.and_then(|h| {
-            h.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-                .and_then(|(_, v)| v.as_str().map(str::to_owned))
-        });
-        out.push((
-            p["request"]["url"].as_str().unwrap_or("").to_owned(),
-            authorization,
-            p["documentURL"].as_str().unwrap_or("").to_owned(),
-        ));
+        let id = p["requestId"].as_str().unwrap_or("").to_owned();
+        match m["message"]["method"].as_str() {
+            Some("Network.requestWillBeSent") => {
+                let headers = p["request"]["headers"].as_object();
+                let authorization = headers.and_then(|h| {
+                    h.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                });
+                out.push((
+                    id,
+                    Sent {
+                        url: p["request"]["url"].as_str().unwrap_or("").to_owned(),
+                        authorization,
+                        document: p["documentURL"].as_str().unwrap_or("").to_owned(),
+                        status: None,
+                    },
+                ));
+            }
+            Some("Network.responseReceived") => {
+                if let Some((_, s)) = out.iter_mut().rev().find(|(i, _)| *i == id) {
+                    s.status = p["response"]["status"].as_u64();
+                }
+            }
+            _ => {}
+        }
     }
-    out
+    out.into_iter().map(|(_, s)| s).collect()
 }
 
 async fn log(c: &Client, kind: &'static str) -> Vec<Value> {
