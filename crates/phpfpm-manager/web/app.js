@@ -41,10 +41,38 @@
     }
   }
 
+  /**
+   * The API key of this tab: in sessionStorage only (never localStorage, a
+   * cookie or an address), so it is gone when the tab closes. A browser
+   * that refuses storage keeps it in this page's memory instead.
+   */
+  let keyInMemory = null;
+
+  function readKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORE);
+    } catch (e) {
+      return keyInMemory;
+    }
+  }
+
+  function storeKey(key) {
+    keyInMemory = null;
+    try {
+      if (key) {
+        sessionStorage.setItem(KEY_STORE, key);
+      } else {
+        sessionStorage.removeItem(KEY_STORE);
+      }
+    } catch (e) {
+      keyInMemory = key || null;
+    }
+  }
+
   /** GET `path` from the manager's API as JSON. The only place that fetches. */
   async function api(path) {
     const headers = { Accept: "application/json" };
-    const key = sessionStorage.getItem(KEY_STORE);
+    const key = readKey();
     if (key) {
       headers.Authorization = "Bearer " + key;
     }
@@ -55,7 +83,15 @@
       redirect: "error",
     });
     if (res.status === 401) {
-      askForKey(key ? "The manager refused this key." : "The manager asks for an API key.");
+      // Only the answer to the key in use now counts: a request sent before
+      // a new key was entered must not ask again. A refused key is dropped,
+      // so the same wrong key is not sent again.
+      if (readKey() === key) {
+        if (key) {
+          storeKey(null);
+        }
+        askForKey(!!key);
+      }
       throw new AuthNeeded("an API key is needed");
     }
     let body = null;
@@ -260,6 +296,39 @@
   }
 
   /**
+   * The autoscaler's rules (the `rule` of /scale and of a decision) in
+   * words. A rule not listed here is shown by its name.
+   */
+  const RULE_WORDS = {
+    observed: "the pool is observed, not run by the manager",
+    unknown_pool: "the pool is not yet among those sharing the budget",
+    not_autoscaled: "autoscaling is off for this pool",
+    fixed: "the pool's size is fixed",
+    pinned: "an operator pinned the size",
+    paused: "an operator paused autoscaling",
+    hold: "nothing calls for a change",
+    no_budget: "no memory budget is known, so the size is left alone",
+    refused_backing_off: "the last change was refused, so the same change waits before it is tried again",
+    over_budget: "the pool's workers no longer fit in its share of the memory budget",
+    waiting_for_memory: "it needs more workers, but other pools hold the memory",
+    cooldown: "a change was made a short while ago",
+    pressing_cap: "connections wait or every worker is busy, so the cap grows to the pool's share",
+    share_grew: "its share of the memory budget grew",
+    within_band: "the difference is too small to be worth a new master",
+    needed_elsewhere: "another pool needs the memory this one holds beyond its share",
+    share_shrank: "its share of the memory budget has been smaller for a while",
+    stabilising: "its share is smaller, and it waits to see that this lasts",
+    at_share: "the cap is the pool's share of the memory budget",
+    trim_idle: "a new master sheds the idle workers kept well beyond the need",
+  };
+
+  function ruleText(rule, reason) {
+    const words = RULE_WORDS[rule];
+    const why = words ? "Why: " + words + " (rule " + rule + ")" : "Rule: " + rule;
+    return why + (reason && reason !== rule ? "; the model says: " + reason : "") + ".";
+  }
+
+  /**
    * The autoscaler's view of a pool in sentences a person reads: what the
    * traffic needs, what memory and CPU allow, and the rule that decided.
    * Takes /api/v1/pools/{pool}/scale or a scale_decision event's details.
@@ -331,7 +400,7 @@
       out.push(t + ".");
     }
     if (s.rule) {
-      out.push("Rule: " + s.rule + (s.reason ? ": " + s.reason : "") + ".");
+      out.push(ruleText(s.rule, s.reason));
     }
     const err = s.last_error !== undefined ? s.last_error : s.error;
     if (err) {
@@ -419,12 +488,13 @@
     // The queried window in seconds: a chart of the last hour spans the
     // hour even while the history holds only a few minutes.
     let bounds = null;
-    const axisColor = cssVar("--muted");
-    const grid = { stroke: cssVar("--grid"), width: 1 };
     const build = () => {
       if (!data || typeof uPlot === "undefined") {
         return;
       }
+      // Colours are read at each build: a change of theme rebuilds.
+      const axisColor = cssVar("--muted");
+      const grid = { stroke: cssVar("--grid"), width: 1 };
       // Sparklines have a fixed size: sized to their cell, they would
       // widen the cell they are sized to.
       const width = opts.spark ? 160 : Math.max(120, Math.floor(host.clientWidth || 300));
@@ -472,6 +542,8 @@
       }
     });
     observer.observe(host);
+    const scheme = window.matchMedia("(prefers-color-scheme: dark)");
+    scheme.addEventListener("change", build);
     return {
       setData(cols, window) {
         data = cols;
@@ -490,6 +562,7 @@
       },
       destroy() {
         observer.disconnect();
+        scheme.removeEventListener("change", build);
         if (plot) {
           plot.destroy();
         }
@@ -922,8 +995,9 @@
       )
     );
 
-    function fact(label, value, field) {
-      return h("div", null, h("dt", null, label), h("dd", { "data-field": field }, value));
+    /** One figure; `wide` ones (long text) take a whole row of the grid. */
+    function fact(label, value, field, wide) {
+      return h("div", { class: wide ? "wide" : null }, h("dt", null, label), h("dd", { "data-field": field }, value));
     }
 
     function renderFacts(p, s, extra) {
@@ -935,7 +1009,7 @@
       fill(
         facts,
         fact("State", h("span", { class: "state-" + st, "data-state": st }, st), "state"),
-        stateWhy(p) ? fact("Why", stateWhy(p), "why") : null,
+        stateWhy(p) ? fact("Why", stateWhy(p), "why", true) : null,
         fact("Busy / idle / total", w ? w.active + " / " + w.idle + " / " + w.total : "–", "workers"),
         fact("Accept queue", queueText(p) + (k.accept_queue_limit ? " of " + k.accept_queue_limit : ""), "queue"),
         fact("Process manager", p.pm ? p.pm.pm + ", max_children " + p.pm.max_children : p.process_manager || "–", "pm"),
@@ -945,7 +1019,7 @@
         fact("Request time", rt ? "p50 " + num(rt.p50_ms) + " ms · p95 " + num(rt.p95_ms) + " ms" : "–", "request-time"),
         fact("OPcache", oc.text, "opcache"),
         fact("Recommended / applied", (s && s.recommended_workers !== null ? s.recommended_workers : "–") + " / " + (s && s.applied_workers !== null ? s.applied_workers : p.pm ? p.pm.max_children : "–"), "size"),
-        p.master && p.master.last_apply_error ? fact("Last change refused", p.master.last_apply_error, "apply-error") : null
+        p.master && p.master.last_apply_error ? fact("Last change refused", p.master.last_apply_error, "apply-error", true) : null
       );
       fill(reasoning, explain(s).map((t) => h("p", null, t)));
     }
@@ -1003,8 +1077,8 @@
             "tr",
             null,
             h("td", { "data-label": "Time" }, when(e.ts_ms)),
-            h("td", { "data-label": "Decision", class: "msg" }, e.message),
-            h("td", { "data-label": "The figures behind it", class: "msg" }, explain(e.details).join(" "))
+            h("td", { "data-label": "Decision", class: "msg", "data-field": "decision" }, e.message),
+            h("td", { "data-label": "The figures behind it", class: "msg", "data-field": "figures" }, explain(e.details).join(" "))
           )
         )
       );
@@ -1205,9 +1279,9 @@
               "tr",
               { "data-type": e.type },
               h("td", { "data-label": "Time" }, when(e.ts_ms)),
-              h("td", { "data-label": "Pool" }, e.pool ? h("a", { href: poolHref(e.pool) }, e.pool) : "–"),
-              h("td", { "data-label": "Kind" }, e.type),
-              h("td", { "data-label": "Severity", class: "sev-" + e.severity }, e.severity),
+              h("td", { "data-label": "Pool", "data-field": "pool" }, e.pool ? h("a", { href: poolHref(e.pool) }, e.pool) : "–"),
+              h("td", { "data-label": "Kind", "data-field": "kind" }, e.type),
+              h("td", { "data-label": "Severity", "data-field": "severity", class: "sev-" + e.severity }, e.severity),
               h("td", { "data-label": "Actor" }, e.actor || "–"),
               h("td", { "data-label": "Message", class: "msg", "data-field": "message" }, e.message),
               h("td", { "data-label": "Details", class: "msg" }, detailsText(e.details))
@@ -1233,6 +1307,7 @@
 
   function report(err) {
     if (err instanceof AuthNeeded) {
+      live.classList.remove("error");
       live.textContent = "Waiting for an API key.";
       return;
     }
@@ -1256,7 +1331,14 @@
       live.classList.remove("error");
       live.textContent = "Updated " + clock(Date.now()) + " · every " + num(next / 1000, 1) + " s";
       live.dataset.updated = String(Date.now());
+      // How many refreshes have completed and how often they come: the
+      // page's own account of its polling, for whoever checks it follows.
+      live.dataset.polls = String(Number(live.dataset.polls || 0) + 1);
+      live.dataset.every = String(next);
     } catch (err) {
+      if (gen !== generation) {
+        return;
+      }
       report(err);
       if (err instanceof AuthNeeded) {
         return;
@@ -1314,14 +1396,31 @@
 
   const dialog = document.getElementById("key-dialog");
   const input = document.getElementById("key-input");
+  const keyWhy = document.getElementById("key-why");
+  const keyError = document.getElementById("key-error");
 
-  function askForKey(why) {
-    paused = true;
-    document.getElementById("key-why").textContent = why + " It is kept in this tab's session storage only.";
+  function openKeyDialog(why, refused) {
+    keyWhy.textContent = why;
+    if (refused) {
+      keyError.textContent = "The manager refused this key. Check it and enter it again.";
+      keyError.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+    } else {
+      keyError.textContent = "";
+      keyError.hidden = true;
+      input.removeAttribute("aria-invalid");
+    }
+    input.value = "";
     if (!dialog.open) {
-      input.value = "";
       dialog.showModal();
     }
+    input.focus();
+  }
+
+  /** The manager answered 401: stop polling and ask for a key. */
+  function askForKey(refused) {
+    paused = true;
+    openKeyDialog("The manager asks for an API key to show its figures.", refused);
   }
 
   function resume() {
@@ -1329,31 +1428,44 @@
     show();
   }
 
-  document.getElementById("key-form").addEventListener("submit", () => {
+  // No form submission (the policy allows none): the key is taken here.
+  document.getElementById("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
     const key = input.value.trim();
-    if (key) {
-      sessionStorage.setItem(KEY_STORE, key);
-    }
     input.value = "";
+    if (!key) {
+      return;
+    }
+    // A header carries printable ASCII only; anything else cannot be a key
+    // (and fetch would refuse to send it).
+    if (!/^[\x21-\x7e]+$/.test(key)) {
+      keyError.textContent = "A key is letters, digits and punctuation, with no space: check what was pasted.";
+      keyError.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return;
+    }
+    storeKey(key);
+    dialog.close();
     resume();
   });
   document.getElementById("key-forget").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORE);
+    storeKey(null);
+    input.value = "";
     dialog.close();
     resume();
   });
   document.getElementById("key-cancel").addEventListener("click", () => {
+    input.value = "";
     dialog.close();
+  });
+  dialog.addEventListener("close", () => {
     if (paused) {
-      live.textContent = "Waiting for an API key.";
+      live.textContent = "Waiting for an API key (the API key button asks again).";
     }
   });
   document.getElementById("key-button").addEventListener("click", () => {
-    document.getElementById("key-why").textContent = "Set the API key the manager asks for. It is kept in this tab's session storage only.";
-    input.value = "";
-    if (!dialog.open) {
-      dialog.showModal();
-    }
+    openKeyDialog("Set the API key the manager asks for.", false);
   });
 
   window.addEventListener("hashchange", show);

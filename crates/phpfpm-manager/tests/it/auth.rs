@@ -26,12 +26,12 @@ const POOL: &str = "monitoring:\n  collect_interval: 1s\n  idle_interval: 1s\n\
                     pools:\n  - name: app\n    max_workers: 4\n    scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 4\n";
 
 /// A key made by the CLI: the key and the lines it prints for the config.
-struct Key {
-    secret: String,
-    entry: String,
+pub(crate) struct Key {
+    pub(crate) secret: String,
+    pub(crate) entry: String,
 }
 
-fn key_new(name: &str, scope: &str) -> Key {
+pub(crate) fn key_new(name: &str, scope: &str) -> Key {
     let out = Command::new(manager_bin())
         .args(["key", "new", name, "--scope", scope])
         .output()
