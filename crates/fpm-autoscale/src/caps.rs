@@ -395,22 +395,47 @@ pub fn next_cap(
         let to = share.min(room).max(pool.min_workers).min(cap - 1);
         return change(now_ms, memory, to, "over_budget");
     }
-    if share > cap {
+    // Requests pile up (a queue of half the cap): the pool's rate reads
+    // low (what overflows the listen backlog is counted nowhere), so it
+    // takes all the memory the others leave free rather than its share,
+    // and does not wait out the cooldown, which would let the queue grow
+    // for seconds more.
+    let piling = pressure.queue > 0 && pressure.queue >= (cap / 2).max(2);
+    if share > cap || (piling && room > cap) {
         memory.below_since_ms = None;
-        let target = share.min(room);
+        let max = pool.max_workers.max(pool.min_workers);
+        // What the others need now stays theirs even where their caps
+        // are smaller (they will press for it next).
+        let others_need: u64 = pools
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .map(|(_, p)| {
+                let need = if p.fixed {
+                    p.applied_cap
+                } else {
+                    p.needed_workers.unwrap_or(p.min_workers)
+                };
+                u64::from(need) * p.bytes()
+            })
+            .sum();
+        let spare = u32::try_from(budget_bytes.saturating_sub(others_need) / pool.bytes())
+            .unwrap_or(u32::MAX);
+        let target = if piling {
+            room.min(spare.max(share)).min(max)
+        } else {
+            share.min(room)
+        };
         if target <= cap {
             return (CapStep::Hold("waiting_for_memory"), memory);
         }
         let pressing = pressure.queue > 0 || pressure.busy + 1 >= cap;
-        // Requests pile up (a queue of half the cap): waiting out the
-        // cooldown would let it grow for seconds more.
-        let piling = pressure.queue > 0 && pressure.queue >= (cap / 2).max(2);
         if cooling && !piling {
             return (CapStep::Hold("cooldown"), memory);
         }
-        // While other pools still give way, a step short of the share and
-        // of the band would be one hand-over of several: wait for the room.
-        if pressing && (target == share || target - cap >= band) {
+        // A step short of the band is one hand-over of several while the
+        // others still give way: wait for the room.
+        if pressing && target - cap >= band {
             return change(now_ms, memory, target, "pressing_cap");
         }
         if pressing {
@@ -449,8 +474,13 @@ pub fn next_cap(
         // the cooldown: the cooldown keeps a pool from chasing its own
         // noise, and this change is the other pool's, which its own
         // cooldown and band already damp.
-        if needed_elsewhere && cap - share >= band {
-            return change(now_ms, memory, share, "needed_elsewhere");
+        // Down to what this pool needs now, not to its share of the
+        // needs: the other pool's need lags its true rate while its
+        // requests pile up, and each step down would be one more
+        // hand-over of both pools.
+        let to = share.min(pool.needed_workers.unwrap_or(share).max(pool.min_workers));
+        if needed_elsewhere && cap - to >= band {
+            return change(now_ms, memory, to, "needed_elsewhere");
         }
         if cooling {
             return (CapStep::Hold("cooldown"), memory);
@@ -1040,9 +1070,10 @@ mod tests {
         assert_eq!(
             step,
             CapStep::Change {
-                to: 8,
+                to: 5,
                 rule: "needed_elsewhere"
-            }
+            },
+            "down to its need in one step, not to its share of 8"
         );
     }
 
@@ -1087,6 +1118,32 @@ mod tests {
             step,
             CapStep::Change {
                 to: 20,
+                rule: "pressing_cap"
+            }
+        );
+    }
+
+    #[test]
+    fn a_pool_whose_requests_pile_up_takes_the_free_memory_but_what_others_need() {
+        let d = Damping::default();
+        let budget = 24 * 40 * MB;
+        // a's need reads low (its backlog overflows); b runs 4 and needs 6.
+        let a = pool("a", 12, None).claiming(Claim {
+            need: 14,
+            want: 24,
+            pressing: true,
+        });
+        let b = pool("b", 4, None).claiming(Claim {
+            need: 6,
+            want: 6,
+            pressing: false,
+        });
+        let piling = busy(12, 30);
+        let (step, _) = next_cap(0, budget, &[a, b], 0, piling, d, PlanMemory::default());
+        assert_eq!(
+            step,
+            CapStep::Change {
+                to: 18,
                 rule: "pressing_cap"
             }
         );
