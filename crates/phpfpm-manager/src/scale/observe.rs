@@ -115,7 +115,9 @@ impl Model {
         // A worker that has not served a request yet has not built the
         // memory a request leaves behind (a fresh ondemand worker is a few
         // MiB against tens once it has served one): sizing the budget by it
-        // would plan several times too many workers.
+        // would plan several times too many workers. Only workers the
+        // status page lists count: with no worker forked yet, the master's
+        // other children (the status listener's own worker) would.
         let served: std::collections::HashSet<u32> = status
             .processes
             .iter()
@@ -124,7 +126,7 @@ impl Model {
             .collect();
         let pss: Vec<u64> = workers
             .iter()
-            .filter(|w| status.processes.is_empty() || served.contains(&w.pid))
+            .filter(|w| served.contains(&w.pid))
             .filter_map(|w| w.pss_bytes)
             .collect();
         let cpu: Option<f64> = {
@@ -209,5 +211,32 @@ mod tests {
         assert_eq!(m.prev_requests.get(&100), Some(&5));
         assert!(m.observe(&look("130", "8"), ctx(3_000)).is_some());
         assert_eq!(m.prev_accepted, Some((1, 130)));
+    }
+
+    #[test]
+    fn only_workers_that_served_a_request_size_the_budget() {
+        let mut m = Model::new(Policy::new(PolicySpec::default()).unwrap(), None);
+        let with_workers = |requests: &str| {
+            let mut l = look("10", requests);
+            l.kernel.per_worker = [(100, 20 << 20), (200, 3 << 20)]
+                .into_iter()
+                .map(|(pid, pss)| crate::state::WorkerView {
+                    pid,
+                    proc_state: 'S',
+                    age_secs: None,
+                    cpu_percent: None,
+                    rss_bytes: None,
+                    pss_bytes: Some(pss),
+                    uss_bytes: None,
+                })
+                .collect();
+            l
+        };
+        // Worker 100 has served nothing yet; 200 (a child the status page
+        // does not list, such as the status listener's) never counts.
+        let d = m.observe(&with_workers("0"), ctx(1_000)).unwrap();
+        assert_eq!(d.figures.p95_pss_bytes, None);
+        let d = m.observe(&with_workers("3"), ctx(2_000)).unwrap();
+        assert_eq!(d.figures.p95_pss_bytes, Some(20 << 20));
     }
 }
