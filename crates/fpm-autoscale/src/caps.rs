@@ -39,8 +39,12 @@ pub struct PoolPlanInput {
     pub needed_workers: Option<u32>,
     /// Requests wait in this pool now ([`Claim::pressing`]).
     pub pressing: bool,
-    /// Learned memory of one worker (p95 PSS), `None` until measured.
+    /// Learned memory one more worker costs (its private memory, or its
+    /// PSS where that is not known), `None` until measured.
     pub worker_bytes: Option<u64>,
+    /// Memory the pool's workers share (code, OPcache: their PSS beyond
+    /// their private memory), held whatever the cap; 0 when not known.
+    pub shared_bytes: u64,
     /// The cap the pool's master runs with now.
     pub applied_cap: u32,
     /// Workers a previous master still runs after a hand-over to a smaller
@@ -75,6 +79,7 @@ impl PoolPlanInput {
 /// equal split of workers would leave the busy pool short by a third and
 /// the quiet one with idle memory.
 pub fn shares(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<(u32, bool)> {
+    let budget_bytes = for_workers(budget_bytes, pools);
     let needs = fitted_needs(budget_bytes, pools);
     let demands: Vec<PoolDemand> = pools
         .iter()
@@ -104,6 +109,13 @@ pub fn shares(budget_bytes: u64, pools: &[PoolPlanInput]) -> Vec<(u32, bool)> {
         .into_iter()
         .map(|s| (s.granted_workers, s.gives_way))
         .collect()
+}
+
+/// The budget less what every pool's workers share: what is left is
+/// shared out worker by worker.
+fn for_workers(budget_bytes: u64, pools: &[PoolPlanInput]) -> u64 {
+    let shared: u64 = pools.iter().map(|p| p.shared_bytes).sum();
+    budget_bytes.saturating_sub(shared)
 }
 
 /// Every pool's need ([`PoolPlanInput::needed_workers`]), cut in
@@ -370,6 +382,7 @@ pub fn next_cap(
         return (CapStep::Hold("fixed"), memory);
     }
     let all = shares(budget_bytes, pools);
+    let budget_bytes = for_workers(budget_bytes, pools);
     let (share, _gives_way) = all[me];
     let cap = pool.applied_cap;
     // Memory the other pools' caps hold now: growth must fit beside them.
@@ -567,6 +580,7 @@ mod tests {
             needed_workers: wanted,
             pressing: false,
             worker_bytes: Some(40 * MB),
+            shared_bytes: 0,
             applied_cap: cap,
             draining: 0,
             fixed: false,

@@ -1044,6 +1044,7 @@ impl<'a> Sim<'a> {
                 needed_workers: None,
                 pressing: false,
                 worker_bytes: decision.figures.p95_pss_bytes,
+                shared_bytes: 0,
                 applied_cap: driver.cap,
                 draining: if retiring > 0 { alive } else { 0 },
                 fixed: false,

@@ -332,6 +332,9 @@ pub struct PoolActor {
     draining: Option<(u32, Stopped)>,
     /// When this pool last kicked the others' collectors.
     last_kick: Option<tokio::time::Instant>,
+    /// What one more worker costs and what the workers share, from the
+    /// last look that read their memory (`scale::observe::worker_memory`).
+    memory: Option<(u64, u64)>,
 }
 
 /// A pool whose requests wait for memory other pools hold kicks their
@@ -419,6 +422,7 @@ impl PoolActor {
             planned_cap: None,
             draining: None,
             last_kick: None,
+            memory: None,
         };
         (actor, handle)
     }
@@ -738,6 +742,9 @@ impl PoolActor {
             return;
         }
         self.last_seq = look.seq;
+        if let Some(memory) = crate::scale::observe::worker_memory(&look) {
+            self.memory = Some(memory);
+        }
         let now_ms = u64::try_from(unix_ms(SystemTime::now())).unwrap_or(0);
         let budget = self.budget();
         let cpu_limit = {
@@ -803,7 +810,8 @@ impl PoolActor {
             wanted_workers: None,
             needed_workers: None,
             pressing: false,
-            worker_bytes: f.p95_pss_bytes,
+            worker_bytes: self.memory.map(|(private, _)| private).or(f.p95_pss_bytes),
+            shared_bytes: self.memory.map_or(0, |(_, shared)| shared),
             applied_cap: cap,
             draining: self.draining_workers(),
             fixed,

@@ -170,6 +170,43 @@ impl Model {
     }
 }
 
+/// What the pool's workers cost in memory, from one look: `(p95 private
+/// memory of one worker, memory they share)`; pure. `None` when the look
+/// carries no memory reading of a worker that served a request.
+///
+/// One more worker costs its private memory (USS); what the workers share
+/// (code, OPcache, the master's pages; their PSS beyond their USS) is
+/// there whatever their number. Sizing by PSS alone would charge every
+/// worker its slice of the shared pages again: measured on a master of a
+/// few workers, that slice is large and the budget looks far smaller than
+/// it is.
+pub fn worker_memory(look: &Look) -> Option<(u64, u64)> {
+    let status = look.status.as_ref()?;
+    let served: std::collections::HashSet<u32> = status
+        .processes
+        .iter()
+        .filter(|p| p.requests > 0)
+        .map(|p| p.pid)
+        .collect();
+    let mut private = Vec::new();
+    let mut shared = 0u64;
+    for w in &look.kernel.per_worker {
+        if !served.contains(&w.pid) {
+            continue;
+        }
+        if let (Some(pss), Some(uss)) = (w.pss_bytes, w.uss_bytes) {
+            private.push(uss.max(1));
+            shared += pss.saturating_sub(uss);
+        }
+    }
+    if private.is_empty() {
+        return None;
+    }
+    private.sort_unstable();
+    let index = (private.len() * 95).div_ceil(100).saturating_sub(1);
+    Some((private[index], shared))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +275,34 @@ mod tests {
         assert_eq!(d.figures.p95_pss_bytes, None);
         let d = m.observe(&with_workers("3"), ctx(2_000)).unwrap();
         assert_eq!(d.figures.p95_pss_bytes, Some(20 << 20));
+    }
+
+    #[test]
+    fn a_worker_costs_its_private_memory_and_the_shared_pages_count_once() {
+        let mut l = look("10", "3");
+        assert_eq!(worker_memory(&l), None, "no memory reading yet");
+        l.kernel.per_worker = [(100, 20u64 << 20, 14u64 << 20), (200, 9 << 20, 2 << 20)]
+            .into_iter()
+            .map(|(pid, pss, uss)| crate::state::WorkerView {
+                pid,
+                proc_state: 'S',
+                age_secs: None,
+                cpu_percent: None,
+                rss_bytes: None,
+                pss_bytes: Some(pss),
+                uss_bytes: Some(uss),
+            })
+            .collect();
+        // Only pid 100 is on the status page (200 is not a pool worker).
+        assert_eq!(worker_memory(&l), Some((14 << 20, 6 << 20)));
+        let idle = look("10", "0");
+        assert_eq!(
+            worker_memory(&Look {
+                kernel: l.kernel.clone(),
+                ..idle
+            }),
+            None,
+            "a worker that served nothing is not measured"
+        );
     }
 }
