@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod gate;
+pub mod head;
 pub mod history;
 pub mod limit;
 pub mod openapi;
