@@ -479,3 +479,125 @@ fn status_reload_and_scaling_speak_https_and_mtls() {
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(both(&out).contains("https://"), "{}", both(&out));
 }
+
+// --- Scopes over every documented operation ---------------------------------
+
+/// What the product says a route asks of its caller (docs/api: reads need
+/// `read`, changes `operate`, the configuration reload `admin`; health,
+/// `/metrics` and the page's files are open). Written here independently
+/// of the manager's own table, so that a route given the wrong scope fails.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+enum Needs {
+    Open,
+    Read,
+    Operate,
+    Admin,
+}
+
+fn documented_need(method: &str, path: &str) -> Needs {
+    let open = [
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/api/v1/health",
+        "/api/v1/health/live",
+        "/api/v1/health/ready",
+        "/metrics",
+        "/",
+        "/assets/{name}",
+        "/favicon.ico",
+    ];
+    match method {
+        "GET" | "HEAD" if open.contains(&path) => Needs::Open,
+        "GET" | "HEAD" => Needs::Read,
+        _ if path == "/api/v1/config/reload" => Needs::Admin,
+        _ => Needs::Operate,
+    }
+}
+
+#[test]
+fn scope_matrix_over_every_documented_operation_and_every_caller() {
+    let (reader, operator, admin) = (
+        key_new("reader", "read"),
+        key_new("deployer", "operate"),
+        key_new("root", "admin"),
+    );
+    let cfg = format!(
+        "{POOL}server:\n  limits:\n    client_requests_per_second: 1000\n    client_burst: 1000\n  auth:\n    enabled: true\n    keys:\n{}{}{}",
+        reader.entry, operator.entry, admin.entry
+    );
+    let d = TestDaemon::start("edge-matrix", Some(&cfg), &[]);
+    pool_up(&d);
+    let admin_bearer = format!("Bearer {}", admin.secret);
+    let (code, _, doc) = {
+        let mut s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        exchange(
+            &mut s,
+            "GET",
+            "/api/v1/openapi.json",
+            &[("Authorization", &admin_bearer)],
+            "",
+        )
+        .unwrap()
+    };
+    assert_eq!(code, 200, "{doc}");
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let wrong = format!("Bearer pfm_{}", "0".repeat(64));
+    let callers: Vec<(&str, Option<String>, Needs)> = vec![
+        ("no key", None, Needs::Open),
+        ("wrong key", Some(wrong), Needs::Open),
+        ("read", Some(format!("Bearer {}", reader.secret)), Needs::Read),
+        (
+            "operate",
+            Some(format!("Bearer {}", operator.secret)),
+            Needs::Operate,
+        ),
+        ("admin", Some(admin_bearer.clone()), Needs::Admin),
+    ];
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{pool}", "app")
+            .replace("{name}", "app.js");
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let need = documented_need(&method, template);
+            // Changes carry an empty JSON object: enough to be judged by
+            // scope; what the handler thinks of it is not asked here.
+            let body = if method == "GET" { "" } else { "{}" };
+            for (who, authz, has) in &callers {
+                let hdrs: Vec<(&str, &str)> = authz
+                    .iter()
+                    .map(|a| ("Authorization", a.as_str()))
+                    .collect();
+                let mut s = TcpStream::connect(d.addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let (code, _, answer) = exchange(&mut s, &method, &path, &hdrs, body).unwrap();
+                let what = format!("{method} {path} as {who}: {code} {answer:.200}");
+                assert!(code < 500 || code == 503, "{what}");
+                let want = if need == Needs::Open || *has >= need {
+                    None
+                } else if *has == Needs::Open {
+                    Some((401, "unauthorized"))
+                } else {
+                    Some((403, "forbidden"))
+                };
+                match want {
+                    Some((status, err)) => {
+                        assert_eq!(code, status, "{what}");
+                        assert_eq!(error_code(&answer), err, "{what}");
+                    }
+                    None => assert!(
+                        ![401, 403, 429].contains(&code),
+                        "{what}: should have been allowed"
+                    ),
+                }
+                checked += 1;
+            }
+        }
+    }
+    // Every operation of the document (30 today) by every caller.
+    assert!(checked >= 25 * callers.len(), "only {checked} calls");
+    eprintln!("{checked} calls: every documented operation by 5 callers");
+}
