@@ -131,7 +131,10 @@ fn run_manager(tls: bool) -> Vec<Row> {
         let (paths, connector) = certificates(&dir);
         (
             Some(paths),
-            Some((connector, ServerName::IpAddress([127, 0, 0, 1].into()))),
+            Some((
+                connector,
+                ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+            )),
         )
     } else {
         (None, None)
@@ -382,19 +385,21 @@ fn certificates(dir: &TestDir) -> (Path2, tokio_rustls::TlsConnector) {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, "bench CA");
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = p.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "manager.bench");
+    p.distinguished_name
+        .push(DnType::CommonName, "manager.bench");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca.der().to_vec()))
-        .unwrap();
+    roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -172,9 +172,7 @@ fn read_pem(what: &str, path: &Path) -> Result<Vec<ureq::tls::PemItem<'static>>,
     })?;
     ureq::tls::parse_pem(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            ClientError::Refused(format!("the {what} {} is not PEM: {e}", path.display()))
-        })
+        .map_err(|e| ClientError::Refused(format!("the {what} {} is not PEM: {e}", path.display())))
 }
 
 /// The TLS configuration for `files`: their CA alone trusted.
@@ -203,10 +201,12 @@ fn tls_config(files: &TlsFiles) -> Result<ureq::tls::TlsConfig, ClientError> {
                     _ => None,
                 })
                 .collect();
-            let key_item = read_pem("client key", key)?.into_iter().find_map(|i| match i {
-                PemItem::PrivateKey(k) => Some(k),
-                _ => None,
-            });
+            let key_item = read_pem("client key", key)?
+                .into_iter()
+                .find_map(|i| match i {
+                    PemItem::PrivateKey(k) => Some(k),
+                    _ => None,
+                });
             let (false, Some(k)) = (chain.is_empty(), key_item) else {
                 return Err(ClientError::Refused(format!(
                     "{} and {} must hold a certificate and its private key (PEM)",
@@ -254,7 +254,11 @@ impl Client {
 
     /// A client for `target`, over https when it serves TLS (see
     /// [`tls_files`]).
-    pub fn connect(target: &Target, args: &TlsArgs, key: Option<String>) -> Result<Client, ClientError> {
+    pub fn connect(
+        target: &Target,
+        args: &TlsArgs,
+        key: Option<String>,
+    ) -> Result<Client, ClientError> {
         let Some(files) = tls_files(target, args)? else {
             return Ok(Client::new(&target.address, key));
         };
@@ -413,16 +417,24 @@ mod tests {
             ca: "/ca.pem".into(),
             client: None,
         });
-        assert_eq!(tls_files(&plain, &args(Some("/ca.pem"))).ok(), Some(ca.clone()));
+        assert_eq!(
+            tls_files(&plain, &args(Some("/ca.pem"))).ok(),
+            Some(ca.clone())
+        );
         // The config says TLS and names the CA.
         let cfg = ServerTls {
             ca_path: Some("/ca.pem".into()),
             wants_client_cert: false,
         };
-        assert_eq!(tls_files(&at("127.0.0.1:9", Some(cfg)), &args(None)).ok(), Some(ca));
+        assert_eq!(
+            tls_files(&at("127.0.0.1:9", Some(cfg)), &args(None)).ok(),
+            Some(ca)
+        );
         // TLS without any CA, a client certificate half given, mTLS without
         // one, an http URL with a CA: each refused with what to do.
-        let msg = |r: Result<Option<TlsFiles>, ClientError>| r.err().map(|e| (e.exit_code(), e.message().to_owned()));
+        let msg = |r: Result<Option<TlsFiles>, ClientError>| {
+            r.err().map(|e| (e.exit_code(), e.message().to_owned()))
+        };
         let (code, m) = msg(tls_files(&at("https://h:1", None), &args(None))).unwrap();
         assert_eq!(code, 64);
         assert!(m.contains("--ca-file"), "{m}");
@@ -430,12 +442,17 @@ mod tests {
             client_cert: Some("/c.pem".into()),
             ..args(Some("/ca.pem"))
         };
-        assert!(msg(tls_files(&plain, &half)).unwrap().1.contains("--client-key"));
+        assert!(msg(tls_files(&plain, &half))
+            .unwrap()
+            .1
+            .contains("--client-key"));
         let mtls = ServerTls {
             ca_path: Some("/ca.pem".into()),
             wants_client_cert: true,
         };
-        let m = msg(tls_files(&at("127.0.0.1:9", Some(mtls)), &args(None))).unwrap().1;
+        let m = msg(tls_files(&at("127.0.0.1:9", Some(mtls)), &args(None)))
+            .unwrap()
+            .1;
         assert!(m.contains("client certificate"), "{m}");
         assert_eq!(
             tls_files(&at("http://h:1", None), &args(Some("/ca.pem"))).ok(),

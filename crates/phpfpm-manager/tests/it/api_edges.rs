@@ -76,8 +76,8 @@ fn send_head(addr: SocketAddr, head: &[u8]) -> (u16, String, Vec<(String, String
 }
 
 fn error_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
     v["error"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("not the error shape: {body}"))
@@ -298,7 +298,10 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
     let t = Instant::now();
     let (code, body) = d.get("/health/ready").unwrap();
     assert_eq!(code, 200, "{body}");
-    eprintln!("/health/ready answered in {:?} with a client at its cap", t.elapsed());
+    eprintln!(
+        "/health/ready answered in {:?} with a client at its cap",
+        t.elapsed()
+    );
     // The busy connections were kept.
     for s in &mut busy {
         s.set_nonblocking(true).unwrap();
@@ -431,12 +434,20 @@ fn status_reload_and_scaling_speak_https_and_mtls() {
     // reload of a pool (operate) and of the config (admin).
     let out = cli(&d, &["reload", "app", "--reason", "tls test"], &mtls);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    assert!(both(&out).contains("reloaded by hand-over"), "{}", both(&out));
+    assert!(
+        both(&out).contains("reloaded by hand-over"),
+        "{}",
+        both(&out)
+    );
     let out = cli(&d, &["reload"], &mtls);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 
     // scaling: pause and resume.
-    let out = cli(&d, &["scaling", "app", "pause", "--reason", "tls test"], &mtls);
+    let out = cli(
+        &d,
+        &["scaling", "app", "pause", "--reason", "tls test"],
+        &mtls,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     let out = cli(&d, &["scaling", "app", "resume"], &mtls);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
@@ -547,7 +558,11 @@ fn scope_matrix_over_every_documented_operation_and_every_caller() {
     let callers: Vec<(&str, Option<String>, Needs)> = vec![
         ("no key", None, Needs::Open),
         ("wrong key", Some(wrong), Needs::Open),
-        ("read", Some(format!("Bearer {}", reader.secret)), Needs::Read),
+        (
+            "read",
+            Some(format!("Bearer {}", reader.secret)),
+            Needs::Read,
+        ),
         (
             "operate",
             Some(format!("Bearer {}", operator.secret)),

@@ -213,8 +213,8 @@ impl<I> HeadGuard<I> {
 /// The whole HTTP/1.1 answer to a refused head, in the error shape; the
 /// connection closes after it (the rest of the head is never read).
 pub fn refusal(why: Oversize) -> Vec<u8> {
-    let body = serde_json::json!({"error": {"code": why.code(), "message": why.message()}})
-        .to_string();
+    let body =
+        serde_json::json!({"error": {"code": why.code(), "message": why.message()}}).to_string();
     let status = why.status();
     format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -377,7 +377,10 @@ mod tests {
         client.write_all(&body).await.unwrap();
         let mut got = vec![0u8; head.len() + body.len()];
         guard.read_exact(&mut got).await.unwrap();
-        assert!(guard.refused().is_none(), "a large body is not a large head");
+        assert!(
+            guard.refused().is_none(),
+            "a large body is not a large head"
+        );
         // The request is answered; the next head is measured again.
         answered.one_more();
         let mut long = b"GET /?q=".to_vec();
