@@ -19,6 +19,7 @@
 //! process on the same machine (2 threads), so the manager shares the CPU
 //! with its clients; the load average is printed before and after.
 //! Every case is bounded: 15 s of load, 50 connections, loopback only.
+//! The clients' own CPU (this process) is printed beside the manager's.
 
 // Benchmarks start and signal their own processes.
 #![allow(clippy::disallowed_methods)]
@@ -63,8 +64,8 @@ fn main() {
         "{CLIENTS} concurrent keep-alive clients per case, {} s each; collection every {COLLECT_INTERVAL_S} s\n",
         LOAD.as_secs()
     );
-    println!("| case | requests/s | p50 | p99 | max | errors | manager CPU | manager max RSS | collection interval idle -> load |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| case | requests/s | answer size | p50 | p99 | max | errors | manager CPU | clients' CPU | manager max RSS | collection interval idle -> load |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for tls in [false, true] {
         rows.extend(run_manager(tls));
@@ -175,7 +176,9 @@ fn run_manager(tls: bool) -> Vec<Row> {
     let idle = rt.block_on(measure_interval(&dial, IDLE));
     let mut rows = Vec::new();
     for path in ["/metrics", "/api/v1/pools"] {
+        let size = rt.block_on(fetch(&dial, path)).map_or(0, |b| b.len());
         let cpu0 = cpu_ticks(pid);
+        let own0 = cpu_ticks(std::process::id());
         let stop = Arc::new(AtomicBool::new(false));
         let rss_max = sample_rss(pid, stop.clone());
         let started = Instant::now();
@@ -188,6 +191,7 @@ fn run_manager(tls: bool) -> Vec<Row> {
         stop.store(true, Ordering::SeqCst);
         let rss = rss_max.join().unwrap();
         let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0 / secs * 100.0;
+        let own = (cpu_ticks(std::process::id()) - own0) as f64 / 100.0 / secs * 100.0;
         let mut lat = lat;
         lat.sort_unstable();
         let pct = |q: f64| {
@@ -199,9 +203,10 @@ fn run_manager(tls: bool) -> Vec<Row> {
         };
         let stretch = interval / idle - 1.0;
         println!(
-            "| {} {path} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {errors} | {cpu:.0} % of a core | {:.1} MB | {idle:.3} s -> {interval:.3} s ({:+.1} %) |",
+            "| {} {path} | {:.0} | {:.0} KB | {:.2} ms | {:.2} ms | {:.1} ms | {errors} | {cpu:.0} % of a core | {own:.0} % | {:.1} MB | {idle:.3} s -> {interval:.3} s ({:+.1} %) |",
             if tls { "TLS" } else { "plain" },
             lat.len() as f64 / LOAD.as_secs_f64(),
+            size as f64 / 1024.0,
             pct(0.5),
             pct(0.99),
             pct(1.0),
