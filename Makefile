@@ -29,6 +29,7 @@ bench: deps-test
 	$(CARGO) bench -p phpfpm-manager --bench supervise
 	$(CARGO) bench -p phpfpm-manager --bench realload
 	$(CARGO) bench -p phpfpm-manager --bench handover
+	$(CARGO) bench -p phpfpm-manager --bench api
 	$(CARGO) bench -p fpm-kernel --bench kernel
 	$(CARGO) bench -p fpm-storage
 	$(CARGO) run -p fpm-autoscale --release --example simulate -- --trace all --seed 1

@@ -5,12 +5,12 @@
 //! else) through the CLI's shared client (`cli::client`).
 
 pub use crate::cli::client::ClientError;
-use crate::cli::client::{Client, KEY_ENV};
+use crate::cli::client::{Client, ManagerArgs};
 
-/// Sends `body` to `POST http://{address}/api/v1/pools/{pool}/scaling` and
+/// Sends `body` to `POST {manager}/api/v1/pools/{pool}/scaling` and
 /// returns the manager's JSON answer.
 pub fn scaling(
-    address: &str,
+    manager: &ManagerArgs,
     pool: &str,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, ClientError> {
@@ -18,6 +18,6 @@ pub fn scaling(
     // a URL path.
     fpm_core::PoolName::new(pool)
         .map_err(|e| ClientError::Refused(format!("pool {pool:?}: {e}")))?;
-    let key = std::env::var(KEY_ENV).ok().filter(|k| !k.is_empty());
-    Client::new(address, key).post(&format!("/api/v1/pools/{pool}/scaling"), body)
+    let client: Client = manager.client()?;
+    client.post(&format!("/api/v1/pools/{pool}/scaling"), body)
 }

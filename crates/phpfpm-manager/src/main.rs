@@ -74,6 +74,8 @@ struct ScalingArgs {
     /// YAML configuration file (to find the address).
     #[arg(long, short, global = true, env = "PHPFPM_MANAGER_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    tls: phpfpm_manager::cli::client::TlsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -443,18 +445,10 @@ fn simulate(args: SimulateArgs) -> ExitCode {
 }
 
 fn scaling(args: ScalingArgs) -> ExitCode {
-    let address = match args.address {
-        Some(a) => a,
-        None => {
-            let cfg = match load(&ConfigArgs {
-                config: args.config.clone(),
-                runtime_dir: None,
-            }) {
-                Ok(cfg) => cfg,
-                Err(code) => return code,
-            };
-            cfg.server.bind_address.to_string()
-        }
+    let manager = phpfpm_manager::cli::client::ManagerArgs {
+        url: args.address.clone(),
+        config: args.config.clone(),
+        tls: args.tls.clone(),
     };
     let body = match &args.action {
         ScalingAction::Pin {
@@ -468,7 +462,7 @@ fn scaling(args: ScalingArgs) -> ExitCode {
         ScalingAction::Pause { reason } => serde_json::json!({"action": "pause", "reason": reason}),
         ScalingAction::Resume => serde_json::json!({"action": "resume"}),
     };
-    match phpfpm_manager::control::scaling(&address, &args.pool, &body) {
+    match phpfpm_manager::control::scaling(&manager, &args.pool, &body) {
         Ok(answer) => {
             println!(
                 "pool {}: {} (pm.max_children {})",

@@ -82,6 +82,8 @@ pub struct Tls {
     pub key_path: PathBuf,
     /// With it, clients must present a certificate signed by this CA (mTLS).
     pub client_ca_path: Option<PathBuf>,
+    /// For the CLI: the CA that signed `cert_path`.
+    pub ca_path: Option<PathBuf>,
 }
 
 /// The TLS paths, already checked as paths by the caller.
@@ -90,6 +92,7 @@ pub(super) struct TlsPaths {
     pub(super) cert: Option<PathBuf>,
     pub(super) key: Option<PathBuf>,
     pub(super) client_ca: Option<PathBuf>,
+    pub(super) ca: Option<PathBuf>,
 }
 
 /// Longest principal name; names appear in events and logs.
@@ -156,6 +159,7 @@ pub(super) fn check(
                 cert_path,
                 key_path,
                 client_ca_path: paths.client_ca,
+                ca_path: paths.ca,
             }),
             _ => None,
         }

@@ -164,6 +164,8 @@ pub struct Server {
 pub struct ServerLimits {
     /// As configured; the server lowers it to fit the open-files limit.
     pub max_connections: usize,
+    /// Per client address (IPv6: its /64).
+    pub max_connections_per_client: usize,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,

@@ -136,6 +136,10 @@ pub struct RawLimits {
     /// open-files limit left after a reserve for php-fpm supervision,
     /// collection and storage.
     pub max_connections: u32,
+    /// Most connections one client address (IPv6: its /64) keeps open at
+    /// once; a new one beyond takes the place of that client's own
+    /// quietest connection, or is closed if all of them are being answered.
+    pub max_connections_per_client: u32,
     /// From a request's first byte until its headers are complete.
     pub header_read_timeout: String,
     /// How long a handler may run before the request is answered 503.
@@ -158,6 +162,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_connections: 512,
+            max_connections_per_client: 64,
             header_read_timeout: "10s".into(),
             request_timeout: "30s".into(),
             idle_timeout: "60s".into(),
@@ -176,6 +181,9 @@ pub struct RawTls {
     pub cert_path: Option<String>,
     pub key_path: Option<String>,
     pub client_ca_path: Option<String>,
+    /// The CA that signed `cert_path` (PEM), for the CLI commands reading
+    /// this config to trust; the server does not use it.
+    pub ca_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -20,6 +20,9 @@ const CLI_ENV_VARS: &[&str] = &[
     "PHPFPM_MANAGER_CONFIG",
     "PHPFPM_MANAGER_URL",
     "PHPFPM_MANAGER_KEY",
+    "PHPFPM_MANAGER_CA_FILE",
+    "PHPFPM_MANAGER_CLIENT_CERT",
+    "PHPFPM_MANAGER_CLIENT_KEY",
 ];
 
 /// One step of a path in the tree.

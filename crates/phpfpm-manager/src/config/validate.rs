@@ -151,6 +151,12 @@ pub(super) fn validate(
             .client_ca_path
             .as_deref()
             .and_then(|p| c.path("server.tls.client_ca_path", p, true)),
+        ca: raw
+            .server
+            .tls
+            .ca_path
+            .as_deref()
+            .and_then(|p| c.path("server.tls.ca_path", p, true)),
     };
     let (auth, tls) = super::auth::check(
         &raw.server,
@@ -191,6 +197,11 @@ pub(super) fn validate(
         (
             "server.limits.max_connections",
             lim.max_connections,
+            1_000_000,
+        ),
+        (
+            "server.limits.max_connections_per_client",
+            lim.max_connections_per_client,
             1_000_000,
         ),
         (
@@ -534,6 +545,7 @@ pub(super) fn validate(
             max_body_bytes: raw.server.api.max_body_bytes,
             limits: ServerLimits {
                 max_connections: lim.max_connections.max(1) as usize,
+                max_connections_per_client: lim.max_connections_per_client.max(1) as usize,
                 header_read_timeout,
                 request_timeout,
                 idle_timeout,

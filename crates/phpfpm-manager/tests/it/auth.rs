@@ -69,12 +69,12 @@ fn auth_config(keys: &[&Key], extra_server: &str) -> String {
 }
 
 /// An answer: status, headers (lowercase names), body.
-type Answer = (u16, Vec<(String, String)>, String);
+pub(crate) type Answer = (u16, Vec<(String, String)>, String);
 
 /// An HTTP/1.1 exchange over any stream: status, headers (lowercase
 /// names) and body. Reads by Content-Length, so it works over TLS whether
 /// or not the server sends close_notify.
-fn exchange(
+pub(crate) fn exchange(
     s: &mut (impl Read + Write),
     method: &str,
     path: &str,
@@ -703,12 +703,12 @@ fn a_reachable_address_without_authentication_stops_the_start() {
 
 // --- TLS and mTLS -----------------------------------------------------------
 
-struct Issued {
-    cert: Certificate,
-    key: KeyPair,
+pub(crate) struct Issued {
+    pub(crate) cert: Certificate,
+    pub(crate) key: KeyPair,
 }
 
-fn ca(name: &str) -> Issued {
+pub(crate) fn ca(name: &str) -> Issued {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -722,7 +722,7 @@ fn ca(name: &str) -> Issued {
     Issued { cert, key }
 }
 
-fn leaf(cn: &str, server: bool, by: &Issued) -> Issued {
+pub(crate) fn leaf(cn: &str, server: bool, by: &Issued) -> Issued {
     let key = KeyPair::generate().unwrap();
     let sans = if server {
         vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
@@ -742,7 +742,7 @@ fn leaf(cn: &str, server: bool, by: &Issued) -> Issued {
 
 /// One request over TLS to the manager, trusting `ca`, with `client` as the
 /// client certificate. Returns the answer and the server's certificate.
-fn tls_call(
+pub(crate) fn tls_call(
     addr: SocketAddr,
     ca: &Issued,
     client: Option<&Issued>,

@@ -10,6 +10,9 @@ use fpm_testkit as support;
 
 /// An adopted master's log lines reach the next manager's log.
 mod adopted_log;
+/// The API at its edges: oversized request heads, the per-client connection
+/// cap, the commands over TLS and mTLS.
+mod api_edges;
 /// Authentication and scopes, TLS and mTLS, per-client limits, the audit
 /// trail, and the refused unsafe default.
 mod auth;

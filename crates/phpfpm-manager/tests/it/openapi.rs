@@ -3,17 +3,23 @@
 //! generates requests for every operation of `GET /api/v1/openapi.json`,
 //! valid and invalid, against a manager running two real supervised pools,
 //! and checks every answer: no 5xx, and status, content type, headers and
-//! body as the document says. The run is bounded (examples per operation,
-//! a deadline); a missing schemathesis fails the test.
+//! body as the document says. It runs twice: without authentication, and
+//! with authentication on and a key holding every scope sent as
+//! `Authorization: Bearer` (so the operator's and the administrator's
+//! routes are reached and act for real). Each run is bounded (examples per
+//! operation, a deadline); a missing schemathesis fails the test.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::supervisor::{pools_up, prepare};
-use crate::support::{TestDaemon, TestDir};
+use crate::support::{manager_bin, TestDaemon, TestDir};
 
 /// Generated cases per operation and phase.
 const MAX_EXAMPLES: &str = "25";
+/// Generated cases per operation and phase with a key (the answers come
+/// from handlers that act: hand-overs, config reloads).
+const MAX_EXAMPLES_WITH_KEY: &str = "25";
 /// The whole run, well under what a loaded 2-core CI machine allows.
 const DEADLINE: Duration = Duration::from_secs(240);
 
@@ -55,16 +61,96 @@ fn installed() -> Result<String, String> {
 
 #[test]
 fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
-    let version = installed().unwrap_or_else(|e| {
-        panic!("schemathesis is not installed ({e}); `scripts/install-deps.sh test` installs it")
-    });
     let dir = prepare("openapi-fuzz");
     let cfg = config(&dir);
     let d = TestDaemon::start_in(dir, Some(&cfg), &[]);
+    fuzz(&d, None, MAX_EXAMPLES);
+}
+
+/// The same run with authentication on and a key holding every scope
+/// (`admin` includes `operate` and `read`): every route answers for real,
+/// pool reloads, restarts and config reloads included. The per-client rate
+/// is raised so that the fuzzer reaches the handlers instead of 429.
+#[test]
+fn schemathesis_with_an_api_key_finds_no_server_error_and_every_answer_conforms() {
+    let (secret, entry) = key_new("fuzzer", "admin");
+    let dir = prepare("openapi-fuzz-key");
+    let cfg = format!(
+        "{}server:\n  limits:\n    client_requests_per_second: 100000\n    client_burst: 100000\n\
+         \x20 auth:\n    enabled: true\n    keys:\n{entry}",
+        config(&dir)
+    );
+    let d = TestDaemon::start_in(dir, Some(&cfg), &[]);
+    let bearer = format!("Authorization: Bearer {secret}");
     pools_up(&d, &["www", "api"]);
-    let (code, doc) = d.get("/api/v1/openapi.json").unwrap();
+    // Authentication is on: without the key, a 401.
+    let (code, _) = d.get("/api/v1/pools").unwrap();
+    assert_eq!(code, 401, "authentication is not on");
+    fuzz(&d, Some(&bearer), MAX_EXAMPLES_WITH_KEY);
+    let log = std::fs::read_to_string(d.dir.join("schemathesis.out")).unwrap_or_default();
+    assert!(!log.contains(&secret), "the key is in schemathesis' report");
+    // The fuzzer's changes were made by the key's principal: audit events
+    // name it, so the key was accepted.
+    let (_, events) = crate::support::http_request(
+        d.addr,
+        "GET",
+        "/api/v1/events/recent?type=audit&limit=500",
+        &format!("{bearer}\r\n"),
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        events.contains("\"principal\":\"fuzzer\"") && events.contains("\"outcome\":\"allowed\""),
+        "no change allowed to the key's principal: {events}"
+    );
+}
+
+/// A key made by the CLI: the key itself and the config lines it prints.
+fn key_new(name: &str, scope: &str) -> (String, String) {
+    let out = Command::new(manager_bin())
+        .args(["key", "new", name, "--scope", scope])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let secret = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pfm_"))
+        .unwrap_or_else(|| panic!("no key in {text}"))
+        .to_owned();
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("- name:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (secret, entry)
+}
+
+/// Runs schemathesis over the document `d` serves, sending `bearer` (an
+/// `Authorization` header line) with every request when given, and checks
+/// that it found nothing and exercised every operation.
+fn fuzz(d: &TestDaemon, bearer: Option<&str>, max_examples: &str) {
+    let version = installed().unwrap_or_else(|e| {
+        panic!("schemathesis is not installed ({e}); `scripts/install-deps.sh test` installs it")
+    });
+    pools_up(d, &["www", "api"]);
+    let (code, doc) = crate::support::http_request(
+        d.addr,
+        "GET",
+        "/api/v1/openapi.json",
+        &bearer.map(|b| format!("{b}\r\n")).unwrap_or_default(),
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(code, 200, "{doc}");
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let extra: Vec<&str> = match bearer {
+        Some(b) => vec!["-H", b],
+        None => Vec::new(),
+    };
     let operations: usize = doc["paths"]
         .as_object()
         .unwrap()
@@ -87,7 +173,8 @@ fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
         .args(["--report", "junit", "--report-junit-path"])
         .arg(d.dir.join("junit.xml"))
         .args(["--checks", CHECKS])
-        .args(["--max-examples", MAX_EXAMPLES])
+        .args(["--max-examples", max_examples])
+        .args(&extra)
         .args(["--workers", "1"])
         .args(["--request-timeout", "30"])
         .args(["--seed", "1"])
@@ -115,8 +202,12 @@ fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
     let out = std::fs::read_to_string(&report).unwrap_or_default();
     let err = std::fs::read_to_string(d.dir.join("schemathesis.err")).unwrap_or_default();
     eprintln!(
-        "{version}: {operations} operations fuzzed in {:.0?}",
-        started.elapsed()
+        "{version}: {operations} operations fuzzed in {:.0?}; {}",
+        started.elapsed(),
+        out.lines()
+            .filter(|l| l.contains("passed") || l.contains("cases") || l.contains("Test cases"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     assert!(
         status.success(),

@@ -367,8 +367,9 @@ fn hostile_requests_at_the_socket_get_a_4xx_and_change_nothing() {
     pools_up(&d, &["www", "api"]);
     let www_pid = pool_field(&d, "www", "/master/pid");
 
-    // A 1 MB query string: refused before the router (the head is larger
-    // than a connection may buffer).
+    // A 1 MB query string: refused before the router with 414 (the head
+    // is larger than the manager reads; the error shape of that answer is
+    // checked in `api_edges`).
     let q = "x".repeat(1 << 20);
     for path in [
         format!("/api/v1/events?pool={q}"),
@@ -376,10 +377,7 @@ fn hostile_requests_at_the_socket_get_a_4xx_and_change_nothing() {
     ] {
         let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         let code = status_of_raw(d.addr, head.into_bytes());
-        assert!(
-            code.is_some_and(|c| (400..500).contains(&c)),
-            "a 1 MB request line got {code:?}"
-        );
+        assert_eq!(code, Some(414), "a 1 MB request line");
     }
     // Under the buffer, a long unknown parameter is named in the error shape.
     let (code, v) = call(

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod gate;
+pub mod head;
 pub mod history;
 pub mod limit;
 pub mod openapi;
@@ -15,6 +16,7 @@ pub mod operate;
 pub mod page;
 pub mod params;
 pub mod reject;
+pub mod scrape;
 pub mod serve;
 pub mod tls;
 
@@ -23,7 +25,7 @@ use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
@@ -34,7 +36,6 @@ pub use error::ApiError;
 pub use gate::QueryGate;
 
 use crate::state::{AppState, PoolState};
-use crate::surface::metrics::CONTENT_TYPE;
 
 /// Builds the router over the shared state. `history` answers the history
 /// routes; they are served only with the rest of the API
@@ -45,7 +46,7 @@ pub fn router(state: Arc<AppState>, history: Option<Arc<QueryGate>>) -> Router {
     let request_timeout = cfg.server.limits.request_timeout;
     let guard = auth::Guard::new(&state);
     let mut app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics(scrape::Coalescer::new())))
         .route("/health", get(ready))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready));
@@ -113,23 +114,20 @@ pub fn redact_query(uri: &str) -> Cow<'_, str> {
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let per_process = {
-        let cfg = state.config();
-        cfg.monitoring
-            .per_process_metrics
-            .then_some(cfg.monitoring.max_process_series)
-    };
-    let body = {
-        let host = state.host.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let pools = state.pools();
-        let list: Vec<&PoolState> = pools.values().collect();
-        let storage = state.storage_status();
-        state
-            .metrics
-            .render(&list, per_process, host.as_ref(), storage.as_ref())
-    };
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+/// `GET /metrics`, renders coalesced (`scrape.rs`).
+fn metrics(
+    scrape: Arc<scrape::Coalescer>,
+) -> impl Fn(
+    State<Arc<AppState>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |State(state): State<Arc<AppState>>| {
+        let scrape = scrape.clone();
+        Box::pin(async move { scrape.answer(&state).await })
+    }
 }
 
 async fn live() -> Json<serde_json::Value> {

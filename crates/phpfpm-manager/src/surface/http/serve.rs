@@ -16,6 +16,14 @@
 //!   has been quiet longest and is not being answered (it is closed); if
 //!   every connection is busy, the new one is closed at once. Both are
 //!   counted in `phpfpm_manager_http_connections_closed_total{reason}`.
+//! - **Connections per client** (`server.limits.max_connections_per_client`):
+//!   one client address (IPv6: its /64) keeps at most that many open. A new
+//!   one beyond takes the place of that client's own quietest connection
+//!   not being answered; if all of them are being answered, the new one is
+//!   closed at once (`client_limit`). A greedy client competes with itself,
+//!   not with other clients.
+//! - **Request heads** (`head.rs`): at most 64 KiB and 100 headers; beyond,
+//!   414 or 431 in the error shape, then the connection closes.
 //!
 //! The connection table and timeouts are written here rather than taken
 //! from a crate: hyper's own header timeout also runs while a kept-alive
@@ -35,6 +43,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +64,7 @@ use tower::ServiceExt as _;
 use fpm_storage::Reader;
 
 use super::gate::QueryGate;
+use super::head::{self, Answered, HeadGuard};
 use super::tls::{PeerCert, TlsServer};
 use crate::state::AppState;
 use crate::surface::metrics::Metrics;
@@ -186,6 +196,7 @@ fn launch(
         header_read_timeout: limits.header_read_timeout,
         idle_timeout: limits.idle_timeout,
         max_connections: budget.max_connections,
+        max_connections_per_client: limits.max_connections_per_client,
     };
     let gate = QueryGate::new(
         readers,
@@ -322,11 +333,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
 }
-
-/// Largest buffered request head (and read buffer) per connection; bounds
-/// what one connection can make the manager hold.
-const MAX_BUF: usize = 64 * 1024;
 
 /// Why the server closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +350,12 @@ pub enum CloseReason {
     /// The TLS handshake failed or did not finish within the header read
     /// timeout (no client certificate, one from another CA, not TLS).
     TlsHandshake,
+    /// Closed at once: the client was at its own cap and every connection
+    /// of it was busy.
+    ClientLimit,
+    /// A request head longer than 64 KiB or with more than 100 headers,
+    /// answered 414 or 431 before closing.
+    HeadTooLarge,
 }
 
 impl CloseReason {
@@ -352,6 +366,8 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::OverLimit => "over_limit",
             CloseReason::TlsHandshake => "tls_handshake",
+            CloseReason::ClientLimit => "client_limit",
+            CloseReason::HeadTooLarge => "head_too_large",
         }
     }
 }
@@ -441,7 +457,7 @@ impl HttpStats {
             closed: IntCounterVec::new(
                 Opts::new(
                     "phpfpm_manager_http_connections_closed_total",
-                    "HTTP connections closed by the manager, by reason (header_timeout, idle_timeout, evicted, over_limit, tls_handshake).",
+                    "HTTP connections closed by the manager, by reason (header_timeout, idle_timeout, evicted, over_limit, tls_handshake, client_limit, head_too_large).",
                 ),
                 &["reason"],
             )
@@ -463,6 +479,8 @@ impl HttpStats {
             CloseReason::Evicted,
             CloseReason::OverLimit,
             CloseReason::TlsHandshake,
+            CloseReason::ClientLimit,
+            CloseReason::HeadTooLarge,
         ] {
             stats.closed.with_label_values(&[reason.as_str()]);
         }
@@ -501,6 +519,10 @@ struct Conn {
     phase: AtomicU8,
     /// Cancelled to evict the connection.
     close: CancellationToken,
+    /// The client it counts against (`client_of` its peer).
+    client: Option<IpAddr>,
+    /// Requests answered, for the head guard.
+    answered: Arc<Answered>,
 }
 
 impl Conn {
@@ -553,6 +575,7 @@ impl Handling {
 
 impl Drop for Handling {
     fn drop(&mut self) {
+        self.0.answered.one_more();
         self.0.on_write();
         self.0.phase.store(WAITING, Ordering::SeqCst);
     }
@@ -620,10 +643,17 @@ impl AsyncWrite for Tracked {
 
 /// The open connections.
 struct Table {
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    open: Mutex<Open>,
     next_id: AtomicU64,
     epoch: Instant,
     cap: usize,
+    per_client_cap: usize,
+}
+
+#[derive(Default)]
+struct Open {
+    conns: HashMap<u64, Arc<Conn>>,
+    per_client: HashMap<IpAddr, usize>,
 }
 
 enum Admission {
@@ -631,14 +661,47 @@ enum Admission {
     Refused,
 }
 
+/// The client a peer address counts as: IPv4 (IPv4-mapped IPv6 too) by its
+/// address, IPv6 by its /64, which one host is usually given whole.
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 impl Table {
-    fn admit(&self, stats: &HttpStats) -> Admission {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() >= self.cap {
-            let victim = pick_victim(conns.values().map(|c| (c.id, c.phase(), c.last_io())));
-            match victim.and_then(|id| conns.remove(&id)) {
-                Some(v) => {
-                    v.close.cancel();
+    fn admit(&self, stats: &HttpStats, client: Option<IpAddr>) -> Admission {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        // The client's own cap first: a client at it makes room among its
+        // own connections, never among other clients'.
+        if let Some(c) = client {
+            if open.per_client.get(&c).copied().unwrap_or(0) >= self.per_client_cap {
+                let own = open
+                    .conns
+                    .values()
+                    .filter(|x| x.client == Some(c))
+                    .map(|x| (x.id, x.phase(), x.last_io()));
+                match pick_victim(own) {
+                    Some(id) => {
+                        open.evict(id);
+                        stats.closed(CloseReason::Evicted);
+                    }
+                    None => {
+                        stats.closed(CloseReason::ClientLimit);
+                        return Admission::Refused;
+                    }
+                }
+            }
+        }
+        if open.conns.len() >= self.cap {
+            let victim = pick_victim(open.conns.values().map(|c| (c.id, c.phase(), c.last_io())));
+            match victim {
+                Some(id) => {
+                    open.evict(id);
                     stats.closed(CloseReason::Evicted);
                 }
                 None => {
@@ -655,16 +718,43 @@ impl Table {
             head_started_ms: AtomicU64::new(0),
             phase: AtomicU8::new(WAITING),
             close: CancellationToken::new(),
+            client,
+            answered: Arc::new(Answered::default()),
         });
-        conns.insert(id, conn.clone());
-        stats.open.set(conns.len() as i64);
+        open.conns.insert(id, conn.clone());
+        if let Some(c) = client {
+            *open.per_client.entry(c).or_insert(0) += 1;
+        }
+        stats.open.set(open.conns.len() as i64);
         Admission::Admitted(conn)
     }
 
     fn remove(&self, id: u64, stats: &HttpStats) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.remove(&id);
-        stats.open.set(conns.len() as i64);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.forget(id);
+        stats.open.set(open.conns.len() as i64);
+    }
+}
+
+impl Open {
+    /// Closes connection `id` and stops counting it.
+    fn evict(&mut self, id: u64) {
+        if let Some(v) = self.forget(id) {
+            v.close.cancel();
+        }
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Arc<Conn>> {
+        let conn = self.conns.remove(&id)?;
+        if let Some(c) = conn.client {
+            if let Some(n) = self.per_client.get_mut(&c) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_client.remove(&c);
+                }
+            }
+        }
+        Some(conn)
     }
 }
 
@@ -679,10 +769,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let table = Arc::new(Table {
-        conns: Mutex::new(HashMap::new()),
+        open: Mutex::new(Open::default()),
         next_id: AtomicU64::new(0),
         epoch: Instant::now(),
         cap: limits.max_connections.max(1),
+        per_client_cap: limits.max_connections_per_client.max(1),
     });
     stats.limit.set(table.cap as i64);
     let stop = CancellationToken::new();
@@ -694,8 +785,8 @@ pub async fn serve(
             () = &mut shutdown => break,
             r = listener.accept() => r,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
             Err(e) => {
                 stats.accept_errors.inc();
                 let out_of_fds = matches!(
@@ -714,7 +805,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let conn = match table.admit(&stats) {
+        let conn = match table.admit(&stats, Some(client_of(peer.ip()))) {
             Admission::Admitted(c) => c,
             // Dropping the stream closes it.
             Admission::Refused => continue,
@@ -782,7 +873,8 @@ async fn serve_connection(
 }
 
 /// Serves HTTP/1.1 on `io` until the client leaves, a timeout ends the
-/// connection, it is evicted, or the server stops.
+/// connection, it is evicted, or the server stops. A request head too large
+/// is answered here in the error shape (`head.rs`).
 #[allow(clippy::too_many_arguments)]
 async fn drive<I>(
     io: I,
@@ -796,7 +888,7 @@ async fn drive<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(HeadGuard::new(io, conn.answered.clone()));
     let svc_conn = conn.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let handling = Handling::begin(&svc_conn);
@@ -808,29 +900,38 @@ async fn drive<I>(
         if let Some(cert) = &cert {
             req.extensions_mut().insert(cert.clone());
         }
-        async move {
+        // Boxed: hyper hands the stream back (`into_parts`) only for a
+        // service whose future is Unpin.
+        Box::pin(async move {
             let resp = app.oneshot(req).await;
             drop(handling);
             resp
-        }
+        })
     });
-    let http = hyper::server::conn::http1::Builder::new()
+    let mut http = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
-        .max_buf_size(MAX_BUF)
+        .max_buf_size(head::HYPER_MAX_BUF)
+        .max_headers(head::HYPER_MAX_HEADERS)
         .serve_connection(io, svc);
-    tokio::pin!(http);
     let check = tokio::time::sleep(limits.idle_timeout.min(limits.header_read_timeout));
     tokio::pin!(check);
     let mut stopping = false;
-    loop {
-        tokio::select! {
-            res = http.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!("HTTP connection ended with an error: {e}.");
-                }
-                return;
-            }
-            () = &mut check => {
+    enum Next {
+        Done(Result<(), hyper::Error>),
+        Check,
+        Evicted,
+        Stop,
+    }
+    let ended = loop {
+        let next = tokio::select! {
+            res = std::future::poll_fn(|cx| http.poll_without_shutdown(cx)) => Next::Done(res),
+            () = &mut check => Next::Check,
+            () = conn.close.cancelled() => Next::Evicted,
+            () = stop.cancelled(), if !stopping => Next::Stop,
+        };
+        match next {
+            Next::Done(res) => break res,
+            Next::Check => {
                 let now = conn.epoch.elapsed();
                 match verdict(conn.phase(), conn.last_io(), now, &limits) {
                     Verdict::KeepUntil(t) => check.as_mut().reset(conn.epoch + t),
@@ -840,14 +941,67 @@ async fn drive<I>(
                     }
                 }
             }
-            () = conn.close.cancelled() => return,
-            () = stop.cancelled(), if !stopping => {
+            Next::Evicted => return,
+            Next::Stop => {
                 stopping = true;
-                http.as_mut().graceful_shutdown();
+                std::pin::Pin::new(&mut http).graceful_shutdown();
             }
         }
+    };
+    let mut io = http.into_parts().io.into_inner();
+    // hyper saw the client leave mid-head only because the guard ended the
+    // stream there: answer in the error shape. A head refused while hyper
+    // still finished an exchange (bytes of a body it was discarding) gets
+    // nothing more.
+    let refused = match (&ended, io.refused()) {
+        (Err(e), Some(why)) if e.is_incomplete_message() => Some(why),
+        _ => None,
+    };
+    if let Err(e) = &ended {
+        if refused.is_none() {
+            tracing::debug!("HTTP connection ended with an error: {e}.");
+        }
     }
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(why) = refused else {
+        // Bounded like any write to a client that may not read.
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, io.shutdown()).await;
+        return;
+    };
+    stats.closed(CloseReason::HeadTooLarge);
+    let mut io = io.into_inner();
+    let answer = async {
+        io.write_all(&head::refusal(why)).await?;
+        io.shutdown().await
+    };
+    if !matches!(
+        tokio::time::timeout(FINISH_TIMEOUT, answer).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    // The client is likely still sending the rest of its head: closing with
+    // those bytes unread would reset the connection and could destroy the
+    // answer before the client reads it. Read and drop them for a while
+    // (bounded in time and bytes, in a small buffer).
+    let linger = async {
+        let mut sink = [0u8; 8 * 1024];
+        let mut total = 0usize;
+        while total < LINGER_BYTES {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(FINISH_TIMEOUT, linger).await;
 }
+
+/// The longest time spent writing the last bytes to a client, and
+/// lingering after a refused head.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of a refused head read and dropped before closing.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -857,6 +1011,7 @@ mod tests {
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
         max_connections: 100,
+        max_connections_per_client: 10,
     };
 
     fn s(n: u64) -> Duration {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use fpm_storage::{Storage, StorageConfig};
 use prometheus::IntCounter;
 use tower::ServiceExt;

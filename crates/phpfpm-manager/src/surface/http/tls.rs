@@ -215,6 +215,7 @@ mod tests {
             cert_path: dir.join("c.pem"),
             key_path: dir.join("k.pem"),
             client_ca_path: None,
+            ca_path: None,
         }
     }
 
