@@ -1,6 +1,7 @@
 //! The HTTP surface under load (`cargo bench -p phpfpm-manager --bench api`,
 //! part of `make bench`): the real manager supervising 8 real php-fpm pools
-//! × 32 static workers with per-process metrics on, `/metrics` and
+//! × 32 static workers with per-process metrics on, `/metrics` (with
+//! `Accept-Encoding: gzip` as Prometheus sends it, and without) and
 //! `/api/v1/pools` each asked by 50 concurrent keep-alive clients, over
 //! plain HTTP and over TLS.
 //!
@@ -73,12 +74,17 @@ fn main() {
     println!("\nload average after: {}", loadavg());
     let metrics_p99 = rows
         .iter()
-        .filter(|r| r.path == "/metrics")
+        .filter(|r| r.path == "/metrics" && r.gzip)
+        .map(|r| r.p99_ms)
+        .fold(0.0, f64::max);
+    let plain_p99 = rows
+        .iter()
+        .filter(|r| r.path == "/metrics" && !r.gzip)
         .map(|r| r.p99_ms)
         .fold(0.0, f64::max);
     let stretch = rows.iter().map(|r| r.stretch).fold(f64::MIN, f64::max);
     println!(
-        "goal p99 of /metrics <= 20 ms: worst {metrics_p99:.1} ms ({})",
+        "goal p99 of /metrics <= 20 ms, asked as Prometheus asks (gzip): worst {metrics_p99:.1} ms ({}); without compression: worst {plain_p99:.1} ms",
         if metrics_p99 <= 20.0 { "met" } else { "MISSED" }
     );
     println!(
@@ -90,6 +96,7 @@ fn main() {
 
 struct Row {
     path: &'static str,
+    gzip: bool,
     p99_ms: f64,
     stretch: f64,
 }
@@ -175,15 +182,25 @@ fn run_manager(tls: bool) -> Vec<Row> {
     let pid = d.child.id();
     let idle = rt.block_on(measure_interval(&dial, IDLE));
     let mut rows = Vec::new();
-    for path in ["/metrics", "/api/v1/pools"] {
-        let size = rt.block_on(fetch(&dial, path)).map_or(0, |b| b.len());
+    // `/metrics` as Prometheus asks for it (gzip) and without compression.
+    for (path, gzip) in [
+        ("/metrics", true),
+        ("/metrics", false),
+        ("/api/v1/pools", false),
+    ] {
+        let size = rt
+            .block_on(async {
+                let mut c = connect(&dial).await?;
+                c.get(path, gzip).await.map(|_| c.last_len)
+            })
+            .unwrap_or(0);
         let cpu0 = cpu_ticks(pid);
         let own0 = cpu_ticks(std::process::id());
         let stop = Arc::new(AtomicBool::new(false));
         let rss_max = sample_rss(pid, stop.clone());
         let started = Instant::now();
         let (interval, (lat, errors)) = rt.block_on(async {
-            let load = tokio::spawn(load(dial.clone(), path, LOAD));
+            let load = tokio::spawn(load(dial.clone(), path, gzip, LOAD));
             let interval = measure_interval(&dial, LOAD).await;
             (interval, load.await.unwrap())
         });
@@ -203,8 +220,9 @@ fn run_manager(tls: bool) -> Vec<Row> {
         };
         let stretch = interval / idle - 1.0;
         println!(
-            "| {} {path} | {:.0} | {:.0} KB | {:.2} ms | {:.2} ms | {:.1} ms | {errors} | {cpu:.0} % of a core | {own:.0} % | {:.1} MB | {idle:.3} s -> {interval:.3} s ({:+.1} %) |",
+            "| {} {path}{} | {:.0} | {:.0} KB | {:.2} ms | {:.2} ms | {:.1} ms | {errors} | {cpu:.0} % of a core | {own:.0} % | {:.1} MB | {idle:.3} s -> {interval:.3} s ({:+.1} %) |",
             if tls { "TLS" } else { "plain" },
+            if gzip { " (gzip)" } else { "" },
             lat.len() as f64 / LOAD.as_secs_f64(),
             size as f64 / 1024.0,
             pct(0.5),
@@ -215,6 +233,7 @@ fn run_manager(tls: bool) -> Vec<Row> {
         );
         rows.push(Row {
             path,
+            gzip,
             p99_ms: pct(0.99),
             stretch,
         });
@@ -228,7 +247,12 @@ fn run_manager(tls: bool) -> Vec<Row> {
 /// `CLIENTS` connections asking for `path` back to back for `length`:
 /// every answer's latency, and the count of failures (non-200 answers,
 /// broken connections; a broken connection is opened again).
-async fn load(dial: Dial, path: &'static str, length: Duration) -> (Vec<Duration>, u64) {
+async fn load(
+    dial: Dial,
+    path: &'static str,
+    gzip: bool,
+    length: Duration,
+) -> (Vec<Duration>, u64) {
     let deadline = tokio::time::Instant::now() + length;
     let all = Arc::new(Mutex::new((Vec::with_capacity(200_000), 0u64)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -245,7 +269,8 @@ async fn load(dial: Dial, path: &'static str, length: Duration) -> (Vec<Duration
                 };
                 while tokio::time::Instant::now() < deadline {
                     let t = Instant::now();
-                    match tokio::time::timeout(Duration::from_secs(10), conn.get(path)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), conn.get(path, gzip)).await
+                    {
                         Ok(Ok((200, _))) => mine.push(t.elapsed()),
                         Ok(Ok(_)) => errors += 1,
                         _ => {
@@ -274,7 +299,7 @@ async fn measure_interval(dial: &Dial, length: Duration) -> f64 {
     let mut seen: BTreeMap<String, (u64, Option<Instant>, Option<Instant>, u64)> = BTreeMap::new();
     while started.elapsed() < length {
         let now = Instant::now();
-        if let Ok((200, body)) = conn.get("/metrics").await {
+        if let Ok((200, body)) = conn.get("/metrics", false).await {
             for l in body
                 .lines()
                 .filter(|l| l.starts_with("phpfpm_manager_scrape_duration_seconds_count{"))
@@ -320,6 +345,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 struct Conn {
     io: Box<dyn Io>,
     buf: Vec<u8>,
+    /// Bytes of the last answer's body (compressed or not).
+    last_len: usize,
 }
 
 async fn connect(dial: &Dial) -> std::io::Result<Conn> {
@@ -330,6 +357,7 @@ async fn connect(dial: &Dial) -> std::io::Result<Conn> {
         Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
     };
     Ok(Conn {
+        last_len: 0,
         io,
         buf: Vec::with_capacity(64 * 1024),
     })
@@ -337,13 +365,18 @@ async fn connect(dial: &Dial) -> std::io::Result<Conn> {
 
 async fn fetch(dial: &Dial, path: &str) -> std::io::Result<String> {
     let mut c = connect(dial).await?;
-    c.get(path).await.map(|(_, body)| body)
+    c.get(path, false).await.map(|(_, body)| body)
 }
 
 impl Conn {
-    async fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+    async fn get(&mut self, path: &str, gzip: bool) -> std::io::Result<(u16, String)> {
+        let accept = if gzip {
+            "Accept-Encoding: gzip\r\n"
+        } else {
+            ""
+        };
         self.io
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{accept}\r\n").as_bytes())
             .await?;
         self.io.flush().await?;
         self.buf.clear();
@@ -371,6 +404,7 @@ impl Conn {
                     }
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
+                self.last_len = len;
                 let body = String::from_utf8_lossy(&self.buf[end + 4..end + 4 + len]).into_owned();
                 return Ok((status, body));
             }

@@ -119,14 +119,15 @@ fn metrics(
     scrape: Arc<scrape::Coalescer>,
 ) -> impl Fn(
     State<Arc<AppState>>,
+    axum::http::HeaderMap,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>
        + Clone
        + Send
        + Sync
        + 'static {
-    move |State(state): State<Arc<AppState>>| {
+    move |State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap| {
         let scrape = scrape.clone();
-        Box::pin(async move { scrape.answer(&state).await })
+        Box::pin(async move { scrape.answer(&state, &headers).await })
     }
 }
 
