@@ -457,6 +457,11 @@ fn scenario(
     println!("\n## {title}");
     let mut results = Vec::new();
     for &kind in &settings.contenders {
+        // With one pool its cap is already the whole budget: the same as
+        // `ondemand`.
+        if kind == Kind::OndemandOver && setup.pools.len() == 1 {
+            continue;
+        }
         let c = Contender::start(kind, setup);
         let streams = |ph: &[Vec<Phase>]| -> Vec<Stream> {
             setup

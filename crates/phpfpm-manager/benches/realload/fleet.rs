@@ -39,6 +39,10 @@ pub(crate) enum Kind {
     /// `dynamic` with the spares of [`tuned_spares`].
     DynamicTuned,
     Ondemand,
+    /// `ondemand` with each pool's cap at the manager's maximum, so that the
+    /// caps add up to more than the budget: what an operator gets who
+    /// sizes every pool for its own peak.
+    OndemandOver,
     Manager,
     /// The manager with `phpfpm.warm_handover: false`: a new master starts
     /// with an empty OPcache (no `opcache.file_cache`), to measure what the
@@ -47,11 +51,12 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 6] = [
+    pub(crate) const ALL: [Kind; 7] = [
         Kind::Static,
         Kind::Dynamic,
         Kind::DynamicTuned,
         Kind::Ondemand,
+        Kind::OndemandOver,
         Kind::Manager,
         Kind::ManagerCold,
     ];
@@ -62,6 +67,7 @@ impl Kind {
             Kind::Dynamic => "dynamic",
             Kind::DynamicTuned => "dynamic-tuned",
             Kind::Ondemand => "ondemand",
+            Kind::OndemandOver => "ondemand-over",
             Kind::Manager => "manager",
             Kind::ManagerCold => "manager-cold",
         }
@@ -143,7 +149,11 @@ fn start_fpm(kind: Kind, setup: &Setup) -> Contender {
             FpmOpts {
                 name: pool,
                 pm,
-                max_children: setup.cap_per_pool,
+                max_children: if kind == Kind::OndemandOver {
+                    setup.manager_max_per_pool
+                } else {
+                    setup.cap_per_pool
+                },
                 status_listen: true,
                 scripts: vec![],
                 control_timeout_secs: 10,

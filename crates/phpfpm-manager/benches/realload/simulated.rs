@@ -131,7 +131,7 @@ fn manager_of(kind: Kind, setup: &Setup, pool: &str) -> Manager {
         Kind::Static => Manager::Static,
         Kind::Dynamic => dynamic("dynamic", DEBIAN_SPARES),
         Kind::DynamicTuned => dynamic("dynamic-tuned", tuned_spares(setup.cap_per_pool)),
-        Kind::Ondemand => Manager::Ondemand,
+        Kind::Ondemand | Kind::OndemandOver => Manager::Ondemand,
         Kind::Manager => Manager::Daemon {
             policy: policy(setup, pool),
             file_cache: true,
@@ -167,7 +167,10 @@ pub(crate) fn simulate(
                         name: (*pool).to_owned(),
                         trace: TraceSpec::Csv(csv(ph)),
                         manager: manager_of(kind, setup, pool),
-                        max_workers: if matches!(kind, Kind::Manager | Kind::ManagerCold) {
+                        max_workers: if matches!(
+                            kind,
+                            Kind::Manager | Kind::ManagerCold | Kind::OndemandOver
+                        ) {
                             setup.manager_max_per_pool
                         } else {
                             setup.cap_per_pool
