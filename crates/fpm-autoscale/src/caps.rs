@@ -178,6 +178,13 @@ pub struct Pressure {
     pub workers: u32,
 }
 
+impl Pressure {
+    /// Requests pile up: a queue of half the cap or more (at least 2).
+    fn piles_up(&self, cap: u32) -> bool {
+        self.queue > 0 && self.queue >= (cap / 2).max(2)
+    }
+}
+
 /// Damping settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Damping {
@@ -332,8 +339,7 @@ pub fn board_demand(
     // A queue seen at one look can be a burst the workers drain within
     // the second; seen at two looks in a row, it is a pool short of
     // workers.
-    let starving =
-        memory.queued && pressure.queue > 0 && pressure.queue >= (applied_cap / 2).max(2);
+    let starving = memory.queued && pressure.piles_up(applied_cap);
     memory.queued = pressure.queue > 0;
     let now = if starving {
         sizes.needed_now
@@ -413,7 +419,7 @@ pub fn next_cap(
     // takes all the memory the others leave free rather than its share,
     // and does not wait out the cooldown, which would let the queue grow
     // for seconds more.
-    let piling = pressure.queue > 0 && pressure.queue >= (cap / 2).max(2);
+    let piling = pressure.piles_up(cap);
     if share > cap || (piling && room > cap) {
         memory.below_since_ms = None;
         let max = pool.max_workers.max(pool.min_workers);

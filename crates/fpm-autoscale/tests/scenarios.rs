@@ -45,11 +45,21 @@ fn sweep(trace: &TraceSpec, duration_s: f64, managers: &[Manager]) -> Vec<Vec<Si
             .map(|m| run(trace, m, &scenario).expect("simulation runs"))
             .collect()
     };
-    let seeds: Vec<u64> = (1..=SEEDS).collect();
+    on_two_threads(1..=SEEDS, run_seed)
+}
+
+/// `run(seed)` for every seed, odd seeds on a second thread; results in
+/// seed order.
+fn on_two_threads<T: Send>(
+    seeds: std::ops::RangeInclusive<u64>,
+    run: impl Fn(u64) -> T + Sync,
+) -> Vec<T> {
+    let seeds: Vec<u64> = seeds.collect();
     let (odd, even): (Vec<u64>, Vec<u64>) = seeds.iter().partition(|&&s| s % 2 == 1);
+    let run = &run;
     let (mut a, mut b) = std::thread::scope(|scope| {
-        let first = scope.spawn(|| odd.iter().map(|&s| (s, run_seed(s))).collect::<Vec<_>>());
-        let second: Vec<_> = even.iter().map(|&s| (s, run_seed(s))).collect();
+        let first = scope.spawn(move || odd.iter().map(|&s| (s, run(s))).collect::<Vec<_>>());
+        let second: Vec<_> = even.iter().map(|&s| (s, run(s))).collect();
         (first.join().expect("thread"), second)
     });
     a.append(&mut b);
@@ -472,15 +482,7 @@ fn alternating_peaks_move_the_budget_to_the_busy_pool() {
         let split = run_shared(&pools(&Manager::Static, 12), &scenario).expect("static runs");
         (managed, split)
     };
-    let seeds: Vec<u64> = (1..=10).collect();
-    let (odd, even): (Vec<u64>, Vec<u64>) = seeds.iter().partition(|&&s| s % 2 == 1);
-    let run_seed = &run_seed;
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let first = scope.spawn(move || odd.iter().map(|&s| (s, run_seed(s))).collect::<Vec<_>>());
-        let mut all: Vec<_> = even.iter().map(|&s| (s, run_seed(s))).collect();
-        all.extend(first.join().expect("thread"));
-        all
-    });
+    let results = (1..=10).zip(on_two_threads(1..=10, run_seed));
     for (seed, (managed, split)) in results {
         for (index, (mine, equal)) in managed.pools.iter().zip(&split.pools).enumerate() {
             assert!(

@@ -446,6 +446,36 @@ pub fn http_request(
 
 /// The manager binary built for this test run, found next to the running
 /// test executable (`target/<profile>/deps/..`).
+/// Polls `f` every 50 ms until it holds (true) or `limit` passes (false).
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The first number of a field of `/proc/<pid>/status` (`VmRSS:` in KiB,
+/// `Threads:`, ...); `None` when the process or the field is gone.
+pub fn proc_status_field(pid: u32, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The time now as `date -u` prints it, for benchmark headers.
+pub fn utc_now_text() -> String {
+    Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 pub fn manager_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let mut dir = exe.parent().unwrap().to_path_buf();
@@ -530,6 +560,25 @@ impl TestDaemon {
 
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
         http_get(self.addr, path)
+    }
+
+    /// Waits until `/metrics` says `pool` is up; panics with the manager's
+    /// log after `limit`.
+    pub fn wait_pool_up(&self, pool: &str, limit: Duration) {
+        let line = format!("phpfpm_up{{pool=\"{pool}\"");
+        self.wait_metrics(limit, |b| {
+            b.lines().any(|l| l.starts_with(&line) && l.ends_with(" 1"))
+        })
+        .unwrap_or_else(|| panic!("pool {pool} not up within {limit:?}; log:\n{}", self.log()));
+    }
+
+    /// The value of the first `/metrics` line starting with `prefix`.
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").ok()?;
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// Polls `/metrics` until `pred` holds or `limit` passes.

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fpm_testkit::{TestDaemon, TestDir};
+use fpm_testkit::{proc_status_field, utc_now_text, TestDaemon, TestDir};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -56,7 +56,7 @@ fn main() {
     println!("# HTTP surface under load: 8 pools x 32 workers, per-process metrics on");
     println!(
         "date: {}  machine: {} vCPU, {}  load average before: {}",
-        now_text(),
+        utc_now_text(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model(),
         loadavg()
@@ -459,7 +459,7 @@ fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut max = 0;
         while !stop.load(Ordering::SeqCst) {
-            max = max.max(rss_kib(pid));
+            max = max.max(proc_status_field(pid, "VmRSS:").unwrap_or(0));
             std::thread::sleep(Duration::from_millis(250));
         }
         max
@@ -468,15 +468,6 @@ fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 
 fn cpu_ticks(pid: u32) -> u64 {
     fpm_kernel::procfs::read_stat(pid).unwrap().cpu_ticks()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn loadavg() -> String {
@@ -493,13 +484,5 @@ fn cpu_model() -> String {
                 .find_map(|l| l.strip_prefix("model name"))
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
         })
-        .unwrap_or_default()
-}
-
-fn now_text() -> String {
-    std::process::Command::new("date")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }

@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use fpm_testkit::{FpmOpts, TestDaemon, TestFpm};
+use fpm_testkit::{proc_status_field, utc_now_text, FpmOpts, TestDaemon, TestFpm};
 use phpfpm_manager::collect::{fetch_status, record, ProbeMarker};
 use phpfpm_manager::config::{self, LoadInput};
 use phpfpm_manager::fastcgi::{self, Timeouts};
@@ -31,7 +31,7 @@ const ROUNDS: usize = 400;
 
 fn main() {
     println!("# phpfpm-manager collector benchmark");
-    println!("date: {}", now_text());
+    println!("date: {}", utc_now_text());
     println!(
         "cpus: {}",
         std::thread::available_parallelism()
@@ -322,7 +322,7 @@ fn measure_daemon(
     let t0 = Instant::now();
     let mut rss = Vec::new();
     while t0.elapsed() < window {
-        rss.push(rss_kib(pid));
+        rss.push(proc_status_field(pid, "VmRSS:").unwrap_or(0));
         std::thread::sleep(Duration::from_secs(1));
     }
     let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0; // USER_HZ on Linux
@@ -343,15 +343,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fpm_kernel::procfs::read_stat(pid).unwrap().cpu_ticks()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -364,12 +355,4 @@ fn p90(v: &mut [Duration]) -> Duration {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn now_text() -> String {
-    std::process::Command::new("date")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

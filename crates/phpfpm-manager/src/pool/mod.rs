@@ -903,11 +903,6 @@ impl PoolActor {
         self.cap = Some(to);
         let Some(spec) = self.desired() else { return };
         let reason = format!("autoscaler: {rule} ({from} -> {to} workers)");
-        // Growth is reserved on the board before the hand-over, so that no
-        // other pool plans into the same memory meanwhile.
-        if to > from {
-            self.board.set_applied(&self.pool.name, to);
-        }
         match self.apply(spec, &reason).await {
             Ok(stopped) => {
                 self.board.set_applied(&self.pool.name, to);

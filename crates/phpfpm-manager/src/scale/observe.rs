@@ -118,17 +118,7 @@ impl Model {
         // would plan several times too many workers. Only workers the
         // status page lists count: with no worker forked yet, the master's
         // other children (the status listener's own worker) would.
-        let served: std::collections::HashSet<u32> = status
-            .processes
-            .iter()
-            .filter(|p| p.requests > 0)
-            .map(|p| p.pid)
-            .collect();
-        let pss: Vec<u64> = workers
-            .iter()
-            .filter(|w| served.contains(&w.pid))
-            .filter_map(|w| w.pss_bytes)
-            .collect();
+        let pss: Vec<u64> = served_workers(look).filter_map(|w| w.pss_bytes).collect();
         let cpu: Option<f64> = {
             let known: Vec<f64> = workers.iter().filter_map(|w| w.cpu_percent).collect();
             (!known.is_empty()).then(|| known.iter().sum::<f64>() / 100.0)
@@ -170,6 +160,22 @@ impl Model {
     }
 }
 
+/// The workers of `look` its status page lists that have served a
+/// request: only they have built the memory a request leaves behind.
+fn served_workers(look: &Look) -> impl Iterator<Item = &crate::state::WorkerView> {
+    let served: std::collections::HashSet<u32> = look
+        .status
+        .iter()
+        .flat_map(|s| &s.processes)
+        .filter(|p| p.requests > 0)
+        .map(|p| p.pid)
+        .collect();
+    look.kernel
+        .per_worker
+        .iter()
+        .filter(move |w| served.contains(&w.pid))
+}
+
 /// What the pool's workers cost in memory, from one look: `(p95 private
 /// memory of one worker, memory they share)`; pure. `None` when the look
 /// carries no memory reading of a worker that served a request.
@@ -181,19 +187,9 @@ impl Model {
 /// few workers, that slice is large and the budget looks far smaller than
 /// it is.
 pub fn worker_memory(look: &Look) -> Option<(u64, u64)> {
-    let status = look.status.as_ref()?;
-    let served: std::collections::HashSet<u32> = status
-        .processes
-        .iter()
-        .filter(|p| p.requests > 0)
-        .map(|p| p.pid)
-        .collect();
     let mut private = Vec::new();
     let mut shared = 0u64;
-    for w in &look.kernel.per_worker {
-        if !served.contains(&w.pid) {
-            continue;
-        }
+    for w in served_workers(look) {
         if let (Some(pss), Some(uss)) = (w.pss_bytes, w.uss_bytes) {
             private.push(uss.max(1));
             shared += pss.saturating_sub(uss);

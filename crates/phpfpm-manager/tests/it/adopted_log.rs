@@ -9,8 +9,8 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::supervisor::{php, pool_field, pools_up, prepare, wait_for};
-use crate::support::TestDaemon;
+use crate::supervisor::{php, pool_field, pools_up, prepare};
+use crate::support::{wait_for, TestDaemon};
 
 fn config(dir: &crate::support::TestDir) -> String {
     format!(

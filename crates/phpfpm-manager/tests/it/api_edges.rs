@@ -10,44 +10,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::auth::{ca, exchange, key_new, leaf, tls_call};
-use crate::support::{manager_bin, TestDaemon, TestDir};
+use crate::auth::{ca, exchange, key_new, leaf, parse_head, tls_call};
+use crate::support::{manager_bin, wait_for, TestDaemon, TestDir};
 
 /// One supervised, autoscaled pool (the scaling command applies to it),
 /// collected every second.
 const POOL: &str = "monitoring:\n  collect_interval: 1s\n  idle_interval: 1s\n\
                     pools:\n  - name: app\n    max_workers: 4\n    scaling:\n      enabled: true\n      min_workers: 1\n      max_workers: 4\n";
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn pool_up(d: &TestDaemon) {
-    d.wait_metrics(Duration::from_secs(30), |b| {
-        b.lines()
-            .any(|l| l.starts_with("phpfpm_up{pool=\"app\"") && l.ends_with(" 1"))
-    })
-    .unwrap_or_else(|| panic!("pool app not up within 30s; log:\n{}", d.log()));
-}
-
-fn metric(d: &TestDaemon, prefix: &str) -> f64 {
-    d.get("/metrics")
-        .ok()
-        .and_then(|(_, b)| {
-            b.lines()
-                .find(|l| l.starts_with(prefix))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 /// Sends `head` (and nothing more) on a new connection, reads the answer:
 /// status and body. The whole head is written even though the manager
@@ -62,16 +31,7 @@ fn send_head(addr: SocketAddr, head: &[u8]) -> (u16, String, Vec<(String, String
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (status, headers) = parse_head(head);
     (status, body.to_owned(), headers)
 }
 
@@ -87,7 +47,7 @@ fn error_code(body: &str) -> String {
 #[test]
 fn oversized_request_lines_and_headers_get_the_error_shape() {
     let d = TestDaemon::start("edge-head", Some(POOL), &[]);
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let addr = d.addr;
     let query = "a".repeat(1 << 20);
 
@@ -155,10 +115,9 @@ fn oversized_request_lines_and_headers_get_the_error_shape() {
     assert_eq!(status, 400, "{answer}");
     assert_eq!(error_code(&answer), "invalid_parameter");
 
-    let refused = metric(
-        &d,
-        "phpfpm_manager_http_connections_closed_total{reason=\"head_too_large\"}",
-    );
+    let refused = d
+        .metric("phpfpm_manager_http_connections_closed_total{reason=\"head_too_large\"}")
+        .unwrap_or(0.0);
     assert!(refused >= 4.0, "head_too_large closes: {refused}");
     // Nothing broke.
     assert_eq!(d.get("/health/ready").unwrap().0, 200);
@@ -254,7 +213,7 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
         "{POOL}server:\n  limits:\n    max_connections_per_client: {CAP}\n    request_timeout: 2m\n"
     );
     let d = TestDaemon::start("edge-per-client", Some(&cfg), &[]);
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let addr = d.addr;
     let greedy = "127.0.0.2";
     let rt = crate::support::rt();
@@ -268,10 +227,10 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
         })
         .collect();
     assert!(
-        wait_for(Duration::from_secs(10), || metric(
-            &d,
-            "phpfpm_manager_http_connections "
-        ) >= CAP as f64),
+        wait_for(Duration::from_secs(10), || d
+            .metric("phpfpm_manager_http_connections ")
+            .unwrap_or(0.0)
+            >= CAP as f64),
         "the busy connections were not taken; log:\n{}",
         d.log()
     );
@@ -285,10 +244,9 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
         "a connection over the client's cap was answered: {}",
         String::from_utf8_lossy(&buf)
     );
-    let refused = metric(
-        &d,
-        "phpfpm_manager_http_connections_closed_total{reason=\"client_limit\"}",
-    );
+    let refused = d
+        .metric("phpfpm_manager_http_connections_closed_total{reason=\"client_limit\"}")
+        .unwrap_or(0.0);
     assert!(refused >= 1.0, "client_limit closes: {refused}");
 
     // Another client is served, and readiness answers, meanwhile.
@@ -314,7 +272,7 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
     }
     drop(busy);
     // (The connection asking for /metrics is open too.)
-    let open_now = || metric(&d, "phpfpm_manager_http_connections ");
+    let open_now = || d.metric("phpfpm_manager_http_connections ").unwrap_or(0.0);
     assert!(
         wait_for(Duration::from_secs(10), || open_now() <= 1.0),
         "the busy connections are still open: {}",
@@ -329,17 +287,15 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
         "the idle connections were not taken: {}",
         open_now()
     );
-    let evicted_before = metric(
-        &d,
-        "phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}",
-    );
+    let evicted_before = d
+        .metric("phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}")
+        .unwrap_or(0.0);
     let mut fresh = connect_from(&rt, greedy, addr);
     let (code, _, _) = exchange(&mut fresh, "GET", "/health/live", &[], "").unwrap();
     assert_eq!(code, 200);
-    let evicted = metric(
-        &d,
-        "phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}",
-    );
+    let evicted = d
+        .metric("phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}")
+        .unwrap_or(0.0);
     assert!(evicted > evicted_before, "{evicted_before} -> {evicted}");
     drop(idle);
 }
@@ -538,7 +494,7 @@ fn scope_matrix_over_every_documented_operation_and_every_caller() {
         reader.entry, operator.entry, admin.entry
     );
     let d = TestDaemon::start("edge-matrix", Some(&cfg), &[]);
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let admin_bearer = format!("Bearer {}", admin.secret);
     let (code, _, doc) = {
         let mut s = TcpStream::connect(d.addr).unwrap();

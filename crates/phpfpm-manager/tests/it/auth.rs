@@ -18,7 +18,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 
-use crate::support::{manager_bin, TestDaemon, TestDir};
+use crate::support::{manager_bin, wait_for, TestDaemon, TestDir};
 
 /// One supervised, autoscaled pool (scaling controls apply to it),
 /// collected every second.
@@ -74,6 +74,21 @@ pub(crate) type Answer = (u16, Vec<(String, String)>, String);
 /// An HTTP/1.1 exchange over any stream: status, headers (lowercase
 /// names) and body. Reads by Content-Length, so it works over TLS whether
 /// or not the server sends close_notify.
+/// A response head's status and headers (names lowercased).
+pub(crate) fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
 pub(crate) fn exchange(
     s: &mut (impl Read + Write),
     method: &str,
@@ -99,17 +114,7 @@ pub(crate) fn exchange(
     let mut chunk = [0u8; 16 * 1024];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let mut lines = head.lines();
-            let status = lines
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let hdrs: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .collect();
+            let (status, hdrs) = parse_head(&String::from_utf8_lossy(&buf[..end]));
             let len: usize = hdrs
                 .iter()
                 .find(|(k, _)| k == "content-length")
@@ -146,25 +151,6 @@ fn header<'a>(hdrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn pool_up(d: &TestDaemon) {
-    d.wait_metrics(Duration::from_secs(30), |b| {
-        b.lines()
-            .any(|l| l.starts_with("phpfpm_up{pool=\"app\"") && l.ends_with(" 1"))
-    })
-    .unwrap_or_else(|| panic!("pool app not up within 30s; log:\n{}", d.log()));
-}
-
 /// What a caller may do with a route.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Need {
@@ -185,7 +171,7 @@ fn scope_matrix_every_route_by_every_caller() {
         Some(&auth_config(&[&reader, &operator, &admin], "")),
         &[],
     );
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let simplejson = format!(
         r#"{{"range":{{"from":"2020-01-01T00:00:00Z","to":"{now}"}},"annotation":{{"name":"x"}}}}"#
@@ -318,7 +304,7 @@ fn the_audit_trail_has_one_event_per_change_and_no_secret() {
         Some(&auth_config(&[&reader, &operator], "")),
         &[],
     );
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let body = r#"{"action":"pause","reason":"audit test"}"#;
     let (code, _, answer) = call(
         d.addr,
@@ -452,7 +438,7 @@ fn a_burst_is_refused_with_retry_after_and_other_clients_go_on() {
         )),
         &[],
     );
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let hammer = format!("Bearer {}", burster.secret);
     let calm = format!("Bearer {}", other.secret);
     let mut codes = Vec::new();
@@ -526,7 +512,7 @@ fn scrapes(d: &TestDaemon) -> f64 {
 fn slow_and_idle_clients_do_not_stop_readiness_or_collection() {
     let k = key_new("probe", "read");
     let d = TestDaemon::start("auth-slow", Some(&auth_config(&[&k], "")), &[]);
-    pool_up(&d);
+    d.wait_pool_up("app", Duration::from_secs(30));
     let addr = d.addr;
     let rt = crate::support::rt();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -5,11 +5,11 @@
 //! what was learned, and bad controls are refused without changing anything.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::{manager_bin, wrk, TestDaemon, TestDir, TestNginx};
+use crate::support::{manager_bin, wait_for, wrk, TestDaemon, TestDir, TestNginx};
 
 const WORK_PHP: &str = "<?php usleep(20000); echo 'ok';\n";
 
@@ -62,17 +62,6 @@ fn field(v: &serde_json::Value, ptr: &str) -> serde_json::Value {
     v.pointer(ptr)
         .cloned()
         .unwrap_or_else(|| panic!("{ptr} missing in {v}"))
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 /// `pm.max_children` the pool's running master was started with (`None`

@@ -56,7 +56,7 @@ fn hold_until_released(d: &TestDaemon, n: usize) -> Vec<std::thread::JoinHandle<
 }
 
 /// Lets every held request finish, and waits for them.
-fn release(www: &std::path::Path, held: Vec<std::thread::JoinHandle<()>>) {
+pub(crate) fn release(www: &std::path::Path, held: Vec<std::thread::JoinHandle<()>>) {
     std::fs::write(www.join("release"), "").unwrap();
     for h in held {
         h.join().unwrap();
@@ -65,7 +65,7 @@ fn release(www: &std::path::Path, held: Vec<std::thread::JoinHandle<()>>) {
 }
 
 /// Starts `n` requests of `script?ms=..` on a unix socket, one thread each.
-fn hold_on(
+pub(crate) fn hold_on(
     sock: &std::path::Path,
     script: &str,
     n: usize,

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::{
-    free_port, manager_bin, php_fpm, FpmOpts, TestDaemon, TestDir, TestFpm, SLEEP_PHP,
+    free_port, manager_bin, php_fpm, proc_status_field, wait_for, FpmOpts, TestDaemon, TestDir,
+    TestFpm, SLEEP_PHP,
 };
 use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
@@ -55,34 +56,6 @@ fn start_in(dir: TestDir, config: &str, nofile: Option<u64>) -> TestDaemon {
     TestDaemon { dir, addr, child }
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-fn pool_up(d: &TestDaemon, pool: &str) {
-    let line = format!("phpfpm_up{{pool=\"{pool}\"");
-    d.wait_metrics(Duration::from_secs(20), |b| {
-        b.lines().any(|l| l.starts_with(&line) && l.ends_with(" 1"))
-    })
-    .unwrap_or_else(|| panic!("pool {pool} not up within 20s; log:\n{}", d.log()));
-}
-
-/// The value of the first `/metrics` line starting with `prefix`.
-fn metric(d: &TestDaemon, prefix: &str) -> Option<f64> {
-    let (_, body) = d.get("/metrics").ok()?;
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// True once the peer has closed the connection (or reset it).
 fn closed_by_peer(s: &mut TcpStream) -> bool {
     s.set_nonblocking(true).unwrap();
@@ -97,23 +70,6 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     };
     s.set_nonblocking(false).unwrap();
     closed
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    field_of_status(pid, "VmRSS:")
-}
-
-fn threads(pid: u32) -> u64 {
-    field_of_status(pid, "Threads:")
-}
-
-fn field_of_status(pid: u32, name: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length; returns the status.
@@ -155,7 +111,7 @@ fn slowloris_clients_are_cut_at_the_header_timeout() {
     let config =
         format!("{POOL}server:\n  limits:\n    header_read_timeout: 1s\n    idle_timeout: 5m\n");
     let d = start("slowloris", &config, None);
-    pool_up(&d, "app");
+    d.wait_pool_up("app", Duration::from_secs(20));
     // 50 clients start a request and add one header line every 200 ms, so
     // they are never idle; only the header timeout can end them.
     let mut clients: Vec<Option<TcpStream>> = (0..50)
@@ -196,11 +152,9 @@ fn slowloris_clients_are_cut_at_the_header_timeout() {
     // The server kept answering meanwhile, and counted them.
     let (code, _) = d.get("/health/live").unwrap();
     assert_eq!(code, 200);
-    let cut = metric(
-        &d,
-        "phpfpm_manager_http_connections_closed_total{reason=\"header_timeout\"}",
-    )
-    .unwrap();
+    let cut = d
+        .metric("phpfpm_manager_http_connections_closed_total{reason=\"header_timeout\"}")
+        .unwrap();
     assert!(cut >= 50.0, "{cut}");
 }
 
@@ -209,7 +163,7 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     let config =
         format!("{POOL}server:\n  limits:\n    header_read_timeout: 30s\n    idle_timeout: 1s\n");
     let d = start("idle", &config, None);
-    pool_up(&d, "app");
+    d.wait_pool_up("app", Duration::from_secs(20));
     // A kept-alive connection after a complete answer, and one that never sends.
     let mut kept = TcpStream::connect(d.addr).unwrap();
     kept.set_read_timeout(Some(Duration::from_secs(10)))
@@ -231,11 +185,9 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
         "idle connections still open 20s after an idle timeout of 1s; log:\n{}",
         d.log()
     );
-    let idle = metric(
-        &d,
-        "phpfpm_manager_http_connections_closed_total{reason=\"idle_timeout\"}",
-    )
-    .unwrap();
+    let idle = d
+        .metric("phpfpm_manager_http_connections_closed_total{reason=\"idle_timeout\"}")
+        .unwrap();
     assert!(idle >= 2.0, "{idle}");
 }
 
@@ -247,14 +199,11 @@ fn many_idle_connections_leave_api_collection_and_restarts_working() {
     let config =
         format!("{POOL}server:\n  limits:\n    header_read_timeout: 10m\n    idle_timeout: 10m\n");
     let d = start("fdcap", &config, Some(1024));
-    pool_up(&d, "app");
-    let limit = metric(&d, "phpfpm_manager_http_connections_limit").unwrap();
+    d.wait_pool_up("app", Duration::from_secs(20));
+    let limit = d.metric("phpfpm_manager_http_connections_limit").unwrap();
     // Reserve 64 + 24 (one pool) + 12 (four readers); half of the rest.
     assert_eq!(limit, 462.0, "connection cap under a 1024 open-files limit");
-    assert_eq!(
-        metric(&d, "phpfpm_manager_open_files_limit").unwrap(),
-        1024.0
-    );
+    assert_eq!(d.metric("phpfpm_manager_open_files_limit").unwrap(), 1024.0);
 
     let mut idle = Vec::with_capacity(1100);
     for i in 0..1100 {
@@ -265,18 +214,15 @@ fn many_idle_connections_leave_api_collection_and_restarts_working() {
     }
     // Let the manager accept them all (and evict what does not fit).
     let settled = wait_for(Duration::from_secs(30), || {
-        metric(
-            &d,
-            "phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}",
-        )
-        .is_some_and(|n| n >= 1100.0 - 462.0)
+        d.metric("phpfpm_manager_http_connections_closed_total{reason=\"evicted\"}")
+            .is_some_and(|n| n >= 1100.0 - 462.0)
     });
     assert!(
         settled,
         "the manager did not take the connections; log:\n{}",
         d.log()
     );
-    let open = metric(&d, "phpfpm_manager_http_connections ").unwrap();
+    let open = d.metric("phpfpm_manager_http_connections ").unwrap();
     assert!(open <= 462.0, "{open} connections open");
 
     // The API answers.
@@ -284,11 +230,8 @@ fn many_idle_connections_leave_api_collection_and_restarts_working() {
     assert_eq!(code, 200, "{body}");
     // Collection goes on.
     let count = |d: &TestDaemon| {
-        metric(
-            d,
-            "phpfpm_manager_scrape_duration_seconds_count{pool=\"app\"}",
-        )
-        .unwrap_or(0.0)
+        d.metric("phpfpm_manager_scrape_duration_seconds_count{pool=\"app\"}")
+            .unwrap_or(0.0)
     };
     let before = count(&d);
     assert!(
@@ -319,12 +262,12 @@ fn many_idle_connections_leave_api_collection_and_restarts_working() {
 #[test]
 fn memory_after_a_burst_of_clients_stays_bounded() {
     let d = start("rss", POOL, None);
-    pool_up(&d, "app");
+    d.wait_pool_up("app", Duration::from_secs(20));
     for _ in 0..20 {
         d.get("/metrics").unwrap();
     }
     let pid = d.child.id();
-    let before = vm_rss_kib(pid);
+    let before = proc_status_field(pid, "VmRSS:").unwrap();
     let addr = d.addr;
     let rt = crate::support::rt();
     let answered = rt.block_on(async move {
@@ -372,7 +315,7 @@ fn memory_after_a_burst_of_clients_stays_bounded() {
     });
     // Connections closed: what the manager still holds is what it keeps.
     std::thread::sleep(Duration::from_secs(3));
-    let after = vm_rss_kib(pid);
+    let after = proc_status_field(pid, "VmRSS:").unwrap();
     eprintln!(
         "RSS before {before} KiB, after 2000 keep-alive clients ({answered} answers) {after} KiB"
     );
@@ -436,9 +379,9 @@ fn concurrent_history_queries_run_on_a_bounded_number_of_threads() {
         db.display()
     );
     let d = start_in(dir, &config, None);
-    pool_up(&d, "app");
+    d.wait_pool_up("app", Duration::from_secs(20));
     let pid = d.child.id();
-    let base = threads(pid);
+    let base = proc_status_field(pid, "Threads:").unwrap();
     let addr = d.addr;
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -446,7 +389,7 @@ fn concurrent_history_queries_run_on_a_bounded_number_of_threads() {
         std::thread::spawn(move || {
             let mut peak = 0;
             while sampling.load(std::sync::atomic::Ordering::SeqCst) {
-                peak = peak.max(threads(pid));
+                peak = peak.max(proc_status_field(pid, "Threads:").unwrap());
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
@@ -508,7 +451,7 @@ fn query_strings_of_requests_in_flight_are_redacted() {
             if expose { "  expose_query_strings: true\n" } else { "" }
         );
         let d = start("querystring", &config, None);
-        pool_up(&d, "qs");
+        d.wait_pool_up("qs", Duration::from_secs(20));
         let ep = Endpoint::Unix(fpm.socket.clone());
         let script = fpm.www("sleep.php");
         let query = format!("ms=4000&{secret}");

@@ -10,8 +10,8 @@ use nix::sys::signal::Signal;
 use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 
-use crate::supervisor::{is_fpm_master, pool_field, pools_up, sock, wait_for};
-use crate::support::{TestDaemon, TestDir, HOLD_PHP, SLEEP_PHP};
+use crate::supervisor::{is_fpm_master, pool_field, pools_up, sock};
+use crate::support::{wait_for, TestDaemon, TestDir, HOLD_PHP, SLEEP_PHP};
 
 /// A manager with one static pool `a` of `workers`, scripts in www/.
 fn start(tag: &str, workers: u32, phpfpm: &str, pool_extra: &str) -> TestDaemon {

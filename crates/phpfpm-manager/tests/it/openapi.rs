@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::supervisor::{pools_up, prepare};
-use crate::support::{manager_bin, TestDaemon, TestDir};
+use crate::support::{TestDaemon, TestDir};
 
 /// Generated cases per operation and phase.
 const MAX_EXAMPLES: &str = "25";
@@ -73,7 +73,7 @@ fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
 /// is raised so that the fuzzer reaches the handlers instead of 429.
 #[test]
 fn schemathesis_with_an_api_key_finds_no_server_error_and_every_answer_conforms() {
-    let (secret, entry) = key_new("fuzzer", "admin");
+    let crate::auth::Key { secret, entry } = crate::auth::key_new("fuzzer", "admin");
     let dir = prepare("openapi-fuzz-key");
     let cfg = format!(
         "{}server:\n  limits:\n    client_requests_per_second: 100000\n    client_burst: 100000\n\
@@ -104,28 +104,6 @@ fn schemathesis_with_an_api_key_finds_no_server_error_and_every_answer_conforms(
         events.contains("\"principal\":\"fuzzer\"") && events.contains("\"outcome\":\"allowed\""),
         "no change allowed to the key's principal: {events}"
     );
-}
-
-/// A key made by the CLI: the key itself and the config lines it prints.
-fn key_new(name: &str, scope: &str) -> (String, String) {
-    let out = Command::new(manager_bin())
-        .args(["key", "new", name, "--scope", scope])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let secret = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("pfm_"))
-        .unwrap_or_else(|| panic!("no key in {text}"))
-        .to_owned();
-    let entry: String = text
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("- name:"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    (secret, entry)
 }
 
 /// Runs schemathesis over the document `d` serves, sending `bearer` (an

@@ -10,12 +10,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::supervisor::{pool_field, pools_up, prepare};
-use crate::support::{manager_bin, TestDaemon, TestDir};
+use crate::support::{manager_bin, wait_for, TestDaemon, TestDir};
 
 fn config(dir: &TestDir, api_workers: u32) -> String {
     format!(
@@ -63,17 +63,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn get_json(d: &TestDaemon, path: &str) -> Value {

@@ -22,8 +22,10 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message as _;
 
-use crate::supervisor::{pools_up, prepare, wait_for};
-use crate::support::{manager_bin, promtool_check, rt, TestDaemon, TestDir};
+use crate::supervisor::{pools_up, prepare};
+use crate::support::{
+    manager_bin, proc_status_field, promtool_check, rt, wait_for, TestDaemon, TestDir,
+};
 
 /// A trace id and span id a client would send.
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -556,15 +558,6 @@ fn collections_under_span_load(d: &TestDaemon, period: Duration) -> Vec<f64> {
     seen
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// With the collector unusable, collection keeps its 1 s interval (bounds
 /// generous for a loaded machine), memory stays bounded, and the spans are
 /// dropped, counted and reported.
@@ -576,10 +569,10 @@ fn collector_down(tag: &str, telemetry: &str) {
     // Let start-up allocations settle before the baseline.
     std::thread::sleep(Duration::from_secs(3));
     let pid = d.child.id();
-    let before = rss_kib(pid);
+    let before = proc_status_field(pid, "VmRSS:").unwrap();
     let period = Duration::from_secs(20);
     let seen = collections_under_span_load(&d, period);
-    let after = rss_kib(pid);
+    let after = proc_status_field(pid, "VmRSS:").unwrap();
 
     assert!(
         seen.len() >= 8,

@@ -29,7 +29,7 @@ use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 use serde_json::Value;
 
-use crate::support::{free_port, TestDaemon, TestDir, SLEEP_PHP};
+use crate::support::{free_port, wait_for, TestDaemon, TestDir, SLEEP_PHP};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -491,17 +491,6 @@ fn api(d: &TestDaemon, path: &str) -> Value {
         .ok()
         .and_then(|(_, b)| serde_json::from_str(&b).ok())
         .unwrap_or(Value::Null)
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::reload::{now_ms, wait_reload_at as wait_reload};
-use crate::supervisor::{pool_field, pools_up, prepare, wait_for};
-use crate::support::{free_port, http_get, manager_bin, TestDaemon, TestDir};
+use crate::supervisor::{pool_field, pools_up, prepare};
+use crate::support::{free_port, http_get, manager_bin, wait_for, TestDaemon, TestDir};
 
 fn config(dir: &TestDir, addr: SocketAddr, extra: &str) -> String {
     format!(

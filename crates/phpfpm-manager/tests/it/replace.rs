@@ -15,8 +15,8 @@ use nix::sys::signal::Signal;
 use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 
-use crate::supervisor::{config, pool_field, pools_up, prepare, sock, wait_for};
-use crate::support::{free_port, manager_bin, wait_child_exit, TestDaemon, TestDir};
+use crate::supervisor::{config, pool_field, pools_up, prepare, sock};
+use crate::support::{free_port, manager_bin, wait_child_exit, wait_for, TestDaemon, TestDir};
 
 /// `sleep 300` under a name that contains the product's name, started by
 /// this test in its own process group.

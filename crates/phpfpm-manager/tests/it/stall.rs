@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::supervisor::{php, pool_field, pools_up, prepare};
-use crate::support::{promtool_check, TestDaemon};
+use crate::support::{promtool_check, wait_for, TestDaemon};
 
 fn config(dir: &crate::support::TestDir, restart_after: &str) -> String {
     format!(
@@ -24,18 +24,6 @@ fn config(dir: &crate::support::TestDir, restart_after: &str) -> String {
 fn master_pid(d: &TestDaemon) -> u32 {
     let pid = pool_field(d, "a", "/master/pid");
     u32::try_from(pid.as_u64().unwrap_or_else(|| panic!("no pid: {pid}"))).unwrap()
-}
-
-/// Polls `pred` every 100 ms until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if pred() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn ready(d: &TestDaemon) -> (u16, String) {

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use phpfpm_manager::config::Endpoint;
 use phpfpm_manager::fastcgi::{self, Timeouts};
 
-use crate::support::{rt, wrk, TestDaemon, TestDir, TestNginx};
+use crate::support::{rt, wait_for, wrk, TestDaemon, TestDir, TestNginx};
 
 /// A script that does a little work, one that names the worker serving it,
 /// and one that reports OPcache's start.
@@ -77,17 +77,6 @@ pub(crate) fn php(dir: &TestDir, pool: &str, script: &str) -> String {
     let reply = rt().block_on(fastcgi::get(&ep, &file, "", t)).unwrap();
     let out = String::from_utf8_lossy(&reply.stdout).into_owned();
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-}
-
-pub(crate) fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

@@ -29,10 +29,9 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use phpfpm_manager::config::Endpoint;
-use phpfpm_manager::fastcgi::{self, Timeouts};
 use serde_json::{json, Value};
 
+use crate::deep::release;
 use crate::supervisor::pools_up;
 use crate::support::{free_port, TestDaemon, TestDir, HOLD_PHP};
 
@@ -292,6 +291,21 @@ async fn log(c: &Client, kind: &'static str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The text of the first element matching `selector` that contains
+/// `needle`, if any.
+async fn text_among(c: &Client, selector: &str, needle: &str) -> Option<String> {
+    let script = format!(
+        "return Array.from(document.querySelectorAll({selector:?})).map(e => e.textContent);"
+    );
+    js(c, &script)
+        .await
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|t| t.contains(needle))
+        .map(str::to_owned)
+}
+
 async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, Vec::new())
         .await
@@ -332,49 +346,19 @@ fn get_with_headers(addr: SocketAddr, path: &str) -> (u16, BTreeMap<String, Stri
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let code = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (code, headers, body.to_owned())
+    let (code, headers) = crate::auth::parse_head(head);
+    (code, headers.into_iter().collect(), body.to_owned())
 }
 
 /// Requests of `script` on `pool`'s socket, one thread each, each held
 /// until the file `release` appears next to `hold.php` (or a minute).
+/// Holds `n` of `pool`'s workers busy on `script` until [`release`] (or a
+/// minute).
 fn hold(d: &TestDaemon, pool: &str, script: &Path, n: usize) -> Vec<std::thread::JoinHandle<()>> {
     let sock = d
         .dir
         .join(&format!("var/phpfpm-manager/sockets/{pool}.sock"));
-    (0..n)
-        .map(|_| {
-            let (sock, script) = (sock.clone(), script.display().to_string());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let t = Timeouts {
-                    connect: Duration::from_secs(2),
-                    total: Duration::from_secs(90),
-                };
-                let _ = rt.block_on(fastcgi::get(&Endpoint::Unix(sock), &script, "ms=60000", t));
-            })
-        })
-        .collect()
-}
-
-fn release(www: &Path, held: Vec<std::thread::JoinHandle<()>>) {
-    std::fs::write(www.join("release"), "").unwrap();
-    for h in held {
-        h.join().unwrap();
-    }
-    std::fs::remove_file(www.join("release")).unwrap();
+    crate::deep::hold_on(&sock, &script.display().to_string(), n, 60_000)
 }
 
 /// The overview's figures per pool, as the page shows them.
@@ -731,17 +715,12 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
         })
         .await;
         eprintln!("charts: {points}");
-        let handover = wait_for("the hand-over event on api's page", Duration::from_secs(60), move || async move {
-            let v = js(
+        let handover = wait_for("the hand-over event on api's page", Duration::from_secs(60), move || {
+            text_among(
                 c,
-                "return Array.from(document.querySelectorAll('#pool-events tr[data-type=\"pool_change\"] [data-field=message]')).map(e => e.textContent);",
+                "#pool-events tr[data-type=\"pool_change\"] [data-field=message]",
+                "hand-over",
             )
-            .await;
-            v.as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|m| m.contains("hand-over"))
-                .map(str::to_owned)
         })
         .await;
         assert!(handover.contains("max_children 3"), "{handover}");
@@ -758,17 +737,12 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
 
         // shop's page: the URI with markup is text in the workers table.
         c.goto(&format!("{base}/#/pools/shop")).await.unwrap();
-        let uri = wait_for("the markup URI on shop's page", Duration::from_secs(60), move || async move {
-            let v = js(
+        let uri = wait_for("the markup URI on shop's page", Duration::from_secs(60), move || {
+            text_among(
                 c,
-                "return Array.from(document.querySelectorAll('#workers [data-field=request]')).map(e => e.textContent);",
+                "#workers [data-field=request]",
+                "<img src=x onerror=window.__pwned=1>",
             )
-            .await;
-            v.as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|t| t.contains("<img src=x onerror=window.__pwned=1>"))
-                .map(str::to_owned)
         })
         .await;
         assert!(uri.contains("?<redacted>"), "query string shown: {uri}");
@@ -836,17 +810,12 @@ fn the_page_shows_live_pools_history_and_events_and_runs_no_markup() {
         std::fs::write(d.dir.join("config.yaml"), config(&d.dir, 3, MARKUP_DIR)).unwrap();
         d.signal(Signal::SIGHUP);
         c.goto(&format!("{base}/#/events?pool=api&range=hour")).await.unwrap();
-        let message = wait_for("the refused change among the events", Duration::from_secs(90), move || async move {
-            let v = js(
+        let message = wait_for("the refused change among the events", Duration::from_secs(90), move || {
+            text_among(
                 c,
-                "return Array.from(document.querySelectorAll('#events [data-field=message]')).map(e => e.textContent);",
+                "#events [data-field=message]",
+                "onerror=window.__pwned=2",
             )
-            .await;
-            v.as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|t| t.contains("onerror=window.__pwned=2"))
-                .map(str::to_owned)
         })
         .await;
         eprintln!("refused change shown as text: {message}");
