@@ -146,8 +146,20 @@ pub struct MasterState {
     pub generation: u64,
     /// Taken over from an earlier manager run rather than started.
     pub adopted: bool,
-    /// The settings the running master was started with (supervised pools).
+    /// The settings the pool runs with (supervised pools): the master's,
+    /// with a second master's workers added to the cap.
     pub applied: Option<PoolSpec>,
+    /// A second master serving beside the first (additive scale-up).
+    pub extra: Option<ExtraMaster>,
+}
+
+/// A second master on a pool's socket: its own workers and scoreboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraMaster {
+    pub pid: u32,
+    pub workers: u32,
+    /// Its own status listener (unix socket).
+    pub status: std::path::PathBuf,
 }
 
 /// The pool actor's part: what the pool should run and why.

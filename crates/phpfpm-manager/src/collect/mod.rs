@@ -10,6 +10,7 @@
 //! is bounded by the pool's connect and total timeouts, so a pool that accepts
 //! connections and never answers costs only its own task's time.
 
+mod extra;
 pub mod stall;
 mod trace;
 
@@ -121,6 +122,8 @@ pub struct PoolCollector {
     /// The last OPcache reading, kept while the pool is not read.
     last_opcache: Option<Result<OpcacheStats, Arc<OpcacheError>>>,
     tally: Tally,
+    /// Adds a second master's page to the first one's (additive scale-up).
+    combined: extra::Combined,
     stall: stall::StallDetector,
     seq: u64,
     /// The last look with a status page (shared with the state, not
@@ -176,6 +179,7 @@ impl PoolCollector {
             opcache_logged: None,
             last_opcache: None,
             tally: Tally::default(),
+            combined: extra::Combined::default(),
             stall: stall::StallDetector::new(mon.stall_after),
             seq: 0,
             last_good: None,
@@ -224,9 +228,30 @@ impl PoolCollector {
             return DOWN_RETRY;
         }
         let started = Instant::now();
+        let second = self.state.pool(&name).and_then(|p| p.master.extra.clone());
         let status = fetch_status(&self.pool, &self.probe)
             .instrument(tracing::info_span!("collect.status"))
             .await;
+        // A second master on the pool's socket has its own scoreboard.
+        let status = match (status, &second) {
+            (Ok(first), Some(x)) => {
+                let page =
+                    fetch_status_at(&self.pool, &Endpoint::Unix(x.status.clone()), &self.probe)
+                        .instrument(tracing::info_span!("collect.status"))
+                        .await;
+                if let Err(e) = &page {
+                    tracing::debug!(
+                        pool = name.as_str(),
+                        pid = x.pid,
+                        "The second master's status page is not readable: {}.",
+                        e.message
+                    );
+                }
+                Ok(self.combined.page(first, Some((x.pid, page.ok()))))
+            }
+            (Ok(first), None) => Ok(self.combined.page(first, None)),
+            (Err(e), _) => Err(e),
+        };
         // The ping goes to the same listener as the status page, so a status
         // page that answered says as much; ping again only when it did not,
         // or every PING_EVERY (it is what readiness reports).
@@ -287,7 +312,7 @@ impl PoolCollector {
             (Err(e), _) => (Err(e.clone()), Vec::new()),
             (Ok(_), None) => (Err("master pid unknown".to_owned()), Vec::new()),
             (Ok(ctx), Some(master)) => match self
-                .sample_workers(*ctx, master)
+                .sample_workers(*ctx, master, second.as_ref().map(|x| x.pid))
                 .instrument(tracing::info_span!("collect.proc"))
                 .await
             {
@@ -412,12 +437,15 @@ impl PoolCollector {
         &mut self,
         ctx: SampleContext,
         master: u32,
+        second: Option<u32>,
     ) -> Result<(PoolAggregate, Vec<crate::state::WorkerView>), String> {
         // A new master's workers grow to their working size with their
         // first requests, and the autoscaler sizes the budget by them: read
         // memory every few seconds for the first minute of a master.
-        if self.memory_master.is_none_or(|(pid, _)| pid != master) {
-            self.memory_master = Some((master, Instant::now()));
+        // A second master is as young as its workers.
+        let newest = second.unwrap_or(master);
+        if self.memory_master.is_none_or(|(pid, _)| pid != newest) {
+            self.memory_master = Some((newest, Instant::now()));
         }
         let young = self
             .memory_master
@@ -437,7 +465,14 @@ impl PoolCollector {
             MemoryDetail::Skip
         };
         let mut sample = tokio::task::spawn_blocking(move || {
-            sample_pool_with(Path::new("/proc"), master, &ctx, SystemTime::now(), detail)
+            let now = SystemTime::now();
+            let mut sample = sample_pool_with(Path::new("/proc"), master, &ctx, now, detail);
+            // The second master's workers are the pool's too.
+            if let Some(second) = second {
+                let more = sample_pool_with(Path::new("/proc"), second, &ctx, now, detail);
+                sample.workers.extend(more.workers);
+            }
+            sample
         })
         .await
         .map_err(|e| format!("sampling task failed: {e}"))?;
@@ -1042,8 +1077,18 @@ fn timeouts(pool: &Pool) -> Timeouts {
 
 /// Requests and parses the status page.
 pub async fn fetch_status(pool: &Pool, probe: &ProbeMarker) -> Result<PoolStatus, ScrapeError> {
+    fetch_status_at(pool, &pool.status_endpoint, probe).await
+}
+
+/// Requests and parses the status page of the pool's master listening at
+/// `endpoint` (a second master has its own).
+async fn fetch_status_at(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    probe: &ProbeMarker,
+) -> Result<PoolStatus, ScrapeError> {
     let reply = fastcgi::get_capped(
-        &pool.status_endpoint,
+        endpoint,
         &pool.status_path,
         &probe.query(),
         timeouts(pool),

@@ -141,6 +141,8 @@ pub struct PhpFpm {
     pub crash_loop_exits: u32,
     pub crash_loop_window: Duration,
     pub warm_handover: bool,
+    /// Grow an `ondemand` pool by a second master on the same socket.
+    pub additive_scale_up: bool,
     /// Zero: a stalled master is only reported.
     pub stall_restart_after: Duration,
 }

@@ -69,6 +69,11 @@ pub struct RawPhpFpm {
     /// directory, so a new master (hand-over, restart) starts from the
     /// scripts the previous one compiled instead of a cold OPcache.
     pub warm_handover: bool,
+    /// Add capacity to a loaded `ondemand` pool with a second master on the
+    /// same socket (the warm one keeps serving) instead of handing the pool
+    /// over to a bigger master; the second master is stopped when the pool
+    /// shrinks and folded into one master at a quiet time.
+    pub additive_scale_up: bool,
     /// Delay before restarting a master that exited unexpectedly; doubles
     /// on each further exit up to `restart_backoff_max`.
     pub restart_backoff_initial: String,
@@ -93,6 +98,7 @@ impl Default for RawPhpFpm {
             stop_timeout: "10s".into(),
             log_level: "notice".into(),
             warm_handover: true,
+            additive_scale_up: true,
             restart_backoff_initial: "100ms".into(),
             restart_backoff_max: "30s".into(),
             crash_loop_exits: 5,

@@ -537,6 +537,7 @@ pub(super) fn validate(
             crash_loop_exits: raw.phpfpm.crash_loop_exits,
             crash_loop_window,
             warm_handover: raw.phpfpm.warm_handover,
+            additive_scale_up: raw.phpfpm.additive_scale_up,
             stall_restart_after,
         },
         server: Server {

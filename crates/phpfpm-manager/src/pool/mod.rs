@@ -711,16 +711,21 @@ impl PoolActor {
             .and_then(|s| s.master.applied.as_ref().map(|a| a.max_children))
     }
 
-    /// Hands a spec to the supervisor; records a refusal. Returns the flag
-    /// set once the master it replaced has exited.
-    async fn apply(&mut self, spec: PoolSpec, reason: &str) -> Result<Option<Stopped>, ApplyError> {
+    /// Hands a spec to the supervisor; records a refusal. Returns the
+    /// workers of the masters it stops and the flag set once they exited.
+    async fn apply(
+        &mut self,
+        spec: PoolSpec,
+        reason: &str,
+    ) -> Result<Option<(u32, Stopped)>, ApplyError> {
         let Some(sup) = &self.supervisor else {
             return Ok(None);
         };
         match sup.apply(spec, reason).await {
             Ok(report) => {
                 self.last_error = None;
-                Ok(report.previous_stopped)
+                let workers = report.stopping_workers;
+                Ok(report.previous_stopped.map(|s| (workers, s)))
             }
             Err(e) => {
                 tracing::error!(
@@ -909,7 +914,7 @@ impl PoolActor {
                 // The previous master's workers hold their memory until
                 // they finish; until then it is not free for other pools.
                 if to < from {
-                    self.draining = stopped.map(|s| (from, s));
+                    self.draining = stopped;
                     let held = self.draining.as_ref().map_or(0, |(n, _)| *n);
                     self.board.set_draining(&self.pool.name, held);
                 }
@@ -1102,11 +1107,12 @@ async fn sleep_for(d: Option<Duration>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use fpm_core::PoolName;
 
-    fn base() -> PoolSpec {
+    /// A pool's spec as the config gives it, for tests.
+    pub(crate) fn base() -> PoolSpec {
         PoolSpec {
             name: PoolName::new("www").unwrap(),
             listen: "/tmp/x.sock".into(),

@@ -51,6 +51,35 @@ impl Layout {
         self.root.join("pids").join(format!("{pool}.master"))
     }
 
+    /// The second master's files (additive scale-up): its pool file, its
+    /// master file, its pid file per generation, the record the next
+    /// manager adopts it by, and its own status socket (each master has its
+    /// own scoreboard, so each needs its own status listener). Pool names
+    /// hold no dot, so these never meet another pool's files.
+    pub fn extra_pool_conf(&self, pool: &PoolName) -> PathBuf {
+        self.root.join("pools.d").join(format!("{pool}.extra.conf"))
+    }
+
+    pub fn extra_master_conf(&self, pool: &PoolName) -> PathBuf {
+        self.root.join("masters").join(format!("{pool}.extra.conf"))
+    }
+
+    pub fn extra_pid_file(&self, pool: &PoolName, generation: u64) -> PathBuf {
+        self.root
+            .join("pids")
+            .join(format!("{pool}.extra.{generation}.pid"))
+    }
+
+    pub fn extra_record(&self, pool: &PoolName) -> PathBuf {
+        self.root.join("pids").join(format!("{pool}.extra"))
+    }
+
+    pub fn extra_status_socket(&self, pool: &PoolName) -> PathBuf {
+        self.root
+            .join("sockets")
+            .join(format!("{pool}.extra-status.sock"))
+    }
+
     /// The running manager's pid.
     /// `opcache.file_cache` of a pool: compiled scripts a new master of the
     /// pool starts from, so a hand-over does not start cold (fact 18).

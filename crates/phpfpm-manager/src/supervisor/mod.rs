@@ -12,10 +12,15 @@
 //! is ready, then SIGQUIT the old one, which finishes its requests in flight
 //! (up to `process_control_timeout`). Both accept from one kernel queue in the
 //! meantime, so no connection is refused and no request is cut.
+//!
+//! More workers for an `ondemand` pool come from a second master on the same
+//! sockets instead (`extra.rs`, `phpfpm.additive_scale_up`): the warm master
+//! keeps serving and only the added workers start cold.
 
 mod backoff;
 pub mod binary;
 pub mod child;
+mod extra;
 pub mod files;
 pub mod sockets;
 mod trace;
@@ -162,6 +167,8 @@ pub struct ApplyReport {
     /// Set once the master this change replaced has exited: until then its
     /// workers finish their requests and their memory is not free.
     pub previous_stopped: Option<Stopped>,
+    /// The workers (caps) of the masters this change stops.
+    pub stopping_workers: u32,
 }
 
 /// A flag set once a replaced master has exited.
@@ -250,6 +257,12 @@ pub struct Supervisor {
     control_timeout: Duration,
     /// Give new masters the previous masters' compiled scripts.
     warm_handover: bool,
+    /// Grow an `ondemand` pool by a second master (`extra.rs`).
+    additive: bool,
+    /// The second master serving beside the first, if any.
+    extra: Option<extra::Extra>,
+    /// The second master's own status listener, bound once and kept.
+    extra_status: Option<PoolSocket>,
     state: Arc<AppState>,
     /// The settings the current master runs with.
     spec: Option<PoolSpec>,
@@ -272,6 +285,8 @@ enum Event {
     Detach,
     Cmd(Option<Command>),
     Exited(String),
+    /// The second master exited on its own.
+    ExtraExited(String),
     Retry,
     /// Time to check whether the collector found the master stalled.
     StallCheck,
@@ -298,6 +313,9 @@ impl Supervisor {
             stop_timeout: cfg.phpfpm.stop_timeout,
             control_timeout: Duration::from_secs(cfg.phpfpm.global.process_control_timeout_secs),
             warm_handover: cfg.phpfpm.warm_handover,
+            additive: cfg.phpfpm.additive_scale_up,
+            extra: None,
+            extra_status: None,
             state,
             spec: None,
             sockets: Vec::new(),
@@ -329,6 +347,7 @@ impl Supervisor {
         self.stop_timeout = p.stop_timeout;
         self.control_timeout = Duration::from_secs(p.global.process_control_timeout_secs);
         self.warm_handover = p.warm_handover;
+        self.additive = p.additive_scale_up;
         self.backoff
             .set_limits(p.restart_backoff_initial, p.restart_backoff_max);
         self.crash_loop_exits = p.crash_loop_exits as usize;
@@ -351,14 +370,20 @@ impl Supervisor {
             return;
         };
         let wanted = self.complete_spec(wanted);
+        self.adopt_extra().await;
         let mut current = self.adopt(&wanted).await;
+        if current.is_none() {
+            // A second master without its first one: start over with one.
+            self.stop_extra_now(&hurry).await;
+        }
+        self.publish_extra();
         let mut retry_at = None;
         if current.is_none() {
             match self.start_traced(&wanted, false).await {
                 Ok(m) => current = Some(m),
                 Err(e) => retry_at = Some(self.on_start_failure(&e)),
             }
-        } else if self.spec.as_ref() != Some(&wanted) {
+        } else if self.running().as_ref() != Some(&wanted) {
             // Adopted a master whose settings differ from the config now.
             match self
                 .apply_traced(
@@ -394,6 +419,7 @@ impl Supervisor {
                 _ = detach.cancelled() => Event::Detach,
                 cmd = self.rx.recv(), if commands_open => Event::Cmd(cmd),
                 status = wait_master(&mut current) => Event::Exited(status),
+                status = wait_extra(&mut self.extra) => Event::ExtraExited(status),
                 _ = sleep_until(retry_at) => Event::Retry,
                 _ = stall_tick.tick(), if !self.stall_restart_after.is_zero() && current.is_some() => Event::StallCheck,
             };
@@ -402,6 +428,10 @@ impl Supervisor {
                 Event::Cancel => {
                     if let Some(mut m) = current.take() {
                         self.stop_master(&mut m, &hurry).await;
+                    }
+                    self.stop_extra_now(&hurry).await;
+                    if let Some(s) = &self.extra_status {
+                        s.remove_files();
                     }
                     // A clean stop leaves no socket file behind (a detach
                     // keeps them: the next manager serves on them).
@@ -415,6 +445,10 @@ impl Supervisor {
                     break;
                 }
                 Event::Detach => {
+                    if let Some(e) = self.extra.as_mut() {
+                        // Its record stays: the next manager adopts it too.
+                        e.master.disarm();
+                    }
                     if let Some(m) = current.as_mut() {
                         m.disarm();
                         tracing::info!(
@@ -451,6 +485,20 @@ impl Supervisor {
                         child::kill_orphaned_workers(pid);
                     }
                     retry_at = Some(self.on_crash(pid, &status));
+                }
+                Event::ExtraExited(status) => {
+                    let Some(spec) = self.on_extra_exit(&status) else {
+                        continue;
+                    };
+                    if current.is_some() {
+                        let why = "the second master exited; its workers go to one new master";
+                        if let Err(e) = self
+                            .apply_traced(&mut current, spec, why, true, &tracing::Span::none())
+                            .await
+                        {
+                            tracing::error!(pool = self.name(), "Cannot fold the pool into one master: {e}; it runs with its first master's workers.");
+                        }
+                    }
                 }
                 Event::StallCheck => {
                     if let Some(m) = current.as_mut() {
@@ -690,6 +738,8 @@ impl Supervisor {
             "php-fpm master ready in {:?}.",
             started.elapsed()
         );
+        // A second master still serving adds its workers to what runs.
+        self.publish_extra();
         // Look at the new master at once rather than at the next interval.
         self.state.kick(&self.pool.name);
     }
@@ -702,12 +752,18 @@ impl Supervisor {
 
     /// Spawns a master on the current sockets and waits for it to be ready.
     async fn start_master(&mut self) -> anyhow::Result<Master> {
-        let fds: Vec<_> = self.sockets.iter().map(PoolSocket::raw).collect();
-        let env = sockets::fpm_sockets_env(&self.sockets.iter().collect::<Vec<_>>());
         let conf = self.layout.master_conf(&self.pool.name);
+        let sockets: Vec<&PoolSocket> = self.sockets.iter().collect();
+        self.spawn_ready(&conf, &sockets).await
+    }
+
+    /// Spawns a master of `conf` on `sockets` and waits for it to be ready.
+    async fn spawn_ready(&self, conf: &Path, sockets: &[&PoolSocket]) -> anyhow::Result<Master> {
+        let fds: Vec<_> = sockets.iter().map(|s| s.raw()).collect();
+        let env = sockets::fpm_sockets_env(sockets);
         let (mut master, ready) = self
             .binary
-            .spawn_master(&self.pool.name, &conf, &self.layout.root, &fds, &env)
+            .spawn_master(&self.pool.name, conf, &self.layout.root, &fds, &env)
             .with_context(|| format!("cannot run {}", self.binary.path.display()))?;
         tokio::select! {
             r = ready => {
@@ -757,31 +813,34 @@ impl Supervisor {
         renew: bool,
     ) -> Result<ApplyReport, ApplyError> {
         let started = Instant::now();
-        let alive = current.as_ref().is_some_and(Master::alive);
-        if alive && !renew && self.spec.as_ref() == Some(&spec) {
-            return Ok(ApplyReport {
-                old_pid: current.as_ref().map(|m| m.pid),
-                new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
-                took: started.elapsed(),
-                generation: self.generation,
-                unchanged: true,
-                previous_stopped: None,
-            });
+        let live = current.as_ref().filter(|m| m.alive()).map(|m| m.pid);
+        let additive = self.additive && live.is_some() && !self.sockets.is_empty();
+        let primary = live.and(self.spec.as_ref());
+        let extra = self.extra.as_ref().map(|e| e.workers);
+        match extra::step(primary, extra, &spec, renew, additive) {
+            extra::Step::Unchanged => {
+                return Ok(ApplyReport {
+                    old_pid: live,
+                    new_pid: live.unwrap_or(0),
+                    took: started.elapsed(),
+                    generation: self.generation,
+                    unchanged: true,
+                    previous_stopped: None,
+                    stopping_workers: 0,
+                })
+            }
+            extra::Step::AddExtra(workers) => {
+                let pid = live.unwrap_or(0);
+                return self.add_extra(pid, workers, reason, started).await;
+            }
+            extra::Step::DropExtra => {
+                return Ok(self.drop_extra(live.unwrap_or(0), reason, started));
+            }
+            extra::Step::HandOver => {}
         }
         let backup = self.read_files();
         if let Err(e) = self.write_config(&spec, self.generation + 1).await {
-            let msg = format!("{e:#}");
-            tracing::error!(
-                pool = self.name(),
-                "Refused a pool change: {msg}. The pool keeps running unchanged."
-            );
-            self.event(What::ChangeRefused {
-                stage: "php-fpm -t",
-                message: msg.clone(),
-            });
-            self.state
-                .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
-            return Err(ApplyError::Refused(msg));
+            return Err(self.refused(format!("{e:#}")));
         }
         if self.sockets.is_empty() {
             // An adopted master whose sockets could not be recovered: the
@@ -801,49 +860,30 @@ impl Supervisor {
             Ok(m) => m,
             Err(e) => {
                 self.restore_files(backup);
-                let msg = format!("{e:#}");
-                tracing::error!(
-                    pool = self.name(),
-                    "New php-fpm master failed to start: {msg}. The old one keeps serving."
-                );
-                self.event(What::ChangeRefused {
-                    stage: "start",
-                    message: msg.clone(),
-                });
-                self.state
-                    .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
-                return Err(ApplyError::StartFailed(msg));
+                return Err(self.start_failed(format!("{e:#}")));
             }
         };
         let took = started.elapsed();
         self.generation += 1;
-        self.spec = Some(spec);
+        let before = self.spec.replace(spec);
         self.after_start(&new, started);
         self.state
             .update_master(&self.pool.name, |m| m.last_apply_error = None);
         let old = current.replace(new);
         let old_pid = old.as_ref().map(|m| m.pid);
-        let mut previous_stopped = None;
-        if let Some(mut old) = old {
-            // The old master finishes its requests in flight, then exits.
-            let grace = self.control_timeout + Duration::from_secs(2);
-            let pool = self.pool.name.clone();
-            let stopped = Stopped::default();
-            previous_stopped = Some(stopped.clone());
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                let pid = old.pid;
-                let outcome = old.stop(grace, &CancellationToken::new()).await;
-                tracing::info!(
-                    pool = pool.as_str(),
-                    pid,
-                    "Previous php-fpm master stopped after hand-over ({outcome:?})."
-                );
-                stopped.set();
-                // A look now publishes the memory as free to other pools.
-                state.kick(&pool);
-            });
+        // The old master, and a second master beside it, finish their
+        // requests in flight, then exit: the new master has all the workers.
+        let old_extra = self.extra.take();
+        let stopping_workers = old
+            .as_ref()
+            .map_or(0, |_| before.as_ref().map_or(0, |s| s.max_children))
+            + old_extra.as_ref().map_or(0, |e| e.workers);
+        if old_extra.is_some() {
+            let _ = std::fs::remove_file(self.layout.extra_record(&self.pool.name));
+            self.publish_extra();
         }
+        let stopping: Vec<Master> = old.into_iter().chain(old_extra.map(|e| e.master)).collect();
+        let previous_stopped = (!stopping.is_empty()).then(|| self.stop_in_background(stopping));
         tracing::info!(
             pool = self.name(),
             old_pid,
@@ -868,7 +908,38 @@ impl Supervisor {
             generation: self.generation,
             unchanged: false,
             previous_stopped,
+            stopping_workers,
         })
+    }
+
+    /// Records a change refused by `php-fpm -t` (or rendering).
+    fn refused(&self, msg: String) -> ApplyError {
+        tracing::error!(
+            pool = self.name(),
+            "Refused a pool change: {msg}. The pool keeps running unchanged."
+        );
+        self.event(What::ChangeRefused {
+            stage: "php-fpm -t",
+            message: msg.clone(),
+        });
+        self.state
+            .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
+        ApplyError::Refused(msg)
+    }
+
+    /// Records a new master that did not become ready.
+    fn start_failed(&self, msg: String) -> ApplyError {
+        tracing::error!(
+            pool = self.name(),
+            "New php-fpm master failed to start: {msg}. The running one keeps serving."
+        );
+        self.event(What::ChangeRefused {
+            stage: "start",
+            message: msg.clone(),
+        });
+        self.state
+            .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
+        ApplyError::StartFailed(msg)
     }
 
     fn open_sockets(&self, spec: &PoolSpec) -> anyhow::Result<Vec<PoolSocket>> {
@@ -1002,17 +1073,34 @@ impl Supervisor {
     /// temporary names, and only then puts them in place.
     async fn write_config(&self, spec: &PoolSpec, generation: u64) -> anyhow::Result<()> {
         let name = &self.pool.name;
-        let pool_text = fpm_conf::render_pool(spec)?;
         let pool_path = self.layout.pool_conf(name);
         let master_path = self.layout.master_conf(name);
-        let global = self.layout.global_conf();
         let pid = self.layout.pid_file(name, generation);
-        let check_pool = pool_path.with_file_name(format!(".{name}.conf.check"));
-        let check_master = master_path.with_file_name(format!(".{name}.conf.check"));
+        self.write_checked(spec, &pool_path, &master_path, &pid)
+            .await
+    }
+
+    /// Renders a pool file and the master file that includes it, checks them
+    /// under temporary names, then puts them at `pool_path`/`master_path`.
+    async fn write_checked(
+        &self,
+        spec: &PoolSpec,
+        pool_path: &Path,
+        master_path: &Path,
+        pid: &Path,
+    ) -> anyhow::Result<()> {
+        let pool_text = fpm_conf::render_pool(spec)?;
+        let global = self.layout.global_conf();
+        let check = |p: &Path| {
+            let file = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            p.with_file_name(format!(".{}.check", file.unwrap_or_default()))
+        };
+        let check_pool = check(pool_path);
+        let check_master = check(master_path);
         // 0640: the pool file can hold env[...] secrets.
         write_atomic(&check_pool, pool_text.as_bytes(), 0o640)?;
         let master_text =
-            |p: &Path| fpm_conf::render_master(&lossy(&global), &lossy(p), &lossy(&pid));
+            |p: &Path| fpm_conf::render_master(&lossy(&global), &lossy(p), &lossy(pid));
         // 0600: only the manager (and php-fpm's master, which it starts) reads them.
         write_atomic(&check_master, master_text(&check_pool).as_bytes(), 0o600)?;
         let verdict = self
@@ -1022,8 +1110,8 @@ impl Supervisor {
         let _ = std::fs::remove_file(&check_master);
         let _ = std::fs::remove_file(&check_pool);
         verdict.map_err(|m| anyhow::Error::new(child::ConfigRefused(m)))?;
-        write_atomic(&pool_path, pool_text.as_bytes(), 0o640)?;
-        write_atomic(&master_path, master_text(&pool_path).as_bytes(), 0o600)?;
+        write_atomic(pool_path, pool_text.as_bytes(), 0o640)?;
+        write_atomic(master_path, master_text(pool_path).as_bytes(), 0o600)?;
         Ok(())
     }
 
@@ -1118,10 +1206,17 @@ impl Supervisor {
         self.generation = generation;
         self.backoff.started(Instant::now());
         // What it runs is what its pool file says; the current config may differ.
+        // With a second master adopted too, the first one runs the rest of
+        // the cap.
+        let mut wanted = wanted.clone();
+        let extra = self.extra.as_ref().map_or(0, |e| e.workers);
+        if wanted.max_children > extra {
+            wanted.max_children -= extra;
+        }
         let on_disk = std::fs::read_to_string(self.layout.pool_conf(&self.pool.name)).ok();
-        let wanted_text = fpm_conf::render_pool(wanted).ok();
+        let wanted_text = fpm_conf::render_pool(&wanted).ok();
         self.spec = if on_disk.is_some() && on_disk == wanted_text {
-            Some(wanted.clone())
+            Some(wanted)
         } else {
             None
         };
@@ -1144,6 +1239,14 @@ impl Supervisor {
         });
         self.check_socket_mode();
         Some(master)
+    }
+}
+
+/// Waits for the second master to exit; never returns when there is none.
+async fn wait_extra(extra: &mut Option<extra::Extra>) -> String {
+    match extra {
+        Some(e) => e.master.wait().await,
+        None => std::future::pending().await,
     }
 }
 

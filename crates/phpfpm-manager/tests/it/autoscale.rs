@@ -343,3 +343,127 @@ fn a_reload_with_unchanged_pools_keeps_what_was_learned() {
     assert_eq!(field(&json(&d, "/api/v1/pools/a"), "/master/pid"), pid);
     assert!(d.log().contains("SIGHUP received"));
 }
+
+/// The additive scale-up on real php-fpm: a bigger cap for an `ondemand`
+/// pool starts a second master on the same socket while the first keeps
+/// serving; both masters' workers are seen as the pool's; the second master
+/// is adopted after a `kill -9` of the manager, stopped when the cap falls
+/// back to the first master's, and a smaller cap still is a hand-over. No
+/// request fails through any of it.
+#[test]
+fn growth_adds_a_second_master_beside_the_warm_one_and_shrinking_stops_it() {
+    let dir = prepare("autoscale-additive");
+    let cfg = |cap: u32| {
+        format!(
+            "monitoring:\n  collect_interval: 1s\n\
+             pools:\n\
+             \x20 - name: a\n    pm: ondemand\n    max_workers: {cap}\n    chdir: {www}\n",
+            www = dir.join("www").display()
+        )
+    };
+    let (c4, c10, c3) = (cfg(4), cfg(10), cfg(3));
+    let d = TestDaemon::start_in(dir, Some(&c4), &[]);
+    let www = d.dir.join("www");
+    let s = sock(&d.dir, "a");
+    assert!(
+        wait_for(Duration::from_secs(20), || running_cap(&d, "a") == Some(4)),
+        "pool a never ran at 4; log:\n{}",
+        d.log()
+    );
+    let first = field(&json(&d, "/api/v1/pools/a"), "/master/pid");
+    let nginx = TestNginx::start(&d.dir, &[("/", s.as_path(), www.as_path())]);
+    let load = wrk(&nginx.url("/work.php"), 8, 30);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Growth: a second master with the 6 more workers.
+    let reload = |d: &TestDaemon, text: &str| {
+        std::fs::write(d.dir.join("config.yaml"), text).unwrap();
+        d.signal(Signal::SIGHUP);
+    };
+    reload(&d, &c10);
+    let second = |d: &TestDaemon| {
+        json(d, "/api/v1/pools/a")
+            .pointer("/master/second")
+            .cloned()
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || second(&d)
+            .is_some_and(|x| x["workers"] == 6)),
+        "no second master; log:\n{}",
+        d.log()
+    );
+    let pool = json(&d, "/api/v1/pools/a");
+    assert_eq!(
+        field(&pool, "/master/pid"),
+        first,
+        "the first master was replaced: {pool}"
+    );
+    assert_eq!(field(&pool, "/pm/max_children"), 10, "{pool}");
+    let second_pid = field(&pool, "/master/second/pid").as_u64().unwrap();
+    // Both masters' workers are the pool's: more than the first master's 4
+    // are busy or idle under 8 connections.
+    assert!(
+        wait_for(Duration::from_secs(10), || json(&d, "/api/v1/pools/a")
+            .pointer("/workers/total")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|n| n > 4)),
+        "the second master's workers are not counted: {}",
+        json(&d, "/api/v1/pools/a")
+    );
+    let change = events(&d, "pool_change");
+    assert!(
+        change.iter().any(|e| e["details"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("second master with 6 workers"))),
+        "{change:?}"
+    );
+
+    // kill -9 of the manager: the next one adopts both masters.
+    d.signal(Signal::SIGKILL);
+    let mut d = d;
+    d.wait_exit(Duration::from_secs(5));
+    let addr = d.addr;
+    let dir = d.into_dir();
+    let d = TestDaemon::start_at(dir, addr.port(), None, &[]);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            json(&d, "/api/v1/pools/a").pointer("/master/adopted") == Some(&true.into())
+        }),
+        "not adopted; log:\n{}",
+        d.log()
+    );
+    let pool = json(&d, "/api/v1/pools/a");
+    assert_eq!(field(&pool, "/master/pid"), first, "{pool}");
+    assert_eq!(field(&pool, "/master/second/pid"), second_pid, "{pool}");
+    assert_eq!(field(&pool, "/pm/max_children"), 10, "{pool}");
+
+    // Back to the first master's cap: the second master stops, the first
+    // serves on.
+    reload(&d, &c4);
+    assert!(
+        wait_for(Duration::from_secs(15), || second(&d)
+            == Some(serde_json::Value::Null)
+            && !std::path::Path::new(&format!("/proc/{second_pid}")).exists()),
+        "the second master still runs; log:\n{}",
+        d.log()
+    );
+    let pool = json(&d, "/api/v1/pools/a");
+    assert_eq!(field(&pool, "/master/pid"), first, "{pool}");
+    assert_eq!(field(&pool, "/pm/max_children"), 4, "{pool}");
+
+    // Below it: a hand-over to a new master.
+    reload(&d, &c3);
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            let p = json(&d, "/api/v1/pools/a");
+            p.pointer("/master/pid") != Some(&first)
+                && p.pointer("/pm/max_children") == Some(&3.into())
+        }),
+        "no hand-over to 3; log:\n{}",
+        d.log()
+    );
+    let result = load.join().unwrap();
+    assert!(result.requests > 200, "{result:?}");
+    assert_eq!(result.failures(), 0, "failed requests: {result:?}");
+    drop(nginx);
+}

@@ -245,6 +245,15 @@ struct MasterDto {
     last_apply_error: Option<String>,
     generation: u64,
     adopted: bool,
+    /// A second master serving beside this one (additive scale-up).
+    second: Option<SecondMasterDto>,
+}
+
+#[derive(Debug, Serialize)]
+struct SecondMasterDto {
+    pid: u32,
+    /// Its `pm.max_children`, part of the pool's.
+    workers: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -291,6 +300,10 @@ impl PoolDto {
                 last_apply_error: s.master.last_apply_error.clone(),
                 generation: s.master.generation,
                 adopted: s.master.adopted,
+                second: s.master.extra.as_ref().map(|x| SecondMasterDto {
+                    pid: x.pid,
+                    workers: x.workers,
+                }),
             },
             kernel: KernelDto {
                 accept_queue: s.kernel.accept_queue.as_ref().ok().map(|q| q.0),

@@ -249,6 +249,16 @@ pub mod contract {
         pub last_apply_error: Option<String>,
         pub generation: u64,
         pub adopted: bool,
+        /// A second master on the pool's socket, added to grow an
+        /// `ondemand` pool without replacing its warm master.
+        pub second: Option<SecondMaster>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct SecondMaster {
+        pub pid: u32,
+        /// Its `pm.max_children`, part of the pool's cap.
+        pub workers: u32,
     }
 
     #[derive(ToSchema)]
