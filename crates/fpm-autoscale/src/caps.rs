@@ -47,9 +47,10 @@ pub struct PoolPlanInput {
     pub shared_bytes: u64,
     /// The cap the pool's master runs with now.
     pub applied_cap: u32,
-    /// Workers a previous master still runs after a hand-over to a smaller
-    /// cap (they finish their requests, then exit), 0 otherwise: their
-    /// memory is not free for another pool yet.
+    /// Workers a stopped master still runs after a hand-over to a smaller
+    /// cap or after an extra master was stopped or replaced (they finish
+    /// their requests, then exit), 0 otherwise: their memory is not free
+    /// for another pool yet.
     pub draining: u32,
     /// Pinned, paused or not autoscaled: its cap does not move, and its
     /// memory counts as it is.

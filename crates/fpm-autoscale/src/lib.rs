@@ -6,7 +6,8 @@
 //! [`decide`] with the pool's [`Policy`] and last [`ScalerState`], stores
 //! the returned state (it serialises, so it survives a restart) and
 //! applies [`Action::Resize`]: the pool runs `pm = ondemand` and `workers`
-//! is its cap `pm.max_children`, moved by a hand-over to a new master.
+//! is its cap `pm.max_children`, moved by a hand-over to a new master (or
+//! additively: an extra master beside the running one for a larger cap).
 //! [`Observation::total`] is then the applied cap, so the emergency rule
 //! reads "cap reached with a growing queue". The simulator in [`sim`]
 //! drives the very same `decide` against a modelled pool.

@@ -1,10 +1,12 @@
 //! The goals, checked through the simulator over 20 seeds. The manager is
 //! the daemon's logic: `decide` as the model, `caps::next_cap` moving the
-//! `ondemand` cap over the memory budget, hand-overs with a warm OPcache
-//! file cache. The model is the fair one: the policy sees only what the
-//! collector sees, a hand-over stops the old master as soon as the new one
-//! is ready, a new master starts with a cold (or file-cache warmed)
-//! OPcache, and response time (wait plus service) is scored.
+//! `ondemand` cap over the memory budget, changes applied additively (an
+//! extra master beside the primary one; a hand-over below the primary's
+//! cap) with a warm OPcache file cache. The model is the fair one: the
+//! policy sees only what the collector sees, a replaced master is stopped
+//! as soon as the new one is ready, a new master starts with a cold (or
+//! file-cache warmed) OPcache, and response time (wait plus service) is
+//! scored.
 //!
 //! Traces are shortened where the goal allows it (the spike at 600 s of
 //! 1200, after the learning phase; 900 s of steady load) so that 20 seeds
@@ -13,7 +15,9 @@
 
 use std::sync::OnceLock;
 
-use fpm_autoscale::sim::{run, shared_runs, DynamicSpec, Manager, Scenario, SimResult};
+use fpm_autoscale::sim::{
+    run, shared_runs, DynamicSpec, Manager, Scenario, SharedResult, SimResult,
+};
 use fpm_autoscale::{simulate_report, simulate_report_policy, Policy, TraceSpec};
 
 const SEEDS: u64 = 20;
@@ -312,6 +316,7 @@ fn report_prints_every_contender_and_rejects_bad_input() {
     let table = simulate_report(csv, Some("max_workers: 8\n"), 3).expect("report");
     for name in [
         "| manager |",
+        "| manager-handover |",
         "| model-cap |",
         "static@max",
         "dynamic-tuned",
@@ -321,7 +326,7 @@ fn report_prints_every_contender_and_rejects_bad_input() {
         "pm.max_children 8",
         "memory budget 3072 MiB",
         "p99 response ms",
-        "the serving master's own peak is in brackets",
+        "the serving master's own peak is in brackets (the primary and the extra master together)",
     ] {
         assert!(table.contains(name), "{name} missing from:\n{table}");
     }
@@ -377,38 +382,43 @@ fn report_from_a_policy_and_a_budget() {
     assert!(table.contains("memory budget 3072 MiB"), "{table}");
 }
 
-/// Two pools, one budget, seeds 1 to 5 (the four configurations of a
+/// Two pools, one budget, seeds 1 to 5 (the five configurations of a
 /// 30-minute run per seed are the costliest test here). shop (priority 1)
 /// gets the spike, admin (priority 0) steady load; the workers of both get
-/// 2100 MiB.
+/// 2100 MiB. The manager is checked with additive changes and with every
+/// change a hand-over.
 #[test]
 fn two_pools_one_budget() {
     for seed in 1..=5 {
         let runs = shared_runs(seed).expect("runs");
-        let [(_, managed), _, (_, split), (_, over)] = &runs[..] else {
-            panic!("four configurations");
+        let [(_, additive), (_, handover), _, (_, split), (_, over)] = &runs[..] else {
+            panic!("five configurations");
         };
-        let [shop, admin] = &managed.pools[..] else {
-            panic!("two pools");
-        };
-        // The busy pool is served far better than by a static equal split
-        // (which starves it: 14 workers for 20 erlangs).
-        assert!(
-            shop.p99_response_s <= 0.5 * split.pools[0].p99_response_s,
-            "seed {seed}: shop p99 {:.0} ms managed, {:.0} ms split",
-            ms(shop.p99_response_s),
-            ms(split.pools[0].p99_response_s)
-        );
-        // Within the budget but for hand-over transients (the old master's
-        // requests finishing while the new one forks).
-        assert!(
-            managed.over_budget_s < 5.0,
-            "seed {seed}: {} s over",
-            managed.over_budget_s
-        );
-        assert!(shop.failed == 0 && admin.failed == 0, "seed {seed}");
-        // The lower-priority pool gives way during the surge.
-        assert_eq!(managed.granted_low[1], 2, "seed {seed}");
+        for managed in [additive, handover] {
+            let [shop, admin] = &managed.pools[..] else {
+                panic!("two pools");
+            };
+            let name = shop.manager;
+            // The busy pool is served far better than by a static equal
+            // split (which starves it: 14 workers for 20 erlangs).
+            assert!(
+                shop.p99_response_s <= 0.5 * split.pools[0].p99_response_s,
+                "seed {seed} {name}: shop p99 {:.0} ms managed, {:.0} ms split",
+                ms(shop.p99_response_s),
+                ms(split.pools[0].p99_response_s)
+            );
+            // Within the budget but for the transients of a change (the
+            // replaced master's requests finishing while the new one
+            // forks).
+            assert!(
+                managed.over_budget_s < 5.0,
+                "seed {seed} {name}: {} s over",
+                managed.over_budget_s
+            );
+            assert!(shop.failed == 0 && admin.failed == 0, "seed {seed} {name}");
+            // The lower-priority pool gives way during the surge.
+            assert_eq!(managed.granted_low[1], 2, "seed {seed} {name}");
+        }
         // Ondemand pools whose caps add up to more than the budget breach
         // it for a long time (an OOM risk the table reports).
         assert!(
@@ -425,8 +435,9 @@ fn two_pools_one_budget() {
 /// the real-load benchmark's `shared` scenario, with its app's figures
 /// (mean request 172.5 ms, lognormal sigma 0.5, 20.2 MiB per worker,
 /// cold OPcache +223 ms, +139 ms from the file cache). The equal static
-/// split (12 + 12) cannot serve a peak; the manager moves the memory to
-/// the busy pool within seconds of each switch.
+/// split (12 + 12) cannot serve a peak; the manager, with additive
+/// changes and with hand-overs alike, moves the memory to the busy pool
+/// within seconds of each switch.
 #[test]
 fn alternating_peaks_move_the_budget_to_the_busy_pool() {
     use fpm_autoscale::sim::{run_shared, SharedPool};
@@ -479,39 +490,117 @@ fn alternating_peaks_move_the_budget_to_the_busy_pool() {
         };
         let managed =
             run_shared(&pools(&Manager::daemon(&policy), 24), &scenario).expect("manager runs");
+        let handover = run_shared(&pools(&Manager::daemon_handover(&policy), 24), &scenario)
+            .expect("hand-over manager runs");
         let split = run_shared(&pools(&Manager::Static, 12), &scenario).expect("static runs");
-        (managed, split)
+        (managed, handover, split)
     };
-    let results = (1..=10).zip(on_two_threads(1..=10, run_seed));
-    for (seed, (managed, split)) in results {
-        for (index, (mine, equal)) in managed.pools.iter().zip(&split.pools).enumerate() {
+    let results: Vec<_> = (1..=10).zip(on_two_threads(1..=10, run_seed)).collect();
+    for (seed, (additive, handover, split)) in &results {
+        for managed in [additive, handover] {
+            for (index, (mine, equal)) in managed.pools.iter().zip(&split.pools).enumerate() {
+                let name = mine.manager;
+                assert!(
+                    equal.failed > 1000,
+                    "seed {seed}: the equal split should not keep up ({} failed)",
+                    equal.failed
+                );
+                assert_eq!(mine.failed, 0, "seed {seed} pool {index} {name}");
+                assert!(
+                    mine.p99_response_s <= 0.5 * equal.p99_response_s,
+                    "seed {seed} pool {index} {name}: p99 {:.0} ms managed, {:.0} ms equal split",
+                    ms(mine.p99_response_s),
+                    ms(equal.p99_response_s)
+                );
+                // Each switch moves the memory in a few changes, not a
+                // stream of them.
+                assert!(
+                    mine.changes <= 20,
+                    "seed {seed} pool {index} {name}: {} changes {:?}",
+                    mine.changes,
+                    mine.changes_detail
+                );
+            }
+            // Within the budget but for the transients of a change and the
+            // workers' own spread of memory (the budget is exactly 24 mean
+            // workers).
             assert!(
-                equal.failed > 1000,
-                "seed {seed}: the equal split should not keep up ({} failed)",
-                equal.failed
-            );
-            assert_eq!(mine.failed, 0, "seed {seed} pool {index}");
-            assert!(
-                mine.p99_response_s <= 0.5 * equal.p99_response_s,
-                "seed {seed} pool {index}: p99 {:.0} ms managed, {:.0} ms equal split",
-                ms(mine.p99_response_s),
-                ms(equal.p99_response_s)
-            );
-            // Each switch moves the memory in a few hand-overs, not a
-            // stream of them.
-            assert!(
-                mine.changes <= 20,
-                "seed {seed} pool {index}: {} changes {:?}",
-                mine.changes,
-                mine.changes_detail
+                managed.over_budget_s < 5.0,
+                "seed {seed} {}: {} s over",
+                managed.pools[0].manager,
+                managed.over_budget_s
             );
         }
-        // Within the budget but for hand-over transients and the workers'
-        // own spread of memory (the budget is exactly 24 mean workers).
-        assert!(
-            managed.over_budget_s < 5.0,
-            "seed {seed}: {} s over",
-            managed.over_budget_s
+    }
+    compare_additive_with_hand_over(&results);
+}
+
+type SharedRuns = (SharedResult, SharedResult, SharedResult);
+
+/// The alternating peaks with additive changes (the default) and with
+/// every change a hand-over, on the same seeds: the p99 response of the
+/// requests that arrive within 5 s of a scale-up, where a new master's
+/// cold OPcache shows. Printed per seed with `--nocapture`.
+///
+/// Not asserted either way: on these seeds the model puts additive
+/// changes slightly behind in the median (about 1.09 s against 0.98 s for
+/// the first pool, 2.05 s against 1.96 s for the second). Here a peak's
+/// end shrinks a pool below its primary master's cap, so the next peak is
+/// carried by an extra master that starts as cold as a hand-over's new
+/// one (the cold penalty follows the requests a master has served, not
+/// its size), and the waits for the other pool to give way dominate the
+/// first seconds; the two then drift apart seed by seed with the looks'
+/// timing.
+fn compare_additive_with_hand_over(results: &[(u64, SharedRuns)]) {
+    let mut additive = [Vec::new(), Vec::new()];
+    let mut handover = [Vec::new(), Vec::new()];
+    for (seed, (with_extra, with_handover, _)) in results {
+        for index in 0..2 {
+            let (a, h) = (&with_extra.pools[index], &with_handover.pools[index]);
+            assert!(
+                a.after_scale_up_requests > 0 && h.after_scale_up_requests > 0,
+                "seed {seed} pool {index}: every peak starts with a scale-up"
+            );
+            eprintln!(
+                "seed {seed} pool {index}: p99 within 5 s of a scale-up {:.0} ms additive \
+                 ({} requests, {} changes, {} master starts, {} cold), \
+                 {:.0} ms hand-over ({} requests, {} changes, {} master starts, {} cold); \
+                 p99 overall {:.0} / {:.0} ms; over budget {:.1} / {:.1} s",
+                ms(a.after_scale_up_p99_response_s),
+                a.after_scale_up_requests,
+                a.changes,
+                a.master_starts,
+                a.cold_served,
+                ms(h.after_scale_up_p99_response_s),
+                h.after_scale_up_requests,
+                h.changes,
+                h.master_starts,
+                h.cold_served,
+                ms(a.p99_response_s),
+                ms(h.p99_response_s),
+                with_extra.over_budget_s,
+                with_handover.over_budget_s,
+            );
+            additive[index].push(a.after_scale_up_p99_response_s);
+            handover[index].push(h.after_scale_up_p99_response_s);
+        }
+    }
+    for index in 0..2 {
+        eprintln!(
+            "pool {index}: median over seeds of the p99 within 5 s of a scale-up: \
+             {:.0} ms additive, {:.0} ms hand-over",
+            ms(median(&additive[index])),
+            ms(median(&handover[index]))
         );
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }

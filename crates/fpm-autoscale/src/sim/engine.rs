@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use super::rng::Pcg32;
 use super::trace::TraceSpec;
-use super::{ChangeRecord, Manager, Scenario, SimError, SimResult};
+use super::{ChangeRecord, Manager, Scenario, SimError, SimResult, AFTER_SCALE_UP_S};
 use crate::caps::{
     board_demand, next_cap, CapStep, Damping, ModelSizes, PlanMemory, PoolPlanInput, Pressure,
     ASSUMED_WORKER_BYTES,
@@ -58,14 +58,38 @@ enum Event {
     Tick,
     /// The collector's accept-queue probe (and its regular collections).
     Probe,
-    /// A change: start a new master with `workers` as its size or cap.
+    /// A change to `workers` as the pool's size or cap: a new master
+    /// starts (a hand-over's or an extra one), or the extra master stops.
     Apply {
         workers: u32,
     },
-    /// The new master reports ready: it serves, the older ones stop.
+    /// A new master reports ready: it serves as `role`, and the masters
+    /// it replaces stop.
     MasterReady {
         master: u32,
+        role: Role,
     },
+}
+
+/// What a new master becomes once it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    /// A hand-over: it replaces the primary master and the extra one.
+    Primary,
+    /// It serves beside the primary master and replaces the extra one.
+    Extra,
+}
+
+/// Where a master is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MasterState {
+    /// Started, not ready yet: its workers (a `static` master's) wait.
+    Starting,
+    /// Accepts from the pool's socket: its idle workers take requests and
+    /// an `ondemand` one forks for queued requests.
+    Serving,
+    /// Stopped gracefully: its busy workers finish their request and exit.
+    Stopped,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +121,7 @@ struct Worker {
 /// One php-fpm master.
 #[derive(Debug, Clone, Copy)]
 struct Master {
+    state: MasterState,
     /// Cold-OPcache penalty of its first request, seconds (0 when warm).
     cold_start_s: f64,
     started_requests: u64,
@@ -114,13 +139,16 @@ struct PolicyDriver {
     state: ScalerState,
     last_collect_us: Option<u64>,
     interval_us: u64,
-    /// `(master, accepted conn)` at the previous collection.
-    previous_accepted: Option<(u32, u64)>,
+    /// `(master, accepted conn)` of every serving master at the previous
+    /// collection.
+    previous_accepted: Option<Vec<(u32, u64)>>,
     /// `(epoch, requests)` per worker slot at the previous collection,
     /// the way the advisor keys them by pid.
     previous_served: Vec<Option<(u64, u64)>>,
     in_flight: bool,
     file_cache: bool,
+    /// A larger cap by an extra master, the primary's by stopping it.
+    additive: bool,
     /// The daemon's manager: `caps::next_cap` moves the cap, `decide` is
     /// only the model. Otherwise `decide`'s resizes are the cap.
     daemon: bool,
@@ -186,14 +214,23 @@ struct Sim<'a> {
     alive: u32,
     alive_pss: u64,
     masters: Vec<Master>,
-    /// The master that serves and forks.
-    active: u32,
+    /// The primary master: the one a hand-over replaces (and the one
+    /// `dynamic` maintenance runs in; only the daemon's manager has an
+    /// extra master).
+    primary: u32,
+    /// The extra master serving beside the primary one (additive changes).
+    extra: Option<u32>,
+    /// Which serving master forks next when both have room: the kernel
+    /// wakes both on a queued connection, so their forks alternate.
+    fork_turn: usize,
     memory_rng: Pcg32,
     spawn_rate: u32,
     driver: Option<PolicyDriver>,
     // Results.
     waits: Vec<f64>,
     responses: Vec<f64>,
+    /// Arrival of each request of `responses`, in the same order.
+    response_arrivals: Vec<u64>,
     waited: u64,
     over_target: u64,
     cold_served: u64,
@@ -201,6 +238,7 @@ struct Sim<'a> {
     spawns: u64,
     peak: u32,
     peak_serving: u32,
+    master_starts: u64,
     worker_seconds: f64,
     memory_byte_seconds: f64,
     change_log: Vec<(f64, i8)>,
@@ -472,8 +510,12 @@ impl<'a> Sim<'a> {
                 None,
             ),
             Manager::Ondemand => (0, scenario.max_workers, None),
-            Manager::Daemon { policy, file_cache } | Manager::ModelCap { policy, file_cache } => {
+            Manager::Daemon {
+                policy, file_cache, ..
+            }
+            | Manager::ModelCap { policy, file_cache } => {
                 let daemon = matches!(manager, Manager::Daemon { .. });
+                let additive = matches!(manager, Manager::Daemon { additive: true, .. });
                 let spec = policy.spec();
                 let (min, max) = (spec.min_workers, spec.max_workers.max(spec.min_workers));
                 // The daemon starts a pool at what the budget allows at the
@@ -494,6 +536,7 @@ impl<'a> Sim<'a> {
                     previous_served: Vec::new(),
                     in_flight: false,
                     file_cache: *file_cache,
+                    additive,
                     daemon,
                     cap,
                     plan: PlanMemory::default(),
@@ -526,6 +569,7 @@ impl<'a> Sim<'a> {
             alive_pss: 0,
             // Every manager starts on a warm master.
             masters: vec![Master {
+                state: MasterState::Serving,
                 cold_start_s: 0.0,
                 started_requests: 0,
                 cap,
@@ -533,12 +577,15 @@ impl<'a> Sim<'a> {
                 starting: 0,
                 accepted: 0,
             }],
-            active: 0,
+            primary: 0,
+            extra: None,
+            fork_turn: 0,
             memory_rng: Pcg32::new(scenario.seed, STREAM_MEMORY),
             spawn_rate: 1,
             driver,
             waits: Vec::with_capacity(requests.len()),
             responses: Vec::with_capacity(requests.len()),
+            response_arrivals: Vec::with_capacity(requests.len()),
             waited: 0,
             over_target: 0,
             cold_served: 0,
@@ -546,6 +593,7 @@ impl<'a> Sim<'a> {
             spawns: 0,
             peak: 0,
             peak_serving: 0,
+            master_starts: 0,
             worker_seconds: 0.0,
             memory_byte_seconds: 0.0,
             change_log: Vec::new(),
@@ -605,7 +653,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::Apply { workers } => self.apply(workers),
-                Event::MasterReady { master } => self.master_ready(master),
+                Event::MasterReady { master, role } => self.master_ready(master, role),
             }
         }
     }
@@ -663,9 +711,6 @@ impl<'a> Sim<'a> {
         self.alive_pss += pss;
         self.masters[master as usize].alive += 1;
         self.peak = self.peak.max(self.alive);
-        if master == self.active {
-            self.peak_serving = self.peak_serving.max(self.masters[master as usize].alive);
-        }
         self.spawns += 1;
         match ready_after_s {
             None => {
@@ -681,6 +726,9 @@ impl<'a> Sim<'a> {
                 let at = self.now_us + (delay * 1e6) as u64;
                 self.schedule(at, Event::Ready { slot, epoch });
             }
+        }
+        if self.masters[master as usize].state == MasterState::Serving {
+            self.peak_serving = self.peak_serving.max(self.serving_alive());
         }
     }
 
@@ -713,25 +761,60 @@ impl<'a> Sim<'a> {
         self.fork_for_queue();
     }
 
-    /// `ondemand`: the serving master forks a worker for every waiting
-    /// request that no worker being forked will take, up to its cap.
+    /// `ondemand`: the serving masters fork a worker for every waiting
+    /// request that no worker being forked will take, each up to its own
+    /// cap. With two serving masters the forks alternate between those
+    /// with room: both see the queued connection, neither is preferred.
     fn fork_for_queue(&mut self) {
         if !self.ondemand {
             return;
         }
         loop {
-            let master = &self.masters[self.active as usize];
-            let room = master.alive < self.effective_cap();
-            if !(room && (master.starting as usize) < self.queue.len()) {
+            let serving = self.serving();
+            let starting: usize = serving
+                .iter()
+                .flatten()
+                .map(|&m| self.masters[m as usize].starting as usize)
+                .sum();
+            if starting >= self.queue.len() {
                 break;
             }
-            self.spawn(self.active, Some(self.scenario.fork_s));
+            let with_room = serving.map(|m| {
+                m.filter(|&m| {
+                    let master = &self.masters[m as usize];
+                    master.alive < master.cap
+                })
+            });
+            let master = match with_room {
+                [None, None] => break,
+                [Some(only), None] | [None, Some(only)] => only,
+                [Some(primary), Some(extra)] => {
+                    self.fork_turn = self.fork_turn.wrapping_add(1);
+                    if self.fork_turn % 2 == 1 {
+                        extra
+                    } else {
+                        primary
+                    }
+                }
+            };
+            self.spawn(master, Some(self.scenario.fork_s));
         }
     }
 
-    /// The serving master's `pm.max_children`.
-    fn effective_cap(&self) -> u32 {
-        self.masters[self.active as usize].cap
+    /// The masters that accept from the pool's socket: the primary, then
+    /// the extra one (`None` where there is none or it does not serve).
+    fn serving(&self) -> [Option<u32>; 2] {
+        let serves = |m: &u32| self.masters[*m as usize].state == MasterState::Serving;
+        [Some(self.primary).filter(serves), self.extra.filter(serves)]
+    }
+
+    /// Workers of the serving masters.
+    fn serving_alive(&self) -> u32 {
+        self.serving()
+            .iter()
+            .flatten()
+            .map(|&m| self.masters[m as usize].alive)
+            .sum()
     }
 
     fn start(&mut self, slot: usize, request: Request) {
@@ -753,6 +836,7 @@ impl<'a> Sim<'a> {
         let epoch = worker.epoch;
         self.waits.push(wait);
         self.responses.push(wait + service_s);
+        self.response_arrivals.push(request.arrival_us);
         if wait > 0.0 {
             self.waited += 1;
         }
@@ -793,7 +877,8 @@ impl<'a> Sim<'a> {
 
     fn make_available(&mut self, slot: usize) {
         // A worker of a master that is not serving yet waits for it.
-        if self.workers[slot].master > self.active {
+        let master = self.workers[slot].master;
+        if self.masters[master as usize].state != MasterState::Serving {
             self.workers[slot].state = WorkerState::Idle {
                 since_us: self.now_us,
             };
@@ -814,7 +899,7 @@ impl<'a> Sim<'a> {
         let Manager::Dynamic(spec) = self.manager else {
             return;
         };
-        let master = self.masters[self.active as usize];
+        let master = self.masters[self.primary as usize];
         // Workers being forked will be idle in a moment; php-fpm counts a
         // fresh child as idle as well.
         let idle = self.idle.len() as u32 + master.starting;
@@ -827,7 +912,7 @@ impl<'a> Sim<'a> {
             let room = master.cap.saturating_sub(master.alive);
             let count = self.spawn_rate.min(spec.min_spare - idle).min(room);
             for _ in 0..count {
-                self.spawn(self.active, Some(self.scenario.fork_s));
+                self.spawn(self.primary, Some(self.scenario.fork_s));
             }
             if room > 0 && self.spawn_rate < self.scenario.max_spawn_rate {
                 self.spawn_rate = (self.spawn_rate * 2).min(self.scenario.max_spawn_rate);
@@ -837,32 +922,41 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// php-fpm `ondemand`: reap the longest-idle worker once it has been
-    /// idle for the timeout, one per second (fact 17).
+    /// php-fpm `ondemand`: each serving master reaps its longest-idle
+    /// worker once it has been idle for the timeout, one per second
+    /// (fact 17).
     fn ondemand_reap(&mut self) {
         let timeout_us = (self.scenario.ondemand_idle_timeout_s * 1e6) as u64;
-        let Some(&slot) = self.idle.front() else {
-            return;
-        };
-        if let WorkerState::Idle { since_us } = self.workers[slot].state {
-            if self.now_us.saturating_sub(since_us) > timeout_us {
-                self.idle.pop_front();
-                self.kill(slot);
+        for master in self.serving().into_iter().flatten() {
+            // The idle list is in the order the workers became idle.
+            let Some(position) = self
+                .idle
+                .iter()
+                .position(|&slot| self.workers[slot].master == master)
+            else {
+                continue;
+            };
+            let slot = self.idle[position];
+            if let WorkerState::Idle { since_us } = self.workers[slot].state {
+                if self.now_us.saturating_sub(since_us) > timeout_us {
+                    self.idle.remove(position);
+                    self.kill(slot);
+                }
             }
         }
     }
 
-    /// What one collection sees: the serving master's status page (busy,
-    /// idle, `accepted conn`, each worker's request count and, for a
-    /// worker seen idle, its last request's duration), the accept queue and
-    /// every worker's PSS. Service times of requests whose worker was not
-    /// seen idle are estimated as the daemon's advisor does: busy workers
-    /// times the interval over the requests completed. Updates the
+    /// What one collection sees: the serving masters' status pages added
+    /// up (busy, idle, `accepted conn`, each worker's request count and,
+    /// for a worker seen idle, its last request's duration), the accept
+    /// queue and every worker's PSS. Service times of requests whose worker
+    /// was not seen idle are estimated as the daemon's advisor does: busy
+    /// workers times the interval over the requests completed. Updates the
     /// collector's memory of the previous look.
     fn look(&mut self) -> Option<Look> {
         let now = self.now_us;
-        let active = self.active;
-        let master = self.masters[active as usize];
+        let serving = self.serving();
+        let masters = &self.masters;
         let ondemand = self.ondemand;
         let queue_len = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
         let driver = self.driver.as_mut()?;
@@ -879,8 +973,8 @@ impl<'a> Sim<'a> {
                 continue;
             }
             pss.push(worker.pss);
-            // The status page is the serving master's.
-            if worker.master != active {
+            // The status pages are the serving masters'.
+            if !serving.contains(&Some(worker.master)) {
                 continue;
             }
             let is_idle = matches!(worker.state, WorkerState::Idle { .. });
@@ -914,16 +1008,41 @@ impl<'a> Sim<'a> {
                 finished.extend(std::iter::repeat_n(estimate, unseen.min(1000) as usize));
             }
         }
-        // `accepted conn` restarts with every master.
-        let accepted = match driver.previous_accepted {
-            Some((seen, before)) if seen == active => accepted_delta(Some(before), master.accepted),
-            Some(_) => master.accepted,
+        // `accepted conn` restarts with every master: a master not seen at
+        // the previous look counts from its start.
+        let counters: Vec<(u32, u64)> = serving
+            .iter()
+            .flatten()
+            .map(|&m| (m, masters[m as usize].accepted))
+            .collect();
+        let accepted = match &driver.previous_accepted {
+            Some(before) => counters
+                .iter()
+                .map(|&(m, now)| {
+                    let seen = before.iter().find(|(b, _)| *b == m).map(|&(_, n)| n);
+                    match seen {
+                        Some(seen) => accepted_delta(Some(seen), now),
+                        None => now,
+                    }
+                })
+                .sum(),
             None => 0,
         };
-        driver.previous_accepted = Some((active, master.accepted));
+        driver.previous_accepted = Some(counters);
         // With `ondemand` the daemon reports the applied cap as the total,
         // so "every worker busy" reads "cap reached".
-        let total = if ondemand { master.cap } else { master.alive };
+        let total = serving
+            .iter()
+            .flatten()
+            .map(|&m| {
+                let master = &masters[m as usize];
+                if ondemand {
+                    master.cap
+                } else {
+                    master.alive
+                }
+            })
+            .sum();
         Some(Look {
             accepted,
             queue_len,
@@ -1000,11 +1119,13 @@ impl<'a> Sim<'a> {
         } else {
             NORMAL_INTERVAL_US
         };
-        // Workers of earlier masters still finishing their requests.
+        // Workers of stopped masters still finishing their requests (and
+        // of a master not serving yet).
+        let serving = self.serving();
         let retiring = self
             .workers
             .iter()
-            .filter(|w| w.state != WorkerState::Dead && w.master != self.active)
+            .filter(|w| w.state != WorkerState::Dead && !serving.contains(&Some(w.master)))
             .count();
         let alive = self.alive;
         let Some(driver) = self.driver.as_mut() else {
@@ -1113,51 +1234,118 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// A change, as the supervisor applies it: a new master with
-    /// `workers` as `pm.max_children` starts on the inherited socket. A
-    /// `static` master forks all its workers now; an `ondemand` one none.
-    /// Its OPcache is cold (or filled from the file cache).
+    /// A change to `workers` as the supervisor applies it. A hand-over
+    /// starts a new master with `workers` as `pm.max_children` on the
+    /// inherited socket. Additively (the daemon's manager with `additive`)
+    /// a cap above the primary master's starts an extra master with the
+    /// difference as its cap (unless the extra master already has it); the
+    /// primary's own cap stops the extra master and starts none; only a
+    /// cap below the primary's is a hand-over. A `static` master forks all
+    /// its workers now, an `ondemand` one none. A new master's OPcache is
+    /// cold (or filled from the file cache).
     fn apply(&mut self, workers: u32) {
+        let additive = self.driver.as_ref().is_some_and(|driver| driver.additive);
+        let primary_cap = self.masters[self.primary as usize].cap;
+        if additive && workers >= primary_cap {
+            let extra_cap = workers - primary_cap;
+            let current = self.extra.map(|m| self.masters[m as usize].cap);
+            if extra_cap == 0 {
+                if let Some(extra) = self.extra.take() {
+                    self.stop(extra);
+                }
+                self.change_applied();
+            } else if current == Some(extra_cap) {
+                self.change_applied();
+            } else {
+                self.start_master(extra_cap, Role::Extra);
+            }
+            return;
+        }
+        self.start_master(workers, Role::Primary);
+    }
+
+    /// Starts a master that will serve as `role` once ready, `master_start_s`
+    /// from now.
+    fn start_master(&mut self, cap: u32, role: Role) {
         let scenario = self.scenario;
         let file_cache = self.driver.as_ref().is_some_and(|driver| driver.file_cache);
         self.masters.push(Master {
+            state: MasterState::Starting,
             cold_start_s: if file_cache {
                 scenario.file_cache_cold_start_s
             } else {
                 scenario.cold_start_s
             },
             started_requests: 0,
-            cap: workers,
+            cap,
             alive: 0,
             starting: 0,
             accepted: 0,
         });
+        self.master_starts += 1;
         // At most one master per change, far below u32::MAX in any run.
         let master = (self.masters.len() - 1) as u32;
         let at = self.now_us + (scenario.master_start_s * 1e6) as u64;
         // Scheduled before the workers' readiness, so that at that instant
         // the master serves first and its workers then take the queue.
-        self.schedule(at, Event::MasterReady { master });
+        self.schedule(at, Event::MasterReady { master, role });
         if !self.ondemand {
-            for _ in 0..workers {
+            for _ in 0..cap {
                 self.spawn(master, Some(scenario.master_start_s));
             }
         }
     }
 
-    /// The new master is ready: it serves from now on and every older
-    /// master is stopped gracefully (SIGQUIT): idle and starting workers
-    /// exit at once, busy ones finish their request first (the manager
-    /// sets `process_control_timeout`, fact 3).
-    fn master_ready(&mut self, master: u32) {
-        self.active = master;
+    /// The change is in place: the daemon's pool actor looks again.
+    fn change_applied(&mut self) {
         if let Some(driver) = self.driver.as_mut() {
             driver.in_flight = false;
         }
-        let workers = &self.workers;
-        self.idle.retain(|&slot| workers[slot].master >= master);
+    }
+
+    /// A new master is ready and serves from now on. As the primary (a
+    /// hand-over) it replaces every other master; as the extra one it
+    /// replaces the previous extra master, and the primary serves on.
+    fn master_ready(&mut self, master: u32, role: Role) {
+        if self.masters[master as usize].state != MasterState::Starting {
+            return;
+        }
+        self.masters[master as usize].state = MasterState::Serving;
+        self.change_applied();
+        let replaced: Vec<u32> = match role {
+            Role::Primary => {
+                let old = std::mem::replace(&mut self.primary, master);
+                std::iter::once(old).chain(self.extra.take()).collect()
+            }
+            Role::Extra => self.extra.replace(master).into_iter().collect(),
+        };
+        for old in replaced {
+            self.stop(old);
+        }
+        // Workers of this master that were ready before it was.
         for slot in 0..self.workers.len() {
-            if self.workers[slot].master >= master {
+            let worker = &self.workers[slot];
+            if worker.master == master && matches!(worker.state, WorkerState::Idle { .. }) {
+                self.make_available(slot);
+            }
+        }
+        self.peak_serving = self.peak_serving.max(self.serving_alive());
+        self.fork_for_queue();
+    }
+
+    /// Stops `master` gracefully (SIGQUIT): idle and starting workers exit
+    /// at once, busy ones finish their request first (the manager sets
+    /// `process_control_timeout`, fact 3). Its workers' memory counts until
+    /// they have exited.
+    fn stop(&mut self, master: u32) {
+        if self.masters[master as usize].state == MasterState::Stopped {
+            return;
+        }
+        self.masters[master as usize].state = MasterState::Stopped;
+        let workers = &self.workers;
+        self.idle.retain(|&slot| workers[slot].master != master);
+        for slot in 0..self.workers.len() {
+            if self.workers[slot].master != master {
                 continue;
             }
             match self.workers[slot].state {
@@ -1168,21 +1356,14 @@ impl<'a> Sim<'a> {
                 WorkerState::Dead => {}
             }
         }
-        // Workers of this master that were ready before it was.
-        for slot in 0..self.workers.len() {
-            let worker = &self.workers[slot];
-            if worker.master == master && matches!(worker.state, WorkerState::Idle { .. }) {
-                self.make_available(slot);
-            }
-        }
-        self.peak_serving = self.peak_serving.max(self.masters[master as usize].alive);
-        self.fork_for_queue();
     }
 
     fn finish(mut self) -> SimResult {
         let requests = self.requests.len() as u64;
         let manager = self.manager;
         self.advance(self.duration_us);
+        let mut after_scale_up = self.after_scale_up_responses();
+        after_scale_up.sort_unstable_by(f64::total_cmp);
         self.waits.sort_unstable_by(f64::total_cmp);
         self.responses.sort_unstable_by(f64::total_cmp);
         let percentile = |values: &[f64], q: f64| -> f64 {
@@ -1208,18 +1389,45 @@ impl<'a> Sim<'a> {
             worker_seconds: self.worker_seconds,
             memory_gib_seconds: self.memory_byte_seconds / (1024.0 * 1024.0 * 1024.0),
             changes: self.change_log.len() as u64,
+            master_starts: self.master_starts,
             change_log: self.change_log,
             changes_detail: self.changes_detail,
             spawns: self.spawns,
             peak_workers: self.peak,
             peak_serving_workers: self.peak_serving,
+            after_scale_up_requests: after_scale_up.len() as u64,
+            after_scale_up_p99_response_s: percentile(&after_scale_up, 0.99),
         }
+    }
+
+    /// Response times of the requests that arrived within
+    /// [`AFTER_SCALE_UP_S`] of a scale-up decision.
+    fn after_scale_up_responses(&self) -> Vec<f64> {
+        let window_us = (AFTER_SCALE_UP_S * 1e6) as u64;
+        // Decisions are logged in time order.
+        let ups: Vec<u64> = self
+            .change_log
+            .iter()
+            .filter(|&&(_, direction)| direction > 0)
+            .map(|&(at_s, _)| (at_s * 1e6).round() as u64)
+            .collect();
+        self.response_arrivals
+            .iter()
+            .zip(&self.responses)
+            .filter(|&(&arrival, _)| {
+                // The latest scale-up at or before the arrival.
+                let after = ups.partition_point(|&up| up <= arrival);
+                after > 0 && arrival - ups[after - 1] < window_us
+            })
+            .map(|(_, &response)| response)
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caps::Claim;
 
     /// The collector is not told each request's service time: only the
     /// last duration of a worker seen idle is on the status page; the
@@ -1259,5 +1467,288 @@ mod tests {
         );
         // Under ondemand the total is the applied cap.
         assert_eq!(look.total, Policy::default().learning_cap());
+    }
+
+    /// Requests arriving together, each needing `demand_s` of service.
+    fn burst(at_s: f64, count: usize, demand_s: f64) -> Vec<Request> {
+        vec![
+            Request {
+                arrival_us: (at_s * 1e6) as u64,
+                demand_s,
+            };
+            count
+        ]
+    }
+
+    /// The standard scenario with a budget of four assumed workers: the
+    /// daemon's manager starts the pool's primary master at a cap of 4.
+    fn four_worker_budget() -> Scenario {
+        let mut scenario = Scenario::standard(1);
+        scenario.memory_budget_bytes = 4 * ASSUMED_WORKER_BYTES;
+        scenario
+    }
+
+    /// The daemon's manager with the default policy.
+    fn daemon(additive: bool) -> Manager {
+        Manager::Daemon {
+            policy: Policy::default(),
+            file_cache: true,
+            additive,
+        }
+    }
+
+    /// A pool whose changes the test applies itself: no looks.
+    fn without_looks<'a>(
+        requests: &'a [Request],
+        manager: &'a Manager,
+        scenario: &'a Scenario,
+    ) -> Sim<'a> {
+        let mut sim = Sim::new(requests, 10_000_000, manager, scenario);
+        sim.heap
+            .retain(|Reverse((_, _, event))| *event != Event::Probe);
+        sim
+    }
+
+    /// Workers alive per master, by master index.
+    fn alive_per_master(sim: &Sim<'_>) -> Vec<u32> {
+        sim.masters.iter().map(|m| m.alive).collect()
+    }
+
+    fn retiring(sim: &Sim<'_>, master: u32) -> usize {
+        sim.workers
+            .iter()
+            .filter(|w| w.master == master && w.state == WorkerState::Busy { retiring: true })
+            .count()
+    }
+
+    /// 12 requests of 2 s at 1 s into a pool capped at 4, and a change
+    /// to 8 at 1.05 s: by 1.5 s the new cap serves.
+    fn grown_to_eight(additive: bool) -> (Vec<Request>, Manager, Scenario) {
+        let mut requests = burst(1.0, 12, 2.0);
+        // Short work for every worker once the burst is over.
+        requests.extend(burst(5.5, 8, 0.05));
+        (requests, daemon(additive), four_worker_budget())
+    }
+
+    /// Growing from the primary's cap of 4 to 8 starts an extra master
+    /// with a cap of 4 beside it: the primary (same master, same workers,
+    /// warm OPcache) serves on, only the extra master's requests pay the
+    /// file cache's cold start, and the workers never exceed the new cap.
+    /// A hand-over instead replaces the primary, and its new master forks
+    /// for the queue while the old one's busy workers still run.
+    #[test]
+    fn growing_adds_an_extra_master_and_keeps_the_primary() {
+        let (requests, manager, scenario) = grown_to_eight(true);
+        let mut sim = without_looks(&requests, &manager, &scenario);
+        assert_eq!(sim.masters[0].cap, 4);
+        sim.schedule(1_050_000, Event::Apply { workers: 8 });
+        sim.run_until(1_200_000);
+        // Not ready yet: only the primary serves.
+        assert_eq!((sim.primary, sim.extra), (0, None));
+        assert_eq!(sim.masters[1].state, MasterState::Starting);
+        assert_eq!(sim.queue.len(), 8);
+        sim.run_until(1_500_000);
+        assert_eq!((sim.primary, sim.extra), (0, Some(1)));
+        assert_eq!(sim.masters[0].state, MasterState::Serving);
+        assert_eq!(sim.masters[0].cold_start_s, 0.0, "the primary stays warm");
+        assert_eq!((sim.masters[0].cap, sim.masters[1].cap), (4, 4));
+        assert_eq!(alive_per_master(&sim), [4, 4]);
+        assert_eq!(retiring(&sim, 0), 0, "the primary's workers serve on");
+        assert_eq!(sim.master_starts, 1);
+        assert_eq!(sim.peak, 8, "never more workers than the cap of 8");
+        // The extra master's four requests are its first, with a cold
+        // OPcache warmed from the file cache; the queue waits for it.
+        assert_eq!(sim.masters[1].started_requests, 4);
+        assert_eq!(
+            sim.masters[1].cold_start_s,
+            scenario.file_cache_cold_start_s
+        );
+        assert_eq!(sim.queue.len(), 4, "4 + 4 busy, 4 queued");
+        sim.run_until(5_600_000);
+        // At 5.5 s every worker takes one: the primary's are warm, the
+        // extra master's still pay part of the cold start.
+        let last: Vec<f64> = sim.responses[12..].to_vec();
+        let warm = last.iter().filter(|&&r| (r - 0.05).abs() < 1e-9).count();
+        assert_eq!((last.len(), warm), (8, 4), "{last:?}");
+        assert_eq!(sim.masters[0].started_requests, 4 + 4 + 4);
+
+        let (requests, manager, scenario) = grown_to_eight(false);
+        let mut sim = without_looks(&requests, &manager, &scenario);
+        sim.schedule(1_050_000, Event::Apply { workers: 8 });
+        sim.run_until(1_500_000);
+        assert_eq!((sim.primary, sim.extra), (1, None));
+        assert_eq!(sim.masters[0].state, MasterState::Stopped);
+        assert_eq!(retiring(&sim, 0), 4);
+        assert_eq!(alive_per_master(&sim), [4, 8]);
+        assert_eq!(
+            sim.peak, 12,
+            "the old master's busy workers and the new cap"
+        );
+    }
+
+    /// Back to the primary's cap: the extra master is stopped and no
+    /// master starts; its busy workers finish their request, and their
+    /// memory counts (on the board as `draining`) until they have exited,
+    /// so that another pool cannot plan into it meanwhile.
+    #[test]
+    fn shrinking_to_the_primary_cap_stops_only_the_extra_master() {
+        let (mut requests, manager, scenario) = grown_to_eight(true);
+        // Every worker busy again at 6 s, for 1 s.
+        requests.extend(burst(6.0, 8, 1.0));
+        let mut sim = without_looks(&requests, &manager, &scenario);
+        sim.schedule(1_050_000, Event::Apply { workers: 8 });
+        sim.run_until(6_050_000);
+        assert_eq!(alive_per_master(&sim), [4, 4]);
+        let extra_pss: u64 = sim
+            .workers
+            .iter()
+            .filter(|w| w.master == 1 && w.state != WorkerState::Dead)
+            .map(|w| w.pss)
+            .sum();
+        let pss_before = sim.alive_pss;
+        sim.schedule(6_100_000, Event::Apply { workers: 4 });
+        sim.run_until(6_150_000);
+        assert_eq!((sim.primary, sim.extra), (0, None));
+        assert_eq!(sim.masters.len(), 2, "no master started");
+        assert_eq!(sim.master_starts, 1);
+        assert_eq!(sim.masters[0].state, MasterState::Serving);
+        assert_eq!(sim.masters[1].state, MasterState::Stopped);
+        assert_eq!(retiring(&sim, 0), 0);
+        assert_eq!(retiring(&sim, 1), 4, "the extra's requests finish");
+        assert_eq!(sim.alive_pss, pss_before, "their memory still counts");
+        // The pool's look tells the board: every worker it runs, until
+        // the stopped master's have exited.
+        sim.driver.as_mut().expect("driver").last_collect_us = None;
+        sim.collect();
+        // The test applies the changes: whatever that look decided is not.
+        sim.heap
+            .retain(|Reverse((_, _, event))| !matches!(event, Event::Apply { .. }));
+        let mut entry = sim.board.borrow().entries["pool"].clone();
+        assert_eq!(entry.draining, 8, "{entry:?}");
+        // Another pool pressing for memory in a budget of 12 workers, this
+        // one content with its 4: the draining workers are not room for
+        // the other.
+        entry.applied_cap = 4;
+        entry = entry.claiming(Claim {
+            need: 4,
+            want: 4,
+            pressing: false,
+        });
+        let bytes = entry.worker_bytes.expect("measured");
+        let other = PoolPlanInput {
+            name: "other".to_owned(),
+            priority: 0,
+            weight: 1.0,
+            min_workers: 1,
+            max_workers: 32,
+            wanted_workers: Some(8),
+            needed_workers: Some(8),
+            pressing: true,
+            worker_bytes: Some(bytes),
+            shared_bytes: 0,
+            applied_cap: 4,
+            draining: 0,
+            fixed: false,
+        };
+        let budget = 12 * bytes;
+        let pressure = Pressure {
+            busy: 4,
+            queue: 8,
+            workers: 4,
+        };
+        let plan = |pool: &PoolPlanInput| {
+            next_cap(
+                6_150,
+                budget,
+                &[pool.clone(), other.clone()],
+                1,
+                pressure,
+                Damping::default(),
+                PlanMemory::default(),
+            )
+            .0
+        };
+        assert!(
+            matches!(plan(&entry), CapStep::Hold(_)),
+            "{:?}",
+            plan(&entry)
+        );
+        // Once they have exited, the memory is free.
+        sim.run_until(7_200_000);
+        assert_eq!(alive_per_master(&sim), [4, 0]);
+        assert_eq!(sim.alive_pss, pss_before - extra_pss);
+        let drained = PoolPlanInput {
+            draining: 0,
+            applied_cap: 4,
+            ..entry
+        };
+        assert!(
+            matches!(plan(&drained), CapStep::Change { to: 8, .. }),
+            "{:?}",
+            plan(&drained)
+        );
+    }
+
+    /// Below the primary's cap: a hand-over of the primary to the new cap,
+    /// and the extra master stops with the old primary once the new one is
+    /// ready; until then both serve.
+    #[test]
+    fn shrinking_below_the_primary_cap_hands_over_and_stops_the_extra() {
+        let (mut requests, manager, scenario) = grown_to_eight(true);
+        requests.extend(burst(6.0, 8, 1.0));
+        let mut sim = without_looks(&requests, &manager, &scenario);
+        sim.schedule(1_050_000, Event::Apply { workers: 8 });
+        sim.run_until(6_050_000);
+        sim.schedule(6_100_000, Event::Apply { workers: 2 });
+        sim.run_until(6_200_000);
+        assert_eq!((sim.primary, sim.extra), (0, Some(1)), "not ready yet");
+        assert_eq!(sim.masters[2].state, MasterState::Starting);
+        sim.run_until(6_350_000);
+        assert_eq!((sim.primary, sim.extra), (2, None));
+        assert_eq!(sim.master_starts, 2);
+        assert_eq!(sim.masters[2].cap, 2);
+        assert_eq!(
+            sim.masters[2].cold_start_s,
+            scenario.file_cache_cold_start_s
+        );
+        assert_eq!(sim.masters[0].state, MasterState::Stopped);
+        assert_eq!(sim.masters[1].state, MasterState::Stopped);
+        assert_eq!((retiring(&sim, 0), retiring(&sim, 1)), (4, 4));
+        sim.run_until(7_200_000);
+        assert_eq!(alive_per_master(&sim), [0, 0, 0]);
+        assert_eq!(sim.alive, 0);
+    }
+
+    /// With two serving masters, both fork for queued requests, each up
+    /// to its own cap, and every idle worker takes from the one queue.
+    #[test]
+    fn both_masters_fork_for_the_shared_queue_up_to_their_caps() {
+        let (mut requests, manager, scenario) = grown_to_eight(true);
+        requests.extend(burst(20.0, 10, 1.0));
+        let mut sim = without_looks(&requests, &manager, &scenario);
+        sim.schedule(1_050_000, Event::Apply { workers: 8 });
+        sim.run_until(19_500_000);
+        // Idle workers reaped after the timeout, one per master a second.
+        assert_eq!(alive_per_master(&sim), [0, 0]);
+        sim.run_until(20_100_000);
+        assert_eq!(alive_per_master(&sim), [4, 4]);
+        assert_eq!(sim.queue.len(), 2);
+        assert_eq!(sim.masters[1].started_requests, 4 + 4 + 4);
+    }
+
+    /// The after-scale-up figures score requests arriving within 5 s of a
+    /// scale-up decision only.
+    #[test]
+    fn after_scale_up_counts_the_window_after_each_scale_up() {
+        let mut requests = burst(1.0, 2, 0.05);
+        requests.extend(burst(2.0, 3, 0.05));
+        requests.extend(burst(8.0, 1, 0.05));
+        let manager = daemon(true);
+        let scenario = four_worker_budget();
+        let mut sim = without_looks(&requests, &manager, &scenario);
+        sim.run_until(u64::MAX);
+        sim.change_log = vec![(1.5, 1), (1.9, -1)];
+        let result = sim.finish();
+        assert_eq!(result.after_scale_up_requests, 3);
     }
 }

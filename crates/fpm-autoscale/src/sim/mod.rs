@@ -19,20 +19,40 @@
 //!   once, its busy ones finish their request and exit (fact 3). Until the
 //!   new master is ready only the old one serves. A `static` master forks
 //!   all its workers at start; an `ondemand` one starts with none;
+//! - the daemon's manager applies a cap additively where it can (its
+//!   default; `Manager::Daemon::additive`): two masters on one listening
+//!   socket both accept from it, so a pool runs a *primary* master (cap
+//!   P) and at most one *extra* master (cap E), for a cap of P + E. A cap
+//!   W above P starts an extra master with cap W - P (replacing an extra
+//!   master with another cap: it is stopped once the new one is ready),
+//!   and the primary serves on with its workers and its warm OPcache; W
+//!   equal to P stops the extra master and starts none; only W below P is
+//!   a hand-over of the primary, and the extra master is stopped with the
+//!   old primary when the new one is ready. Every start and stop comes
+//!   `apply_delay_s` after the decision and a new master, extra or not, is
+//!   ready `master_start_s` after its start, as in a hand-over;
+//! - the serving masters share one accept queue: a request goes to the
+//!   longest-idle worker of either, and an `ondemand` master forks for
+//!   queued requests up to its own cap (both see the queued connection:
+//!   with room in both, their forks alternate) and reaps its own idle
+//!   workers. A stopped master's busy workers finish their request and
+//!   their memory counts, as after a hand-over, until they have exited;
 //! - a new master has a cold OPcache (facts 2 and 18): its `n`-th request
 //!   takes `cold_start_s * exp(-n / cold_requests)` seconds longer
 //!   (`file_cache_cold_start_s` instead when `opcache.file_cache` was
-//!   filled by the previous master). Fact 18 measured 0.8 to 1.0 s for
-//!   the first requests into a fresh MediaWiki master against 25 ms warm,
-//!   and 0.23 s with the file cache;
+//!   filled by the running master). The penalty is per master: an extra
+//!   master's requests pay it, the primary's do not. Fact 18 measured 0.8
+//!   to 1.0 s for the first requests into a fresh MediaWiki master against
+//!   25 ms warm, and 0.23 s with the file cache;
 //! - memory: each worker's PSS is drawn at fork (normal, clamped), the
 //!   master and OPcache shared memory are fixed.
 //!
 //! What the manager sees is what the collector can see: the status page
 //! at each collection (the `accepted conn` counter, which restarts with
 //! every master; busy, idle and total; each worker's request count and,
-//! for a worker seen idle, its last request's duration), the kernel's
-//! accept queue, and worker PSS. Service times of requests whose worker
+//! for a worker seen idle, its last request's duration; with an extra
+//! master, both serving masters' pages added up), the kernel's accept
+//! queue, and worker PSS. Service times of requests whose worker
 //! was not seen idle are estimated the way the daemon's advisor does
 //! (busy workers times the interval over the requests completed).
 //!
@@ -132,21 +152,29 @@ pub enum Manager {
     /// cap (`pm.max_children`). At each look `decide` runs as the model
     /// only (its figures: recommended workers, p95 PSS; its resizes are
     /// not applied), then [`crate::caps::next_cap`] plans the cap as the
-    /// pool's share of the memory budget with the default damping, and a
-    /// change is applied by a hand-over. The first cap is what the budget
-    /// allows at the assumed worker size, within the pool's limits, as the
-    /// daemon starts a pool. With `file_cache` the new master's OPcache
-    /// starts from the previous master's file cache (the daemon's
-    /// `phpfpm.warm_handover`, on by default).
+    /// pool's share of the memory budget with the default damping. The
+    /// first cap is what the budget allows at the assumed worker size,
+    /// within the pool's limits, as the daemon starts a pool. With
+    /// `file_cache` a new master's OPcache starts from the file cache the
+    /// running master filled (the daemon's `phpfpm.warm_handover`, on by
+    /// default).
+    ///
+    /// With `additive` (the daemon's default) a larger cap is applied by
+    /// an extra master beside the primary one, a return to the primary's
+    /// cap by stopping the extra master, and only a cap below the
+    /// primary's by a hand-over; without it every change is a hand-over.
     Daemon {
         /// The pool's policy (limits, headroom, weight, priority).
         policy: Policy,
-        /// `opcache.file_cache` filled by the previous master.
+        /// `opcache.file_cache` filled by the running master.
         file_cache: bool,
+        /// Changes applied additively where the cap allows it.
+        additive: bool,
     },
     /// An earlier design, kept for comparison: `decide`'s resizes applied
     /// as the cap, starting at the learning cap (in a shared budget the
     /// cap also comes from [`crate::share_budget_protecting_needs`]).
+    /// Every change is a hand-over, as that design applied them.
     ModelCap {
         /// The policy.
         policy: Policy,
@@ -166,10 +194,24 @@ impl Manager {
     pub fn name(&self) -> &'static str {
         match self {
             Manager::Daemon {
-                file_cache: true, ..
+                file_cache: true,
+                additive: true,
+                ..
             } => "manager",
             Manager::Daemon {
-                file_cache: false, ..
+                file_cache: true,
+                additive: false,
+                ..
+            } => "manager-handover",
+            Manager::Daemon {
+                file_cache: false,
+                additive: true,
+                ..
+            } => "manager-cold",
+            Manager::Daemon {
+                file_cache: false,
+                additive: false,
+                ..
             } => "manager-cold-handover",
             Manager::ModelCap {
                 file_cache: true, ..
@@ -191,11 +233,24 @@ impl Manager {
         }
     }
 
-    /// The daemon's manager with a warm hand-over, as it runs by default.
+    /// The daemon's manager as it runs by default: additive changes, a
+    /// new master's OPcache warmed from the file cache.
     pub fn daemon(policy: &Policy) -> Manager {
         Manager::Daemon {
             policy: policy.clone(),
             file_cache: true,
+            additive: true,
+        }
+    }
+
+    /// The daemon's manager applying every change by a hand-over (with
+    /// the file cache), as it did before additive changes: the comparison
+    /// row for them.
+    pub fn daemon_handover(policy: &Policy) -> Manager {
+        Manager::Daemon {
+            policy: policy.clone(),
+            file_cache: true,
+            additive: false,
         }
     }
 
@@ -203,6 +258,7 @@ impl Manager {
     pub fn contenders(policy: &Policy) -> Vec<Manager> {
         vec![
             Manager::daemon(policy),
+            Manager::daemon_handover(policy),
             Manager::ModelCap {
                 policy: policy.clone(),
                 file_cache: true,
@@ -234,15 +290,17 @@ pub struct Scenario {
     pub ondemand_idle_timeout_s: f64,
     /// Time for a forked worker to accept its first request.
     pub fork_s: f64,
-    /// Decision to the new master's start (write and test the config).
+    /// Decision to the new master's start (write and test the config), or
+    /// to the extra master's stop when a change starts no master.
     pub apply_delay_s: f64,
-    /// Start of a new master to "ready to handle connections"; the old
-    /// master is stopped at that moment.
+    /// Start of a new master to "ready to handle connections"; the master
+    /// it replaces (the old primary, or the previous extra master) is
+    /// stopped at that moment.
     pub master_start_s: f64,
     /// Extra service time of a new master's first request with a cold
     /// OPcache, seconds.
     pub cold_start_s: f64,
-    /// The same when `opcache.file_cache` was filled by the previous
+    /// The same when `opcache.file_cache` was filled by the running
     /// master, seconds.
     pub file_cache_cold_start_s: f64,
     /// Requests into a new master after which the cold penalty has fallen
@@ -345,19 +403,35 @@ pub struct SimResult {
     pub worker_seconds: f64,
     /// Integral of the workers' PSS over time, GiB·s.
     pub memory_gib_seconds: f64,
-    /// Hand-overs applied.
+    /// Changes applied: hand-overs, extra masters started or replaced,
+    /// extra masters stopped.
     pub changes: u64,
+    /// New masters started (a hand-over's or an extra one); stopping an
+    /// extra master starts none.
+    pub master_starts: u64,
     /// Times of the changes and their direction (+1 up, -1 down).
     pub change_log: Vec<(f64, i8)>,
     /// The same changes with their sizes and reasons.
     pub changes_detail: Vec<ChangeRecord>,
     /// Workers forked.
     pub spawns: u64,
-    /// Most workers alive at once (both masters during a hand-over).
+    /// Most workers alive at once (every master's, including those of a
+    /// master finishing its requests after it was stopped).
     pub peak_workers: u32,
-    /// Most workers of the serving master at once.
+    /// Most workers of the serving masters (the primary and the extra
+    /// one) at once.
     pub peak_serving_workers: u32,
+    /// Requests that arrived within [`AFTER_SCALE_UP_S`] of a decision to
+    /// raise the size or cap.
+    pub after_scale_up_requests: u64,
+    /// p99 response time of those requests, seconds (0 without any).
+    pub after_scale_up_p99_response_s: f64,
 }
+
+/// The window after a scale-up decision whose requests are scored apart
+/// ([`SimResult::after_scale_up_p99_response_s`]): a new master's start and
+/// its cold OPcache fall within it.
+pub const AFTER_SCALE_UP_S: f64 = 5.0;
 
 impl SimResult {
     /// Oscillations: three consecutive changes that alternate direction

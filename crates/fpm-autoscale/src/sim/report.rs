@@ -89,6 +89,8 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
         "trace {} ({duration:.0} s), seed {}, pm.max_children {} for every manager (the manager moves its cap within it); \
          memory budget {} MiB (the manager's cap is its share of it, 64 MiB a worker until PSS is measured); \
          hand-over: new master ready {:.1} s after its start, old one stopped then; \
+         manager: a cap above the primary master's by an extra master beside it, the primary's by stopping the extra one, below it by a hand-over \
+         (manager-handover: every change a hand-over); \
          cold OPcache: +{:.2} s on a new master's first request (+{:.2} s with file_cache), falling to 1/e after {:.0} requests; \
          queue probe every {:.0} ms",
         trace.name(),
@@ -134,9 +136,10 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
     }
     let _ = writeln!(
         out,
-        "peak workers counts every process at once: during a hand-over the old master's busy workers finish their requests after the new master serves, \
+        "peak workers counts every process at once: during a hand-over the old master's busy workers finish their requests after the new master serves \
+         (and a replaced or stopped extra master's after it was stopped), \
          and a static master forks all its workers while the old one still serves, so it can exceed pm.max_children; \
-         the serving master's own peak is in brackets"
+         the serving master's own peak is in brackets (the primary and the extra master together)"
     );
     for result in results
         .iter()
@@ -159,10 +162,11 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
 
 /// The two-pool budget comparison: "shop" (priority 1, spike trace) and
 /// "admin" (priority 0, steady trace) under one budget that leaves 2100
-/// MiB for the workers of both (about 35 workers of 60 MiB), managed four
+/// MiB for the workers of both (about 35 workers of 60 MiB), managed five
 /// ways: the daemon's manager (`ondemand` caps from
 /// [`crate::caps::next_cap`] over one board, the worker budget as
-/// `scaling.memory_budget`); the earlier model-cap design (caps from
+/// `scaling.memory_budget`), with additive changes and with every change a
+/// hand-over; the earlier model-cap design (caps from
 /// `decide` and [`crate::share_budget_protecting_needs`]); `static` pools
 /// splitting the budget equally; `ondemand` pools whose caps (32 each) add
 /// up to more than the budget. Returns the printed tables.
@@ -201,6 +205,23 @@ pub fn shared_runs(seed: u64) -> Result<Vec<(&'static str, SharedResult)>, SimEr
                     "admin",
                     TraceSpec::Steady,
                     Manager::daemon(&admin_policy),
+                    32,
+                ),
+            ],
+        ),
+        (
+            "manager-handover: the same, every change a hand-over",
+            [
+                pool(
+                    "shop",
+                    TraceSpec::Spike,
+                    Manager::daemon_handover(&shop_policy),
+                    32,
+                ),
+                pool(
+                    "admin",
+                    TraceSpec::Steady,
+                    Manager::daemon_handover(&admin_policy),
                     32,
                 ),
             ],
