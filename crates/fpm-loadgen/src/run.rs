@@ -30,6 +30,22 @@ pub struct Stream {
     pub name: String,
     pub target: Target,
     pub phases: Vec<Phase>,
+    /// Add `n=<k>` to the query of the stream's `k`-th request (from 0), so
+    /// that an app can draw its per-request randomness from it: every run of
+    /// the same plan then asks for the same work, request by request, and
+    /// two servers are compared on the same draws (common random numbers).
+    pub numbered: bool,
+}
+
+impl Stream {
+    /// The path of the stream's `k`-th request.
+    fn path(&self, k: u64) -> String {
+        if !self.numbered {
+            return self.target.path.clone();
+        }
+        let sep = if self.target.path.contains('?') { '&' } else { '?' };
+        format!("{}{sep}n={k}", self.target.path)
+    }
 }
 
 /// A whole run.
@@ -115,6 +131,7 @@ pub async fn run(plan: &Plan) -> Result<RunResult, PlanError> {
     raise_fd_limit();
     let targets: Arc<Vec<Target>> =
         Arc::new(plan.streams.iter().map(|s| s.target.clone()).collect());
+    let mut sent_per_stream = vec![0u64; plan.streams.len()];
     let mut records: Vec<Option<Record>> = vec![None; arrivals.len()];
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut tasks: JoinSet<(usize, Record)> = JoinSet::new();
@@ -125,6 +142,10 @@ pub async fn run(plan: &Plan) -> Result<RunResult, PlanError> {
 
     for (idx, &(at, stream)) in arrivals.iter().enumerate() {
         let due = start + at;
+        // Numbered by schedule, not by what was sent: a request refused at
+        // the in-flight cap keeps its number from the next one.
+        let path = plan.streams[stream].path(sent_per_stream[stream]);
+        sent_per_stream[stream] += 1;
         // Reap finished requests while waiting for the next one is due, so
         // finished tasks do not accumulate.
         loop {
@@ -154,7 +175,9 @@ pub async fn run(plan: &Plan) -> Result<RunResult, PlanError> {
         tasks.spawn(async move {
             let sent = Instant::now();
             let end_by = due + timeout;
-            let outcome = match tokio::time::timeout_at(end_by, get(&targets[stream])).await {
+            let outcome = match tokio::time::timeout_at(end_by, get_path(&targets[stream], &path))
+                .await
+            {
                 Ok(o) => o,
                 Err(_) => Outcome::Error(ErrorKind::Timeout),
             };
@@ -203,6 +226,11 @@ pub async fn run(plan: &Plan) -> Result<RunResult, PlanError> {
 
 /// One GET on a fresh connection, body read to the end.
 pub async fn get(target: &Target) -> Outcome {
+    get_path(target, &target.path).await
+}
+
+/// One GET of `path` on `target`'s server.
+async fn get_path(target: &Target, path: &str) -> Outcome {
     let stream = match TcpStream::connect(target.addr).await {
         Ok(s) => s,
         Err(_) => return Outcome::Error(ErrorKind::Connect),
@@ -217,7 +245,7 @@ pub async fn get(target: &Target) -> Outcome {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = match http::Request::get(target.path.as_str())
+    let req = match http::Request::get(path)
         .header(http::header::HOST, target.host.as_str())
         .header(http::header::CONNECTION, "close")
         .header(http::header::USER_AGENT, "fpm-loadgen")
@@ -259,7 +287,18 @@ mod tests {
             name: name.into(),
             target: Target::parse("http://127.0.0.1:1/").unwrap(),
             phases: vec![Phase::new(rate, Duration::from_secs(10))],
+            numbered: false,
         }
+    }
+
+    #[test]
+    fn numbered_streams_carry_the_requests_number_in_the_query() {
+        let mut s = stream("a", 1.0);
+        assert_eq!(s.path(7), "/");
+        s.numbered = true;
+        assert_eq!(s.path(7), "/?n=7");
+        s.target = Target::parse("http://127.0.0.1:1/x.php?y=1").unwrap();
+        assert_eq!(s.path(0), "/x.php?y=1&n=0");
     }
 
     #[test]

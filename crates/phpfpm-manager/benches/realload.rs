@@ -1,12 +1,14 @@
 //! Real-load benchmark: real php-fpm 8.2 behind real nginx on loopback, an
 //! app where OPcache matters, open-loop Poisson load (`fpm-loadgen`), and
-//! six contenders side by side in one run: php-fpm `static`, `dynamic`
+//! the contenders side by side in one run: php-fpm `static`, `dynamic`
 //! (Debian's spare settings), `dynamic-tuned` (spares an operator would
 //! pick for a surge) and `ondemand` with caps that fit the memory budget
 //! split equally between pools, and the manager supervising the same pools
-//! with autoscaling on and the same budget, with its warm hand-over
-//! (`manager`) and without it (`manager-cold`)
-//! (`cargo bench -p phpfpm-manager --bench realload`, part of `make bench`).
+//! with autoscaling on and the same budget (`manager`: warm hand-over and
+//! additive scale-up, its defaults), without the warm hand-over
+//! (`manager-cold`) and with every change of cap a hand-over
+//! (`manager-handover`); `ondemand-over` gives each of two pools the whole
+//! budget (`cargo bench -p phpfpm-manager --bench realload`, part of `make bench`).
 //!
 //! First the app's own figures: worker memory (PSS from `smaps_rollup`), cold
 //! vs warm request time, and cold with a pre-filled `opcache.file_cache`.
@@ -139,7 +141,7 @@ fn main() {
     }
     assert!(
         !settings.contenders.is_empty() || settings.sim_only,
-        "REALLOAD_CONTENDERS names none of static, dynamic, dynamic-tuned, ondemand, manager, manager-cold (or `none`: the simulator only)"
+        "REALLOAD_CONTENDERS names none of static, dynamic, dynamic-tuned, ondemand, ondemand-over, manager, manager-cold, manager-handover (or `none`: the simulator only)"
     );
 
     let root = TestDir::new("realload");
@@ -472,6 +474,9 @@ fn scenario(
                     name: (*pool).to_owned(),
                     target: Target::parse(&c.url(pool)).unwrap(),
                     phases: p.clone(),
+                    // The app draws each request's work from its number:
+                    // every contender serves the same requests.
+                    numbered: true,
                 })
                 .collect()
         };
@@ -516,11 +521,15 @@ fn scenario(
             r.summary.failed,
             ms(r.summary.p99)
         );
-        if matches!(kind, Kind::Manager | Kind::ManagerCold) {
+        if matches!(
+            kind,
+            Kind::Manager | Kind::ManagerCold | Kind::ManagerHandover
+        ) {
             let log = c.manager_log();
-            let applied = log
-                .matches("Applied new pool settings by hand-over")
-                .count();
+            let applied = ["Applied new pool settings by hand-over", "Added a second php-fpm master", "Stopping the second php-fpm master"]
+                .iter()
+                .map(|m| log.matches(m).count())
+                .sum::<usize>();
             let advice = log.lines().filter(|l| l.contains("scal")).count();
             println!("(manager: {applied} pool changes applied, {advice} log lines about scaling)");
             // REALLOAD_LOG=DIR keeps each manager's log for a closer look.

@@ -26,6 +26,11 @@ struct Args {
     /// Seed of the arrival times (same seed, same requests).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Add `n=<k>` to the query of the k-th request, so that the app can
+    /// seed its per-request randomness with it (same work per request in
+    /// every run).
+    #[arg(long)]
+    numbered: bool,
     /// Requests open at once; one due beyond that is not sent and fails.
     #[arg(long, default_value_t = 2000)]
     max_in_flight: usize,
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
             name: args.url.clone(),
             target,
             phases: args.phases.clone(),
+            numbered: args.numbered,
         }],
         seed: args.seed,
         max_in_flight: args.max_in_flight,

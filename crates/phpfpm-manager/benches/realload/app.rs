@@ -12,6 +12,10 @@
 //! allocator keeps those pages for the next request, which is what leaves
 //! real workers at tens of megabytes. The CPU part is kept small on purpose
 //! (a 10× spike must fit two cores beside nginx and the load generator).
+//! The load generator numbers its requests (`n=`) and the app seeds its
+//! random draws with that number, so the k-th request of a run asks for the
+//! same route and the same wait whoever serves it: contenders differ only
+//! in how they serve the same work.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -217,6 +221,11 @@ spl_autoload_register(static function (string $class): void {{
     require __DIR__ . '/src/' . str_replace('\\', '/', substr($class, 4)) . '.php';
 }});
 
+// The load generator numbers its requests: the n-th request draws the same
+// route and wait in every run, so contenders are compared on the same work.
+if (isset($_GET['n'])) {{
+    mt_srand((int) $_GET['n']);
+}}
 $route = mt_rand(0, {modules} - 1);
 $ctx = ['id' => mt_rand(1, 1000000), 'name' => 'user' . mt_rand()];
 $fields = 0;

@@ -48,10 +48,13 @@ pub(crate) enum Kind {
     /// with an empty OPcache (no `opcache.file_cache`), to measure what the
     /// warm hand-over is worth in the first seconds after a change.
     ManagerCold,
+    /// The manager with `phpfpm.additive_scale_up: false`: every change of
+    /// cap is a (warm) hand-over to a new master.
+    ManagerHandover,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 7] = [
+    pub(crate) const ALL: [Kind; 8] = [
         Kind::Static,
         Kind::Dynamic,
         Kind::DynamicTuned,
@@ -59,6 +62,7 @@ impl Kind {
         Kind::OndemandOver,
         Kind::Manager,
         Kind::ManagerCold,
+        Kind::ManagerHandover,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Kind {
             Kind::OndemandOver => "ondemand-over",
             Kind::Manager => "manager",
             Kind::ManagerCold => "manager-cold",
+            Kind::ManagerHandover => "manager-handover",
         }
     }
 }
@@ -100,8 +105,9 @@ pub(crate) struct Contender {
 impl Contender {
     pub(crate) fn start(kind: Kind, setup: &Setup) -> Contender {
         match kind {
-            Kind::Manager => start_manager(setup, true),
-            Kind::ManagerCold => start_manager(setup, false),
+            Kind::Manager => start_manager(setup, true, true),
+            Kind::ManagerCold => start_manager(setup, false, true),
+            Kind::ManagerHandover => start_manager(setup, true, false),
             _ => start_fpm(kind, setup),
         }
     }
@@ -202,10 +208,17 @@ fn nginx_for(dir: &TestDir, routes: &[(String, PathBuf)], public: &Path) -> Test
 
 /// The manager's config for this setup (the shape the autoscaler reads:
 /// one budget for all pools, each pool `ondemand` with scaling on).
-/// `warm` is `phpfpm.warm_handover` (on by default in the product).
-pub(crate) fn manager_config(dir: &Path, port: u16, setup: &Setup, warm: bool) -> String {
+/// `warm` is `phpfpm.warm_handover` and `additive` is
+/// `phpfpm.additive_scale_up` (both on by default in the product).
+pub(crate) fn manager_config(
+    dir: &Path,
+    port: u16,
+    setup: &Setup,
+    warm: bool,
+    additive: bool,
+) -> String {
     let mut c = format!(
-        "phpfpm: {{ runtime_dir: {rt}, warm_handover: {warm} }}\nserver: {{ bind_address: \"127.0.0.1:{port}\" }}\nstorage: {{ database_path: \":memory:\" }}\nscaling:\n  memory_budget: {budget}MiB\npools:\n",
+        "phpfpm: {{ runtime_dir: {rt}, warm_handover: {warm}, additive_scale_up: {additive} }}\nserver: {{ bind_address: \"127.0.0.1:{port}\" }}\nstorage: {{ database_path: \":memory:\" }}\nscaling:\n  memory_budget: {budget}MiB\npools:\n",
         rt = dir.join("rt").display(),
         budget = setup.budget.div_ceil(1 << 20),
     );
@@ -220,10 +233,10 @@ pub(crate) fn manager_config(dir: &Path, port: u16, setup: &Setup, warm: bool) -
     c
 }
 
-fn start_manager(setup: &Setup, warm: bool) -> Contender {
+fn start_manager(setup: &Setup, warm: bool, additive: bool) -> Contender {
     let dir = TestDir::new("realload-manager");
     let port = fpm_testkit::free_port();
-    let config = manager_config(&dir.path, port, setup, warm);
+    let config = manager_config(&dir.path, port, setup, warm, additive);
     let daemon = TestDaemon::start_at(dir, port, Some(&config), &[("RUST_LOG", "info")]);
     for pool in &setup.pools {
         wait_serving(&daemon, pool);
@@ -300,8 +313,10 @@ impl Roots {
                     if !cmd.contains("master process") {
                         return None;
                     }
+                    // A second master's is `<pool>.extra.conf`; pool
+                    // names hold no dot.
                     let conf = cmd.rsplit('/').next()?;
-                    let pool = conf.split(".conf").next()?.to_owned();
+                    let pool = conf.split('.').next()?.to_owned();
                     Some((m, pool))
                 })
                 .collect(),
