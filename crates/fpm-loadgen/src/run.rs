@@ -43,7 +43,11 @@ impl Stream {
         if !self.numbered {
             return self.target.path.clone();
         }
-        let sep = if self.target.path.contains('?') { '&' } else { '?' };
+        let sep = if self.target.path.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         format!("{}{sep}n={k}", self.target.path)
     }
 }
@@ -175,12 +179,11 @@ pub async fn run(plan: &Plan) -> Result<RunResult, PlanError> {
         tasks.spawn(async move {
             let sent = Instant::now();
             let end_by = due + timeout;
-            let outcome = match tokio::time::timeout_at(end_by, get_path(&targets[stream], &path))
-                .await
-            {
-                Ok(o) => o,
-                Err(_) => Outcome::Error(ErrorKind::Timeout),
-            };
+            let outcome =
+                match tokio::time::timeout_at(end_by, get_path(&targets[stream], &path)).await {
+                    Ok(o) => o,
+                    Err(_) => Outcome::Error(ErrorKind::Timeout),
+                };
             let finished = Instant::now().min(end_by);
             counter.fetch_sub(1, Ordering::Relaxed);
             (

@@ -20,6 +20,7 @@ struct Seen {
     requests: AtomicUsize,
     open: AtomicUsize,
     max_open: AtomicUsize,
+    paths: std::sync::Mutex<Vec<String>>,
 }
 
 /// Serves `GET /hold?ms=N` (answers 200 after N ms), `/missing` (404) and
@@ -49,7 +50,9 @@ async fn server() -> (SocketAddr, Arc<Seen>) {
                 s.max_open.fetch_max(now, Ordering::SeqCst);
                 let head = String::from_utf8_lossy(&buf).into_owned();
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                s.paths.lock().unwrap().push(path.clone());
                 let (status, hold) = if let Some(ms) = path.strip_prefix("/hold?ms=") {
+                    let ms = ms.split('&').next().unwrap();
                     ("200 OK", Duration::from_millis(ms.parse().unwrap()))
                 } else if path == "/hang" {
                     ("200 OK", Duration::from_secs(3600))
@@ -74,12 +77,33 @@ fn plan(addr: SocketAddr, path: &str, rate: f64, secs: f64) -> Plan {
             name: "t".into(),
             target: Target::parse(&format!("http://{addr}{path}")).unwrap(),
             phases: vec![Phase::new(rate, Duration::from_secs_f64(secs))],
+            numbered: false,
         }],
         seed: 11,
         max_in_flight: 1000,
         request_timeout: Duration::from_secs(20),
         grace: Duration::from_secs(20),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbered_requests_carry_their_place_in_the_schedule() {
+    let (addr, seen) = server().await;
+    let mut p = plan(addr, "/hold?ms=5", 40.0, 1.0);
+    p.streams[0].numbered = true;
+    let expected = p.arrivals().unwrap().len();
+    assert!(expected > 10, "{expected}");
+    let r = run(&p).await.unwrap();
+    assert_eq!(summarize(&r.records).ok as usize, expected);
+    let mut numbers: Vec<usize> = seen
+        .paths
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.rsplit_once("&n=").unwrap().1.parse().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..expected).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

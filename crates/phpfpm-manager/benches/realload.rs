@@ -526,10 +526,14 @@ fn scenario(
             Kind::Manager | Kind::ManagerCold | Kind::ManagerHandover
         ) {
             let log = c.manager_log();
-            let applied = ["Applied new pool settings by hand-over", "Added a second php-fpm master", "Stopping the second php-fpm master"]
-                .iter()
-                .map(|m| log.matches(m).count())
-                .sum::<usize>();
+            let applied = [
+                "Applied new pool settings by hand-over",
+                "Added a second php-fpm master",
+                "Stopping the second php-fpm master",
+            ]
+            .iter()
+            .map(|m| log.matches(m).count())
+            .sum::<usize>();
             let advice = log.lines().filter(|l| l.contains("scal")).count();
             println!("(manager: {applied} pool changes applied, {advice} log lines about scaling)");
             // REALLOAD_LOG=DIR keeps each manager's log for a closer look.
