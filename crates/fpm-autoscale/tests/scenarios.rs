@@ -316,7 +316,7 @@ fn report_prints_every_contender_and_rejects_bad_input() {
     let table = simulate_report(csv, Some("max_workers: 8\n"), 3).expect("report");
     for name in [
         "| manager |",
-        "| manager-handover |",
+        "| manager-additive |",
         "| model-cap |",
         "static@max",
         "dynamic-tuned",
@@ -488,10 +488,10 @@ fn alternating_peaks_move_the_budget_to_the_busy_pool() {
                 max_workers,
             })
         };
-        let managed =
+        let managed = run_shared(&pools(&Manager::daemon_additive(&policy), 24), &scenario)
+            .expect("additive manager runs");
+        let handover =
             run_shared(&pools(&Manager::daemon(&policy), 24), &scenario).expect("manager runs");
-        let handover = run_shared(&pools(&Manager::daemon_handover(&policy), 24), &scenario)
-            .expect("hand-over manager runs");
         let split = run_shared(&pools(&Manager::Static, 12), &scenario).expect("static runs");
         (managed, handover, split)
     };
@@ -537,8 +537,8 @@ fn alternating_peaks_move_the_budget_to_the_busy_pool() {
 
 type SharedRuns = (SharedResult, SharedResult, SharedResult);
 
-/// The alternating peaks with additive changes (the default) and with
-/// every change a hand-over, on the same seeds: the p99 response of the
+/// The alternating peaks with additive changes and with every change a
+/// hand-over (the default), on the same seeds: the p99 response of the
 /// requests that arrive within 5 s of a scale-up, where a new master's
 /// cold OPcache shows. Printed per seed with `--nocapture`.
 ///

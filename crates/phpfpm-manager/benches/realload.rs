@@ -4,10 +4,9 @@
 //! (Debian's spare settings), `dynamic-tuned` (spares an operator would
 //! pick for a surge) and `ondemand` with caps that fit the memory budget
 //! split equally between pools, and the manager supervising the same pools
-//! with autoscaling on and the same budget (`manager`: warm hand-over and
-//! additive scale-up, its defaults), without the warm hand-over
-//! (`manager-cold`) and with every change of cap a hand-over
-//! (`manager-handover`); `ondemand-over` gives each of two pools the whole
+//! with autoscaling on and the same budget (`manager`: warm hand-over, its
+//! default), without the warm hand-over (`manager-cold`) and with the
+//! additive scale-up (`manager-additive`); `ondemand-over` gives each of two pools the whole
 //! budget (`cargo bench -p phpfpm-manager --bench realload`, part of `make bench`).
 //!
 //! First the app's own figures: worker memory (PSS from `smaps_rollup`), cold
@@ -141,7 +140,7 @@ fn main() {
     }
     assert!(
         !settings.contenders.is_empty() || settings.sim_only,
-        "REALLOAD_CONTENDERS names none of static, dynamic, dynamic-tuned, ondemand, ondemand-over, manager, manager-cold, manager-handover (or `none`: the simulator only)"
+        "REALLOAD_CONTENDERS names none of static, dynamic, dynamic-tuned, ondemand, ondemand-over, manager, manager-cold, manager-additive (or `none`: the simulator only)"
     );
 
     let root = TestDir::new("realload");
@@ -523,7 +522,7 @@ fn scenario(
         );
         if matches!(
             kind,
-            Kind::Manager | Kind::ManagerCold | Kind::ManagerHandover
+            Kind::Manager | Kind::ManagerCold | Kind::ManagerAdditive
         ) {
             let log = c.manager_log();
             let applied = [

@@ -19,8 +19,9 @@
 //!   once, its busy ones finish their request and exit (fact 3). Until the
 //!   new master is ready only the old one serves. A `static` master forks
 //!   all its workers at start; an `ondemand` one starts with none;
-//! - the daemon's manager applies a cap additively where it can (its
-//!   default; `Manager::Daemon::additive`): two masters on one listening
+//! - with `phpfpm.additive_scale_up` (off by default;
+//!   `Manager::Daemon::additive`) the daemon's manager applies a cap
+//!   additively where it can: two masters on one listening
 //!   socket both accept from it, so a pool runs a *primary* master (cap
 //!   P) and at most one *extra* master (cap E), for a cap of P + E. A cap
 //!   W above P starts an extra master with cap W - P (replacing an extra
@@ -159,7 +160,7 @@ pub enum Manager {
     /// running master filled (the daemon's `phpfpm.warm_handover`, on by
     /// default).
     ///
-    /// With `additive` (the daemon's default) a larger cap is applied by
+    /// With `additive` (`phpfpm.additive_scale_up`, off by default) a larger cap is applied by
     /// an extra master beside the primary one, a return to the primary's
     /// cap by stopping the extra master, and only a cap below the
     /// primary's by a hand-over; without it every change is a hand-over.
@@ -195,24 +196,24 @@ impl Manager {
         match self {
             Manager::Daemon {
                 file_cache: true,
-                additive: true,
+                additive: false,
                 ..
             } => "manager",
             Manager::Daemon {
                 file_cache: true,
-                additive: false,
+                additive: true,
                 ..
-            } => "manager-handover",
+            } => "manager-additive",
             Manager::Daemon {
                 file_cache: false,
-                additive: true,
+                additive: false,
                 ..
             } => "manager-cold",
             Manager::Daemon {
                 file_cache: false,
-                additive: false,
+                additive: true,
                 ..
-            } => "manager-cold-handover",
+            } => "manager-cold-additive",
             Manager::ModelCap {
                 file_cache: true, ..
             } => "model-cap",
@@ -233,20 +234,9 @@ impl Manager {
         }
     }
 
-    /// The daemon's manager as it runs by default: additive changes, a
-    /// new master's OPcache warmed from the file cache.
+    /// The daemon's manager as it runs by default: every change a
+    /// hand-over, a new master's OPcache warmed from the file cache.
     pub fn daemon(policy: &Policy) -> Manager {
-        Manager::Daemon {
-            policy: policy.clone(),
-            file_cache: true,
-            additive: true,
-        }
-    }
-
-    /// The daemon's manager applying every change by a hand-over (with
-    /// the file cache), as it did before additive changes: the comparison
-    /// row for them.
-    pub fn daemon_handover(policy: &Policy) -> Manager {
         Manager::Daemon {
             policy: policy.clone(),
             file_cache: true,
@@ -254,11 +244,21 @@ impl Manager {
         }
     }
 
+    /// The daemon's manager with `phpfpm.additive_scale_up` on: a bigger
+    /// cap by a second master beside the warm one.
+    pub fn daemon_additive(policy: &Policy) -> Manager {
+        Manager::Daemon {
+            policy: policy.clone(),
+            file_cache: true,
+            additive: true,
+        }
+    }
+
     /// Every contender of the comparison table, in table order.
     pub fn contenders(policy: &Policy) -> Vec<Manager> {
         vec![
             Manager::daemon(policy),
-            Manager::daemon_handover(policy),
+            Manager::daemon_additive(policy),
             Manager::ModelCap {
                 policy: policy.clone(),
                 file_cache: true,

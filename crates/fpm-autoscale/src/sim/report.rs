@@ -89,8 +89,8 @@ pub fn render_table(trace: &TraceSpec, scenario: &Scenario, results: &[SimResult
         "trace {} ({duration:.0} s), seed {}, pm.max_children {} for every manager (the manager moves its cap within it); \
          memory budget {} MiB (the manager's cap is its share of it, 64 MiB a worker until PSS is measured); \
          hand-over: new master ready {:.1} s after its start, old one stopped then; \
-         manager: a cap above the primary master's by an extra master beside it, the primary's by stopping the extra one, below it by a hand-over \
-         (manager-handover: every change a hand-over); \
+         manager: every change of cap a hand-over (manager-additive: a cap above the primary master's by an extra master beside it, \
+         the primary's by stopping the extra one, below it by a hand-over); \
          cold OPcache: +{:.2} s on a new master's first request (+{:.2} s with file_cache), falling to 1/e after {:.0} requests; \
          queue probe every {:.0} ms",
         trace.name(),
@@ -210,18 +210,18 @@ pub fn shared_runs(seed: u64) -> Result<Vec<(&'static str, SharedResult)>, SimEr
             ],
         ),
         (
-            "manager-handover: the same, every change a hand-over",
+            "manager-additive: the same, a bigger cap by a second master",
             [
                 pool(
                     "shop",
                     TraceSpec::Spike,
-                    Manager::daemon_handover(&shop_policy),
+                    Manager::daemon_additive(&shop_policy),
                     32,
                 ),
                 pool(
                     "admin",
                     TraceSpec::Steady,
-                    Manager::daemon_handover(&admin_policy),
+                    Manager::daemon_additive(&admin_policy),
                     32,
                 ),
             ],

@@ -48,9 +48,9 @@ pub(crate) enum Kind {
     /// with an empty OPcache (no `opcache.file_cache`), to measure what the
     /// warm hand-over is worth in the first seconds after a change.
     ManagerCold,
-    /// The manager with `phpfpm.additive_scale_up: false`: every change of
-    /// cap is a (warm) hand-over to a new master.
-    ManagerHandover,
+    /// The manager with `phpfpm.additive_scale_up: true`: a bigger cap of
+    /// an `ondemand` pool by a second master beside the warm one.
+    ManagerAdditive,
 }
 
 impl Kind {
@@ -62,7 +62,7 @@ impl Kind {
         Kind::OndemandOver,
         Kind::Manager,
         Kind::ManagerCold,
-        Kind::ManagerHandover,
+        Kind::ManagerAdditive,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -74,7 +74,7 @@ impl Kind {
             Kind::OndemandOver => "ondemand-over",
             Kind::Manager => "manager",
             Kind::ManagerCold => "manager-cold",
-            Kind::ManagerHandover => "manager-handover",
+            Kind::ManagerAdditive => "manager-additive",
         }
     }
 }
@@ -105,9 +105,9 @@ pub(crate) struct Contender {
 impl Contender {
     pub(crate) fn start(kind: Kind, setup: &Setup) -> Contender {
         match kind {
-            Kind::Manager => start_manager(setup, true, true),
-            Kind::ManagerCold => start_manager(setup, false, true),
-            Kind::ManagerHandover => start_manager(setup, true, false),
+            Kind::Manager => start_manager(setup, true, false),
+            Kind::ManagerCold => start_manager(setup, false, false),
+            Kind::ManagerAdditive => start_manager(setup, true, true),
             _ => start_fpm(kind, setup),
         }
     }
@@ -208,8 +208,8 @@ fn nginx_for(dir: &TestDir, routes: &[(String, PathBuf)], public: &Path) -> Test
 
 /// The manager's config for this setup (the shape the autoscaler reads:
 /// one budget for all pools, each pool `ondemand` with scaling on).
-/// `warm` is `phpfpm.warm_handover` and `additive` is
-/// `phpfpm.additive_scale_up` (both on by default in the product).
+/// `warm` is `phpfpm.warm_handover` (on by default in the product) and
+/// `additive` is `phpfpm.additive_scale_up` (off by default).
 pub(crate) fn manager_config(
     dir: &Path,
     port: u16,

@@ -95,7 +95,7 @@ fn scenario(cal: &Calibration, setup: &Setup) -> Scenario {
 
 /// The real manager's policy for `pool`, read from its own config text.
 fn policy(setup: &Setup, pool: &str) -> Policy {
-    let text = manager_config(&setup.app_dir, 1, setup, true, true);
+    let text = manager_config(&setup.app_dir, 1, setup, true, false);
     let cfg = phpfpm_manager::config::load(&phpfpm_manager::config::LoadInput {
         file: Some((setup.app_dir.join("sim.yaml"), text)),
         env: Vec::new(),
@@ -135,17 +135,17 @@ fn manager_of(kind: Kind, setup: &Setup, pool: &str) -> Manager {
         Kind::Manager => Manager::Daemon {
             policy: policy(setup, pool),
             file_cache: true,
-            additive: true,
+            additive: false,
         },
         Kind::ManagerCold => Manager::Daemon {
             policy: policy(setup, pool),
             file_cache: false,
-            additive: true,
+            additive: false,
         },
-        Kind::ManagerHandover => Manager::Daemon {
+        Kind::ManagerAdditive => Manager::Daemon {
             policy: policy(setup, pool),
             file_cache: true,
-            additive: false,
+            additive: true,
         },
     }
 }

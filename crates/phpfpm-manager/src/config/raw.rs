@@ -72,7 +72,9 @@ pub struct RawPhpFpm {
     /// Add capacity to a loaded `ondemand` pool with a second master on the
     /// same socket (the warm one keeps serving) instead of handing the pool
     /// over to a bigger master; the second master is stopped when the pool
-    /// shrinks and folded into one master at a quiet time.
+    /// shrinks and folded into one master by the next hand-over. Off by
+    /// default: each master has its own OPcache, and under a memory budget
+    /// shared by pools it measured worse (docs/bench/realload.md).
     pub additive_scale_up: bool,
     /// Delay before restarting a master that exited unexpectedly; doubles
     /// on each further exit up to `restart_backoff_max`.
@@ -98,7 +100,7 @@ impl Default for RawPhpFpm {
             stop_timeout: "10s".into(),
             log_level: "notice".into(),
             warm_handover: true,
-            additive_scale_up: true,
+            additive_scale_up: false,
             restart_backoff_initial: "100ms".into(),
             restart_backoff_max: "30s".into(),
             crash_loop_exits: 5,

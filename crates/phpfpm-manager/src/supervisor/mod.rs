@@ -13,9 +13,9 @@
 //! (up to `process_control_timeout`). Both accept from one kernel queue in the
 //! meantime, so no connection is refused and no request is cut.
 //!
-//! More workers for an `ondemand` pool come from a second master on the same
-//! sockets instead (`extra.rs`, `phpfpm.additive_scale_up`): the warm master
-//! keeps serving and only the added workers start cold.
+//! With `phpfpm.additive_scale_up`, more workers for an `ondemand` pool come
+//! from a second master on the same sockets instead (`extra.rs`): the warm
+//! master keeps serving and only the added workers start cold.
 
 mod backoff;
 pub mod binary;

@@ -355,7 +355,8 @@ fn growth_adds_a_second_master_beside_the_warm_one_and_shrinking_stops_it() {
     let dir = prepare("autoscale-additive");
     let cfg = |cap: u32| {
         format!(
-            "monitoring:\n  collect_interval: 1s\n\
+            "phpfpm:\n  additive_scale_up: true\n\
+             monitoring:\n  collect_interval: 1s\n\
              pools:\n\
              \x20 - name: a\n    pm: ondemand\n    max_workers: {cap}\n    chdir: {www}\n",
             www = dir.join("www").display()
