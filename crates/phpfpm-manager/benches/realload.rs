@@ -196,7 +196,7 @@ fn main() {
     };
     let run = |title: &str, setup: &Setup, phases: &[Vec<Phase>]| {
         let results = scenario(&rt, &settings, title, setup, phases, base, warmup);
-        let sims = simulated::simulate(&cal, setup, phases, &fleet::Kind::ALL);
+        let sims = simulated::simulate(&cal, setup, phases, (base, warmup), &fleet::Kind::ALL);
         report_simulated(&results, &sims, setup);
     };
 

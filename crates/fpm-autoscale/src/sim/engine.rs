@@ -411,8 +411,11 @@ pub fn run_shared(pools: &[SharedPool], scenario: &Scenario) -> Result<SharedRes
             sim.run_until(until);
         }
         let memory: u64 = sims.iter().map(|sim| sim.alive_pss).sum();
-        peak_memory_bytes = peak_memory_bytes.max(memory);
-        if memory > worker_budget_bytes {
+        let measured = until as f64 >= scenario.measure_from_s * 1e6;
+        if measured {
+            peak_memory_bytes = peak_memory_bytes.max(memory);
+        }
+        if measured && memory > worker_budget_bytes {
             over_budget_s += SHARED_STEP_US as f64 / 1e6;
         }
         for (index, sim) in sims.iter().enumerate() {
@@ -669,14 +672,24 @@ impl<'a> Sim<'a> {
         self.heap.push(Reverse((at_us, self.seq, event)));
     }
 
-    /// Moves the clock, integrating workers and memory up to the trace end.
+    /// Whether a request arriving at `arrival_us` counts (after the
+    /// warm-up).
+    fn measured(&self, arrival_us: u64) -> bool {
+        arrival_us as f64 >= self.scenario.measure_from_s * 1e6
+    }
+
+    /// Moves the clock, integrating workers and memory from the end of the
+    /// warm-up up to the trace end.
     fn advance(&mut self, to_us: u64) {
         self.now_us = to_us.max(self.now_us);
         let until = self.now_us.min(self.duration_us);
-        if until > self.integrated_to_us {
-            let dt = (until - self.integrated_to_us) as f64 / 1e6;
+        let from = ((self.scenario.measure_from_s * 1e6) as u64).max(self.integrated_to_us);
+        if until > from {
+            let dt = (until - from) as f64 / 1e6;
             self.worker_seconds += f64::from(self.alive) * dt;
             self.memory_byte_seconds += self.alive_pss as f64 * dt;
+        }
+        if until > self.integrated_to_us {
             self.integrated_to_us = until;
         }
     }
@@ -754,7 +767,9 @@ impl<'a> Sim<'a> {
             return;
         }
         if self.queue.len() >= self.scenario.backlog as usize {
-            self.failed += 1;
+            if self.measured(request.arrival_us) {
+                self.failed += 1;
+            }
             return;
         }
         self.queue.push_back(request);
@@ -834,17 +849,19 @@ impl<'a> Sim<'a> {
         worker.served += 1;
         worker.last_duration_s = service_s;
         let epoch = worker.epoch;
-        self.waits.push(wait);
-        self.responses.push(wait + service_s);
-        self.response_arrivals.push(request.arrival_us);
-        if wait > 0.0 {
-            self.waited += 1;
-        }
-        if wait > self.scenario.slow_wait_s {
-            self.over_target += 1;
-        }
-        if cold > COLD_SERVED_S {
-            self.cold_served += 1;
+        if self.measured(request.arrival_us) {
+            self.waits.push(wait);
+            self.responses.push(wait + service_s);
+            self.response_arrivals.push(request.arrival_us);
+            if wait > 0.0 {
+                self.waited += 1;
+            }
+            if wait > self.scenario.slow_wait_s {
+                self.over_target += 1;
+            }
+            if cold > COLD_SERVED_S {
+                self.cold_served += 1;
+            }
         }
         // At least 1 µs so a request never finishes at its own start.
         let at = self.now_us + ((service_s * 1e6) as u64).max(1);
@@ -1359,9 +1376,17 @@ impl<'a> Sim<'a> {
     }
 
     fn finish(mut self) -> SimResult {
-        let requests = self.requests.len() as u64;
+        let requests = self
+            .requests
+            .iter()
+            .filter(|r| self.measured(r.arrival_us))
+            .count() as u64;
         let manager = self.manager;
         self.advance(self.duration_us);
+        // Changes during the warm-up are not the run's.
+        let from = self.scenario.measure_from_s;
+        self.change_log.retain(|&(at_s, _)| at_s >= from);
+        self.changes_detail.retain(|c| c.at_s >= from);
         let mut after_scale_up = self.after_scale_up_responses();
         after_scale_up.sort_unstable_by(f64::total_cmp);
         self.waits.sort_unstable_by(f64::total_cmp);
@@ -1428,6 +1453,25 @@ impl<'a> Sim<'a> {
 mod tests {
     use super::*;
     use crate::caps::Claim;
+
+    #[test]
+    fn the_warm_up_is_served_but_left_out_of_the_figures() {
+        let trace = TraceSpec::Csv("time_s,rate\n0,40\n30,40\n".to_owned());
+        let policy = crate::Policy::default();
+        for manager in [Manager::Ondemand, Manager::daemon(&policy)] {
+            let mut scenario = Scenario::standard(3);
+            let all = run(&trace, &manager, &scenario).unwrap();
+            scenario.measure_from_s = 10.0;
+            let later = run(&trace, &manager, &scenario).unwrap();
+            // About two thirds of the requests arrive after the warm-up.
+            let share = later.requests as f64 / all.requests as f64;
+            assert!((0.55..0.8).contains(&share), "{} {share}", manager.name());
+            assert!(later.memory_gib_seconds < all.memory_gib_seconds);
+            // The first requests into a new master are the cold ones.
+            assert!(later.cold_served < all.cold_served.max(1));
+            assert!(later.changes_detail.iter().all(|c| c.at_s >= 10.0));
+        }
+    }
 
     /// The collector is not told each request's service time: only the
     /// last duration of a worker seen idle is on the status page; the

@@ -326,6 +326,10 @@ pub struct Scenario {
     /// Threshold of the table's "waited > target" column: the policy's
     /// acceptable wait (`Policy::emergency_wait_s`, 50 ms by default).
     pub slow_wait_s: f64,
+    /// The trace's first seconds are a warm-up, as in the real benchmark:
+    /// their requests are served but left out of every figure, and so are
+    /// the memory, the time over budget and the changes before this.
+    pub measure_from_s: f64,
 }
 
 impl Scenario {
@@ -353,6 +357,7 @@ impl Scenario {
             memory_budget_bytes: 3 * 1024 * 1024 * 1024,
             slow_wait_s: 0.05,
             probe_s: 0.25,
+            measure_from_s: 0.0,
         }
     }
 }

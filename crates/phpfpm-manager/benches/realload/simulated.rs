@@ -9,8 +9,10 @@
 //! median; the budget and every cap are the real run's; the backlog is
 //! the real pools' listen backlog. The manager's policy comes from the
 //! same config text the real manager runs with, read by the daemon's own
-//! `scale::policy_for`. The simulator starts every contender fresh (no
-//! warm-up phase), while the real run warmed each up at base rate first.
+//! `scale::policy_for`. Like the real run, every contender first gets the
+//! warm-up at base rate, which is left out of the figures (the simulator's
+//! `measure_from_s`): a manager that has learned its workers' size there
+//! starts the measured run as the real one does.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -155,9 +157,19 @@ pub(crate) fn simulate(
     cal: &Calibration,
     setup: &Setup,
     phases: &[Vec<Phase>],
+    (base, warmup): (f64, Duration),
     kinds: &[Kind],
 ) -> Vec<Simulated> {
-    let sc = scenario(cal, setup);
+    let mut sc = scenario(cal, setup);
+    sc.measure_from_s = warmup.as_secs_f64();
+    let phases: Vec<Vec<Phase>> = phases
+        .iter()
+        .map(|ph| {
+            let mut with_warm_up = vec![Phase::new(base, warmup)];
+            with_warm_up.extend(ph.iter().cloned());
+            with_warm_up
+        })
+        .collect();
     kinds
         .iter()
         .map(|&kind| {
@@ -169,14 +181,17 @@ pub(crate) fn simulate(
                 let shared: Vec<SharedPool> = setup
                     .pools
                     .iter()
-                    .zip(phases)
+                    .zip(&phases)
                     .map(|(pool, ph)| SharedPool {
                         name: (*pool).to_owned(),
                         trace: TraceSpec::Csv(csv(ph)),
                         manager: manager_of(kind, setup, pool),
                         max_workers: if matches!(
                             kind,
-                            Kind::Manager | Kind::ManagerCold | Kind::OndemandOver
+                            Kind::Manager
+                                | Kind::ManagerCold
+                                | Kind::ManagerAdditive
+                                | Kind::OndemandOver
                         ) {
                             setup.manager_max_per_pool
                         } else {
