@@ -66,6 +66,8 @@ const PEAK_BUSY: f64 = 16.0;
 const SPIKE_FACTOR: f64 = 10.0;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const AFTER_CHANGE: Duration = Duration::from_secs(5);
+/// A request not answered within this is given up and counted failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SEED: u64 = 20_261_202;
 /// The listen backlog of every pool (php-fpm's default on Linux, and the
 /// manager's): the simulator's accept queue.
@@ -197,7 +199,7 @@ fn main() {
     let run = |title: &str, setup: &Setup, phases: &[Vec<Phase>]| {
         let results = scenario(&rt, &settings, title, setup, phases, base, warmup);
         let sims = simulated::simulate(&cal, setup, phases, (base, warmup), &fleet::Kind::ALL);
-        report_simulated(&results, &sims, setup);
+        report_simulated(&results, &sims, setup, warmup);
     };
 
     if settings.wants("spike") {
@@ -440,6 +442,10 @@ struct Result_ {
     changes: Vec<(String, Duration)>,
     after_change_p99: Option<Duration>,
     after_change_each: Vec<Duration>,
+    /// Each request's latency, in schedule order (`None`: no time, such as
+    /// a request never sent): with numbered requests the k-th request is the
+    /// same work in every contender, so two contenders compare pairwise.
+    latencies: Vec<Option<Duration>>,
     /// The host's 1-minute load average before and after the run (the
     /// machine may be shared; a figure far above the core count means the
     /// run competed for CPU).
@@ -500,9 +506,11 @@ fn scenario(
         }
         let plan = plan(streams(phases), SEED);
         let load_before = loadavg();
+        let cpu_before = manager_cpu_s(&c);
         let sampler = Sampler::start(c.roots(), SAMPLE_EVERY);
         let run = rt.block_on(fpm_loadgen::run(&plan)).unwrap();
         let samples = sampler.finish();
+        let cpu = manager_cpu_s(&c).zip(cpu_before).map(|(a, b)| a - b);
         let load_after = loadavg();
         if ws.failed * 2 > ws.requests {
             let log = std::fs::read_to_string(c.nginx_error_log()).unwrap_or_default();
@@ -534,7 +542,12 @@ fn scenario(
             .map(|m| log.matches(m).count())
             .sum::<usize>();
             let advice = log.lines().filter(|l| l.contains("scal")).count();
-            println!("(manager: {applied} pool changes applied, {advice} log lines about scaling)");
+            let wall = plan.duration().as_secs_f64();
+            let cpu = cpu.map_or_else(
+                || "its CPU unknown".to_owned(),
+                |s| format!("its own CPU {s:.1} s over the {wall:.0} s run ({:.1} % of one core)", 100.0 * s / wall),
+            );
+            println!("(manager: {applied} pool changes applied, {advice} log lines about scaling, {cpu})");
             // REALLOAD_LOG=DIR keeps each manager's log for a closer look.
             if let Some(dir) = std::env::var_os("REALLOAD_LOG") {
                 let path = std::path::Path::new(&dir).join(format!("{}.log", kind.name()));
@@ -553,13 +566,24 @@ fn scenario(
     results
 }
 
+/// The manager process's own CPU time so far, in seconds (`None` for plain
+/// php-fpm): what supervising and watching the pools cost beside them.
+fn manager_cpu_s(c: &Contender) -> Option<f64> {
+    let fleet::Roots::Manager(pid) = c.roots() else {
+        return None;
+    };
+    let ticks = fpm_kernel::procfs::read_stat(pid)?.cpu_ticks();
+    let per_s = SampleContext::from_host(Path::new("/proc")).ok()?.clk_tck;
+    Some(ticks as f64 / per_s as f64)
+}
+
 fn plan(streams: Vec<Stream>, seed: u64) -> Plan {
     Plan {
         streams,
         seed,
         // nginx has room for 8192 connections; each proxied request holds two.
         max_in_flight: 3000,
-        request_timeout: Duration::from_secs(10),
+        request_timeout: REQUEST_TIMEOUT,
         grace: Duration::from_secs(12),
     }
 }
@@ -648,8 +672,28 @@ fn evaluate(
         after_change_p99: (!changes.is_empty()).then(|| percentile(&after_all, 0.99)),
         changes,
         after_change_each,
+        latencies: records.iter().map(|r| r.latency).collect(),
         load: (0.0, 0.0),
     }
+}
+
+/// Request by request, how much slower `a` served the same work than `b`:
+/// the median and 99th percentile of the differences (ms; negative is
+/// faster) and the share of requests more than 10 ms slower and faster.
+fn paired(a: &Result_, b: &Result_) -> Option<(f64, f64, f64, f64)> {
+    let mut diffs: Vec<f64> = a
+        .latencies
+        .iter()
+        .zip(&b.latencies)
+        .filter_map(|(x, y)| Some(ms((*x)?) - ms((*y)?)))
+        .collect();
+    if diffs.is_empty() || a.latencies.len() != b.latencies.len() {
+        return None;
+    }
+    diffs.sort_by(f64::total_cmp);
+    let at = |q: f64| diffs[((q * diffs.len() as f64).ceil() as usize).clamp(1, diffs.len()) - 1];
+    let share = |f: &dyn Fn(f64) -> bool| diffs.iter().filter(|d| f(**d)).count() as f64 / diffs.len() as f64;
+    Some((at(0.5), at(0.99), share(&|d| d > 10.0), share(&|d| d < -10.0)))
 }
 
 fn report(results: &[Result_], setup: &Setup) {
@@ -727,11 +771,37 @@ fn report(results: &[Result_], setup: &Setup) {
             r.load.1
         );
     }
+    // The managers against php-fpm's own, on the same requests.
+    for r in results.iter().filter(|r| {
+        matches!(
+            r.kind,
+            Kind::Manager | Kind::ManagerCold | Kind::ManagerAdditive
+        )
+    }) {
+        for base in [Kind::Static, Kind::Ondemand] {
+            let Some(b) = find(base) else { continue };
+            if let Some((p50, p99, slower, faster)) = paired(r, b) {
+                println!(
+                    "- {} against {} on the same requests: difference p50 {p50:+.1} ms, p99 {p99:+.1} ms; {:.1} % of requests more than 10 ms slower, {:.1} % more than 10 ms faster",
+                    r.kind.name(),
+                    base.name(),
+                    100.0 * slower,
+                    100.0 * faster
+                );
+            }
+        }
+    }
 }
 
 /// The simulator's figures for the same traces beside the real ones, and
 /// every figure where the two differ by more than 2×.
-fn report_simulated(results: &[Result_], sims: &[simulated::Simulated], setup: &Setup) {
+/// Simulated times are shown from the end of the warm-up, as the real ones.
+fn report_simulated(
+    results: &[Result_],
+    sims: &[simulated::Simulated],
+    setup: &Setup,
+    warmup: Duration,
+) {
     println!("\nThe simulator on the same traces, calibrated from the app figures above:\n");
     println!("| contender | failed real / sim | p99 per pool real | p99 per pool sim | mem·s real / sim (GiB·s) | changes real / sim |");
     println!("|---|---|---|---|---|---|");
@@ -797,7 +867,10 @@ fn report_simulated(results: &[Result_], sims: &[simulated::Simulated], setup: &
             .flat_map(|(p, r)| {
                 r.changes_detail
                     .iter()
-                    .map(move |c| format!("{p}@{:.1}s {}→{} ({})", c.at_s, c.from, c.to, c.rule))
+                    .map(move |c| {
+                        let at = c.at_s - warmup.as_secs_f64();
+                        format!("{p}@{at:.1}s {}→{} ({})", c.from, c.to, c.rule)
+                    })
             })
             .collect();
         if !changes.is_empty() {

@@ -850,8 +850,15 @@ impl<'a> Sim<'a> {
         worker.last_duration_s = service_s;
         let epoch = worker.epoch;
         if self.measured(request.arrival_us) {
+            let mut response = wait + service_s;
+            if let Some(limit) = self.scenario.client_timeout_s {
+                if response > limit {
+                    self.failed += 1;
+                    response = limit;
+                }
+            }
             self.waits.push(wait);
-            self.responses.push(wait + service_s);
+            self.responses.push(response);
             self.response_arrivals.push(request.arrival_us);
             if wait > 0.0 {
                 self.waited += 1;
@@ -1453,6 +1460,21 @@ impl<'a> Sim<'a> {
 mod tests {
     use super::*;
     use crate::caps::Claim;
+
+    #[test]
+    fn a_client_timeout_fails_late_answers_and_caps_them() {
+        // Ten times the load one worker can serve: the queue grows.
+        let trace = TraceSpec::Csv("time_s,rate\n0,200\n20,200\n".to_owned());
+        let mut scenario = Scenario::standard(5);
+        scenario.max_workers = 1;
+        let patient = run(&trace, &Manager::Static, &scenario).unwrap();
+        scenario.client_timeout_s = Some(1.0);
+        let timed = run(&trace, &Manager::Static, &scenario).unwrap();
+        assert_eq!(patient.failed, 0);
+        assert!(patient.max_response_s > 5.0, "{}", patient.max_response_s);
+        assert!(timed.failed > patient.requests / 2, "{} of {}", timed.failed, timed.requests);
+        assert!((timed.max_response_s - 1.0).abs() < 1e-9, "{}", timed.max_response_s);
+    }
 
     #[test]
     fn the_warm_up_is_served_but_left_out_of_the_figures() {

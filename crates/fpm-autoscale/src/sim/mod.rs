@@ -330,6 +330,11 @@ pub struct Scenario {
     /// their requests are served but left out of every figure, and so are
     /// the memory, the time over budget and the changes before this.
     pub measure_from_s: f64,
+    /// A client that gives up after this long (the real benchmark's 10 s):
+    /// a request answered later counts as failed and as this long in the
+    /// response figures, though its worker still serves it whole. `None`:
+    /// clients wait for ever.
+    pub client_timeout_s: Option<f64>,
 }
 
 impl Scenario {
@@ -358,6 +363,7 @@ impl Scenario {
             slow_wait_s: 0.05,
             probe_s: 0.25,
             measure_from_s: 0.0,
+            client_timeout_s: None,
         }
     }
 }

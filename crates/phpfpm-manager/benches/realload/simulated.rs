@@ -12,7 +12,8 @@
 //! `scale::policy_for`. Like the real run, every contender first gets the
 //! warm-up at base rate, which is left out of the figures (the simulator's
 //! `measure_from_s`): a manager that has learned its workers' size there
-//! starts the measured run as the real one does.
+//! starts the measured run as the real one does. A request answered after
+//! the load generator's 10 s timeout counts as failed in both.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -162,6 +163,8 @@ pub(crate) fn simulate(
 ) -> Vec<Simulated> {
     let mut sc = scenario(cal, setup);
     sc.measure_from_s = warmup.as_secs_f64();
+    // The load generator gives up after 10 s and counts the request failed.
+    sc.client_timeout_s = Some(crate::REQUEST_TIMEOUT.as_secs_f64());
     let phases: Vec<Vec<Phase>> = phases
         .iter()
         .map(|ph| {

@@ -914,7 +914,9 @@ impl PoolActor {
                 // The previous master's workers hold their memory until
                 // they finish; until then it is not free for other pools.
                 if to < from {
-                    self.draining = stopped;
+                    // A master whose cap the supervisor did not know (an
+                    // adopted one) holds up to what the pool had.
+                    self.draining = stopped.map(|(w, s)| (if w == 0 { from } else { w }, s));
                     let held = self.draining.as_ref().map_or(0, |(n, _)| *n);
                     self.board.set_draining(&self.pool.name, held);
                 }
