@@ -545,7 +545,12 @@ fn scenario(
             let wall = plan.duration().as_secs_f64();
             let cpu = cpu.map_or_else(
                 || "its CPU unknown".to_owned(),
-                |s| format!("its own CPU {s:.1} s over the {wall:.0} s run ({:.1} % of one core)", 100.0 * s / wall),
+                |s| {
+                    format!(
+                        "its own CPU {s:.1} s over the {wall:.0} s run ({:.1} % of one core)",
+                        100.0 * s / wall
+                    )
+                },
             );
             println!("(manager: {applied} pool changes applied, {advice} log lines about scaling, {cpu})");
             // REALLOAD_LOG=DIR keeps each manager's log for a closer look.
@@ -692,8 +697,15 @@ fn paired(a: &Result_, b: &Result_) -> Option<(f64, f64, f64, f64)> {
     }
     diffs.sort_by(f64::total_cmp);
     let at = |q: f64| diffs[((q * diffs.len() as f64).ceil() as usize).clamp(1, diffs.len()) - 1];
-    let share = |f: &dyn Fn(f64) -> bool| diffs.iter().filter(|d| f(**d)).count() as f64 / diffs.len() as f64;
-    Some((at(0.5), at(0.99), share(&|d| d > 10.0), share(&|d| d < -10.0)))
+    let share = |f: &dyn Fn(f64) -> bool| {
+        diffs.iter().filter(|d| f(**d)).count() as f64 / diffs.len() as f64
+    };
+    Some((
+        at(0.5),
+        at(0.99),
+        share(&|d| d > 10.0),
+        share(&|d| d < -10.0),
+    ))
 }
 
 fn report(results: &[Result_], setup: &Setup) {
@@ -865,12 +877,10 @@ fn report_simulated(
             .iter()
             .zip(&sim.pools)
             .flat_map(|(p, r)| {
-                r.changes_detail
-                    .iter()
-                    .map(move |c| {
-                        let at = c.at_s - warmup.as_secs_f64();
-                        format!("{p}@{at:.1}s {}→{} ({})", c.from, c.to, c.rule)
-                    })
+                r.changes_detail.iter().map(move |c| {
+                    let at = c.at_s - warmup.as_secs_f64();
+                    format!("{p}@{at:.1}s {}→{} ({})", c.from, c.to, c.rule)
+                })
             })
             .collect();
         if !changes.is_empty() {

@@ -1472,8 +1472,17 @@ mod tests {
         let timed = run(&trace, &Manager::Static, &scenario).unwrap();
         assert_eq!(patient.failed, 0);
         assert!(patient.max_response_s > 5.0, "{}", patient.max_response_s);
-        assert!(timed.failed > patient.requests / 2, "{} of {}", timed.failed, timed.requests);
-        assert!((timed.max_response_s - 1.0).abs() < 1e-9, "{}", timed.max_response_s);
+        assert!(
+            timed.failed > patient.requests / 2,
+            "{} of {}",
+            timed.failed,
+            timed.requests
+        );
+        assert!(
+            (timed.max_response_s - 1.0).abs() < 1e-9,
+            "{}",
+            timed.max_response_s
+        );
     }
 
     #[test]
