@@ -870,6 +870,20 @@ fn report_simulated(
             real_mem,
             sim.mem_gib_seconds(),
         );
+        // The share of requests that failed, once either side failed more
+        // than 1 % (a handful of failures either way is no disagreement).
+        let share = |failed: u64, of: u64| failed as f64 / of.max(1) as f64;
+        let (real_share, sim_share) = (
+            share(r.summary.failed, r.summary.requests),
+            share(sim.failed(), sim.requests()),
+        );
+        if real_share.max(sim_share) > 0.01 {
+            check(
+                format!("{name} failed (% of requests)"),
+                100.0 * real_share,
+                100.0 * sim_share,
+            );
+        }
     }
     for sim in sims {
         let changes: Vec<String> = setup
@@ -892,7 +906,9 @@ fn report_simulated(
         }
     }
     if far.is_empty() {
-        println!("- simulator and real run agree within 2× on every p99 and memory figure");
+        println!(
+            "- simulator and real run agree within 2× on every p99, memory and failure figure"
+        );
     } else {
         println!("- differ by more than 2×: {}", far.join("; "));
     }
