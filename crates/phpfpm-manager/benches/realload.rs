@@ -528,10 +528,7 @@ fn scenario(
             r.summary.failed,
             ms(r.summary.p99)
         );
-        if matches!(
-            kind,
-            Kind::Manager | Kind::ManagerCold | Kind::ManagerAdditive
-        ) {
+        if kind.manager_settings().is_some() {
             let log = c.manager_log();
             let applied = [
                 "Applied new pool settings by hand-over",
@@ -686,13 +683,16 @@ fn evaluate(
 /// the median and 99th percentile of the differences (ms; negative is
 /// faster) and the share of requests more than 10 ms slower and faster.
 fn paired(a: &Result_, b: &Result_) -> Option<(f64, f64, f64, f64)> {
+    if a.latencies.len() != b.latencies.len() {
+        return None;
+    }
     let mut diffs: Vec<f64> = a
         .latencies
         .iter()
         .zip(&b.latencies)
         .filter_map(|(x, y)| Some(ms((*x)?) - ms((*y)?)))
         .collect();
-    if diffs.is_empty() || a.latencies.len() != b.latencies.len() {
+    if diffs.is_empty() {
         return None;
     }
     diffs.sort_by(f64::total_cmp);
@@ -784,12 +784,10 @@ fn report(results: &[Result_], setup: &Setup) {
         );
     }
     // The managers against php-fpm's own, on the same requests.
-    for r in results.iter().filter(|r| {
-        matches!(
-            r.kind,
-            Kind::Manager | Kind::ManagerCold | Kind::ManagerAdditive
-        )
-    }) {
+    for r in results
+        .iter()
+        .filter(|r| r.kind.manager_settings().is_some())
+    {
         for base in [Kind::Static, Kind::Ondemand] {
             let Some(b) = find(base) else { continue };
             if let Some((p50, p99, slower, faster)) = paired(r, b) {

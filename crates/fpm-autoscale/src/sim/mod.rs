@@ -366,6 +366,11 @@ impl Scenario {
             client_timeout_s: None,
         }
     }
+
+    /// The end of the warm-up, in the engine's microseconds.
+    pub(crate) fn measure_from_us(&self) -> u64 {
+        (self.measure_from_s * 1e6) as u64
+    }
 }
 
 /// One change the manager decided in a simulation.

@@ -77,6 +77,17 @@ impl Kind {
             Kind::ManagerAdditive => "manager-additive",
         }
     }
+
+    /// For the manager's contenders, its settings `(phpfpm.warm_handover,
+    /// phpfpm.additive_scale_up)`; `None` for plain php-fpm.
+    pub(crate) fn manager_settings(self) -> Option<(bool, bool)> {
+        match self {
+            Kind::Manager => Some((true, false)),
+            Kind::ManagerCold => Some((false, false)),
+            Kind::ManagerAdditive => Some((true, true)),
+            _ => None,
+        }
+    }
 }
 
 /// What a contender is asked to run.
@@ -104,11 +115,9 @@ pub(crate) struct Contender {
 
 impl Contender {
     pub(crate) fn start(kind: Kind, setup: &Setup) -> Contender {
-        match kind {
-            Kind::Manager => start_manager(setup, true, false),
-            Kind::ManagerCold => start_manager(setup, false, false),
-            Kind::ManagerAdditive => start_manager(setup, true, true),
-            _ => start_fpm(kind, setup),
+        match kind.manager_settings() {
+            Some((warm, additive)) => start_manager(setup, warm, additive),
+            None => start_fpm(kind, setup),
         }
     }
 

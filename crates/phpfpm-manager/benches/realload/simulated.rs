@@ -135,21 +135,14 @@ fn manager_of(kind: Kind, setup: &Setup, pool: &str) -> Manager {
         Kind::Dynamic => dynamic("dynamic", DEBIAN_SPARES),
         Kind::DynamicTuned => dynamic("dynamic-tuned", tuned_spares(setup.cap_per_pool)),
         Kind::Ondemand | Kind::OndemandOver => Manager::Ondemand,
-        Kind::Manager => Manager::Daemon {
-            policy: policy(setup, pool),
-            file_cache: true,
-            additive: false,
-        },
-        Kind::ManagerCold => Manager::Daemon {
-            policy: policy(setup, pool),
-            file_cache: false,
-            additive: false,
-        },
-        Kind::ManagerAdditive => Manager::Daemon {
-            policy: policy(setup, pool),
-            file_cache: true,
-            additive: true,
-        },
+        Kind::Manager | Kind::ManagerCold | Kind::ManagerAdditive => {
+            let (file_cache, additive) = kind.manager_settings().expect("a manager contender");
+            Manager::Daemon {
+                policy: policy(setup, pool),
+                file_cache,
+                additive,
+            }
+        }
     }
 }
 
@@ -189,13 +182,9 @@ pub(crate) fn simulate(
                         name: (*pool).to_owned(),
                         trace: TraceSpec::Csv(csv(ph)),
                         manager: manager_of(kind, setup, pool),
-                        max_workers: if matches!(
-                            kind,
-                            Kind::Manager
-                                | Kind::ManagerCold
-                                | Kind::ManagerAdditive
-                                | Kind::OndemandOver
-                        ) {
+                        max_workers: if kind.manager_settings().is_some()
+                            || kind == Kind::OndemandOver
+                        {
                             setup.manager_max_per_pool
                         } else {
                             setup.cap_per_pool

@@ -29,24 +29,21 @@ impl Counts {
         }
     }
 
-    fn plus(self, o: Counts) -> Counts {
+    /// Each counter of `self` and `o` through `f`.
+    fn with(self, o: Counts, f: fn(u64, u64) -> u64) -> Counts {
         Counts {
-            accepted: self.accepted.saturating_add(o.accepted),
-            max_children_reached: self
-                .max_children_reached
-                .saturating_add(o.max_children_reached),
-            slow: self.slow.saturating_add(o.slow),
+            accepted: f(self.accepted, o.accepted),
+            max_children_reached: f(self.max_children_reached, o.max_children_reached),
+            slow: f(self.slow, o.slow),
         }
     }
 
+    fn plus(self, o: Counts) -> Counts {
+        self.with(o, u64::saturating_add)
+    }
+
     fn since(self, base: Counts) -> Counts {
-        Counts {
-            accepted: self.accepted.saturating_sub(base.accepted),
-            max_children_reached: self
-                .max_children_reached
-                .saturating_sub(base.max_children_reached),
-            slow: self.slow.saturating_sub(base.slow),
-        }
+        self.with(base, u64::saturating_sub)
     }
 }
 

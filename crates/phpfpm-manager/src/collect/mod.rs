@@ -228,7 +228,11 @@ impl PoolCollector {
             return DOWN_RETRY;
         }
         let started = Instant::now();
-        let second = self.state.pool(&name).and_then(|p| p.master.extra.clone());
+        let second = self
+            .state
+            .pools()
+            .get(&name)
+            .and_then(|p| p.master.extra.clone());
         let status = fetch_status(&self.pool, &self.probe)
             .instrument(tracing::info_span!("collect.status"))
             .await;

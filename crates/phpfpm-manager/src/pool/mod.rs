@@ -717,7 +717,7 @@ impl PoolActor {
         &mut self,
         spec: PoolSpec,
         reason: &str,
-    ) -> Result<Option<(u32, Stopped)>, ApplyError> {
+    ) -> Result<Option<(Option<u32>, Stopped)>, ApplyError> {
         let Some(sup) = &self.supervisor else {
             return Ok(None);
         };
@@ -916,7 +916,7 @@ impl PoolActor {
                 if to < from {
                     // A master whose cap the supervisor did not know (an
                     // adopted one) holds up to what the pool had.
-                    self.draining = stopped.map(|(w, s)| (if w == 0 { from } else { w }, s));
+                    self.draining = stopped.map(|(w, s)| (w.unwrap_or(from), s));
                     let held = self.draining.as_ref().map_or(0, |(n, _)| *n);
                     self.board.set_draining(&self.pool.name, held);
                 }

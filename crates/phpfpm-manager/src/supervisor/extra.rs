@@ -187,13 +187,14 @@ impl Supervisor {
             .write_checked(&spec, &pool_path, &master_path, &pid_file)
             .await
         {
-            return Err(self.refused(format!("{e:#}")));
+            return Err(self.not_applied(ApplyError::Refused(format!("{e:#}"))));
         }
-        let main = &self.sockets[0];
-        let status = self.extra_status.as_ref().expect("bound above");
-        let new = match self.spawn_ready(&master_path, &[main, status]).await {
+        let new = match self
+            .spawn_ready(&master_path, &[&self.sockets[0], status])
+            .await
+        {
             Ok(m) => m,
-            Err(e) => return Err(self.start_failed(format!("{e:#}"))),
+            Err(e) => return Err(self.not_applied(ApplyError::StartFailed(format!("{e:#}")))),
         };
         let took = started.elapsed();
         let new_pid = new.pid;
@@ -210,7 +211,7 @@ impl Supervisor {
             generation,
         });
         let old_pid = old.as_ref().map(|e| e.master.pid);
-        let stopping_workers = old.as_ref().map_or(0, |e| e.workers);
+        let stopping_workers = Some(old.as_ref().map_or(0, |e| e.workers));
         let previous_stopped = old.map(|e| self.stop_in_background(vec![e.master]));
         self.publish_extra();
         self.state
@@ -250,12 +251,10 @@ impl Supervisor {
         reason: &str,
         started: Instant,
     ) -> ApplyReport {
-        let old = self.extra.take();
+        let old = self.take_extra();
         let old_pid = old.as_ref().map(|e| e.master.pid);
-        let stopping_workers = old.as_ref().map_or(0, |e| e.workers);
+        let stopping_workers = Some(old.as_ref().map_or(0, |e| e.workers));
         let previous_stopped = old.map(|e| self.stop_in_background(vec![e.master]));
-        let _ = std::fs::remove_file(self.layout.extra_record(&self.pool.name));
-        self.publish_extra();
         let took = started.elapsed();
         tracing::info!(
             pool = self.name(),
@@ -308,12 +307,10 @@ impl Supervisor {
     /// The second master exited on its own: its workers are gone. Returns
     /// the spec to fold the pool into one master with (what it ran).
     pub(super) fn on_extra_exit(&mut self, status: &str) -> Option<PoolSpec> {
-        let mut gone = self.extra.take()?;
+        let mut gone = self.take_extra()?;
         gone.master.disarm();
         child::kill_orphaned_workers(gone.master.pid);
-        let _ = std::fs::remove_file(self.layout.extra_record(&self.pool.name));
         let wanted = self.spec.as_ref().map(|p| effective(p, Some(gone.workers)));
-        self.publish_extra();
         tracing::warn!(
             pool = self.name(),
             pid = gone.master.pid,
@@ -336,8 +333,12 @@ impl Supervisor {
         let Some(text) = std::fs::read_to_string(&record).ok() else {
             return;
         };
-        let _ = std::fs::remove_file(&record);
+        // Whatever cannot be adopted leaves no record behind.
+        let forget = || {
+            let _ = std::fs::remove_file(&record);
+        };
         let Some((pid, ticks, generation, workers)) = parse_record(&text) else {
+            forget();
             tracing::warn!(
                 pool = self.name(),
                 "Ignoring an unreadable record of a second master: {}.",
@@ -347,6 +348,7 @@ impl Supervisor {
         };
         let conf = self.layout.extra_master_conf(&self.pool.name);
         let Some(mut master) = Master::adopt(pid, ticks, &conf) else {
+            forget();
             return;
         };
         let public = self.layout.extra_status_socket(&self.pool.name);
@@ -366,6 +368,7 @@ impl Supervisor {
                 master
                     .stop(self.stop_timeout, &CancellationToken::new())
                     .await;
+                forget();
                 return;
             }
         };
@@ -376,7 +379,6 @@ impl Supervisor {
                 "Cannot follow the adopted second master's log ({e})."
             );
         }
-        let _ = write_atomic(&record, text.as_bytes(), 0o600);
         self.extra_status = Some(status);
         self.extra = Some(Extra {
             master,
@@ -394,7 +396,7 @@ impl Supervisor {
     /// Stops the second master now (the pool stops, or its first master
     /// could not be adopted).
     pub(super) async fn stop_extra_now(&mut self, hurry: &CancellationToken) {
-        if let Some(mut e) = self.extra.take() {
+        if let Some(mut e) = self.take_extra() {
             let outcome = e.master.stop(self.stop_timeout, hurry).await;
             tracing::info!(
                 pool = self.name(),
@@ -402,11 +404,26 @@ impl Supervisor {
                 "Stopped the second php-fpm master ({outcome:?})."
             );
         }
-        let _ = std::fs::remove_file(self.layout.extra_record(&self.pool.name));
-        self.publish_extra();
     }
 
-    fn change_event(&self, old_pid: Option<u32>, new_pid: u32, took: Duration, reason: &str) {
+    /// Takes the second master out of the pool (it is being stopped, or
+    /// has exited): its record goes, and the state says so.
+    pub(super) fn take_extra(&mut self) -> Option<Extra> {
+        let gone = self.extra.take();
+        if gone.is_some() {
+            let _ = std::fs::remove_file(self.layout.extra_record(&self.pool.name));
+            self.publish_extra();
+        }
+        gone
+    }
+
+    pub(super) fn change_event(
+        &self,
+        old_pid: Option<u32>,
+        new_pid: u32,
+        took: Duration,
+        reason: &str,
+    ) {
         let applied = self.running();
         self.event(What::PoolChange {
             old_pid,

@@ -167,8 +167,10 @@ pub struct ApplyReport {
     /// Set once the master this change replaced has exited: until then its
     /// workers finish their requests and their memory is not free.
     pub previous_stopped: Option<Stopped>,
-    /// The workers (caps) of the masters this change stops.
-    pub stopping_workers: u32,
+    /// The workers (caps) of the masters this change stops; `None` when
+    /// the cap of one of them is not known (a master adopted with settings
+    /// other than its pool file's).
+    pub stopping_workers: Option<u32>,
 }
 
 /// A flag set once a replaced master has exited.
@@ -418,8 +420,8 @@ impl Supervisor {
                 _ = cancel.cancelled() => Event::Cancel,
                 _ = detach.cancelled() => Event::Detach,
                 cmd = self.rx.recv(), if commands_open => Event::Cmd(cmd),
-                status = wait_master(&mut current) => Event::Exited(status),
-                status = wait_extra(&mut self.extra) => Event::ExtraExited(status),
+                status = wait_master(current.as_mut()) => Event::Exited(status),
+                status = wait_master(self.extra.as_mut().map(|e| &mut e.master)) => Event::ExtraExited(status),
                 _ = sleep_until(retry_at) => Event::Retry,
                 _ = stall_tick.tick(), if !self.stall_restart_after.is_zero() && current.is_some() => Event::StallCheck,
             };
@@ -826,7 +828,7 @@ impl Supervisor {
                     generation: self.generation,
                     unchanged: true,
                     previous_stopped: None,
-                    stopping_workers: 0,
+                    stopping_workers: Some(0),
                 })
             }
             extra::Step::AddExtra(workers) => {
@@ -840,7 +842,7 @@ impl Supervisor {
         }
         let backup = self.read_files();
         if let Err(e) = self.write_config(&spec, self.generation + 1).await {
-            return Err(self.refused(format!("{e:#}")));
+            return Err(self.not_applied(ApplyError::Refused(format!("{e:#}"))));
         }
         if self.sockets.is_empty() {
             // An adopted master whose sockets could not be recovered: the
@@ -860,7 +862,7 @@ impl Supervisor {
             Ok(m) => m,
             Err(e) => {
                 self.restore_files(backup);
-                return Err(self.start_failed(format!("{e:#}")));
+                return Err(self.not_applied(ApplyError::StartFailed(format!("{e:#}"))));
             }
         };
         let took = started.elapsed();
@@ -873,15 +875,14 @@ impl Supervisor {
         let old_pid = old.as_ref().map(|m| m.pid);
         // The old master, and a second master beside it, finish their
         // requests in flight, then exit: the new master has all the workers.
-        let old_extra = self.extra.take();
-        let stopping_workers = old
-            .as_ref()
-            .map_or(0, |_| before.as_ref().map_or(0, |s| s.max_children))
-            + old_extra.as_ref().map_or(0, |e| e.workers);
-        if old_extra.is_some() {
-            let _ = std::fs::remove_file(self.layout.extra_record(&self.pool.name));
-            self.publish_extra();
-        }
+        let old_extra = self.take_extra();
+        // An old master whose settings are not known (adopted) has an
+        // unknown cap.
+        let old_cap = match &old {
+            Some(_) => before.as_ref().map(|s| s.max_children),
+            None => Some(0),
+        };
+        let stopping_workers = old_cap.map(|c| c + old_extra.as_ref().map_or(0, |e| e.workers));
         let stopping: Vec<Master> = old.into_iter().chain(old_extra.map(|e| e.master)).collect();
         let previous_stopped = (!stopping.is_empty()).then(|| self.stop_in_background(stopping));
         tracing::info!(
@@ -891,16 +892,7 @@ impl Supervisor {
             generation = self.generation,
             "Applied new pool settings by hand-over in {took:?}."
         );
-        let applied = self.spec.as_ref();
-        self.event(What::PoolChange {
-            old_pid,
-            new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
-            generation: self.generation,
-            took_ms: took.as_millis() as u64,
-            pm: applied.map(|s| s.pm.as_str()).unwrap_or("unknown"),
-            max_children: applied.map(|s| s.max_children).unwrap_or(0),
-            reason: reason.to_owned(),
-        });
+        self.change_event(old_pid, current.as_ref().map_or(0, |m| m.pid), took, reason);
         Ok(ApplyReport {
             old_pid,
             new_pid: current.as_ref().map(|m| m.pid).unwrap_or(0),
@@ -912,34 +904,26 @@ impl Supervisor {
         })
     }
 
-    /// Records a change refused by `php-fpm -t` (or rendering).
-    fn refused(&self, msg: String) -> ApplyError {
+    /// Records a change that was not applied (the running masters keep
+    /// serving): refused by `php-fpm -t` or rendering, or a new master that
+    /// did not become ready.
+    fn not_applied(&self, err: ApplyError) -> ApplyError {
+        let (stage, msg) = match &err {
+            ApplyError::Refused(m) => ("php-fpm -t", m),
+            ApplyError::StartFailed(m) => ("start", m),
+            ApplyError::Sockets(_) | ApplyError::Gone => return err,
+        };
         tracing::error!(
             pool = self.name(),
-            "Refused a pool change: {msg}. The pool keeps running unchanged."
+            "Pool change not applied: {err}. The running master keeps serving unchanged."
         );
         self.event(What::ChangeRefused {
-            stage: "php-fpm -t",
+            stage,
             message: msg.clone(),
         });
         self.state
             .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
-        ApplyError::Refused(msg)
-    }
-
-    /// Records a new master that did not become ready.
-    fn start_failed(&self, msg: String) -> ApplyError {
-        tracing::error!(
-            pool = self.name(),
-            "New php-fpm master failed to start: {msg}. The running one keeps serving."
-        );
-        self.event(What::ChangeRefused {
-            stage: "start",
-            message: msg.clone(),
-        });
-        self.state
-            .update_master(&self.pool.name, |m| m.last_apply_error = Some(msg.clone()));
-        ApplyError::StartFailed(msg)
+        err
     }
 
     fn open_sockets(&self, spec: &PoolSpec) -> anyhow::Result<Vec<PoolSocket>> {
@@ -1242,17 +1226,9 @@ impl Supervisor {
     }
 }
 
-/// Waits for the second master to exit; never returns when there is none.
-async fn wait_extra(extra: &mut Option<extra::Extra>) -> String {
-    match extra {
-        Some(e) => e.master.wait().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the current master to exit; never returns when there is none.
-async fn wait_master(current: &mut Option<Master>) -> String {
-    match current {
+/// Waits for a master to exit; never returns when there is none.
+async fn wait_master(master: Option<&mut Master>) -> String {
+    match master {
         Some(m) => m.wait().await,
         None => std::future::pending().await,
     }

@@ -133,7 +133,7 @@ fn report(new_pid: u32) -> ApplyReport {
         generation: 2,
         unchanged: false,
         previous_stopped: None,
-        stopping_workers: 0,
+        stopping_workers: Some(0),
     }
 }
 
